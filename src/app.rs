@@ -1,0 +1,233 @@
+//! Wiring: settings in, a running replicator out. Exits only on configuration errors
+//! or a signal; everything at run time is retried.
+
+use crate::cli::{Cli, Command};
+use crate::config::settings::{InputSettings, SinkSettings};
+use crate::config::{ConfigErrors, LoadOptions, RawConfig, resolve, scaffold};
+use crate::filer::{FilerSource, SourceOptions};
+use crate::pipeline::Pipeline;
+use crate::replicate::Rules;
+use crate::replicate::path::components;
+use crate::sink::Sink;
+use crate::sink::local::LocalSink;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long in-flight events may run after SIGTERM/SIGINT before they are abandoned.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl AppError {
+    /// 2 for configuration and usage errors, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Config(_) | AppError::Usage(_) => 2,
+            AppError::Runtime(_) => 1,
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<(), AppError> {
+    match cli.command {
+        Some(Command::Version) => {
+            println!(
+                "replicate {} (seaweed-replicate; drop-in for weed filer.replicate)",
+                crate::VERSION
+            );
+            Ok(())
+        }
+        Some(Command::Scaffold { config, output }) => scaffold_cmd(&config, output.as_deref()),
+        Some(Command::Run) | None => replicate(cli.config_dir, cli.config).await,
+    }
+}
+
+fn scaffold_cmd(name: &str, output: Option<&std::path::Path>) -> Result<(), AppError> {
+    let text = scaffold::template(name).ok_or_else(|| {
+        AppError::Usage(format!(
+            "scaffold: unknown -config={name:?}; use replication, notification or security"
+        ))
+    })?;
+    match output {
+        None => print!("{text}"),
+        Some(dir) => {
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, text).map_err(|e| {
+                AppError::Usage(format!("scaffold: writing {}: {e}", path.display()))
+            })?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+async fn replicate(
+    config_dir: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+) -> Result<(), AppError> {
+    let opts = LoadOptions::from_process(config_dir, config);
+    let raw = RawConfig::load(&opts)?;
+    for (name, path) in &raw.files {
+        tracing::info!(file = %path.display(), "loaded {name}");
+    }
+    let settings = resolve(&raw, &opts.cwd)?;
+
+    let mut http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64);
+    if let Some(https) = &settings.security.https_client {
+        http = http.danger_accept_invalid_certs(https.insecure_skip_verify);
+        if !https.ca.is_empty() {
+            let pem = std::fs::read(&https.ca)
+                .map_err(|e| config_problem("https.client.ca", &https.ca, e))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| config_problem("https.client.ca", &https.ca, e))?;
+            http = http.add_root_certificate(cert);
+        }
+        if !https.cert.is_empty() {
+            let cert = std::fs::read(&https.cert)
+                .map_err(|e| config_problem("https.client.cert", &https.cert, e))?;
+            let key = std::fs::read(&https.key)
+                .map_err(|e| config_problem("https.client.key", &https.key, e))?;
+            let id = reqwest::Identity::from_pkcs8_pem(&cert, &key)
+                .map_err(|e| config_problem("https.client.cert", &https.cert, e))?;
+            http = http.identity(id);
+        }
+    }
+    let http = http
+        .build()
+        .map_err(|e| AppError::Runtime(format!("HTTP client: {e}")))?;
+
+    let source = Arc::new(
+        FilerSource::new(
+            SourceOptions {
+                grpc_address: settings.source.grpc_address.clone(),
+                data_center: settings.source.data_center.clone(),
+                read_jwt: settings.security.read_jwt.clone(),
+                https: settings.security.https_client.is_some(),
+                prefetch: settings.replicate.prefetch_chunks,
+            },
+            http,
+        )
+        .map_err(|e| {
+            config_problem("source.filer.grpcAddress", &settings.source.grpc_address, e)
+        })?,
+    );
+
+    let sink: Box<dyn Sink> = match &settings.sink {
+        SinkSettings::Local {
+            name, directory, ..
+        } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
+    };
+    tracing::info!(sink = settings.sink.name(), directory = %settings.sink.directory(), "Configure sink to {}", settings.sink.name());
+
+    let rules = Rules {
+        source_dir: components(&settings.source.directory).expect("validated"),
+        excludes: settings
+            .source
+            .exclude_directories
+            .iter()
+            .map(|d| components(d).expect("validated"))
+            .collect(),
+        sink_dir: settings.sink.directory(),
+        incremental: settings.sink.incremental(),
+        skip_other_cluster: false,
+    };
+
+    let stop = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone(), hard_stop.clone());
+
+    let pipeline = Arc::new(Pipeline::new(
+        rules,
+        sink,
+        settings.replicate.on_failure,
+        settings.replicate.parked_file.clone(),
+        settings.replicate.event_deadline,
+        stop.clone(),
+    ));
+
+    match &settings.input {
+        InputSettings::Kafka(k) => {
+            tracing::info!(topic = %k.topic, hosts = ?k.hosts, "Configure notification input to kafka");
+            crate::source::kafka::run(k, pipeline.clone(), stop, hard_stop)
+                .await
+                .map_err(|e| {
+                    AppError::Config(ConfigErrors(vec![crate::config::Problem {
+                        origin: raw.home_of("notification.kafka"),
+                        key: "notification.kafka".into(),
+                        message: e.to_string(),
+                    }]))
+                })?;
+        }
+    }
+    let s = &pipeline.stats;
+    tracing::info!(
+        replicated = s.replicated.load(Ordering::Relaxed),
+        skipped = s.skipped.load(Ordering::Relaxed),
+        parked = s.parked.load(Ordering::Relaxed),
+        held = s.held.load(Ordering::Relaxed),
+        retries = s.retries.load(Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(())
+}
+
+fn config_problem(key: &str, value: &str, e: impl std::fmt::Display) -> AppError {
+    AppError::Config(ConfigErrors(vec![crate::config::Problem {
+        origin: crate::config::Origin::Missing("configuration".into()),
+        key: key.into(),
+        message: format!("{value:?}: {e}"),
+    }]))
+}
+
+fn spawn_signal_handler(stop: CancellationToken, hard_stop: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping intake, finishing in-flight events"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping intake, finishing in-flight events"),
+        }
+        stop.cancel();
+        tokio::select! {
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        hard_stop.cancel();
+    });
+}
+
+/// Logs to stderr. `-v=0` info, `-v=1..2` debug (every event), `-v>=3` trace;
+/// `RUST_LOG` overrides.
+pub fn init_logging(verbosity: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbosity {
+        0 => "info",
+        1 | 2 => "seaweed_replicate=debug,info",
+        _ => "seaweed_replicate=trace,debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

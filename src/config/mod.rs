@@ -1,0 +1,511 @@
+//! Configuration: upstream's three files merged into one key space.
+//!
+//! `security`, `replication` and `notification` are each taken from the first
+//! directory that has them (`-config_dir`, `.`, `$HOME/.seaweedfs`,
+//! `/usr/local/etc/seaweedfs`, `/etc/seaweedfs`), merged in that order (later files
+//! win), with keys compared case-insensitively. `WEED_<KEY>` environment variables
+//! (dots become underscores) override any key, present in a file or not.
+//! [`settings::resolve`] turns the merged keys into typed settings, reporting every
+//! problem at once with the file and key it concerns.
+
+pub mod scaffold;
+pub mod settings;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use settings::{Settings, resolve};
+
+/// The three logical files, in load order.
+pub const FILES: [&str; 3] = ["security", "replication", "notification"];
+
+/// Where to look for the files.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `-config_dir`: searched first.
+    pub config_dir: Option<PathBuf>,
+    /// `-config FILE`: the replication file; the other two are looked for beside it first.
+    pub replication_file: Option<PathBuf>,
+    /// The working directory (`.`).
+    pub cwd: PathBuf,
+    /// `$HOME`.
+    pub home: Option<PathBuf>,
+    /// System directories searched last (normally `/usr/local/etc/seaweedfs`, `/etc/seaweedfs`).
+    pub system_dirs: Vec<PathBuf>,
+    /// The environment, for `WEED_*` overrides.
+    pub env: HashMap<String, String>,
+}
+
+impl LoadOptions {
+    /// Options for the real process: its cwd, `$HOME`, the system dirs and environment.
+    pub fn from_process(config_dir: Option<PathBuf>, replication_file: Option<PathBuf>) -> Self {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let expand = |p: PathBuf| match (p.strip_prefix("~"), &home) {
+            (Ok(rest), Some(h)) => h.join(rest),
+            _ => p,
+        };
+        LoadOptions {
+            config_dir: config_dir.map(expand),
+            replication_file: replication_file.map(expand),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            home: home.clone(),
+            system_dirs: vec!["/usr/local/etc/seaweedfs".into(), "/etc/seaweedfs".into()],
+            env: std::env::vars().collect(),
+        }
+    }
+
+    fn search_dirs(&self, name: &str) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        if name != "replication"
+            && let Some(parent) = self.replication_file.as_ref().and_then(|f| f.parent())
+        {
+            dirs.push(self.cwd.join(parent));
+        }
+        dirs.extend(self.config_dir.iter().map(|d| self.cwd.join(d)));
+        dirs.push(self.cwd.clone());
+        if let Some(h) = &self.home {
+            dirs.push(h.join(".seaweedfs"));
+        }
+        dirs.extend(self.system_dirs.iter().cloned());
+        dirs
+    }
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    Env(String),
+    /// Not set anywhere; the file it belongs in.
+    Missing(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+            Origin::Missing(file) => write!(f, "{file}"),
+        }
+    }
+}
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub origin: Origin,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found, reported together.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "configuration has {n} problem{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.0 {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The merged key space.
+#[derive(Debug, Clone, Default)]
+pub struct RawConfig {
+    /// Which file each logical name was loaded from.
+    pub files: Vec<(String, PathBuf)>,
+    values: HashMap<String, (toml::Value, PathBuf)>,
+    env: HashMap<String, String>,
+}
+
+impl RawConfig {
+    /// Find, parse and merge the three files.
+    pub fn load(opts: &LoadOptions) -> Result<RawConfig, ConfigErrors> {
+        let mut raw = RawConfig {
+            env: opts.env.clone(),
+            ..Default::default()
+        };
+        let mut problems = Vec::new();
+        for name in FILES {
+            let given = opts
+                .replication_file
+                .as_ref()
+                .filter(|_| name == "replication");
+            let found = if let Some(given) = given {
+                let f = opts.cwd.join(given);
+                if !f.is_file() {
+                    problems.push(Problem {
+                        origin: Origin::File(f),
+                        key: String::new(),
+                        message: "no such file (given with -config)".into(),
+                    });
+                    continue;
+                }
+                Some(f)
+            } else {
+                opts.search_dirs(name)
+                    .into_iter()
+                    .map(|d| d.join(format!("{name}.toml")))
+                    .find(|p| p.is_file())
+            };
+            let Some(path) = found else {
+                if name != "security" {
+                    let dirs: Vec<String> = opts
+                        .search_dirs(name)
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect();
+                    problems.push(Problem {
+                        origin: Origin::Missing(format!("{name}.toml")),
+                        key: String::new(),
+                        message: format!(
+                            "not found in any of {}; create one with `replicate scaffold -config={name} -output=.`",
+                            dirs.join(", ")
+                        ),
+                    });
+                }
+                continue;
+            };
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    text.parse::<toml::Table>()
+                        .map_err(|e| e.to_string().trim_end().replace('\n', " "))
+                }) {
+                Ok(table) => {
+                    flatten("", &toml::Value::Table(table), &path, &mut raw.values);
+                    raw.files.push((name.to_string(), path));
+                }
+                Err(e) => problems.push(Problem {
+                    origin: Origin::File(path),
+                    key: String::new(),
+                    message: format!("cannot be read as TOML: {e}"),
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(raw)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
+    /// Build from TOML text standing in for the merged files (tests).
+    pub fn from_toml(text: &str, env: HashMap<String, String>) -> RawConfig {
+        let mut raw = RawConfig {
+            env,
+            ..Default::default()
+        };
+        let table: toml::Table = text.parse().expect("test TOML parses");
+        flatten(
+            "",
+            &toml::Value::Table(table),
+            Path::new("replication.toml"),
+            &mut raw.values,
+        );
+        raw
+    }
+
+    /// The environment variable that overrides `key`.
+    pub fn env_name(key: &str) -> String {
+        format!("WEED_{}", key.replace('.', "_").to_uppercase())
+    }
+
+    /// The value of `key` (environment first), with where it came from.
+    pub fn get(&self, key: &str) -> Option<(toml::Value, Origin)> {
+        let var = Self::env_name(key);
+        if let Some(v) = self.env.get(&var) {
+            return Some((toml::Value::String(v.clone()), Origin::Env(var)));
+        }
+        let (v, path) = self.values.get(&key.to_lowercase())?;
+        Some((v.clone(), Origin::File(path.clone())))
+    }
+
+    /// The file a missing key belongs in, for messages.
+    pub fn home_of(&self, key: &str) -> Origin {
+        let name = match key.split('.').next().unwrap_or("") {
+            "notification" => "notification",
+            "grpc" | "jwt" | "https" | "s3" => "security",
+            _ => "replication",
+        };
+        match self.files.iter().find(|(n, _)| n == name) {
+            Some((_, p)) => Origin::File(p.clone()),
+            None => Origin::Missing(format!("{name}.toml")),
+        }
+    }
+}
+
+fn flatten(
+    prefix: &str,
+    v: &toml::Value,
+    path: &Path,
+    out: &mut HashMap<String, (toml::Value, PathBuf)>,
+) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.to_lowercase()
+                } else {
+                    format!("{prefix}.{}", k.to_lowercase())
+                };
+                flatten(&key, v, path, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), (other.clone(), path.to_path_buf()));
+        }
+    }
+}
+
+/// Typed access to the key space that records every problem instead of stopping.
+pub struct Reader<'a> {
+    pub raw: &'a RawConfig,
+    pub problems: Vec<Problem>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(raw: &'a RawConfig) -> Self {
+        Reader {
+            raw,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Record a problem with `key`, naming where it was set (or where it belongs).
+    pub fn problem(&mut self, key: &str, message: impl Into<String>) {
+        let origin = self
+            .raw
+            .get(key)
+            .map(|(_, o)| o)
+            .unwrap_or_else(|| self.raw.home_of(key));
+        self.problems.push(Problem {
+            origin,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub fn is_set(&self, key: &str) -> bool {
+        self.raw.get(key).is_some()
+    }
+
+    pub fn string(&mut self, key: &str, default: &str) -> String {
+        match self.raw.get(key) {
+            None => default.to_string(),
+            Some((toml::Value::String(s), _)) => s,
+            Some((toml::Value::Integer(i), _)) => i.to_string(),
+            Some((toml::Value::Float(f), _)) => f.to_string(),
+            Some((toml::Value::Boolean(b), _)) => b.to_string(),
+            Some(_) => {
+                self.problem(key, "must be a string");
+                default.to_string()
+            }
+        }
+    }
+
+    pub fn bool(&mut self, key: &str, default: bool) -> bool {
+        match self.raw.get(key) {
+            None => default,
+            Some((toml::Value::Boolean(b), _)) => b,
+            Some((toml::Value::String(s), _)) => match s.as_str() {
+                "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
+                "0" | "f" | "F" | "FALSE" | "false" | "False" | "" => false,
+                _ => {
+                    self.problem(key, format!("must be true or false, got {s:?}"));
+                    default
+                }
+            },
+            Some((toml::Value::Integer(i), _)) => i != 0,
+            Some(_) => {
+                self.problem(key, "must be true or false");
+                default
+            }
+        }
+    }
+
+    pub fn int(&mut self, key: &str, default: i64) -> i64 {
+        match self.raw.get(key) {
+            None => default,
+            Some((toml::Value::Integer(i), _)) => i,
+            Some((toml::Value::String(s), _)) if s.trim().is_empty() => default,
+            Some((toml::Value::String(s), _)) => s.trim().parse().unwrap_or_else(|_| {
+                self.problem(key, format!("must be a whole number, got {s:?}"));
+                default
+            }),
+            Some(_) => {
+                self.problem(key, "must be a whole number");
+                default
+            }
+        }
+    }
+
+    /// A non-negative integer.
+    pub fn count(&mut self, key: &str, default: u64) -> u64 {
+        let v = self.int(key, default as i64);
+        if v < 0 {
+            self.problem(key, format!("must not be negative, got {v}"));
+            return default;
+        }
+        v as u64
+    }
+
+    /// A list: a TOML array, or a string split on whitespace (commas are not separators).
+    pub fn list(&mut self, key: &str) -> Vec<String> {
+        match self.raw.get(key) {
+            None => Vec::new(),
+            Some((toml::Value::String(s), _)) => s.split_whitespace().map(String::from).collect(),
+            Some((toml::Value::Array(items), _)) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => out.push(s),
+                        other => {
+                            self.problem(key, format!("list items must be strings, got {other}"));
+                        }
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                self.problem(
+                    key,
+                    "must be a list of strings or a whitespace-separated string",
+                );
+                Vec::new()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+    }
+
+    fn opts(cwd: &Path) -> LoadOptions {
+        LoadOptions {
+            cwd: cwd.to_path_buf(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn merges_files_case_insensitively_later_files_win() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "replication",
+            "[source.filer]\ngrpcAddress = \"a:1\"\n[sink.local]\nenabled = true\n",
+        );
+        write(
+            d.path(),
+            "notification",
+            "[SINK.local]\nENABLED = false\n[notification.kafka]\nhosts = \"h1 h2\"\n",
+        );
+        let raw = RawConfig::load(&opts(d.path())).unwrap();
+        let mut r = Reader::new(&raw);
+        assert_eq!(r.string("source.filer.GRPCADDRESS", ""), "a:1");
+        assert!(
+            !r.bool("sink.local.enabled", true),
+            "notification.toml is loaded after replication.toml"
+        );
+        assert_eq!(r.list("notification.kafka.hosts"), vec!["h1", "h2"]);
+        assert!(r.problems.is_empty());
+    }
+
+    #[test]
+    fn search_path_order_and_config_flag() {
+        let cwd = tempfile::tempdir().unwrap();
+        let cfg = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join(".seaweedfs")).unwrap();
+        write(cwd.path(), "replication", "x = \"cwd\"");
+        write(cfg.path(), "replication", "x = \"config_dir\"");
+        write(
+            &home.path().join(".seaweedfs"),
+            "notification",
+            "y = \"home\"",
+        );
+        let mut o = opts(cwd.path());
+        o.home = Some(home.path().to_path_buf());
+        o.config_dir = Some(cfg.path().to_path_buf());
+        let raw = RawConfig::load(&o).unwrap();
+        assert_eq!(Reader::new(&raw).string("x", ""), "config_dir");
+        assert_eq!(Reader::new(&raw).string("y", ""), "home");
+
+        let other = tempfile::tempdir().unwrap();
+        write(other.path(), "replication", "x = \"flag\"");
+        write(other.path(), "notification", "y = \"beside\"");
+        o.replication_file = Some(other.path().join("replication.toml"));
+        let raw = RawConfig::load(&o).unwrap();
+        assert_eq!(Reader::new(&raw).string("x", ""), "flag");
+        assert_eq!(
+            Reader::new(&raw).string("y", ""),
+            "beside",
+            "other files are looked for beside -config first"
+        );
+    }
+
+    #[test]
+    fn env_overrides_any_key_and_is_named_in_problems() {
+        let env = HashMap::from([
+            ("WEED_SINK_LOCAL_ENABLED".to_string(), "true".to_string()),
+            (
+                "WEED_SOURCE_FILER_GRPCADDRESS".to_string(),
+                "b:2".to_string(),
+            ),
+            (
+                "WEED_NOTIFICATION_KAFKA_OFFSETSAVEINTERVALSECONDS".to_string(),
+                "soon".to_string(),
+            ),
+        ]);
+        let raw = RawConfig::from_toml("[source.filer]\ngrpcAddress = \"a:1\"", env);
+        let mut r = Reader::new(&raw);
+        assert!(r.bool("sink.local.enabled", false));
+        assert_eq!(r.string("source.filer.grpcAddress", ""), "b:2");
+        r.int("notification.kafka.offsetSaveIntervalSeconds", 0);
+        assert_eq!(
+            r.problems[0].to_string(),
+            "environment variable WEED_NOTIFICATION_KAFKA_OFFSETSAVEINTERVALSECONDS: \
+             notification.kafka.offsetSaveIntervalSeconds: must be a whole number, got \"soon\""
+        );
+    }
+
+    #[test]
+    fn missing_and_broken_files_are_all_reported() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "security", "this is = = not toml");
+        let err = RawConfig::load(&opts(d.path())).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("3 problems"), "{text}");
+        assert!(
+            text.contains("security.toml: cannot be read as TOML"),
+            "{text}"
+        );
+        assert!(text.contains("replication.toml: not found"), "{text}");
+        assert!(text.contains("notification.toml: not found"), "{text}");
+    }
+}

@@ -1,0 +1,472 @@
+//! `replicate scaffold`: complete configuration templates.
+//!
+//! Every key of upstream's templates is here, with the same defaults; comments are
+//! our own. "[better]" marks where this implementation behaves better than
+//! `weed filer.replicate`.
+
+/// The template for a logical file name, if there is one.
+pub fn template(name: &str) -> Option<&'static str> {
+    match name {
+        "replication" => Some(REPLICATION),
+        "notification" => Some(NOTIFICATION),
+        "security" => Some(SECURITY),
+        _ => None,
+    }
+}
+
+pub const REPLICATION: &str = r#"# replication.toml: what to replicate, and where to.
+# Read by `replicate` (and by `weed filer.replicate`) from -config_dir, ., $HOME/.seaweedfs,
+# /usr/local/etc/seaweedfs or /etc/seaweedfs. Any key can be overridden by an environment
+# variable: WEED_ + the key in upper case with dots as underscores (WEED_SINK_LOCAL_DIRECTORY).
+
+[source.filer]
+enabled = true
+# gRPC address of the source filer: host:port, where port is the filer's HTTP port + 10000.
+grpcAddress = "localhost:18888"
+# Only changes at or under this directory are replicated.
+# [better] an empty or relative directory is a configuration error, not a silent no-op.
+directory = "/buckets"
+# Directories (with everything under them) to leave out; a list or a space-separated string.
+excludeDirectories = "/buckets/tmp"
+# Volume servers in this data center are read from first.
+dataCenter = ""
+
+# Exactly one sink may be enabled. [better] several enabled sinks is an error, not "first wins".
+
+[sink.local]
+enabled = false
+directory = "/data"
+# Put each change under a YYYY-MM-DD directory (local time of the entry's mtime).
+is_incremental = false
+# [better] keeps mode, mtime, symlinks and directories; writes atomically; deletes recursively.
+
+[sink.local_incremental]
+enabled = false
+directory = "/data"
+is_incremental = true
+
+[sink.filer]
+enabled = false
+grpcAddress = "localhost:18888"
+# [better] a directory equal to or under source.filer.directory on the same filer is refused.
+directory = "/backup"
+replication = ""
+collection = ""
+ttlSec = 0
+disk = ""
+dataCenter = ""
+is_incremental = false
+
+[sink.s3]
+enabled = false
+# Empty keys use the AWS default credential chain.
+aws_access_key_id = ""
+aws_secret_access_key = ""
+region = "us-east-2"
+# The bucket must exist.
+bucket = "your_bucket_name"
+directory = "/"
+endpoint = ""
+acl = ""
+is_incremental = false
+keep_part_size = true
+uploader_max_upload_parts = 1000
+uploader_part_size_mb = 8
+uploader_concurrency = 8
+s3_disable_content_md5_validation = true
+s3_force_path_style = true
+
+[sink.google_cloud_storage]
+enabled = false
+# A credentials JSON file, inline JSON, or empty for application default credentials.
+google_application_credentials = "/path/to/x.json"
+bucket = "your_bucket_seaweedfs"
+directory = "/"
+is_incremental = false
+
+[sink.azure]
+enabled = false
+account_name = ""
+# Empty: Entra ID credentials (client_id selects a managed identity).
+account_key = ""
+client_id = ""
+endpoint = ""
+container = "mycontainer"
+directory = "/"
+is_incremental = false
+
+[sink.backblaze]
+enabled = false
+b2_account_id = ""
+b2_master_application_key = ""
+b2_region = ""
+bucket = "mybucket"
+directory = "/"
+is_incremental = false
+
+# Settings only `replicate` has.
+[replicate]
+# What happens to an event that cannot be replicated (a malformed message, an unsafe path,
+# a chunk gone from the source, or retryable errors for longer than event_deadline_seconds):
+#   "park": record it in parked_file (key, partition, offset, error, payload) and go on;
+#   "hold": upstream's way: go on, but never commit past it, so a restart replays from it.
+on_failure = "park"
+parked_file = "./replicate.parked.jsonl"
+event_deadline_seconds = 300
+# Chunks of one file fetched ahead of the one being written.
+prefetch_chunks = 4
+"#;
+
+pub const NOTIFICATION: &str = r#"# notification.toml: where the filer publishes its metadata changes, and where
+# `replicate` reads them. Exactly one input may be enabled. [notification.log] and
+# [notification.webhook] are publisher-only: the filer uses them, replicate cannot read them.
+
+[notification.log]
+enabled = false
+
+[notification.kafka]
+enabled = false
+hosts = [
+    "localhost:9092"
+]
+topic = "seaweedfs_filer"
+# Progress per partition, in upstream's JSON format; both tools can read each other's file.
+# [better] written atomically, on the interval and on shutdown; only offsets whose events
+# (and every earlier one of their partition) reached the sink are stored.
+offsetFile = "./last.offset"
+offsetSaveIntervalSeconds = 10
+sasl_enabled = false
+# PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+sasl_mechanism = "PLAIN"
+sasl_username = ""
+sasl_password = ""
+tls_enabled = false
+# PEM files: CA, and for mutual TLS the client certificate and key.
+tls_ca_cert = ""
+tls_client_cert = ""
+tls_client_key = ""
+tls_insecure_skip_verify = false
+
+[notification.aws_sqs]
+enabled = false
+# Empty keys use the AWS default credential chain.
+aws_access_key_id = ""
+aws_secret_access_key = ""
+region = "us-east-2"
+# The name of an existing queue.
+sqs_queue_name = "my_filer_queue"
+
+[notification.google_pub_sub]
+enabled = false
+google_application_credentials = "/path/to/x.json"
+project_id = ""
+# Created if it does not exist.
+topic = "seaweedfs_filer_topic"
+
+[notification.gocdk_pub_sub]
+enabled = false
+topic_url = "rabbit://myexchange"
+sub_url = "rabbit://myqueue"
+
+[notification.webhook]
+enabled = false
+endpoint = "https://your-server.com/webhook"
+bearer_token = ""
+timeout_seconds = 10
+max_retries = 3
+backoff_seconds = 3
+max_backoff_seconds = 30
+workers = 5
+buffer_size = 10000
+"#;
+
+pub const SECURITY: &str = r#"# security.toml: keys and certificates shared by the SeaweedFS components.
+# replicate uses jwt.signing.read (to read chunks from volume servers that require it)
+# and https.client (https to volume servers). [better] the read token is sent on every
+# chunk read; upstream's filer sink sends none.
+
+[cors.allowed_origins]
+values = "*"
+
+[jwt.signing]
+key = ""
+expires_after_seconds = 10
+
+[access]
+ui = false
+
+[filer.expose_directory_metadata]
+enabled = true
+
+[jwt.signing.read]
+key = ""
+expires_after_seconds = 10
+
+[jwt.filer_signing]
+key = ""
+expires_after_seconds = 10
+
+[jwt.filer_signing.read]
+key = ""
+expires_after_seconds = 10
+
+[grpc]
+ca = ""
+allowed_wildcard_domain = ""
+
+[grpc.volume]
+cert = ""
+key = ""
+client_cert = ""
+client_key = ""
+allowed_commonNames = ""
+
+[grpc.master]
+cert = ""
+key = ""
+client_cert = ""
+client_key = ""
+allowed_commonNames = ""
+
+[grpc.filer]
+cert = ""
+key = ""
+client_cert = ""
+client_key = ""
+allowed_commonNames = ""
+
+[grpc.s3]
+cert = ""
+key = ""
+client_cert = ""
+client_key = ""
+allowed_commonNames = ""
+
+[grpc.msg_broker]
+cert = ""
+key = ""
+client_cert = ""
+client_key = ""
+allowed_commonNames = ""
+
+[grpc.msg_agent]
+cert = ""
+key = ""
+client_cert = ""
+client_key = ""
+allowed_commonNames = ""
+
+[grpc.admin]
+cert = ""
+key = ""
+client_cert = ""
+client_key = ""
+allowed_commonNames = ""
+
+[grpc.worker]
+cert = ""
+key = ""
+client_cert = ""
+client_key = ""
+allowed_commonNames = ""
+
+[grpc.mq]
+cert = ""
+key = ""
+client_cert = ""
+client_key = ""
+allowed_commonNames = ""
+
+[grpc.client]
+cert = ""
+key = ""
+
+[https.client]
+enabled = false
+cert = ""
+key = ""
+ca = ""
+insecure_skip_verify = false
+
+[https.volume]
+cert = ""
+key = ""
+ca = ""
+
+[https.master]
+cert = ""
+key = ""
+ca = ""
+
+[https.filer]
+cert = ""
+key = ""
+ca = ""
+
+[https.admin]
+cert = ""
+key = ""
+ca = ""
+
+[admin]
+user = ""
+password = ""
+
+[admin.readonly]
+user = ""
+password = ""
+
+[s3.sse]
+kek = ""
+key = ""
+
+[s3.trusted_proxies]
+white_list = ""
+
+[guard]
+white_list = ""
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn keys(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    walk(
+                        &if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        },
+                        v,
+                        out,
+                    );
+                }
+            } else {
+                out.insert(prefix.to_string());
+            }
+        }
+        walk("", &toml::Value::Table(text.parse().unwrap()), &mut out);
+        out
+    }
+
+    /// Keys of upstream's own templates (weed 4.48 `scaffold`), which ours must all carry.
+    #[test]
+    fn templates_carry_every_upstream_key() {
+        let upstream_replication = [
+            "source.filer.enabled",
+            "source.filer.grpcAddress",
+            "source.filer.directory",
+            "source.filer.excludeDirectories",
+            "sink.local.enabled",
+            "sink.local.directory",
+            "sink.local.is_incremental",
+            "sink.filer.enabled",
+            "sink.filer.grpcAddress",
+            "sink.filer.directory",
+            "sink.filer.replication",
+            "sink.filer.collection",
+            "sink.filer.ttlSec",
+            "sink.filer.is_incremental",
+            "sink.s3.enabled",
+            "sink.s3.aws_access_key_id",
+            "sink.s3.aws_secret_access_key",
+            "sink.s3.region",
+            "sink.s3.bucket",
+            "sink.s3.directory",
+            "sink.s3.endpoint",
+            "sink.s3.is_incremental",
+            "sink.google_cloud_storage.enabled",
+            "sink.google_cloud_storage.google_application_credentials",
+            "sink.google_cloud_storage.bucket",
+            "sink.google_cloud_storage.directory",
+            "sink.google_cloud_storage.is_incremental",
+            "sink.azure.enabled",
+            "sink.azure.account_name",
+            "sink.azure.account_key",
+            "sink.azure.client_id",
+            "sink.azure.endpoint",
+            "sink.azure.container",
+            "sink.azure.directory",
+            "sink.azure.is_incremental",
+            "sink.backblaze.enabled",
+            "sink.backblaze.b2_account_id",
+            "sink.backblaze.b2_master_application_key",
+            "sink.backblaze.b2_region",
+            "sink.backblaze.bucket",
+            "sink.backblaze.directory",
+            "sink.backblaze.is_incremental",
+        ];
+        let upstream_notification = [
+            "notification.log.enabled",
+            "notification.kafka.enabled",
+            "notification.kafka.hosts",
+            "notification.kafka.topic",
+            "notification.kafka.offsetFile",
+            "notification.kafka.offsetSaveIntervalSeconds",
+            "notification.kafka.sasl_enabled",
+            "notification.kafka.sasl_mechanism",
+            "notification.kafka.sasl_username",
+            "notification.kafka.sasl_password",
+            "notification.kafka.tls_enabled",
+            "notification.kafka.tls_ca_cert",
+            "notification.kafka.tls_client_cert",
+            "notification.kafka.tls_client_key",
+            "notification.kafka.tls_insecure_skip_verify",
+            "notification.aws_sqs.enabled",
+            "notification.aws_sqs.aws_access_key_id",
+            "notification.aws_sqs.aws_secret_access_key",
+            "notification.aws_sqs.region",
+            "notification.aws_sqs.sqs_queue_name",
+            "notification.google_pub_sub.enabled",
+            "notification.google_pub_sub.google_application_credentials",
+            "notification.google_pub_sub.project_id",
+            "notification.google_pub_sub.topic",
+            "notification.gocdk_pub_sub.enabled",
+            "notification.gocdk_pub_sub.topic_url",
+            "notification.gocdk_pub_sub.sub_url",
+            "notification.webhook.enabled",
+            "notification.webhook.endpoint",
+            "notification.webhook.bearer_token",
+            "notification.webhook.timeout_seconds",
+            "notification.webhook.max_retries",
+            "notification.webhook.backoff_seconds",
+            "notification.webhook.max_backoff_seconds",
+            "notification.webhook.workers",
+            "notification.webhook.buffer_size",
+        ];
+        let upstream_security = [
+            "jwt.signing.key",
+            "jwt.signing.read.key",
+            "jwt.signing.read.expires_after_seconds",
+            "grpc.ca",
+            "grpc.client.cert",
+            "grpc.client.key",
+            "https.client.enabled",
+            "https.client.cert",
+            "https.client.key",
+            "https.client.ca",
+            "https.client.insecure_skip_verify",
+            "s3.sse.kek",
+            "s3.sse.key",
+            "guard.white_list",
+            "admin.readonly.user",
+            "grpc.mq.allowed_commonNames",
+        ];
+        for (text, want) in [
+            (REPLICATION, &upstream_replication[..]),
+            (NOTIFICATION, &upstream_notification[..]),
+            (SECURITY, &upstream_security[..]),
+        ] {
+            let have = keys(text);
+            for k in want {
+                assert!(have.contains(*k), "template lacks {k}");
+            }
+        }
+    }
+}

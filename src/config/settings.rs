@@ -1,0 +1,598 @@
+//! Typed settings resolved (purely) from the merged key space.
+
+use super::{ConfigErrors, RawConfig, Reader};
+use crate::filer::jwt::ReadSigner;
+use crate::replicate::path::{components, normalize_dir};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Inputs in upstream's precedence order.
+pub const INPUTS: [&str; 4] = ["aws_sqs", "gocdk_pub_sub", "google_pub_sub", "kafka"];
+/// Sinks in upstream's precedence order.
+pub const SINKS: [&str; 7] = [
+    "azure",
+    "backblaze",
+    "filer",
+    "google_cloud_storage",
+    "local_incremental",
+    "local",
+    "s3",
+];
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: SourceSettings,
+    pub input: InputSettings,
+    pub sink: SinkSettings,
+    pub security: SecuritySettings,
+    pub replicate: ReplicateSettings,
+}
+
+/// `[source.filer]`.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub grpc_address: String,
+    /// Normalised, absolute.
+    pub directory: String,
+    pub exclude_directories: Vec<String>,
+    pub data_center: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum InputSettings {
+    Kafka(KafkaSettings),
+}
+
+/// `[notification.kafka]`.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub hosts: Vec<String>,
+    pub topic: String,
+    pub offset_file: PathBuf,
+    pub offset_save_interval: Duration,
+    pub sasl: Option<Sasl>,
+    pub tls: Option<KafkaTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sasl {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaTls {
+    pub ca_cert: String,
+    pub client_cert: String,
+    pub client_key: String,
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkSettings {
+    /// `[sink.local]` or `[sink.local_incremental]`.
+    Local {
+        name: &'static str,
+        directory: PathBuf,
+        incremental: bool,
+    },
+}
+
+impl SinkSettings {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkSettings::Local { name, .. } => name,
+        }
+    }
+    pub fn directory(&self) -> String {
+        match self {
+            SinkSettings::Local { directory, .. } => directory.display().to_string(),
+        }
+    }
+    pub fn incremental(&self) -> bool {
+        match self {
+            SinkSettings::Local { incremental, .. } => *incremental,
+        }
+    }
+}
+
+/// What `security.toml` says about talking to the source cluster.
+#[derive(Debug, Clone, Default)]
+pub struct SecuritySettings {
+    pub read_jwt: Option<ReadSigner>,
+    pub https_client: Option<HttpsClient>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HttpsClient {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    pub insecure_skip_verify: bool,
+}
+
+/// What happens to an event that cannot be replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Write it to the parked-events file and move on (nothing is lost, nothing stalls).
+    Park,
+    /// Upstream's behaviour: keep processing, but never commit past the oldest
+    /// failed offset, so a restart replays from it.
+    Hold,
+}
+
+/// `[replicate]`: our own settings (upstream has none of these).
+#[derive(Debug, Clone)]
+pub struct ReplicateSettings {
+    pub on_failure: FailurePolicy,
+    pub parked_file: PathBuf,
+    /// How long one event may keep failing with retryable errors before the failure policy applies.
+    pub event_deadline: Duration,
+    /// Chunks fetched ahead per file.
+    pub prefetch_chunks: usize,
+}
+
+fn enabled_sections(r: &mut Reader, prefix: &str, names: &[&'static str]) -> Vec<&'static str> {
+    names
+        .iter()
+        .copied()
+        .filter(|n| r.bool(&format!("{prefix}.{n}.enabled"), false))
+        .collect()
+}
+
+fn check_grpc_address(r: &mut Reader, key: &str, addr: &str) {
+    if addr.is_empty() {
+        r.problem(
+            key,
+            "is empty; set it to the filer's gRPC address, host:port (HTTP port + 10000)",
+        );
+        return;
+    }
+    // host:port, or [v6]:port; a bare v6 address without brackets is ambiguous.
+    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+    });
+    if !ok {
+        r.problem(
+            key,
+            format!("{addr:?} is not host:port (a port is required)"),
+        );
+    }
+}
+
+/// Resolve typed settings, relative paths against `cwd`. Pure apart from reading nothing.
+pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
+    let mut r = Reader::new(raw);
+
+    // ---- source
+    let grpc_address = r.string("source.filer.grpcAddress", "");
+    check_grpc_address(&mut r, "source.filer.grpcAddress", &grpc_address);
+    let dir_raw = r.string("source.filer.directory", "");
+    let directory = if dir_raw.is_empty() {
+        r.problem("source.filer.directory", "is empty, which would replicate nothing; set the filer directory to replicate, e.g. \"/buckets\"");
+        "/".to_string()
+    } else {
+        normalize_dir(&dir_raw).unwrap_or_else(|e| {
+            r.problem(
+                "source.filer.directory",
+                format!("must be an absolute filer path without . or ..: {}", e.why),
+            );
+            "/".to_string()
+        })
+    };
+    let mut exclude_directories = Vec::new();
+    for ex in r.list("source.filer.excludeDirectories") {
+        match normalize_dir(&ex) {
+            Ok(d) => exclude_directories.push(d),
+            Err(e) => r.problem(
+                "source.filer.excludeDirectories",
+                format!("{ex:?}: must be an absolute filer path: {}", e.why),
+            ),
+        }
+    }
+    let data_center = r.string("source.filer.dataCenter", "");
+    let source = SourceSettings {
+        grpc_address,
+        directory,
+        exclude_directories,
+        data_center,
+    };
+
+    // ---- input
+    let inputs = enabled_sections(&mut r, "notification", &INPUTS);
+    let input = match inputs.as_slice() {
+        [] => {
+            r.problem(
+                "notification",
+                format!(
+                    "no input is enabled; set enabled = true in exactly one of {}",
+                    INPUTS.map(|n| format!("[notification.{n}]")).join(", ")
+                ),
+            );
+            None
+        }
+        [one] => resolve_input(&mut r, one, cwd),
+        many => {
+            r.problem(
+                &format!("notification.{}.enabled", many[1]),
+                format!(
+                    "several inputs are enabled ({}); enable exactly one",
+                    many.iter()
+                        .map(|n| format!("notification.{n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            None
+        }
+    };
+
+    // ---- sink
+    let sinks = enabled_sections(&mut r, "sink", &SINKS);
+    let sink = match sinks.as_slice() {
+        [] => {
+            r.problem(
+                "sink",
+                format!(
+                    "no sink is enabled; set enabled = true in exactly one of {}",
+                    SINKS.map(|n| format!("[sink.{n}]")).join(", ")
+                ),
+            );
+            None
+        }
+        [one] => resolve_sink(&mut r, one, &source, cwd),
+        many => {
+            r.problem(
+                &format!("sink.{}.enabled", many[1]),
+                format!(
+                    "several sinks are enabled ({}); one replicate process feeds one sink, run one per sink",
+                    many.iter().map(|n| format!("sink.{n}")).collect::<Vec<_>>().join(", ")
+                ),
+            );
+            None
+        }
+    };
+
+    // ---- security
+    let mut security = SecuritySettings::default();
+    let read_key = r.string("jwt.signing.read.key", "");
+    let expires = r.count("jwt.signing.read.expires_after_seconds", 0);
+    if !read_key.is_empty() {
+        security.read_jwt = Some(ReadSigner::new(&read_key, expires));
+    }
+    if r.bool("https.client.enabled", false) {
+        security.https_client = Some(HttpsClient {
+            ca: r.string("https.client.ca", ""),
+            cert: r.string("https.client.cert", ""),
+            key: r.string("https.client.key", ""),
+            insecure_skip_verify: r.bool("https.client.insecure_skip_verify", false),
+        });
+    }
+    let grpc_tls = [
+        "grpc.ca",
+        "grpc.client.cert",
+        "grpc.client.key",
+        "grpc.client.client_cert",
+        "grpc.client.client_key",
+    ];
+    let ca_set = !r.string("grpc.ca", "").is_empty();
+    let cert_set = grpc_tls[1..].iter().any(|k| !r.string(k, "").is_empty());
+    if ca_set && cert_set {
+        r.problem("grpc.ca", "gRPC mutual TLS to the filer is not supported by this version yet; remove the grpc.ca / grpc.client.* keys or use a plaintext filer gRPC port");
+    }
+
+    // ---- ours
+    let on_failure = match r
+        .string("replicate.on_failure", "park")
+        .to_lowercase()
+        .as_str()
+    {
+        "park" => FailurePolicy::Park,
+        "hold" => FailurePolicy::Hold,
+        other => {
+            r.problem(
+                "replicate.on_failure",
+                format!("must be \"park\" or \"hold\", got {other:?}"),
+            );
+            FailurePolicy::Park
+        }
+    };
+    let parked_file = cwd.join(r.string("replicate.parked_file", "./replicate.parked.jsonl"));
+    let event_deadline = Duration::from_secs(r.count("replicate.event_deadline_seconds", 300));
+    let prefetch_chunks = r.count("replicate.prefetch_chunks", 4);
+    if prefetch_chunks == 0 || prefetch_chunks > 256 {
+        r.problem(
+            "replicate.prefetch_chunks",
+            format!("must be between 1 and 256, got {prefetch_chunks}"),
+        );
+    }
+    let replicate = ReplicateSettings {
+        on_failure,
+        parked_file,
+        event_deadline,
+        prefetch_chunks: prefetch_chunks.clamp(1, 256) as usize,
+    };
+
+    match (input, sink) {
+        (Some(input), Some(sink)) if r.problems.is_empty() => Ok(Settings {
+            source,
+            input,
+            sink,
+            security,
+            replicate,
+        }),
+        _ => Err(ConfigErrors(r.problems)),
+    }
+}
+
+fn resolve_input(r: &mut Reader, name: &str, cwd: &Path) -> Option<InputSettings> {
+    if name != "kafka" {
+        r.problem(
+            &format!("notification.{name}.enabled"),
+            format!(
+                "the {name} input is not supported by this version yet; use [notification.kafka]"
+            ),
+        );
+        return None;
+    }
+    let p = "notification.kafka";
+    let hosts = r.list(&format!("{p}.hosts"));
+    if hosts.is_empty() {
+        r.problem(
+            &format!("{p}.hosts"),
+            "is empty; list the Kafka brokers, e.g. [\"localhost:9092\"]",
+        );
+    }
+    let topic = r.string(&format!("{p}.topic"), "");
+    if topic.is_empty() {
+        r.problem(
+            &format!("{p}.topic"),
+            "is empty; set the topic the filer publishes to",
+        );
+    }
+    let offset_file = r.string(&format!("{p}.offsetFile"), "./last.offset");
+    let offset_file = cwd.join(if offset_file.is_empty() {
+        "./last.offset"
+    } else {
+        &offset_file
+    });
+    let interval = r.count(&format!("{p}.offsetSaveIntervalSeconds"), 10);
+    let sasl = if r.bool(&format!("{p}.sasl_enabled"), false) {
+        let mech = r
+            .string(&format!("{p}.sasl_mechanism"), "PLAIN")
+            .to_uppercase();
+        let mechanism = match mech.as_str() {
+            "" | "PLAIN" => "PLAIN".to_string(),
+            "SCRAM-SHA-256" | "SCRAM-SHA-512" => mech,
+            other => {
+                r.problem(
+                    &format!("{p}.sasl_mechanism"),
+                    format!("must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, got {other:?}"),
+                );
+                "PLAIN".into()
+            }
+        };
+        let username = r.string(&format!("{p}.sasl_username"), "");
+        if username.is_empty() {
+            r.problem(
+                &format!("{p}.sasl_username"),
+                "is empty but sasl_enabled is true",
+            );
+        }
+        Some(Sasl {
+            mechanism,
+            username,
+            password: r.string(&format!("{p}.sasl_password"), ""),
+        })
+    } else {
+        None
+    };
+    let tls = if r.bool(&format!("{p}.tls_enabled"), false) {
+        let t = KafkaTls {
+            ca_cert: r.string(&format!("{p}.tls_ca_cert"), ""),
+            client_cert: r.string(&format!("{p}.tls_client_cert"), ""),
+            client_key: r.string(&format!("{p}.tls_client_key"), ""),
+            insecure_skip_verify: r.bool(&format!("{p}.tls_insecure_skip_verify"), false),
+        };
+        if t.client_cert.is_empty() != t.client_key.is_empty() {
+            r.problem(
+                &format!("{p}.tls_client_cert"),
+                "tls_client_cert and tls_client_key must be set together",
+            );
+        }
+        for (k, v) in [
+            ("tls_ca_cert", &t.ca_cert),
+            ("tls_client_cert", &t.client_cert),
+            ("tls_client_key", &t.client_key),
+        ] {
+            if !v.is_empty() && !cwd.join(v).is_file() {
+                r.problem(&format!("{p}.{k}"), format!("file {v:?} does not exist"));
+            }
+        }
+        Some(t)
+    } else {
+        None
+    };
+    Some(InputSettings::Kafka(KafkaSettings {
+        hosts,
+        topic,
+        offset_file,
+        offset_save_interval: Duration::from_secs(interval),
+        sasl,
+        tls,
+    }))
+}
+
+fn resolve_sink(
+    r: &mut Reader,
+    name: &'static str,
+    source: &SourceSettings,
+    cwd: &Path,
+) -> Option<SinkSettings> {
+    let p = format!("sink.{name}");
+    if name == "filer" {
+        // Checked even before the filer sink lands, so the guard is never dead code.
+        let addr = r.string("sink.filer.grpcAddress", "");
+        let dir = r.string("sink.filer.directory", "");
+        if let (Ok(d), Ok(s)) = (components(&dir), components(&source.directory))
+            && addr.eq_ignore_ascii_case(&source.grpc_address)
+            && crate::replicate::path::is_equal_or_under(&d, &s)
+        {
+            r.problem("sink.filer.directory", format!("{dir:?} is equal to or under source.filer.directory {:?} on the same filer: replication would feed itself", source.directory));
+        }
+    }
+    match name {
+        "local" | "local_incremental" => {
+            let dir = r.string(&format!("{p}.directory"), "");
+            if dir.is_empty() {
+                r.problem(
+                    &format!("{p}.directory"),
+                    "is empty; set the local directory to replicate into",
+                );
+                return None;
+            }
+            let incremental = r.bool(&format!("{p}.is_incremental"), name == "local_incremental");
+            Some(SinkSettings::Local {
+                name,
+                directory: cwd.join(dir),
+                incremental,
+            })
+        }
+        other => {
+            r.problem(
+                &format!("{p}.enabled"),
+                format!("the {other} sink is not supported by this version yet; use [sink.local]"),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const GOOD: &str = r#"
+[source.filer]
+grpcAddress = "localhost:18888"
+directory = "/buckets/"
+excludeDirectories = "/buckets/tmp /buckets/cache"
+[sink.local]
+enabled = true
+directory = "/data"
+[notification.kafka]
+enabled = true
+hosts = ["localhost:9092"]
+topic = "seaweedfs_filer"
+offsetFile = "./last.offset"
+offsetSaveIntervalSeconds = 10
+"#;
+
+    fn resolve_text(text: &str) -> Result<Settings, ConfigErrors> {
+        resolve(
+            &RawConfig::from_toml(text, HashMap::new()),
+            Path::new("/work"),
+        )
+    }
+
+    #[test]
+    fn good_config_resolves() {
+        let s = resolve_text(GOOD).unwrap();
+        assert_eq!(s.source.directory, "/buckets");
+        assert_eq!(
+            s.source.exclude_directories,
+            vec!["/buckets/tmp", "/buckets/cache"]
+        );
+        let InputSettings::Kafka(k) = &s.input;
+        assert_eq!(k.offset_file, PathBuf::from("/work/./last.offset"));
+        assert_eq!(k.offset_save_interval, Duration::from_secs(10));
+        assert_eq!(s.sink.name(), "local");
+        assert_eq!(s.replicate.on_failure, FailurePolicy::Park);
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key() {
+        let text = r#"
+[source.filer]
+grpcAddress = "localhost"
+directory = "buckets"
+[sink.local]
+enabled = true
+directory = "/a"
+[sink.s3]
+enabled = true
+[notification.kafka]
+enabled = true
+hosts = []
+topic = "t"
+sasl_enabled = true
+sasl_mechanism = "GSSAPI"
+sasl_username = "u"
+[notification.aws_sqs]
+enabled = true
+"#;
+        let errs = resolve_text(text).unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "source.filer.grpcAddress",
+                "source.filer.directory",
+                "notification.kafka.enabled",
+                "sink.s3.enabled",
+            ],
+            "{errs:#?}"
+        );
+        assert!(
+            errs[2]
+                .message
+                .contains("notification.aws_sqs, notification.kafka"),
+            "{}",
+            errs[2]
+        );
+    }
+
+    #[test]
+    fn nothing_enabled_and_empty_directory_are_errors() {
+        let errs = resolve_text("[source.filer]\ngrpcAddress = \"h:1\"\n")
+            .unwrap_err()
+            .0;
+        let text: Vec<String> = errs.iter().map(|p| p.to_string()).collect();
+        assert_eq!(errs.len(), 3, "{text:#?}");
+        assert!(text[0].contains("source.filer.directory: is empty"));
+        assert!(text[1].contains("no input is enabled"));
+        assert!(text[2].contains("no sink is enabled"));
+    }
+
+    #[test]
+    fn kafka_key_checks() {
+        let text = GOOD.replace("offsetSaveIntervalSeconds = 10", "sasl_enabled = true\nsasl_mechanism = \"scram-sha-512\"\nsasl_username = \"\"\ntls_enabled = true\ntls_client_cert = \"/nonexistent.pem\"");
+        let errs = resolve_text(&text).unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "notification.kafka.sasl_username",
+                "notification.kafka.tls_client_cert",
+                "notification.kafka.tls_client_cert"
+            ]
+        );
+    }
+
+    #[test]
+    fn filer_sink_inside_source_on_same_filer_is_refused() {
+        let text = GOOD.replace("[sink.local]\nenabled = true", "[sink.filer]\nenabled = true\ngrpcAddress = \"localhost:18888\"\ndirectory = \"/buckets/backup\"\n[sink.local]\nenabled = false");
+        let errs = resolve_text(&text).unwrap_err().0;
+        assert!(
+            errs.iter()
+                .any(|p| p.key == "sink.filer.directory" && p.message.contains("feed itself")),
+            "{errs:#?}"
+        );
+    }
+}

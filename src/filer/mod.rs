@@ -1,0 +1,494 @@
+//! The source cluster: filer gRPC (volume lookups) and chunk reads from volume servers.
+//!
+//! Reads are strict: every chunk must arrive whole and at its recorded size, holes
+//! are zero-filled, manifests are resolved recursively, and any failure fails the
+//! read. A sink never receives a truncated or shifted file.
+
+pub mod fileid;
+pub mod jwt;
+pub mod views;
+
+use crate::event::chunk_file_id;
+use crate::pb::seaweed_filer_client::SeaweedFilerClient;
+use crate::pb::{Entry, FileChunk, FileChunkManifest, Location, LookupVolumeRequest};
+use aes_gcm::aead::Aead;
+use aes_gcm::{Aes256Gcm, KeyInit};
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a volume's locations are trusted before they are looked up again.
+const LOCATION_TTL: Duration = Duration::from_secs(600);
+/// Largest piece of zeros sent for a hole.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// What a source read needs to know.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// `host:port` of the filer's gRPC endpoint.
+    pub grpc_address: String,
+    /// Volume servers in this data center are tried first.
+    pub data_center: String,
+    /// Read JWT signer from `jwt.signing.read.key`.
+    pub read_jwt: Option<jwt::ReadSigner>,
+    /// `https.client.enabled`: talk https to volume servers.
+    pub https: bool,
+    /// Chunks fetched ahead of the one being written, per file.
+    pub prefetch: usize,
+}
+
+/// Why a source read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("looking up volume {vid} on the source filer: {status}")]
+    Lookup {
+        vid: String,
+        status: Box<tonic::Status>,
+    },
+    #[error("volume {vid} has no locations on the source filer")]
+    NoLocations { vid: String },
+    #[error("chunk {fid}: {detail}")]
+    Chunk {
+        fid: String,
+        detail: String,
+        retryable: bool,
+    },
+    #[error("chunk manifest {fid} does not decode: {source}")]
+    Manifest {
+        fid: String,
+        source: prost::DecodeError,
+    },
+    #[error("read stopped before the end of the file")]
+    Aborted,
+}
+
+impl ReadError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ReadError::Lookup { .. } | ReadError::NoLocations { .. } | ReadError::Aborted => true,
+            ReadError::Chunk { retryable, .. } => *retryable,
+            ReadError::Manifest { .. } => false,
+        }
+    }
+}
+
+fn chunk_err(fid: &str, detail: impl Into<String>, retryable: bool) -> ReadError {
+    ReadError::Chunk {
+        fid: fid.to_string(),
+        detail: detail.into(),
+        retryable,
+    }
+}
+
+/// Connects to the source filer and reads file content from its volume servers.
+pub struct FilerSource {
+    grpc: SeaweedFilerClient<Channel>,
+    http: reqwest::Client,
+    opts: SourceOptions,
+    locations: Mutex<HashMap<String, (Instant, Vec<Location>)>>,
+}
+
+/// A gRPC channel to a filer that connects lazily and reconnects on its own.
+pub fn connect_lazy(address: &str) -> Result<SeaweedFilerClient<Channel>, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .http2_keep_alive_interval(Duration::from_secs(60))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .connect_lazy();
+    Ok(SeaweedFilerClient::new(channel)
+        .max_decoding_message_size(1 << 30)
+        .max_encoding_message_size(1 << 30))
+}
+
+impl FilerSource {
+    pub fn new(
+        opts: SourceOptions,
+        http: reqwest::Client,
+    ) -> Result<Self, tonic::transport::Error> {
+        Ok(FilerSource {
+            grpc: connect_lazy(&opts.grpc_address)?,
+            http,
+            opts,
+            locations: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The gRPC client of the source filer.
+    pub fn client(&self) -> SeaweedFilerClient<Channel> {
+        self.grpc.clone()
+    }
+
+    /// Volume server addresses for a volume, preferred data center first. Cached.
+    async fn lookup(&self, vid: &str, refresh: bool) -> Result<Vec<Location>, ReadError> {
+        if !refresh {
+            let cache = self.locations.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, locs)) = cache.get(vid)
+                && at.elapsed() < LOCATION_TTL
+            {
+                return Ok(locs.clone());
+            }
+        }
+        let resp = self
+            .grpc
+            .clone()
+            .lookup_volume(LookupVolumeRequest {
+                volume_ids: vec![vid.to_string()],
+            })
+            .await
+            .map_err(|status| ReadError::Lookup {
+                vid: vid.into(),
+                status: Box::new(status),
+            })?
+            .into_inner();
+        let mut locs = resp
+            .locations_map
+            .get(vid)
+            .map(|l| l.locations.clone())
+            .unwrap_or_default();
+        if locs.is_empty() {
+            return Err(ReadError::NoLocations { vid: vid.into() });
+        }
+        if !self.opts.data_center.is_empty() {
+            locs.sort_by_key(|l| l.data_center != self.opts.data_center);
+        }
+        self.locations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(vid.to_string(), (Instant::now(), locs.clone()));
+        Ok(locs)
+    }
+
+    fn forget(&self, vid: &str) {
+        self.locations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(vid);
+    }
+
+    /// Fetch one chunk's clear bytes: tries every replica, re-looks the volume up
+    /// once after all replicas failed, decrypts and gunzips, and checks the size.
+    pub async fn fetch_chunk(
+        &self,
+        chunk: &FileChunk,
+        check_size: bool,
+    ) -> Result<Bytes, ReadError> {
+        let fid = chunk_file_id(chunk)
+            .ok_or_else(|| chunk_err("?", "chunk has neither file_id nor fid", false))?;
+        let vid =
+            fileid::volume_id(&fid).ok_or_else(|| chunk_err(&fid, "malformed file id", false))?;
+        let mut last = None;
+        for refresh in [false, true] {
+            let locs = self.lookup(vid, refresh).await?;
+            for loc in &locs {
+                match self.get(&loc.url, &fid).await {
+                    Ok((body, gzipped)) => {
+                        match decode_chunk(&fid, body, gzipped, chunk, check_size) {
+                            Ok(data) => return Ok(data),
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            self.forget(vid);
+        }
+        Err(last.unwrap_or_else(|| chunk_err(&fid, "no replica answered", true)))
+    }
+
+    async fn get(&self, host: &str, fid: &str) -> Result<(Bytes, bool), ReadError> {
+        let scheme = if self.opts.https { "https" } else { "http" };
+        let url = format!("{scheme}://{host}/{fid}?readDeleted=true");
+        let mut req = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT_ENCODING, "gzip");
+        if let Some(signer) = &self.opts.read_jwt {
+            req = req.bearer_auth(signer.sign(fid));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| chunk_err(fid, format!("GET {url}: {e}"), true))?;
+        let status = resp.status();
+        if !status.is_success() {
+            // 404 may mean this replica lost it; 401/403 is a key mismatch an operator must fix.
+            let retryable =
+                status.is_server_error() || matches!(status.as_u16(), 401 | 403 | 404 | 408 | 429);
+            return Err(chunk_err(
+                fid,
+                format!("GET {url}: HTTP {status}"),
+                retryable,
+            ));
+        }
+        let gzipped = resp
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| chunk_err(fid, format!("GET {url}: body: {e}"), true))?;
+        Ok((body, gzipped))
+    }
+
+    /// Replace manifest chunks by the data chunks they list, recursively.
+    pub async fn resolve_manifests(
+        &self,
+        chunks: &[FileChunk],
+    ) -> Result<Vec<FileChunk>, ReadError> {
+        let mut out = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            if !c.is_chunk_manifest {
+                out.push(c.clone());
+                continue;
+            }
+            let blob = self.fetch_chunk(c, false).await?;
+            let manifest =
+                FileChunkManifest::decode(blob).map_err(|source| ReadError::Manifest {
+                    fid: chunk_file_id(c).unwrap_or_default(),
+                    source,
+                })?;
+            out.extend(Box::pin(self.resolve_manifests(&manifest.chunks)).await?);
+        }
+        Ok(out)
+    }
+
+    /// Stream a file's content in order. The total length equals [`content_size`].
+    /// At most `prefetch` chunks are held in memory at once.
+    pub fn open(self: &Arc<Self>, entry: &Entry) -> mpsc::Receiver<Result<Bytes, ReadError>> {
+        let (tx, rx) = mpsc::channel(2);
+        let this = Arc::clone(self);
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.produce(&entry, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        rx
+    }
+
+    async fn produce(
+        &self,
+        entry: &Entry,
+        tx: &mpsc::Sender<Result<Bytes, ReadError>>,
+    ) -> Result<(), ReadError> {
+        let recorded = entry.attributes.as_ref().map(|a| a.file_size).unwrap_or(0);
+        if entry.chunks.is_empty() {
+            let content = Bytes::from(entry.content.clone());
+            let size = recorded.max(content.len() as u64);
+            if !content.is_empty() && tx.send(Ok(content.clone())).await.is_err() {
+                return Ok(());
+            }
+            return send_zeros(tx, size - content.len() as u64).await;
+        }
+        let chunks = self.resolve_manifests(&entry.chunks).await?;
+        let size = views::file_size(recorded, &chunks);
+        let plan = views::visible(&chunks, size);
+        let mut pos = 0u64;
+        let prefetch = self.opts.prefetch.max(1);
+        let mut fetched = futures::stream::iter(plan.iter().cloned())
+            .map(|v| {
+                let chunk = &chunks[v.chunk];
+                async move { self.fetch_chunk(chunk, true).await.map(|data| (v, data)) }
+            })
+            .buffered(prefetch);
+        while let Some(item) = fetched.next().await {
+            let (v, data) = item?;
+            send_zeros(tx, v.file_offset - pos).await?;
+            let start = v.chunk_offset as usize;
+            let piece = data.slice(start..start + v.len as usize);
+            tx.send(Ok(piece)).await.map_err(|_| ReadError::Aborted)?;
+            pos = v.file_offset + v.len;
+        }
+        send_zeros(tx, size - pos).await
+    }
+}
+
+/// The number of bytes [`FilerSource::open`] yields for an entry without manifests;
+/// with manifests the resolved chunks decide, so sinks count what they receive.
+pub fn content_size(entry: &Entry) -> u64 {
+    let recorded = entry.attributes.as_ref().map(|a| a.file_size).unwrap_or(0);
+    if entry.chunks.is_empty() {
+        recorded.max(entry.content.len() as u64)
+    } else {
+        views::file_size(recorded, &entry.chunks)
+    }
+}
+
+async fn send_zeros(
+    tx: &mpsc::Sender<Result<Bytes, ReadError>>,
+    mut n: u64,
+) -> Result<(), ReadError> {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        tx.send(Ok(Bytes::from_static(&ZEROS[..k])))
+            .await
+            .map_err(|_| ReadError::Aborted)?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+fn gunzip(fid: &str, data: &[u8]) -> Result<Vec<u8>, ReadError> {
+    let mut out = Vec::with_capacity(data.len() * 2);
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .map_err(|e| chunk_err(fid, format!("gunzip: {e}"), false))?;
+    Ok(out)
+}
+
+/// Turn the bytes a volume server returned into the chunk's clear bytes.
+fn decode_chunk(
+    fid: &str,
+    body: Bytes,
+    gzipped: bool,
+    chunk: &FileChunk,
+    check_size: bool,
+) -> Result<Bytes, ReadError> {
+    let mut data = if gzipped {
+        Bytes::from(gunzip(fid, &body)?)
+    } else {
+        body
+    };
+    if !chunk.cipher_key.is_empty() {
+        data = Bytes::from(decrypt(fid, &chunk.cipher_key, &data)?);
+        if chunk.is_compressed {
+            data = Bytes::from(gunzip(fid, &data)?);
+        }
+    }
+    if check_size && data.len() as u64 != chunk.size {
+        // A compressed needle served without Content-Encoding still starts with the gzip magic.
+        if data.starts_with(&[0x1f, 0x8b])
+            && let Ok(clear) = gunzip(fid, &data)
+            && clear.len() as u64 == chunk.size
+        {
+            return Ok(Bytes::from(clear));
+        }
+        return Err(chunk_err(
+            fid,
+            format!("got {} bytes, the entry says {}", data.len(), chunk.size),
+            true,
+        ));
+    }
+    Ok(data)
+}
+
+/// AES-256-GCM with the 12-byte nonce in front, as the filer writes encrypted chunks.
+fn decrypt(fid: &str, key: &[u8], data: &[u8]) -> Result<Vec<u8>, ReadError> {
+    let cipher = Aes256Gcm::new_from_slice(key)
+        .map_err(|_| chunk_err(fid, "cipher key is not 32 bytes", false))?;
+    if data.len() < 12 + 16 {
+        return Err(chunk_err(
+            fid,
+            "encrypted chunk shorter than nonce and tag",
+            true,
+        ));
+    }
+    let (nonce, sealed) = data.split_at(12);
+    let nonce = aes_gcm::Nonce::try_from(nonce).map_err(|_| chunk_err(fid, "bad nonce", false))?;
+    cipher
+        .decrypt(&nonce, sealed)
+        .map_err(|_| chunk_err(fid, "decryption failed (wrong key or corrupt data)", false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn seal(key: &[u8; 32], clear: &[u8]) -> Vec<u8> {
+        let cipher = Aes256Gcm::new_from_slice(key).unwrap();
+        let nonce = [7u8; 12];
+        let mut out = nonce.to_vec();
+        out.extend(
+            cipher
+                .encrypt(&aes_gcm::Nonce::try_from(&nonce[..]).unwrap(), clear)
+                .unwrap(),
+        );
+        out
+    }
+
+    #[test]
+    fn decodes_plain_gzip_and_encrypted_chunks() {
+        let clear = b"hello world, hello world, hello world".to_vec();
+        let plain = FileChunk {
+            size: clear.len() as u64,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_chunk("1,01", Bytes::from(clear.clone()), false, &plain, true).unwrap(),
+            clear
+        );
+        assert_eq!(
+            decode_chunk("1,01", Bytes::from(gz(&clear)), true, &plain, true).unwrap(),
+            clear
+        );
+        assert_eq!(
+            decode_chunk("1,01", Bytes::from(gz(&clear)), false, &plain, true).unwrap(),
+            clear,
+            "gzip without Content-Encoding is detected by size"
+        );
+
+        let key = [9u8; 32];
+        let enc = FileChunk {
+            cipher_key: key.to_vec(),
+            is_compressed: true,
+            ..plain.clone()
+        };
+        assert_eq!(
+            decode_chunk(
+                "1,01",
+                Bytes::from(seal(&key, &gz(&clear))),
+                false,
+                &enc,
+                true
+            )
+            .unwrap(),
+            clear
+        );
+        let enc_plain = FileChunk {
+            cipher_key: key.to_vec(),
+            ..plain.clone()
+        };
+        assert_eq!(
+            decode_chunk(
+                "1,01",
+                Bytes::from(seal(&key, &clear)),
+                false,
+                &enc_plain,
+                true
+            )
+            .unwrap(),
+            clear
+        );
+        let mut tampered = seal(&key, &clear);
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(decode_chunk("1,01", Bytes::from(tampered), false, &enc_plain, true).is_err());
+    }
+
+    #[test]
+    fn short_chunk_is_an_error() {
+        let c = FileChunk {
+            size: 10,
+            ..Default::default()
+        };
+        let err = decode_chunk("1,01", Bytes::from_static(b"short"), false, &c, true).unwrap_err();
+        assert!(
+            err.to_string().contains("got 5 bytes, the entry says 10"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! seaweed-replicate: a drop-in replacement for SeaweedFS's `weed filer.replicate`.
+//!
+//! Data flows one way: a queue input (`source`) yields raw events, `event` decodes
+//! them, `replicate` turns each into a sink operation, `sink` applies it, and the
+//! acknowledgement travels back to the input only after the sink has the change.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod filer;
+pub mod pipeline;
+pub mod replicate;
+pub mod sink;
+pub mod source;
+
+/// Generated protobuf types and the filer gRPC client (see `proto/filer.proto`).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("filer_pb");
+}
+
+/// The version printed by `replicate version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,29 @@
+//! `replicate`: parse the command line, set up logging, run, map errors to exit codes.
+
+use clap::Parser;
+use seaweed_replicate::{app, cli};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::normalize_args(std::env::args());
+    let cli = match cli::Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    app::init_logging(cli.verbosity);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(app::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("replicate: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

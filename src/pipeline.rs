@@ -1,0 +1,190 @@
+//! One event from queue to sink: decode, plan, apply with retries, and decide what
+//! the input should do with it.
+//!
+//! Retryable failures (a source or sink that is down, a replica that is missing a
+//! chunk for now) are retried with backoff for up to `event_deadline`; permanent ones
+//! (a payload that does not decode, an unsafe path) are not retried. Either way a
+//! failed event then goes to the failure policy: parked in a file (the default) or
+//! held, upstream's way. An event is never reported done unless the sink has it.
+
+use crate::config::settings::FailurePolicy;
+use crate::event::{self, RawEvent};
+use crate::replicate::{self, Plan, Rules};
+use crate::sink::Sink;
+use base64::Engine;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Where an event came from, for logs and the parked file.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What the input should do with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Replicated, skipped by the rules, or parked: commit it.
+    Done,
+    /// Failed under the hold policy: do not commit it or anything after it.
+    Held,
+    /// Shutdown interrupted it: neither commit nor record it.
+    Abandoned,
+}
+
+/// Counters, logged at shutdown.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub replicated: AtomicU64,
+    pub skipped: AtomicU64,
+    pub parked: AtomicU64,
+    pub held: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+pub struct Pipeline {
+    rules: Rules,
+    sink: Box<dyn Sink>,
+    policy: FailurePolicy,
+    parked_file: PathBuf,
+    parked_lock: Mutex<()>,
+    deadline: Duration,
+    stop: CancellationToken,
+    pub stats: Stats,
+}
+
+enum Failure {
+    Permanent(String),
+    GaveUp(String),
+}
+
+impl Pipeline {
+    pub fn new(
+        rules: Rules,
+        sink: Box<dyn Sink>,
+        policy: FailurePolicy,
+        parked_file: PathBuf,
+        deadline: Duration,
+        stop: CancellationToken,
+    ) -> Self {
+        Pipeline {
+            rules,
+            sink,
+            policy,
+            parked_file,
+            parked_lock: Mutex::new(()),
+            deadline,
+            stop,
+            stats: Stats::default(),
+        }
+    }
+
+    pub async fn handle(&self, raw: &RawEvent, origin: Origin) -> Disposition {
+        let failure = match self.try_handle(raw).await {
+            Ok(None) => return Disposition::Abandoned,
+            Ok(Some(replicated)) => {
+                let counter = if replicated {
+                    &self.stats.replicated
+                } else {
+                    &self.stats.skipped
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                return Disposition::Done;
+            }
+            Err(f) => f,
+        };
+        let (why, permanent) = match &failure {
+            Failure::Permanent(w) => (w.as_str(), true),
+            Failure::GaveUp(w) => (w.as_str(), false),
+        };
+        match self.policy {
+            FailurePolicy::Park => match self.park(raw, origin, why) {
+                Ok(()) => {
+                    self.stats.parked.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(key = %raw.key, partition = origin.partition, offset = origin.offset, permanent, error = why,
+                        file = %self.parked_file.display(), "event cannot be replicated; parked it");
+                    Disposition::Done
+                }
+                Err(e) => {
+                    self.stats.held.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(key = %raw.key, partition = origin.partition, offset = origin.offset, error = why, park_error = %e,
+                        "event cannot be replicated and parking it failed; holding its offset");
+                    Disposition::Held
+                }
+            },
+            FailurePolicy::Hold => {
+                self.stats.held.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(key = %raw.key, partition = origin.partition, offset = origin.offset, permanent, error = why,
+                    "event cannot be replicated; holding the committed offset before it");
+                Disposition::Held
+            }
+        }
+    }
+
+    /// `Ok(Some(true))` replicated, `Ok(Some(false))` skipped, `Ok(None)` abandoned at shutdown.
+    async fn try_handle(&self, raw: &RawEvent) -> Result<Option<bool>, Failure> {
+        let ev = event::decode(&raw.payload).map_err(|e| Failure::Permanent(e.to_string()))?;
+        tracing::debug!(key = %raw.key, "{}: {}", event::kind(&ev), raw.key);
+        let plan = self
+            .rules
+            .plan(&raw.key, &ev)
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        if let Plan::Skip(why) = plan {
+            tracing::debug!(key = %raw.key, why, "skipped");
+            return Ok(Some(false));
+        }
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match replicate::apply(&plan, self.sink.as_ref()).await {
+                Ok(()) => {
+                    tracing::debug!(key = %raw.key, "replicated {}", raw.key);
+                    return Ok(Some(true));
+                }
+                Err(e) if !e.is_retryable() => return Err(Failure::Permanent(e.to_string())),
+                Err(e) if started.elapsed() >= self.deadline => {
+                    return Err(Failure::GaveUp(format!(
+                        "still failing after {:?}: {e}",
+                        self.deadline
+                    )));
+                }
+                Err(e) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(key = %raw.key, error = %e, retry_in = ?backoff, "replicating failed; will retry");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Append the event to the parked file (one JSON object per line) and fsync it.
+    fn park(&self, raw: &RawEvent, origin: Origin, error: &str) -> std::io::Result<()> {
+        let record = serde_json::json!({
+            "time": chrono::Utc::now().to_rfc3339(),
+            "key": raw.key,
+            "partition": origin.partition,
+            "offset": origin.offset,
+            "error": error,
+            "payload_b64": base64::engine::general_purpose::STANDARD.encode(&raw.payload),
+        });
+        let _guard = self.parked_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dir) = self.parked_file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.parked_file)?;
+        writeln!(f, "{record}")?;
+        f.sync_data()
+    }
+}

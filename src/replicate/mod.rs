@@ -1,0 +1,491 @@
+//! The replicator: turns one filer event into one sink operation.
+//!
+//! Scope and exclusions, both rename event formats (one logical rename event, or
+//! the pre-4.18 create-then-delete pair), renames that cross the scope boundary,
+//! incremental `YYYY-MM-DD` directories and the mapping from source to sink paths
+//! follow upstream's `replicator.go`. Two things are stricter on purpose: every
+//! path is validated (no `..`, `/` in names or NUL can reach a sink), and an event
+//! that would delete or move the sink root is refused.
+
+pub mod path;
+
+use crate::pb::{Entry, EventNotification};
+use crate::sink::{Sink, SinkError};
+use chrono::TimeZone;
+use path::{BadPath, check_name, components, is_equal_or_under, join};
+
+/// Replication rules from `[source.filer]` and the sink's `directory`/`is_incremental`.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Normalised `source.filer.directory`, as components.
+    pub source_dir: Vec<String>,
+    /// Normalised `excludeDirectories`.
+    pub excludes: Vec<Vec<String>>,
+    /// The sink's `directory` as given (used for display keys only).
+    pub sink_dir: String,
+    /// Date directories (`is_incremental`).
+    pub incremental: bool,
+    /// Skip events flagged `is_from_other_cluster` (filer sinks only).
+    pub skip_other_cluster: bool,
+}
+
+/// Where an operation lands, relative to the sink's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkKey {
+    /// Validated components under the sink root (date directory first, if any).
+    pub rel: Vec<String>,
+    /// The full sink key as upstream would print it (`sink_dir` + rel).
+    pub full: String,
+}
+
+impl SinkKey {
+    fn new(sink_dir: &str, rel: Vec<String>) -> Self {
+        let base = sink_dir.trim_end_matches('/');
+        let full = if rel.is_empty() {
+            if base.is_empty() {
+                "/".to_string()
+            } else {
+                base.to_string()
+            }
+        } else {
+            format!("{base}{}", join(&rel))
+        };
+        SinkKey { rel, full }
+    }
+
+    /// The parent key (the root's parent is the root).
+    pub fn parent(&self, sink_dir: &str) -> SinkKey {
+        let mut rel = self.rel.clone();
+        rel.pop();
+        SinkKey::new(sink_dir, rel)
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.rel.is_empty()
+    }
+}
+
+/// One sink operation, or a reason to do nothing.
+// One plan exists per event in flight, so the size of the large variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    Skip(&'static str),
+    Create {
+        key: SinkKey,
+        entry: Entry,
+    },
+    Delete {
+        key: SinkKey,
+        is_directory: bool,
+        delete_chunks: bool,
+    },
+    /// A real move; sinks without a native move get create-then-delete.
+    Move {
+        old: SinkKey,
+        new: SinkKey,
+        entry: Entry,
+    },
+    Update {
+        key: SinkKey,
+        old: Entry,
+        new_parent: SinkKey,
+        new: Entry,
+        delete_chunks: bool,
+    },
+}
+
+/// Why an event was refused. These are permanent: retrying cannot help.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    BadPath(#[from] BadPath),
+    #[error("entry name {name:?} is unsafe: {why}")]
+    BadName { name: String, why: &'static str },
+    #[error("refusing to {op} the sink root (event for the source directory itself, key {key:?})")]
+    SinkRoot { op: &'static str, key: String },
+}
+
+impl Rules {
+    fn in_scope(&self, p: &[String]) -> bool {
+        is_equal_or_under(p, &self.source_dir)
+            && !self.excludes.iter().any(|ex| is_equal_or_under(p, ex))
+    }
+
+    fn date_dir(&self, entry: Option<&Entry>) -> Option<String> {
+        if !self.incremental {
+            return None;
+        }
+        let mtime = entry
+            .and_then(|e| e.attributes.as_ref())
+            .map(|a| a.mtime)
+            .unwrap_or(0);
+        let day = chrono::Local
+            .timestamp_opt(mtime, 0)
+            .single()
+            .unwrap_or_else(|| chrono::Local.timestamp_opt(0, 0).unwrap());
+        Some(day.format("%Y-%m-%d").to_string())
+    }
+
+    fn map(&self, p: &[String], date: &Option<String>) -> SinkKey {
+        let mut rel = Vec::with_capacity(p.len() + 1);
+        if let Some(d) = date {
+            rel.push(d.clone());
+        }
+        rel.extend(p[self.source_dir.len()..].iter().cloned());
+        SinkKey::new(&self.sink_dir, rel)
+    }
+
+    /// Decide what one event means for the sink. Pure: no I/O.
+    pub fn plan(&self, key: &str, ev: &EventNotification) -> Result<Plan, PlanError> {
+        if ev.is_from_other_cluster && self.skip_other_cluster {
+            return Ok(Plan::Skip("event came from another cluster"));
+        }
+        let key_parts = components(key)?;
+        match (&ev.old_entry, &ev.new_entry) {
+            (None, None) => Ok(Plan::Skip("event has neither an old nor a new entry")),
+            (None, Some(new)) => {
+                if !self.in_scope(&key_parts) {
+                    return Ok(Plan::Skip("outside the source directory"));
+                }
+                self.create(key, key_parts, new)
+            }
+            (Some(old), None) => {
+                if !self.in_scope(&key_parts) {
+                    return Ok(Plan::Skip("outside the source directory"));
+                }
+                self.delete(key, &key_parts, old, ev.delete_chunks)
+            }
+            (Some(old), Some(new)) => {
+                let target_parent = if ev.new_parent_path.is_empty() {
+                    let mut p = key_parts.clone();
+                    p.pop();
+                    p
+                } else {
+                    components(&ev.new_parent_path)?
+                };
+                check_name(&new.name).map_err(|why| PlanError::BadName {
+                    name: new.name.clone(),
+                    why,
+                })?;
+                let mut target = target_parent.clone();
+                target.push(new.name.clone());
+                match (self.in_scope(&key_parts), self.in_scope(&target)) {
+                    (false, false) => Ok(Plan::Skip("rename outside the source directory")),
+                    (false, true) => self.create(&join(&target), target, new),
+                    (true, false) => self.delete(key, &key_parts, old, ev.delete_chunks),
+                    (true, true) => {
+                        let date = self.date_dir(Some(new));
+                        let old_key = self.map(&key_parts, &date);
+                        let new_key = self.map(&target, &date);
+                        if old_key != new_key {
+                            if key_parts == self.source_dir || target == self.source_dir {
+                                return Err(PlanError::SinkRoot {
+                                    op: "move",
+                                    key: key.into(),
+                                });
+                            }
+                            Ok(Plan::Move {
+                                old: old_key,
+                                new: new_key,
+                                entry: new.clone(),
+                            })
+                        } else {
+                            // The parent of the source root maps to the sink root.
+                            let parent = if is_equal_or_under(&target_parent, &self.source_dir) {
+                                target_parent
+                            } else {
+                                self.source_dir.clone()
+                            };
+                            let new_parent = self.map(&parent, &date);
+                            Ok(Plan::Update {
+                                key: old_key,
+                                old: old.clone(),
+                                new_parent,
+                                new: new.clone(),
+                                delete_chunks: ev.delete_chunks,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn create(&self, key: &str, parts: Vec<String>, new: &Entry) -> Result<Plan, PlanError> {
+        if parts == self.source_dir && !new.is_directory {
+            return Err(PlanError::SinkRoot {
+                op: "replace with a file",
+                key: key.into(),
+            });
+        }
+        let date = self.date_dir(Some(new));
+        Ok(Plan::Create {
+            key: self.map(&parts, &date),
+            entry: new.clone(),
+        })
+    }
+
+    fn delete(
+        &self,
+        key: &str,
+        parts: &[String],
+        old: &Entry,
+        delete_chunks: bool,
+    ) -> Result<Plan, PlanError> {
+        if parts == self.source_dir.as_slice() {
+            return Err(PlanError::SinkRoot {
+                op: "delete",
+                key: key.into(),
+            });
+        }
+        let date = self.date_dir(Some(old));
+        Ok(Plan::Delete {
+            key: self.map(parts, &date),
+            is_directory: old.is_directory,
+            delete_chunks,
+        })
+    }
+}
+
+/// Apply a plan to a sink, with upstream's fallbacks: a move the sink cannot do
+/// natively becomes create-then-delete (create first, so a crash leaves two copies
+/// rather than none); an update the sink cannot find becomes delete-then-create.
+pub async fn apply(plan: &Plan, sink: &dyn Sink) -> Result<(), SinkError> {
+    match plan {
+        Plan::Skip(_) => Ok(()),
+        Plan::Create { key, entry } => sink.create_entry(key, entry).await,
+        Plan::Delete {
+            key,
+            is_directory,
+            delete_chunks,
+        } => sink.delete_entry(key, *is_directory, *delete_chunks).await,
+        Plan::Move { old, new, entry } => {
+            if sink.move_entry(old, new, entry).await? {
+                return Ok(());
+            }
+            sink.create_entry(new, entry).await?;
+            sink.delete_entry(old, entry.is_directory, false).await
+        }
+        Plan::Update {
+            key,
+            old,
+            new_parent,
+            new,
+            delete_chunks,
+        } => {
+            if sink
+                .update_entry(key, old, new_parent, new, *delete_chunks)
+                .await?
+            {
+                return Ok(());
+            }
+            sink.delete_entry(key, old.is_directory, false).await?;
+            sink.create_entry(key, new).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::FuseAttributes;
+
+    fn rules(src: &str, sink: &str) -> Rules {
+        Rules {
+            source_dir: components(src).unwrap(),
+            excludes: vec![components("/buckets/tmp").unwrap()],
+            sink_dir: sink.into(),
+            incremental: false,
+            skip_other_cluster: false,
+        }
+    }
+    fn entry(name: &str, dir: bool) -> Entry {
+        Entry {
+            name: name.into(),
+            is_directory: dir,
+            attributes: Some(FuseAttributes {
+                mtime: 1_700_000_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+    fn create(key: &str) -> EventNotification {
+        let mut parts: Vec<&str> = key.split('/').collect();
+        let name = parts.pop().unwrap();
+        EventNotification {
+            new_entry: Some(entry(name, false)),
+            new_parent_path: parts.join("/"),
+            delete_chunks: true,
+            ..Default::default()
+        }
+    }
+    fn rename(old: &str, new_parent: &str, new_name: &str) -> EventNotification {
+        EventNotification {
+            old_entry: Some(entry(old.rsplit('/').next().unwrap(), false)),
+            new_entry: Some(entry(new_name, false)),
+            new_parent_path: new_parent.into(),
+            ..Default::default()
+        }
+    }
+    fn full(p: &Plan) -> String {
+        match p {
+            Plan::Skip(why) => format!("skip: {why}"),
+            Plan::Create { key, .. } => format!("create {}", key.full),
+            Plan::Delete { key, .. } => format!("delete {}", key.full),
+            Plan::Move { old, new, .. } => format!("move {} -> {}", old.full, new.full),
+            Plan::Update {
+                key, new_parent, ..
+            } => format!("update {} in {}", key.full, new_parent.full),
+        }
+    }
+
+    #[test]
+    fn table_of_events() {
+        let r = rules("/buckets", "/backup");
+        let del = |_: &str| EventNotification {
+            old_entry: Some(entry("x", false)),
+            ..Default::default()
+        };
+        let cases: Vec<(&str, EventNotification, &str)> = vec![
+            ("/buckets/b/x", create("/buckets/b/x"), "create /backup/b/x"),
+            (
+                "/bucketsx/y",
+                create("/bucketsx/y"),
+                "skip: outside the source directory",
+            ),
+            (
+                "/buckets/tmp/y",
+                create("/buckets/tmp/y"),
+                "skip: outside the source directory",
+            ),
+            (
+                "/buckets/tmpfoo/y",
+                create("/buckets/tmpfoo/y"),
+                "create /backup/tmpfoo/y",
+            ),
+            ("/buckets/b/x", del("/buckets/b/x"), "delete /backup/b/x"),
+            (
+                "/buckets/b/x",
+                rename("/buckets/b/x", "/buckets/c", "y"),
+                "move /backup/b/x -> /backup/c/y",
+            ),
+            (
+                "/buckets/b/x",
+                rename("/buckets/b/x", "/elsewhere", "y"),
+                "delete /backup/b/x",
+            ),
+            (
+                "/other/x",
+                rename("/other/x", "/buckets/in", "x"),
+                "create /backup/in/x",
+            ),
+            (
+                "/other/x",
+                rename("/other/x", "/else", "x"),
+                "skip: rename outside the source directory",
+            ),
+            (
+                "/buckets/tmp/x",
+                rename("/buckets/tmp/x", "/buckets/ok", "x"),
+                "create /backup/ok/x",
+            ),
+            (
+                "/buckets/b/x",
+                rename("/buckets/b/x", "/buckets/b", "x"),
+                "update /backup/b/x in /backup/b",
+            ),
+            (
+                "/buckets/b/x",
+                rename("/buckets/b/x", "", "x"),
+                "update /backup/b/x in /backup/b",
+            ),
+        ];
+        for (key, ev, want) in cases {
+            assert_eq!(full(&r.plan(key, &ev).unwrap()), want, "key {key}");
+        }
+    }
+
+    #[test]
+    fn root_source_dir_maps_everything() {
+        let r = rules("/", "/backup");
+        assert_eq!(
+            full(&r.plan("/a", &create("/a")).unwrap()),
+            "create /backup/a"
+        );
+        let r = rules("/data", "/");
+        assert_eq!(
+            full(&r.plan("/data/a/b", &create("/data/a/b")).unwrap()),
+            "create /a/b"
+        );
+    }
+
+    #[test]
+    fn hostile_and_root_events_are_refused() {
+        let r = rules("/buckets", "/backup");
+        assert!(matches!(
+            r.plan("/buckets/../etc/x", &create("/x")),
+            Err(PlanError::BadPath(_))
+        ));
+        assert!(matches!(
+            r.plan(
+                "/buckets/a",
+                &rename("/buckets/a", "/buckets", "../../etc/x")
+            ),
+            Err(PlanError::BadName { .. })
+        ));
+        assert!(matches!(
+            r.plan(
+                "/buckets/a",
+                &rename("/buckets/a", "/buckets/../../etc", "x")
+            ),
+            Err(PlanError::BadPath(_))
+        ));
+        let del = EventNotification {
+            old_entry: Some(entry("buckets", true)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            r.plan("/buckets", &del),
+            Err(PlanError::SinkRoot { .. })
+        ));
+        assert!(matches!(
+            r.plan("/buckets", &rename("/buckets", "/buckets/inner", "x")),
+            Err(PlanError::SinkRoot { .. })
+        ));
+        assert!(matches!(
+            r.plan("/buckets", &create("/buckets")),
+            Err(PlanError::SinkRoot { .. })
+        ));
+    }
+
+    #[test]
+    fn other_cluster_events_skip_only_when_asked() {
+        let mut r = rules("/buckets", "/backup");
+        let mut ev = create("/buckets/a");
+        ev.is_from_other_cluster = true;
+        assert_eq!(
+            full(&r.plan("/buckets/a", &ev).unwrap()),
+            "create /backup/a"
+        );
+        r.skip_other_cluster = true;
+        assert!(matches!(r.plan("/buckets/a", &ev).unwrap(), Plan::Skip(_)));
+    }
+
+    #[test]
+    fn incremental_uses_local_date_of_mtime() {
+        let mut r = rules("/buckets", "/inc");
+        r.incremental = true;
+        let ev = create("/buckets/a");
+        let day = chrono::Local
+            .timestamp_opt(1_700_000_000, 0)
+            .unwrap()
+            .format("%Y-%m-%d")
+            .to_string();
+        assert_eq!(
+            full(&r.plan("/buckets/a", &ev).unwrap()),
+            format!("create /inc/{day}/a")
+        );
+    }
+}

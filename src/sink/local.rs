@@ -1,0 +1,343 @@
+//! `[sink.local]` and `[sink.local_incremental]`: replicate into a local directory.
+//!
+//! Better than upstream on purpose: files are written to a temp file, fsynced and
+//! renamed into place with mode and mtime set; symlinks stay symlinks; directories
+//! are created with their mode and deleted recursively; a replayed create of a file
+//! that already matches (size, mtime, mode) is skipped; renames are native, so a
+//! directory rename moves data instead of copying it; names over 255 bytes map the
+//! same way on write and delete. Every path is resolved component by component
+//! under the root without following symlinks, so no event can reach outside it.
+
+use super::{Sink, SinkError};
+use crate::event::mode;
+use crate::filer::FilerSource;
+use crate::pb::Entry;
+use crate::replicate::SinkKey;
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Longest file name most Linux file systems accept, in bytes.
+const NAME_MAX: usize = 255;
+const TEMP_PREFIX: &str = ".seaweedfs-tmp-";
+
+pub struct LocalSink {
+    name: String,
+    root: PathBuf,
+    source: Arc<FilerSource>,
+}
+
+/// Map a name longer than 255 bytes to `<truncated base><8 hex of sha256><ext>`.
+pub fn local_name(name: &str) -> String {
+    if name.len() <= NAME_MAX {
+        return name.to_string();
+    }
+    let digest = hex::encode(Sha256::digest(name.as_bytes()));
+    let hash = &digest[digest.len() - 8..];
+    let ext = match name.rfind('.') {
+        Some(i) if i > 0 && name.len() - i <= 32 => &name[i..],
+        _ => "",
+    };
+    let base = &name[..name.len() - ext.len()];
+    let mut keep = NAME_MAX - hash.len() - ext.len();
+    while !base.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{hash}{ext}", &base[..keep])
+}
+
+fn io_err<'a>(op: &'static str, key: &'a SinkKey) -> impl FnOnce(std::io::Error) -> SinkError + 'a {
+    move |source| SinkError::Io {
+        op,
+        key: key.full.clone(),
+        source,
+    }
+}
+
+impl LocalSink {
+    pub fn new(name: &str, root: PathBuf, source: Arc<FilerSource>) -> Self {
+        LocalSink {
+            name: name.to_string(),
+            root,
+            source,
+        }
+    }
+
+    /// Walk to the parent directory of `key` under the root, creating missing
+    /// directories (mode 0755) and refusing to pass through a symlink or a file.
+    fn parent_dir(&self, key: &SinkKey, create: bool) -> Result<Option<PathBuf>, SinkError> {
+        let mut dir = self.root.clone();
+        if create {
+            std::fs::create_dir_all(&dir).map_err(io_err("create sink root", key))?;
+        }
+        let parents = &key.rel[..key.rel.len().saturating_sub(1)];
+        for part in parents {
+            dir.push(local_name(part));
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(SinkError::Refused {
+                        key: key.full.clone(),
+                        why: format!("{} is a symlink; refusing to follow it", dir.display()),
+                    });
+                }
+                Ok(_) if create => {
+                    // A file where a directory belongs: the source has a directory here now.
+                    std::fs::remove_file(&dir).map_err(io_err("replace file by directory", key))?;
+                    mkdir(&dir, 0o755).map_err(io_err("create directory", key))?;
+                }
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == ErrorKind::NotFound && create => {
+                    mkdir(&dir, 0o755).map_err(io_err("create directory", key))?;
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err("stat", key)(e)),
+            }
+        }
+        Ok(Some(dir))
+    }
+
+    fn target(&self, key: &SinkKey, create: bool) -> Result<Option<PathBuf>, SinkError> {
+        if key.is_root() {
+            return Ok(Some(self.root.clone()));
+        }
+        let Some(dir) = self.parent_dir(key, create)? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            dir.join(local_name(key.rel.last().expect("non-root key"))),
+        ))
+    }
+
+    async fn write_file(&self, key: &SinkKey, path: &Path, entry: &Entry) -> Result<(), SinkError> {
+        let attrs = entry.attributes.clone().unwrap_or_default();
+        let dir = path.parent().expect("target has a parent");
+        let mut tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(dir)
+            .map_err(io_err("create temp file", key))?;
+        let mut rx = self.source.open(entry);
+        let mut written = 0u64;
+        while let Some(piece) = rx.recv().await {
+            let piece = piece.map_err(|source| SinkError::Read {
+                key: key.full.clone(),
+                source,
+            })?;
+            tmp.write_all(&piece).map_err(io_err("write", key))?;
+            written += piece.len() as u64;
+        }
+        let expected = crate::filer::content_size(entry);
+        if written < expected {
+            return Err(SinkError::Read {
+                key: key.full.clone(),
+                source: crate::filer::ReadError::Aborted,
+            });
+        }
+        let file = tmp.as_file();
+        file.sync_all().map_err(io_err("fsync", key))?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode::to_unix(
+            attrs.file_mode,
+        )))
+        .map_err(io_err("chmod", key))?;
+        let (atime, mtime) = times(entry);
+        filetime::set_file_handle_times(file, Some(atime), Some(mtime))
+            .map_err(io_err("set times", key))?;
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir_all(path).map_err(io_err("replace directory by file", key))?;
+        }
+        tmp.persist(path)
+            .map_err(|e| io_err("rename into place", key)(e.error))?;
+        Ok(())
+    }
+
+    fn write_symlink(&self, key: &SinkKey, path: &Path, target: &str) -> Result<(), SinkError> {
+        if std::fs::read_link(path).is_ok_and(|t| t.as_os_str() == target) {
+            return Ok(());
+        }
+        let dir = path.parent().expect("target has a parent");
+        let tmp = dir.join(format!("{TEMP_PREFIX}{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp).map_err(io_err("create symlink", key))?;
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir_all(path).map_err(io_err("replace directory by symlink", key))?;
+        }
+        std::fs::rename(&tmp, path).map_err(io_err("rename symlink into place", key))
+    }
+}
+
+fn mkdir(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+fn times(entry: &Entry) -> (filetime::FileTime, filetime::FileTime) {
+    let a = entry.attributes.clone().unwrap_or_default();
+    let mtime = filetime::FileTime::from_unix_time(a.mtime, a.mtime_ns.max(0) as u32);
+    let atime = if a.atime != 0 {
+        filetime::FileTime::from_unix_time(a.atime, a.atime_ns.max(0) as u32)
+    } else {
+        mtime
+    };
+    (atime, mtime)
+}
+
+/// A regular file that already has this entry's size, mtime and mode.
+fn satisfies(path: &Path, entry: &Entry) -> bool {
+    let Some(a) = entry.attributes.as_ref() else {
+        return false;
+    };
+    if a.mtime == 0 {
+        return false;
+    }
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    m.is_file()
+        && m.len() == crate::filer::content_size(entry)
+        && m.mtime() == a.mtime
+        && m.mtime_nsec() == i64::from(a.mtime_ns.max(0))
+        && m.mode() & 0o7777 == mode::to_unix(a.file_mode)
+}
+
+/// S3 multipart parts in flight: upstream never replicates them.
+fn is_upload_part(key: &SinkKey) -> bool {
+    key.full.ends_with(".part") && key.full.contains("/.uploads/")
+}
+
+#[async_trait]
+impl Sink for LocalSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn create_entry(&self, key: &SinkKey, entry: &Entry) -> Result<(), SinkError> {
+        if is_upload_part(key) {
+            return Ok(());
+        }
+        let path = self.target(key, true)?.expect("created parents");
+        let attrs = entry.attributes.clone().unwrap_or_default();
+        if entry.is_directory {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
+                std::fs::remove_file(&path).map_err(io_err("replace file by directory", key))?;
+            }
+            let perm = if attrs.file_mode == 0 {
+                0o755
+            } else {
+                mode::to_unix(attrs.file_mode)
+            };
+            mkdir(&path, perm).map_err(io_err("create directory", key))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perm))
+                .map_err(io_err("chmod directory", key))?;
+            let (atime, mtime) = times(entry);
+            filetime::set_file_times(&path, atime, mtime)
+                .map_err(io_err("set directory times", key))?;
+            return Ok(());
+        }
+        if !attrs.symlink_target.is_empty() || attrs.file_mode & mode::SYMLINK != 0 {
+            self.write_symlink(key, &path, &attrs.symlink_target)?;
+            let (atime, mtime) = times(entry);
+            let _ = filetime::set_symlink_file_times(&path, atime, mtime);
+            return Ok(());
+        }
+        if satisfies(&path, entry) {
+            tracing::debug!(key = %key.full, "already current, skipping write");
+            return Ok(());
+        }
+        self.write_file(key, &path, entry).await
+    }
+
+    async fn update_entry(
+        &self,
+        key: &SinkKey,
+        _old: &Entry,
+        _new_parent: &SinkKey,
+        new: &Entry,
+        _delete_chunks: bool,
+    ) -> Result<bool, SinkError> {
+        self.create_entry(key, new).await?;
+        Ok(true)
+    }
+
+    async fn delete_entry(
+        &self,
+        key: &SinkKey,
+        _is_directory: bool,
+        _delete_chunks: bool,
+    ) -> Result<(), SinkError> {
+        if is_upload_part(key) {
+            return Ok(());
+        }
+        if key.is_root() {
+            return Err(SinkError::Refused {
+                key: key.full.clone(),
+                why: "refusing to delete the sink root".into(),
+            });
+        }
+        let Some(path) = self.target(key, false)? else {
+            return Ok(());
+        };
+        let result = match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => Err(e),
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+        };
+        match result {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("delete", key)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn move_entry(
+        &self,
+        old: &SinkKey,
+        new: &SinkKey,
+        entry: &Entry,
+    ) -> Result<bool, SinkError> {
+        if old.is_root() || new.is_root() {
+            return Err(SinkError::Refused {
+                key: old.full.clone(),
+                why: "refusing to move the sink root".into(),
+            });
+        }
+        let Some(from) = self.target(old, false)? else {
+            return Ok(false);
+        };
+        if std::fs::symlink_metadata(&from).is_err() {
+            return Ok(false);
+        }
+        let to = self.target(new, true)?.expect("created parents");
+        // rename(2) cannot replace a non-empty directory; the source replaced it.
+        if std::fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir_all(&to).map_err(io_err("replace directory", new))?;
+        }
+        std::fs::rename(&from, &to).map_err(io_err("rename", new))?;
+        // Bring attributes (and content, if the moved copy is stale) up to date.
+        self.create_entry(new, entry).await?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_map_deterministically_within_limit() {
+        let long = format!("{}.txt", "é".repeat(200));
+        let mapped = local_name(&long);
+        assert!(mapped.len() <= NAME_MAX, "{}", mapped.len());
+        assert!(mapped.ends_with(".txt"));
+        assert_eq!(mapped, local_name(&long));
+        assert_ne!(mapped, local_name(&format!("{}x.txt", "é".repeat(200))));
+        assert_eq!(local_name("short.txt"), "short.txt");
+        let no_ext = "a".repeat(300);
+        assert_eq!(local_name(&no_ext).len(), NAME_MAX);
+    }
+}

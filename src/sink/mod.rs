@@ -1,0 +1,77 @@
+//! Sinks: where replicated changes land.
+//!
+//! Contract for every sink (delivery is at-least-once, so replays are normal):
+//! - `create_entry` creates or overwrites; a replay of the same entry is harmless.
+//! - `update_entry` returns `false` when it cannot update in place, and the caller
+//!   then deletes and re-creates.
+//! - `delete_entry` succeeds when the target is already gone.
+//! - `move_entry` returns `false` when the sink has no native move or the old path
+//!   is gone; the caller then creates the new path and deletes the old one.
+//! - No operation writes, deletes or follows a link outside the sink's root.
+
+pub mod local;
+
+use crate::filer::ReadError;
+use crate::pb::Entry;
+use crate::replicate::SinkKey;
+use async_trait::async_trait;
+
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// The config section name (`local`, `filer`, ...).
+    fn name(&self) -> &str;
+    async fn create_entry(&self, key: &SinkKey, entry: &Entry) -> Result<(), SinkError>;
+    async fn update_entry(
+        &self,
+        key: &SinkKey,
+        old: &Entry,
+        new_parent: &SinkKey,
+        new: &Entry,
+        delete_chunks: bool,
+    ) -> Result<bool, SinkError>;
+    async fn delete_entry(
+        &self,
+        key: &SinkKey,
+        is_directory: bool,
+        delete_chunks: bool,
+    ) -> Result<(), SinkError>;
+    async fn move_entry(
+        &self,
+        _old: &SinkKey,
+        _new: &SinkKey,
+        _entry: &Entry,
+    ) -> Result<bool, SinkError> {
+        Ok(false)
+    }
+}
+
+/// A failed sink operation.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{op} {key}: {source}")]
+    Io {
+        op: &'static str,
+        key: String,
+        source: std::io::Error,
+    },
+    #[error("reading source data for {key}: {source}")]
+    Read { key: String, source: ReadError },
+    #[error("{key}: {why}")]
+    Refused { key: String, why: String },
+}
+
+impl SinkError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Io { source, .. } => !matches!(
+                source.kind(),
+                std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::InvalidFilename
+                    | std::io::ErrorKind::InvalidData
+            ),
+            SinkError::Read { source, .. } => source.is_retryable(),
+            SinkError::Refused { .. } => false,
+        }
+    }
+}

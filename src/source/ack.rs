@@ -1,0 +1,199 @@
+//! Per-partition progress, and the offset file in upstream's JSON format.
+//!
+//! `{"topic":"seaweedfs_filer","partitionOffsets":{"0":1234}}` holds the *last
+//! processed* offset per partition; consumption resumes at the next one. Unlike
+//! upstream, the file is replaced atomically (temp file, fsync, rename) and saved on
+//! shutdown too.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct OffsetFile {
+    topic: String,
+    #[serde(rename = "partitionOffsets")]
+    partition_offsets: BTreeMap<i32, i64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    last: BTreeMap<i32, i64>,
+    /// Oldest failed offset per partition under the hold policy.
+    held: HashMap<i32, i64>,
+    dirty: bool,
+}
+
+/// Progress of one topic, shared by the partition workers and the saver.
+#[derive(Debug)]
+pub struct OffsetBook {
+    path: PathBuf,
+    topic: String,
+    state: Mutex<State>,
+}
+
+impl OffsetBook {
+    /// Load progress from `path`. A missing file starts fresh; an unreadable file or
+    /// one for another topic starts fresh with a warning (returned, for logging).
+    pub fn load(path: &Path, topic: &str) -> (OffsetBook, Option<String>) {
+        let mut warning = None;
+        let mut last = BTreeMap::new();
+        match std::fs::read(path) {
+            Ok(bytes) => match serde_json::from_slice::<OffsetFile>(&bytes) {
+                Ok(f) if f.topic == topic => last = f.partition_offsets,
+                Ok(f) => {
+                    warning = Some(format!(
+                        "offset file {} is for topic {:?}, not {topic:?}; starting from the oldest offsets",
+                        path.display(),
+                        f.topic
+                    ))
+                }
+                Err(e) => {
+                    warning = Some(format!(
+                        "offset file {} cannot be read ({e}); starting from the oldest offsets",
+                        path.display()
+                    ))
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warning = Some(format!(
+                    "offset file {}: {e}; starting from the oldest offsets",
+                    path.display()
+                ))
+            }
+        }
+        let book = OffsetBook {
+            path: path.to_path_buf(),
+            topic: topic.to_string(),
+            state: Mutex::new(State {
+                last,
+                ..Default::default()
+            }),
+        };
+        (book, warning)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where to resume a partition: the offset after the last processed one.
+    pub fn resume_at(&self, partition: i32) -> Option<i64> {
+        self.lock().last.get(&partition).map(|o| o + 1)
+    }
+
+    /// The event at `offset` and every earlier one of its partition are finished.
+    pub fn done(&self, partition: i32, offset: i64) {
+        let mut s = self.lock();
+        if s.held.get(&partition).is_some_and(|h| offset >= *h) {
+            return;
+        }
+        if s.last.get(&partition).is_none_or(|o| *o < offset) {
+            s.last.insert(partition, offset);
+            s.dirty = true;
+        }
+    }
+
+    /// The event at `offset` failed and is kept: never commit at or past it.
+    pub fn hold(&self, partition: i32, offset: i64) {
+        let mut s = self.lock();
+        let h = s.held.entry(partition).or_insert(offset);
+        *h = (*h).min(offset);
+    }
+
+    /// The committed offsets.
+    pub fn snapshot(&self) -> BTreeMap<i32, i64> {
+        self.lock().last.clone()
+    }
+
+    /// Write the file if anything changed since the last save.
+    pub fn save_if_dirty(&self) -> std::io::Result<bool> {
+        let snapshot = {
+            let mut s = self.lock();
+            if !s.dirty {
+                return Ok(false);
+            }
+            s.dirty = false;
+            s.last.clone()
+        };
+        let result = self.write(snapshot);
+        if result.is_err() {
+            self.lock().dirty = true;
+        }
+        result.map(|_| true)
+    }
+
+    fn write(&self, partition_offsets: BTreeMap<i32, i64>) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let body = serde_json::to_vec(&OffsetFile {
+            topic: self.topic.clone(),
+            partition_offsets,
+        })
+        .expect("offsets serialise");
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".offset-")
+            .tempfile_in(&dir)?;
+        tmp.write_all(&body)?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o640))?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&self.path).map_err(|e| e.error)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_upstream_format() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("last.offset");
+        std::fs::write(&path, r#"{"topic":"t","partitionOffsets":{"0":41,"3":7}}"#).unwrap();
+        let (book, warn) = OffsetBook::load(&path, "t");
+        assert!(warn.is_none());
+        assert_eq!(book.resume_at(0), Some(42));
+        assert_eq!(book.resume_at(3), Some(8));
+        assert_eq!(book.resume_at(1), None);
+        book.done(0, 42);
+        assert!(book.save_if_dirty().unwrap());
+        assert!(!book.save_if_dirty().unwrap(), "nothing new to save");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, r#"{"topic":"t","partitionOffsets":{"0":42,"3":7}}"#);
+    }
+
+    #[test]
+    fn hold_pins_the_partition_but_not_others() {
+        let d = tempfile::tempdir().unwrap();
+        let (book, _) = OffsetBook::load(&d.path().join("o"), "t");
+        book.done(0, 1);
+        book.hold(0, 2);
+        book.done(0, 3);
+        book.done(1, 9);
+        assert_eq!(book.snapshot(), BTreeMap::from([(0, 1), (1, 9)]));
+    }
+
+    #[test]
+    fn foreign_topic_or_garbage_starts_fresh_with_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("o");
+        std::fs::write(&path, r#"{"topic":"other","partitionOffsets":{"0":5}}"#).unwrap();
+        let (book, warn) = OffsetBook::load(&path, "t");
+        assert!(warn.unwrap().contains("other"));
+        assert_eq!(book.resume_at(0), None);
+        std::fs::write(&path, "{trunc").unwrap();
+        assert!(OffsetBook::load(&path, "t").1.is_some());
+    }
+}

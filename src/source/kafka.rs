@@ -1,0 +1,259 @@
+//! `[notification.kafka]`: upstream-compatible partition consumer.
+//!
+//! Partitions are assigned directly (no consumer group), each resumes after the
+//! offset recorded in the offset file or at the oldest retained offset, and each is
+//! processed in order by its own worker. Progress is stored only for events that
+//! finished (replicated, skipped or parked) together with every earlier event of
+//! their partition. A broker that is down or restarts is waited for, never fatal.
+
+use super::ack::OffsetBook;
+use crate::config::settings::KafkaSettings;
+use crate::event::RawEvent;
+use crate::pipeline::{Disposition, Origin, Pipeline};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Events buffered per partition ahead of its worker.
+const LANE_DEPTH: usize = 16;
+
+/// A Kafka setting the client library rejected.
+#[derive(Debug, thiserror::Error)]
+#[error("Kafka client configuration: {0}")]
+pub struct KafkaConfigError(#[from] rdkafka::error::KafkaError);
+
+/// The librdkafka settings for our keys.
+pub fn client_config(cfg: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", cfg.hosts.join(","))
+        .set("group.id", "seaweed-replicate")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("reconnect.backoff.max.ms", "10000")
+        .set("log_level", "4");
+    let protocol = match (cfg.sasl.is_some(), cfg.tls.is_some()) {
+        (false, false) => "plaintext",
+        (true, false) => "sasl_plaintext",
+        (false, true) => "ssl",
+        (true, true) => "sasl_ssl",
+    };
+    c.set("security.protocol", protocol);
+    if let Some(s) = &cfg.sasl {
+        c.set("sasl.mechanisms", &s.mechanism)
+            .set("sasl.username", &s.username)
+            .set("sasl.password", &s.password);
+    }
+    if let Some(t) = &cfg.tls {
+        if !t.ca_cert.is_empty() {
+            c.set("ssl.ca.location", &t.ca_cert);
+        }
+        if !t.client_cert.is_empty() {
+            c.set("ssl.certificate.location", &t.client_cert)
+                .set("ssl.key.location", &t.client_key);
+        }
+        if t.insecure_skip_verify {
+            c.set("enable.ssl.certificate.verification", "false")
+                .set("ssl.endpoint.identification.algorithm", "none");
+        }
+    }
+    c
+}
+
+struct Lane {
+    tx: mpsc::Sender<(i64, RawEvent)>,
+}
+
+/// Consume until `stop` fires; in-flight events get until `hard_stop`. Saves the
+/// offset file on the interval and before returning.
+pub async fn run(
+    cfg: &KafkaSettings,
+    pipeline: Arc<Pipeline>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+) -> Result<(), KafkaConfigError> {
+    let consumer: StreamConsumer = client_config(cfg).create()?;
+    let consumer = Arc::new(consumer);
+    let (book, warning) = OffsetBook::load(&cfg.offset_file, &cfg.topic);
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
+    let book = Arc::new(book);
+
+    let Some(partitions) = wait_for_partitions(&consumer, &cfg.topic, &stop).await else {
+        return Ok(());
+    };
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        let offset = book
+            .resume_at(p)
+            .map(Offset::Offset)
+            .unwrap_or(Offset::Beginning);
+        tpl.add_partition_offset(&cfg.topic, p, offset)
+            .expect("fresh partition list");
+        tracing::info!(topic = %cfg.topic, partition = p, start = ?offset, "consuming partition");
+    }
+    if let Err(e) = consumer.assign(&tpl) {
+        tracing::error!(error = %e, "assigning partitions failed");
+    }
+    tracing::info!(hosts = ?cfg.hosts, topic = %cfg.topic, "connected to kafka");
+
+    let mut lanes = HashMap::new();
+    let mut workers = Vec::new();
+    for &p in &partitions {
+        let (tx, rx) = mpsc::channel(LANE_DEPTH);
+        lanes.insert(p, Lane { tx });
+        workers.push(tokio::spawn(worker(
+            p,
+            rx,
+            pipeline.clone(),
+            book.clone(),
+            stop.clone(),
+            hard_stop.clone(),
+        )));
+    }
+
+    let saver = tokio::spawn(save_loop(
+        book.clone(),
+        cfg.offset_save_interval,
+        stop.clone(),
+    ));
+
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        match msg {
+            Ok(m) => {
+                backoff = Duration::from_millis(500);
+                let Some(lane) = lanes.get(&m.partition()) else {
+                    continue;
+                };
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let payload = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
+                let offset = m.offset();
+                drop(m);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = lane.tx.send((offset, RawEvent { key, payload })) => if r.is_err() { break },
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "kafka receive failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    drop(lanes);
+    for w in workers {
+        let _ = w.await;
+    }
+    let _ = saver.await;
+    match book.save_if_dirty() {
+        Ok(_) => {
+            tracing::info!(offsets = ?book.snapshot(), file = %cfg.offset_file.display(), "offsets saved")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, file = %cfg.offset_file.display(), "saving offsets failed")
+        }
+    }
+    Ok(())
+}
+
+/// The topic's partitions, waiting (with backoff) for the broker and the topic.
+async fn wait_for_partitions(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    stop: &CancellationToken,
+) -> Option<Vec<i32>> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let c = consumer.clone();
+        let t = topic.to_string();
+        let found = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&t), Duration::from_secs(10))
+                .map(|md| {
+                    md.topics()
+                        .iter()
+                        .filter(|mt| mt.name() == t && mt.error().is_none())
+                        .flat_map(|mt| mt.partitions().iter().map(|p| p.id()))
+                        .collect::<Vec<_>>()
+                })
+        })
+        .await;
+        match found {
+            Ok(Ok(mut ps)) if !ps.is_empty() => {
+                ps.sort_unstable();
+                return Some(ps);
+            }
+            Ok(Ok(_)) => {
+                tracing::warn!(topic, retry_in = ?backoff, "topic has no partitions yet; waiting")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(topic, error = %e, retry_in = ?backoff, "kafka metadata unavailable; waiting")
+            }
+            Err(e) => tracing::warn!(error = %e, "metadata task failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn worker(
+    partition: i32,
+    mut rx: mpsc::Receiver<(i64, RawEvent)>,
+    pipeline: Arc<Pipeline>,
+    book: Arc<OffsetBook>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    while let Some((offset, event)) = rx.recv().await {
+        if stop.is_cancelled() {
+            break;
+        }
+        let origin = Origin { partition, offset };
+        let disposition = tokio::select! {
+            d = pipeline.handle(&event, origin) => d,
+            _ = hard_stop.cancelled() => {
+                tracing::warn!(partition, offset, key = %event.key, "shutdown grace over; abandoning event (it will be replayed)");
+                break;
+            }
+        };
+        match disposition {
+            Disposition::Done => book.done(partition, offset),
+            Disposition::Held => book.hold(partition, offset),
+            Disposition::Abandoned => break,
+        }
+    }
+}
+
+async fn save_loop(book: Arc<OffsetBook>, interval: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = book.save_if_dirty() {
+            tracing::error!(error = %e, "saving offsets failed; will retry");
+        }
+    }
+}

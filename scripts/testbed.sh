@@ -12,6 +12,8 @@
 #   PARTITIONS               partitions of that topic (default 1)
 #   PYTHON                   interpreter used to create the venv (default python3)
 #   STOP_GRACE               seconds `stop` waits for weed after SIGTERM before SIGKILL (default 25)
+#   SECURITY_TOML            a security.toml to give weed (copied into RUN_DIR, its working directory)
+#   WEED_EXTRA_ARGS          extra `weed server` flags, space-separated (e.g. -filer.encryptVolumeData)
 #
 # weed needs ~15 s to exit on SIGTERM even with -volume.preStopSeconds=0 (its filer's gRPC
 # graceful stop times out after 15 s); without that flag it is ~25 s.
@@ -405,6 +407,12 @@ topic = "${topic}"
 offsetFile = "${run_dir}/last.offset"
 offsetSaveIntervalSeconds = 10
 EOF
+    # Optional: a security.toml for weed (read from its working directory), extra weed flags.
+    if [[ -n "${SECURITY_TOML:-}" ]]; then
+        cp "${SECURITY_TOML}" "${run_dir}/security.toml"
+    fi
+    local extra_args=()
+    read -r -a extra_args <<<"${WEED_EXTRA_ARGS:-}"
     local socket_opt=()
     if ((${#run_dir} < 90)); then
         socket_opt=("-filer.localSocket=${run_dir}/filer.sock")
@@ -418,7 +426,7 @@ EOF
             -volume.port="${volume_port}" -volume.port.grpc="$((volume_port + 10000))" \
             -volume.max=60 -volume.preStopSeconds=0 \
             -filer -filer.port="${filer_port}" -filer.port.grpc="$((filer_port + 10000))" \
-            "${socket_opt[@]}"
+            "${socket_opt[@]}" "${extra_args[@]}"
     ) </dev/null >"${run_dir}/weed.log" 2>&1 &
     local weed_pid=$!
     write_env "${run_dir}" "${kafka_addr}" "127.0.0.1:${filer_port}" "127.0.0.1:$((filer_port + 10000))" \

@@ -223,6 +223,10 @@ impl Sink for LocalSink {
         let path = self.target(key, true)?.expect("created parents");
         let attrs = entry.attributes.clone().unwrap_or_default();
         if entry.is_directory {
+            if key.is_root() {
+                // The source directory itself: the sink root exists; its own mode is the operator's.
+                return Ok(());
+            }
             if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
                 std::fs::remove_file(&path).map_err(io_err("replace file by directory", key))?;
             }

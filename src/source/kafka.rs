@@ -127,7 +127,9 @@ pub async fn run(
         stop.clone(),
     ));
 
-    let mut backoff = Duration::from_millis(500);
+    // librdkafka reconnects on its own; errors it reports are logged (at most every
+    // 10 s per kind) and consumption simply continues.
+    let mut last_logged: HashMap<String, std::time::Instant> = HashMap::new();
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
@@ -135,7 +137,6 @@ pub async fn run(
         };
         match msg {
             Ok(m) => {
-                backoff = Duration::from_millis(500);
                 let Some(lane) = lanes.get(&m.partition()) else {
                     continue;
                 };
@@ -149,12 +150,15 @@ pub async fn run(
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "kafka receive failed; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                let kind = format!("{:?}", e.rdkafka_error_code());
+                let now = std::time::Instant::now();
+                if last_logged
+                    .get(&kind)
+                    .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10))
+                {
+                    tracing::warn!(error = %e, "kafka reports a problem; the client keeps reconnecting");
+                    last_logged.insert(kind, now);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }

@@ -1,0 +1,137 @@
+//! The command line as an operator meets it: configuration errors, scaffold, version.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn replicate(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_replicate"))
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn no_config_files_exit_2_with_the_scaffold_hint() {
+    let d = tempfile::tempdir().unwrap();
+    let o = replicate(d.path(), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("replication.toml: not found"), "{e}");
+    assert!(e.contains("notification.toml: not found"), "{e}");
+    assert!(
+        e.contains("replicate scaffold -config=replication -output=."),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_config_problem_is_listed_with_file_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("replication.toml"),
+        "[source.filer]\ngrpcAddress = \"localhost\"\ndirectory = \"\"\n[sink.local]\nenabled = true\ndirectory = \"/x\"\n[sink.filer]\nenabled = true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("notification.toml"),
+        "[notification.kafka]\nenabled = true\nhosts = [\"h:9092\"]\ntopic = \"t\"\n[notification.google_pub_sub]\nenabled = true\n",
+    )
+    .unwrap();
+    let o = replicate(d.path(), &["filer.replicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    let rep = d.path().join("replication.toml").display().to_string();
+    let note = d.path().join("notification.toml").display().to_string();
+    for want in [
+        format!("{rep}: source.filer.grpcAddress: \"localhost\" is not host:port"),
+        format!("{rep}: source.filer.directory: is empty"),
+        format!(
+            "{note}: notification.kafka.enabled: several inputs are enabled (notification.google_pub_sub, notification.kafka)"
+        ),
+        format!("{rep}: sink.local.enabled: several sinks are enabled (sink.filer, sink.local)"),
+    ] {
+        assert!(e.contains(&want), "missing {want:?} in:\n{e}");
+    }
+    assert!(e.contains("4 problems"), "{e}");
+}
+
+#[test]
+fn env_overrides_are_named_and_go_style_flags_work() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("cfg");
+    std::fs::create_dir(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("replication.toml"),
+        "[source.filer]\ngrpcAddress = \"h:18888\"\ndirectory = \"/data\"\n",
+    )
+    .unwrap();
+    std::fs::write(cfg.join("notification.toml"), "").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_replicate"))
+        .args(["-config_dir", cfg.to_str().unwrap(), "-v=1"])
+        .current_dir(d.path())
+        .env("HOME", d.path())
+        .env("WEED_SOURCE_FILER_DIRECTORY", "relative")
+        .env("WEED_SINK_LOCAL_ENABLED", "true")
+        .env("WEED_SINK_LOCAL_DIRECTORY", "/tmp/x")
+        .env("WEED_NOTIFICATION_KAFKA_ENABLED", "maybe")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("environment variable WEED_SOURCE_FILER_DIRECTORY: source.filer.directory: must be an absolute"), "{e}");
+    assert!(e.contains("environment variable WEED_NOTIFICATION_KAFKA_ENABLED: notification.kafka.enabled: must be true or false"), "{e}");
+
+    let o = replicate(d.path(), &["-config=/nonexistent/replication.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/nonexistent/replication.toml: no such file"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn scaffold_matches_the_shipped_examples_and_parses() {
+    let d = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["replication", "notification"] {
+        let o = replicate(d.path(), &["scaffold", &format!("-config={name}")]);
+        assert!(o.status.success());
+        let example = std::fs::read(root.join(format!("{name}.toml.example"))).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&example),
+            "{name}.toml.example is stale"
+        );
+    }
+    let o = replicate(
+        d.path(),
+        &[
+            "scaffold",
+            "-config",
+            "security",
+            "-output",
+            d.path().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success());
+    let text = std::fs::read_to_string(d.path().join("security.toml")).unwrap();
+    assert!(text.parse::<toml::Table>().is_ok());
+    let o = replicate(d.path(), &["scaffold", "-config=nonsense"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn version_prints() {
+    let d = tempfile::tempdir().unwrap();
+    let o = replicate(d.path(), &["version"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains(env!("CARGO_PKG_VERSION")));
+}

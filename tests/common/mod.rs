@@ -1,0 +1,659 @@
+//! Shared harness for the integration tests: a real SeaweedFS + Kafka-protocol
+//! broker per test (via `scripts/testbed.sh`), the real `replicate` binary run the
+//! way a user runs it, and byte-for-byte tree comparison.
+#![allow(dead_code)]
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use seaweed_replicate::pb;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn script() -> PathBuf {
+    repo().join("scripts/testbed.sh")
+}
+
+/// How to start a test bed.
+#[derive(Clone)]
+pub struct BedOptions {
+    pub partitions: u32,
+    /// A security.toml for weed.
+    pub security_toml: Option<String>,
+    /// Extra `weed server` flags.
+    pub weed_args: String,
+}
+
+impl Default for BedOptions {
+    fn default() -> Self {
+        BedOptions {
+            partitions: 1,
+            security_toml: None,
+            weed_args: String::new(),
+        }
+    }
+}
+
+/// A running SeaweedFS server whose filer publishes to a running broker.
+pub struct TestBed {
+    pub dir: tempfile::TempDir,
+    pub env: HashMap<String, String>,
+    pub http: reqwest::Client,
+}
+
+impl TestBed {
+    pub fn start(opts: BedOptions) -> TestBed {
+        let dir = tempfile::Builder::new()
+            .prefix("bed")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mut cmd = Command::new("bash");
+        cmd.arg(script())
+            .arg("start")
+            .arg(dir.path())
+            .env("PARTITIONS", opts.partitions.to_string());
+        if let Some(sec) = &opts.security_toml {
+            let p = dir.path().join("weed-security.toml");
+            std::fs::write(&p, sec).unwrap();
+            cmd.env("SECURITY_TOML", p);
+        }
+        if !opts.weed_args.is_empty() {
+            cmd.env("WEED_EXTRA_ARGS", &opts.weed_args);
+        }
+        let out = cmd.output().expect("run scripts/testbed.sh");
+        assert!(
+            out.status.success(),
+            "testbed start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(dir.path().join("env"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect();
+        TestBed {
+            dir,
+            env,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn var(&self, k: &str) -> &str {
+        self.env
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("testbed env lacks {k}"))
+    }
+    pub fn filer(&self) -> String {
+        format!("http://{}", self.var("FILER_HTTP"))
+    }
+
+    /// Upload a file through the filer's HTTP API (`query` e.g. "maxMB=1").
+    pub async fn upload(&self, path: &str, data: &[u8], query: &str) {
+        let name = path.rsplit('/').next().unwrap().to_string();
+        let part = reqwest::multipart::Part::bytes(data.to_vec()).file_name(name);
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let url = format!("{}{}?{query}", self.filer(), urlencode_path(path));
+        let resp = self.http.post(&url).multipart(form).send().await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "upload {path}: {}",
+            resp.status()
+        );
+    }
+
+    /// Rename through the filer (`POST to?mv.from=from`).
+    pub async fn mv(&self, from: &str, to: &str) {
+        let url = format!(
+            "{}{}?mv.from={}",
+            self.filer(),
+            urlencode_path(to),
+            urlencode_path(from)
+        );
+        let resp = self.http.post(&url).send().await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "mv {from} {to}: {}",
+            resp.status()
+        );
+    }
+
+    pub async fn delete(&self, path: &str, recursive: bool) {
+        let url = format!(
+            "{}{}?recursive={recursive}",
+            self.filer(),
+            urlencode_path(path)
+        );
+        let resp = self.http.delete(&url).send().await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "delete {path}: {}",
+            resp.status()
+        );
+    }
+
+    /// Entries of one directory as the filer lists them (JSON).
+    pub async fn list(&self, dir: &str) -> Vec<serde_json::Value> {
+        let url = format!(
+            "{}{}/?limit=100000",
+            self.filer(),
+            urlencode_path(dir.trim_end_matches('/'))
+        );
+        let resp = self
+            .http
+            .get(&url)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        v["Entries"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str) -> Vec<u8> {
+        let resp = self
+            .http
+            .get(format!("{}{}", self.filer(), urlencode_path(path)))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "get {path}: {}", resp.status());
+        resp.bytes().await.unwrap().to_vec()
+    }
+
+    /// The source tree under `root` (relative paths; None for directories),
+    /// leaving out `skip` subtrees (relative).
+    pub async fn tree(&self, root: &str, skip: &[&str]) -> Tree {
+        let mut out = Tree::new();
+        let mut todo = vec![root.to_string()];
+        while let Some(dir) = todo.pop() {
+            for e in self.list(&dir).await {
+                let full = e["FullPath"].as_str().unwrap().to_string();
+                let rel = full[root.len()..].trim_start_matches('/').to_string();
+                if skip
+                    .iter()
+                    .any(|s| rel == *s || rel.starts_with(&format!("{s}/")))
+                {
+                    continue;
+                }
+                let is_dir = e["Mode"].as_u64().unwrap_or(0) & (1 << 31) != 0;
+                if is_dir {
+                    out.insert(rel, None);
+                    todo.push(full);
+                } else {
+                    out.insert(rel, Some(self.get(&full).await));
+                }
+            }
+        }
+        out
+    }
+
+    /// A gRPC client for the filer.
+    pub async fn grpc(
+        &self,
+    ) -> pb::seaweed_filer_client::SeaweedFilerClient<tonic::transport::Channel> {
+        pb::seaweed_filer_client::SeaweedFilerClient::connect(format!(
+            "http://{}",
+            self.var("FILER_GRPC")
+        ))
+        .await
+        .unwrap()
+    }
+
+    /// Store `data` as one needle on the volume servers; returns its chunk descriptor.
+    pub async fn put_chunk(&self, data: &[u8], offset: i64, ts: i64) -> pb::FileChunk {
+        let mut grpc = self.grpc().await;
+        let a = grpc
+            .assign_volume(pb::AssignVolumeRequest {
+                count: 1,
+                path: "/data/x".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(a.error.is_empty(), "assign: {}", a.error);
+        let loc = a.location.unwrap();
+        let part = reqwest::multipart::Part::bytes(data.to_vec()).file_name("blob");
+        let mut req = self
+            .http
+            .post(format!("http://{}/{}", loc.url, a.file_id))
+            .multipart(reqwest::multipart::Form::new().part("file", part));
+        if !a.auth.is_empty() {
+            req = req.bearer_auth(&a.auth);
+        }
+        let resp = req.send().await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "volume upload: {}",
+            resp.status()
+        );
+        let (vid, rest) = a.file_id.split_once(',').unwrap();
+        let (key, cookie) = rest.split_at(rest.len() - 8);
+        pb::FileChunk {
+            // Like the filer's new entries: only the structured id.
+            fid: Some(pb::FileId {
+                volume_id: vid.parse().unwrap(),
+                file_key: u64::from_str_radix(key, 16).unwrap(),
+                cookie: u32::from_str_radix(cookie, 16).unwrap(),
+            }),
+            offset,
+            size: data.len() as u64,
+            modified_ts_ns: ts,
+            ..Default::default()
+        }
+    }
+
+    /// Create an entry through gRPC (the filer publishes the event like any other).
+    pub async fn create_entry(&self, dir: &str, entry: pb::Entry) {
+        let resp = self
+            .grpc()
+            .await
+            .create_entry(pb::CreateEntryRequest {
+                directory: dir.into(),
+                entry: Some(entry),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(resp.error.is_empty(), "create entry: {}", resp.error);
+    }
+
+    /// Publish a raw record to the topic, as a filer (or anyone) could.
+    pub async fn produce(&self, key: &str, payload: &[u8]) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", self.var("KAFKA_ADDR"))
+            .set("message.timeout.ms", "10000")
+            .create()
+            .unwrap();
+        producer
+            .send(
+                FutureRecord::to(self.var("TOPIC"))
+                    .key(key)
+                    .payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    /// High watermark (next offset) per partition.
+    pub fn high_watermarks(&self) -> BTreeMap<i32, i64> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.var("KAFKA_ADDR"))
+            .create()
+            .unwrap();
+        let topic = self.var("TOPIC");
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+        parts
+            .into_iter()
+            .map(|p| {
+                (
+                    p,
+                    c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                        .unwrap()
+                        .1,
+                )
+            })
+            .collect()
+    }
+
+    /// Partition and offset of the first record with this key.
+    pub fn find_record(&self, key: &str) -> (i32, i64) {
+        use rdkafka::message::Message as _;
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.var("KAFKA_ADDR"))
+            .set("group.id", "test-find")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in self.high_watermarks().keys() {
+            tpl.add_partition_offset(self.var("TOPIC"), *p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200))
+                && m.key() == Some(key.as_bytes())
+            {
+                return (m.partition(), m.offset());
+            }
+        }
+        panic!("no record with key {key}");
+    }
+
+    /// Stop the broker gracefully (noida-db loses unflushed messages on SIGKILL).
+    pub fn stop_broker(&self) {
+        let pid: i32 = self.var("BROKER_PID").parse().unwrap();
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(self.var("KAFKA_ADDR")).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Start the broker again on the same port and data directory.
+    pub fn start_broker(&mut self) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("install")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let noida = text
+            .lines()
+            .find_map(|l| l.strip_prefix("noida-db="))
+            .expect("install prints noida-db=")
+            .to_string();
+        let port = self
+            .var("KAFKA_ADDR")
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .to_string();
+        let data = self.dir.path().join("broker-data");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.path().join("broker.log"))
+            .unwrap();
+        let child = Command::new(noida)
+            .args([
+                "start",
+                "--only",
+                "kafka",
+                "--host",
+                "127.0.0.1",
+                "--kafka-port",
+                &port,
+                "--data-dir",
+            ])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        // Keep the env file right so that `stop` kills the new broker.
+        let env_path = self.dir.path().join("env");
+        let text = std::fs::read_to_string(&env_path).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("BROKER_PID=") {
+                    format!("BROKER_PID={pid}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&env_path, text).unwrap();
+        self.env.insert("BROKER_PID".into(), pid);
+        std::mem::forget(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(self.var("KAFKA_ADDR")).is_err() {
+            assert!(Instant::now() < deadline, "broker did not come back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .env("STOP_GRACE", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn urlencode_path(p: &str) -> String {
+    let mut out = String::new();
+    for b in p.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Relative path -> file bytes (None for a directory).
+pub type Tree = BTreeMap<String, Option<Vec<u8>>>;
+
+/// The local tree under `root`, symlinks read as "-> target".
+pub fn local_tree(root: &Path) -> Tree {
+    let mut out = Tree::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            let ft = e.file_type().unwrap();
+            if ft.is_symlink() {
+                out.insert(
+                    rel,
+                    Some(format!("-> {}", std::fs::read_link(&p).unwrap().display()).into_bytes()),
+                );
+            } else if ft.is_dir() {
+                out.insert(rel, None);
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, Some(std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+/// Describe how two trees differ (empty when equal).
+pub fn diff(want: &Tree, got: &Tree) -> String {
+    let mut s = String::new();
+    for (k, v) in want {
+        match got.get(k) {
+            None => s += &format!("missing {k}\n"),
+            Some(g) if g != v => {
+                s += &format!(
+                    "differs {k}: want {} bytes, got {} bytes\n",
+                    v.as_ref().map_or(0, |b| b.len()),
+                    g.as_ref().map_or(0, |b| b.len())
+                )
+            }
+            _ => {}
+        }
+    }
+    for k in got.keys() {
+        if !want.contains_key(k) {
+            s += &format!("unexpected {k}\n");
+        }
+    }
+    s
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Wait until the sink under `sink` equals the source tree under `root` (minus `skip`).
+pub async fn assert_converges(bed: &TestBed, root: &str, skip: &[&str], sink: &Path, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let want = bed.tree(root, skip).await;
+        let last = diff(&want, &local_tree(sink));
+        if last.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sink never matched the source:\n{last}\nreplicate log:\n{}",
+            tail(log, 40)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A working directory with upstream-format config files, as an operator would have.
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new(
+        bed: &TestBed,
+        source_dir: &str,
+        sink_dir: &Path,
+        replication_extra: &str,
+    ) -> Workdir {
+        let dir = tempfile::Builder::new()
+            .prefix("work")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::write(
+            dir.path().join("replication.toml"),
+            format!(
+                "[source.filer]\nenabled = true\ngrpcAddress = \"{}\"\ndirectory = \"{source_dir}\"\n{replication_extra}\n\
+                 [sink.local]\nenabled = true\ndirectory = \"{}\"\nis_incremental = false\n",
+                bed.var("FILER_GRPC"),
+                sink_dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("notification.toml"),
+            format!(
+                "[notification.kafka]\nenabled = true\nhosts = [\"{}\"]\ntopic = \"{}\"\noffsetFile = \"./last.offset\"\n\
+                 offsetSaveIntervalSeconds = 1\n",
+                bed.var("KAFKA_ADDR"),
+                bed.var("TOPIC")
+            ),
+        )
+        .unwrap();
+        Workdir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("replicate.log")
+    }
+    pub fn offsets(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.path().join("last.offset")).unwrap()).unwrap()
+    }
+}
+
+/// A running `replicate` process.
+pub struct Replicator {
+    child: Child,
+}
+
+impl Replicator {
+    /// Start the real binary in `work`, plainly, as a user would.
+    pub fn start(work: &Workdir) -> Replicator {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(work.log())
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_replicate"))
+            .arg("-v=1")
+            .current_dir(work.path())
+            .env("HOME", work.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Replicator { child }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, then wait; returns the exit status and how long it took.
+    pub fn stop(mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("replicate did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -1,0 +1,440 @@
+//! End to end against real servers: a SeaweedFS filer publishing to a Kafka-protocol
+//! broker, the `replicate` binary consuming it into a local directory.
+
+mod common;
+
+use common::*;
+use prost::Message;
+use seaweed_replicate::pb;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+/// Everything a user does to a tree, replicated byte for byte, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_a_working_tree_byte_for_byte() {
+    let bed = TestBed::start(BedOptions::default());
+    // A backlog that exists before replicate first starts.
+    bed.upload("/data/a.txt", b"first version", "").await;
+    bed.upload(
+        "/data/dir one/ü naïve file.txt",
+        "grüße, 世界".as_bytes(),
+        "",
+    )
+    .await;
+    bed.upload(
+        "/data/big/multi.bin",
+        &bytes(1, 3 * 1024 * 1024 + 777),
+        "maxMB=1",
+    )
+    .await;
+    bed.upload("/data/tmp/excluded.txt", b"not replicated", "")
+        .await;
+    bed.upload("/data/tmpfoo/kept.txt", b"boundary-aware exclusion", "")
+        .await;
+    bed.upload("/data/out/leaving.txt", b"moves out of scope", "")
+        .await;
+    bed.upload("/outside/coming.txt", b"moves into scope", "")
+        .await;
+    bed.upload("/outside/never.txt", b"never replicated", "")
+        .await;
+
+    let sink = tempfile::tempdir().unwrap();
+    let work = Workdir::new(
+        &bed,
+        "/data",
+        &sink.path().join("root"),
+        "excludeDirectories = \"/data/tmp\"",
+    );
+    let rep = Replicator::start(&work);
+    let root = sink.path().join("root");
+    assert_converges(&bed, "/data", &["tmp"], &root, &work.log()).await;
+
+    // Changes while it runs.
+    bed.upload("/data/a.txt", b"second, longer version of a", "")
+        .await;
+    bed.mv("/data/a.txt", "/data/renamed/a2.txt").await;
+    bed.mv("/data/big", "/data/big2").await;
+    bed.mv("/outside/coming.txt", "/data/came.txt").await;
+    bed.mv("/data/out/leaving.txt", "/outside/left.txt").await;
+    bed.delete("/data/dir one/ü naïve file.txt", false).await;
+    bed.upload("/data/deep/x/y/z.txt", b"soon gone", "").await;
+    bed.upload("/data/deep/x/w.bin", &bytes(2, 5000), "").await;
+    bed.delete("/data/deep", true).await;
+    bed.upload(
+        "/data/multi/over.bin",
+        &bytes(3, 2 * 1024 * 1024),
+        "maxMB=1",
+    )
+    .await;
+    bed.upload(
+        "/data/multi/over.bin",
+        &bytes(4, 1024 * 1024 + 5),
+        "maxMB=1",
+    )
+    .await;
+    assert_converges(&bed, "/data", &["tmp"], &root, &work.log()).await;
+
+    let tree = local_tree(&root);
+    assert!(
+        !tree.contains_key("big"),
+        "the renamed directory's old path is gone"
+    );
+    assert!(
+        !tree.contains_key("tmp"),
+        "excluded directory is not replicated"
+    );
+    assert!(tree.contains_key("tmpfoo/kept.txt"));
+    assert!(
+        !tree
+            .keys()
+            .any(|k| k.contains("never") || k.contains("leaving"))
+    );
+
+    // Attributes: mode and mtime as the source has them.
+    let listed = bed.list("/data/renamed").await;
+    let src = listed
+        .iter()
+        .find(|e| e["FullPath"] == "/data/renamed/a2.txt")
+        .unwrap();
+    let meta = std::fs::metadata(root.join("renamed/a2.txt")).unwrap();
+    assert_eq!(
+        meta.mode() & 0o777,
+        src["Mode"].as_u64().unwrap() as u32 & 0o777
+    );
+    let src_mtime = chrono::DateTime::parse_from_rfc3339(src["Mtime"].as_str().unwrap()).unwrap();
+    assert_eq!(meta.mtime(), src_mtime.timestamp());
+    assert_eq!(
+        meta.mtime_nsec(),
+        i64::from(src_mtime.timestamp_subsec_nanos())
+    );
+
+    // SIGTERM: exits 0 within 10 s with every offset stored.
+    let (status, took) = rep.stop();
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        tail(&work.log(), 20)
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let high = bed.high_watermarks();
+    let offsets = work.offsets();
+    assert_eq!(offsets["topic"], bed.var("TOPIC"));
+    assert_eq!(
+        offsets["partitionOffsets"]["0"],
+        high[&0] - 1,
+        "last processed offset is stored"
+    );
+    assert!(
+        !work.path().join("replicate.parked.jsonl").exists(),
+        "nothing was parked"
+    );
+}
+
+/// A backlog on three partitions, interrupted, resumed from the offset file; and
+/// offset files exchanged with upstream `weed filer.replicate` in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_from_offset_file_and_shares_it_with_upstream() {
+    let bed = TestBed::start(BedOptions {
+        partitions: 3,
+        ..Default::default()
+    });
+    for i in 0..150 {
+        bed.upload(
+            &format!("/data/f{i:03}.txt"),
+            format!("file {i}").as_bytes(),
+            "",
+        )
+        .await;
+    }
+    let sink = tempfile::tempdir().unwrap();
+    let root = sink.path().join("root");
+    let work = Workdir::new(&bed, "/data", &root, "");
+
+    // Stop in the middle of the backlog.
+    let rep = Replicator::start(&work);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            local_tree(&root).len() >= 5
+        })
+        .await
+    );
+    let (status, _) = rep.stop();
+    assert!(status.success());
+    let saved = work.offsets();
+    let done_at_stop = local_tree(&root).len();
+    eprintln!("stopped with {done_at_stop} of 150 files; offsets {saved}");
+
+    // More changes while it is down, then resume: nothing lost.
+    for i in 150..170 {
+        bed.upload(
+            &format!("/data/f{i:03}.txt"),
+            format!("file {i}").as_bytes(),
+            "",
+        )
+        .await;
+    }
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    for (p, o) in saved["partitionOffsets"].as_object().unwrap() {
+        let want = format!("partition={p} start=Offset({})", o.as_i64().unwrap() + 1);
+        assert!(
+            log.contains(&want),
+            "second run did not resume partition {p} at {}: {}",
+            o,
+            tail(&work.log(), 30)
+        );
+    }
+    let (status, _) = rep.stop();
+    assert!(status.success());
+    let ours = work.offsets();
+
+    // Upstream reads our file: it resumes after our offsets, so it replicates only new files.
+    let up_sink = tempfile::tempdir().unwrap();
+    let up_work = Workdir::new(&bed, "/data", up_sink.path(), "");
+    std::fs::copy(
+        work.path().join("last.offset"),
+        up_work.path().join("last.offset"),
+    )
+    .unwrap();
+    let weed = weed_binary();
+    let mut upstream = std::process::Command::new(&weed)
+        .args(["-logtostderr", "filer.replicate"])
+        .current_dir(up_work.path())
+        .env("HOME", up_work.path())
+        .stdout(std::fs::File::create(up_work.path().join("weed.log")).unwrap())
+        .stderr(std::fs::File::create(up_work.path().join("weed.err")).unwrap())
+        .spawn()
+        .unwrap();
+    bed.upload("/data/new/u1.txt", b"after our offsets", "")
+        .await;
+    bed.upload("/data/new/u2.txt", b"after our offsets, 2", "")
+        .await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            up_sink.path().join("new/u2.txt").exists()
+        })
+        .await,
+        "upstream did not replicate: {}",
+        tail(&up_work.path().join("weed.err"), 20)
+    );
+    let up_tree = local_tree(up_sink.path());
+    assert!(
+        !up_tree.keys().any(|k| k.starts_with("f")),
+        "upstream replayed events before our offsets: {:?}",
+        up_tree.keys()
+    );
+    // Upstream saves only on a later success after the interval; give it one.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    bed.upload("/data/new/u3.txt", b"third", "").await;
+    let up_offsets_path = up_work.path().join("last.offset");
+    let u1 = bed.find_record("/data/new/u1.txt");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&up_offsets_path).unwrap_or_default())
+                    .unwrap_or_default();
+            v["topic"] == ours["topic"]
+                && v["partitionOffsets"][u1.0.to_string()].as_i64() >= Some(u1.1)
+        })
+        .await,
+        "upstream never saved offsets covering u1 at {u1:?}"
+    );
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+
+    // We read upstream's file: resume exactly after it.
+    std::fs::copy(&up_offsets_path, work.path().join("last.offset")).unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&up_offsets_path).unwrap()).unwrap();
+    std::fs::write(work.log(), "").unwrap();
+    let rep = Replicator::start(&work);
+    bed.upload("/data/final.txt", b"after upstream's offsets", "")
+        .await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            root.join("final.txt").exists()
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    for (p, o) in theirs["partitionOffsets"].as_object().unwrap() {
+        let want = format!("partition={p} start=Offset({})", o.as_i64().unwrap() + 1);
+        assert!(
+            log.contains(&want),
+            "did not resume partition {p} after upstream's offset {o}: {}",
+            tail(&work.log(), 20)
+        );
+    }
+    // Events upstream had committed (u1, at least) are not replayed.
+    assert!(
+        !root.join("new/u1.txt").exists(),
+        "replayed what upstream had already committed"
+    );
+    let (status, _) = rep.stop();
+    assert!(status.success());
+}
+
+fn weed_binary() -> std::path::PathBuf {
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("scripts/testbed.sh"))
+        .arg("install")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("weed="))
+        .expect("install prints weed=")
+        .into()
+}
+
+/// Hostile and broken events are refused, parked and passed; nothing lands outside the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_events_write_nothing_outside_the_sink() {
+    let bed = TestBed::start(BedOptions::default());
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("sink");
+    let outside = area.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let work = Workdir::new(&bed, "/data", &root, "");
+
+    let file = |name: &str, content: &[u8]| pb::Entry {
+        name: name.into(),
+        content: content.to_vec(),
+        attributes: Some(pb::FuseAttributes {
+            file_size: content.len() as u64,
+            file_mode: 0o644,
+            mtime: 1_700_000_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let create = |parent: &str, e: pb::Entry| {
+        pb::EventNotification {
+            new_entry: Some(e),
+            new_parent_path: parent.into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let rename = |old: &str, parent: &str, new: &str| {
+        pb::EventNotification {
+            old_entry: Some(file(old, b"")),
+            new_entry: Some(file(new, b"x")),
+            new_parent_path: parent.into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let mut link = file("link", b"");
+    link.attributes.as_mut().unwrap().symlink_target = outside.display().to_string();
+    link.attributes.as_mut().unwrap().file_mode = 0o777 | (1 << 27);
+
+    let hostile: Vec<(String, Vec<u8>)> = vec![
+        (
+            "/data/../../escape1".into(),
+            create("/data/../..", file("escape1", b"pwned")),
+        ),
+        ("/data/a".into(), rename("a", "/data", "../../escape2")),
+        ("/data/a".into(), rename("a", "/data/../../tmp", "escape3")),
+        ("/data/a".into(), rename("a", "/data", "sub/escape4")),
+        (
+            "/data/nul\0x".into(),
+            create("/data", file("nul\0x", b"pwned")),
+        ),
+        (
+            "/data".into(),
+            pb::EventNotification {
+                old_entry: Some(pb::Entry {
+                    name: "data".into(),
+                    is_directory: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("/data/garbage".into(), vec![0xff, 0xff, 0xff, 0x0f]),
+    ];
+    // A symlink is replicated as a symlink; a later write "through" it must not follow it.
+    bed.produce("/data/link", &create("/data", link)).await;
+    bed.produce(
+        "/data/link/through.txt",
+        &create("/data/link", file("through.txt", b"pwned")),
+    )
+    .await;
+    for (key, payload) in &hostile {
+        bed.produce(key, payload).await;
+    }
+    bed.produce("/data/ok.txt", &create("/data", file("ok.txt", b"fine")))
+        .await;
+
+    let rep = Replicator::start(&work);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            root.join("ok.txt").exists()
+        })
+        .await,
+        "the pipeline did not get past the bad events: {}",
+        tail(&work.log(), 30)
+    );
+    let (status, _) = rep.stop();
+    assert!(status.success());
+
+    assert_eq!(std::fs::read(root.join("ok.txt")).unwrap(), b"fine");
+    assert_eq!(std::fs::read_link(root.join("link")).unwrap(), outside);
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "something was written through the symlink"
+    );
+    let mut everything = Vec::new();
+    for base in [area.path(), std::path::Path::new("/tmp"), work.path()] {
+        for e in std::fs::read_dir(base).unwrap().flatten() {
+            everything.push(e.file_name().to_string_lossy().to_string());
+        }
+    }
+    assert!(
+        !everything.iter().any(|n| n.starts_with("escape")),
+        "an escape landed: {everything:?}"
+    );
+    assert_eq!(
+        local_tree(&root).keys().cloned().collect::<Vec<_>>(),
+        vec!["link".to_string(), "ok.txt".to_string()]
+    );
+
+    let parked: Vec<serde_json::Value> =
+        std::fs::read_to_string(work.path().join("replicate.parked.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    // The write through the link, and each hostile event, is parked with its error.
+    assert_eq!(parked.len(), hostile.len() + 1, "{parked:#?}");
+    assert!(
+        parked
+            .iter()
+            .any(|p| p["error"].as_str().unwrap().contains("symlink")),
+        "{parked:#?}"
+    );
+    assert!(
+        parked
+            .iter()
+            .any(|p| p["error"].as_str().unwrap().contains("sink root")),
+        "{parked:#?}"
+    );
+    assert!(
+        parked
+            .iter()
+            .any(|p| p["error"].as_str().unwrap().contains("protobuf")),
+        "{parked:#?}"
+    );
+    let high = bed.high_watermarks();
+    assert_eq!(
+        work.offsets()["partitionOffsets"]["0"],
+        high[&0] - 1,
+        "parked events are committed past"
+    );
+}

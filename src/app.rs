@@ -84,7 +84,7 @@ async fn replicate(
 
     let mut http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(60))
+        .read_timeout(settings.replicate.read_timeout)
         .pool_max_idle_per_host(64);
     if let Some(https) = &settings.security.https_client {
         http = http.danger_accept_invalid_certs(https.insecure_skip_verify);

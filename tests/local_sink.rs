@@ -108,6 +108,20 @@ async fn replicates_a_working_tree_byte_for_byte() {
         i64::from(src_mtime.timestamp_subsec_nanos())
     );
 
+    // Directories keep their mode too (those the filer announced; a rename target's parent
+    // is created without an event, so the sink can only give it 0755).
+    let dir_entry = bed
+        .list("/data")
+        .await
+        .into_iter()
+        .find(|e| e["FullPath"] == "/data/tmpfoo")
+        .unwrap();
+    let dir_meta = std::fs::metadata(root.join("tmpfoo")).unwrap();
+    assert_eq!(
+        dir_meta.mode() & 0o777,
+        dir_entry["Mode"].as_u64().unwrap() as u32 & 0o777
+    );
+
     // SIGTERM: exits 0 within 10 s with every offset stored.
     let (status, took) = rep.stop();
     assert!(
@@ -277,19 +291,6 @@ async fn resumes_from_offset_file_and_shares_it_with_upstream() {
     assert!(status.success());
 }
 
-fn weed_binary() -> std::path::PathBuf {
-    let out = std::process::Command::new("bash")
-        .arg(repo().join("scripts/testbed.sh"))
-        .arg("install")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix("weed="))
-        .expect("install prints weed=")
-        .into()
-}
-
 /// Hostile and broken events are refused, parked and passed; nothing lands outside the sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_events_write_nothing_outside_the_sink() {
@@ -437,4 +438,187 @@ async fn hostile_events_write_nothing_outside_the_sink() {
         high[&0] - 1,
         "parked events are committed past"
     );
+}
+
+/// Older filers' rename format (create at the new path, then delete at the old one),
+/// names over 255 bytes written and deleted, deletes replayed, chunks of overwritten
+/// versions (readDeleted), the incremental sink, and SIGINT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_formats_long_names_replays_and_incremental_sink() {
+    let bed = TestBed::start(BedOptions::default());
+    // Three versions before anyone replicates: v1 and v2's needles are deleted on the source.
+    bed.upload("/data/versions.txt", b"version one", "").await;
+    bed.upload("/data/versions.txt", b"version two, longer", "")
+        .await;
+    bed.upload(
+        "/data/versions.txt",
+        b"version three, the longest of all",
+        "",
+    )
+    .await;
+    bed.upload("/data/old-name.bin", &bytes(9, 200_000), "")
+        .await;
+
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("sink");
+    let work = Workdir::new(
+        &bed,
+        "/data",
+        &root,
+        "[replicate]\nevent_deadline_seconds = 5\n",
+    );
+    let inc_root = area.path().join("incremental");
+    let inc = Workdir::new(&bed, "/data", &inc_root, "");
+    inc.use_sink_section("local_incremental");
+    let rep = Replicator::start(&work);
+    let inc_rep = Replicator::start(&inc);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            std::fs::read(root.join("versions.txt")).ok().as_deref()
+                == Some(b"version three, the longest of all".as_slice())
+                && root.join("old-name.bin").exists()
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+
+    // Pre-4.18 rename: a create at the new path (same chunks), then a delete of the old path.
+    let mut grpc = bed.grpc().await;
+    let mut entry = grpc
+        .lookup_directory_entry(pb::LookupDirectoryEntryRequest {
+            directory: "/data".into(),
+            name: "old-name.bin".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    let old_entry = entry.clone();
+    entry.name = "new-name.bin".into();
+    let create = pb::EventNotification {
+        new_entry: Some(entry),
+        new_parent_path: "/data".into(),
+        ..Default::default()
+    };
+    let delete = pb::EventNotification {
+        old_entry: Some(old_entry),
+        delete_chunks: false,
+        ..Default::default()
+    };
+    bed.produce("/data/new-name.bin", &create.encode_to_vec())
+        .await;
+    bed.produce("/data/old-name.bin", &delete.encode_to_vec())
+        .await;
+
+    // A name over 255 bytes, created, deleted, and deleted again.
+    let long = format!("{}.txt", "long-name-".repeat(30));
+    let long_entry = pb::Entry {
+        name: long.clone(),
+        content: b"long".to_vec(),
+        attributes: Some(pb::FuseAttributes {
+            file_size: 4,
+            file_mode: 0o644,
+            mtime: 1_700_000_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let key = format!("/data/{long}");
+    let create = pb::EventNotification {
+        new_entry: Some(long_entry.clone()),
+        new_parent_path: "/data".into(),
+        ..Default::default()
+    };
+    bed.produce(&key, &create.encode_to_vec()).await;
+    let long_local = || {
+        std::fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .find(|n| n.starts_with("long-name-"))
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || async { long_local().is_some() }).await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    let mapped = long_local().unwrap();
+    assert!(mapped.len() <= 255 && mapped.ends_with(".txt"), "{mapped}");
+    assert_eq!(std::fs::read(root.join(&mapped)).unwrap(), b"long");
+    let delete = pb::EventNotification {
+        old_entry: Some(long_entry),
+        delete_chunks: true,
+        ..Default::default()
+    };
+    bed.produce(&key, &delete.encode_to_vec()).await;
+    bed.produce(&key, &delete.encode_to_vec()).await;
+    bed.produce(
+        "/data/marker.txt",
+        &pb::EventNotification {
+            new_entry: Some(pb::Entry {
+                name: "marker.txt".into(),
+                content: b"m".to_vec(),
+                attributes: Some(pb::FuseAttributes {
+                    file_size: 1,
+                    file_mode: 0o644,
+                    mtime: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            new_parent_path: "/data".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            root.join("marker.txt").exists()
+        })
+        .await
+    );
+    assert!(long_local().is_none(), "the long name was not deleted");
+    assert_eq!(
+        std::fs::read(root.join("new-name.bin")).unwrap(),
+        bytes(9, 200_000)
+    );
+    assert!(!root.join("old-name.bin").exists());
+
+    // SIGINT stops cleanly too; nothing was parked (the replayed delete and the
+    // overwritten versions' chunks were fine).
+    let (status, took) = rep.stop_with(libc::SIGINT);
+    assert!(
+        status.success() && took < Duration::from_secs(10),
+        "{status:?} {took:?}"
+    );
+    assert!(
+        !work.path().join("replicate.parked.jsonl").exists(),
+        "{}",
+        std::fs::read_to_string(work.path().join("replicate.parked.jsonl")).unwrap_or_default()
+    );
+
+    // The incremental sink put each change under the local date of its mtime.
+    let day = chrono::Local::now().format("%Y-%m-%d").to_string();
+    let marker_day = chrono::TimeZone::timestamp_opt(&chrono::Local, 1, 0)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            inc_root.join(&marker_day).join("marker.txt").exists()
+        })
+        .await,
+        "{:?}\n{}",
+        local_tree(&inc_root).keys().collect::<Vec<_>>(),
+        tail(&inc.log(), 20)
+    );
+    assert_eq!(
+        std::fs::read(inc_root.join(&day).join("versions.txt")).unwrap(),
+        b"version three, the longest of all"
+    );
+    assert!(inc_root.join(&day).join("new-name.bin").exists());
+    inc_rep.stop();
 }

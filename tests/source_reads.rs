@@ -256,3 +256,79 @@ async fn survives_a_broker_restart() {
     let (status, _) = rep.stop();
     assert!(status.success());
 }
+
+/// A replica that stops answering is given up after the read timeout, and the next
+/// one serves the chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_another_replica() {
+    let bed = TestBed::start(BedOptions {
+        weed_args: "-dataCenter=dc1 -master.defaultReplication=100".into(),
+        ..Default::default()
+    });
+    let mut dc2 = bed.add_volume_server("dc2");
+    // Uploads need both data centers (replication 100); retry until dc2 has joined.
+    let data = bytes(21, 1024 * 1024 + 99);
+    let mut attempts = 0;
+    loop {
+        let part = reqwest::multipart::Part::bytes(data.clone()).file_name("r.bin");
+        let resp = bed
+            .http
+            .post(format!("{}/data/r.bin?maxMB=1", bed.filer()))
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .unwrap();
+        if resp.status().is_success() {
+            break;
+        }
+        attempts += 1;
+        assert!(attempts < 60, "dc2 never joined: {}", resp.status());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let listed = bed.list("/data").await;
+    let vid = listed[0]["chunks"][0]["fid"]["volume_id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let locs = bed
+        .grpc()
+        .await
+        .lookup_volume(pb::LookupVolumeRequest {
+            volume_ids: vec![vid.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        locs.locations_map[&vid].locations.len(),
+        2,
+        "not replicated to both data centers"
+    );
+
+    // dc2 is preferred, and it stops answering (the master still lists it).
+    unsafe { libc::kill(dc2.id() as i32, libc::SIGSTOP) };
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("sink");
+    let work = Workdir::new(
+        &bed,
+        "/data",
+        &root,
+        "dataCenter = \"dc2\"\n[replicate]\nread_timeout_seconds = 2\n",
+    );
+    let rep = Replicator::start(&work);
+    let ok = eventually(Duration::from_secs(60), || async {
+        std::fs::read(root.join("r.bin")).ok() == Some(data.clone())
+    })
+    .await;
+    unsafe { libc::kill(dc2.id() as i32, libc::SIGCONT) };
+    let _ = dc2.kill();
+    let _ = dc2.wait();
+    assert!(ok, "{}", tail(&work.log(), 30));
+    assert!(
+        std::fs::read_to_string(work.log())
+            .unwrap()
+            .contains("replica failed; trying the next")
+    );
+    assert!(!work.path().join("replicate.parked.jsonl").exists());
+    rep.stop();
+}

@@ -115,6 +115,8 @@ parked_file = "./replicate.parked.jsonl"
 event_deadline_seconds = 300
 # Chunks of one file fetched ahead of the one being written.
 prefetch_chunks = 4
+# A volume server silent this long during a read is given up for the next replica.
+read_timeout_seconds = 60
 "#;
 
 pub const NOTIFICATION: &str = r#"# notification.toml: where the filer publishes its metadata changes, and where

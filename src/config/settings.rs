@@ -133,6 +133,8 @@ pub struct ReplicateSettings {
     pub event_deadline: Duration,
     /// Chunks fetched ahead per file.
     pub prefetch_chunks: usize,
+    /// How long a volume server may stay silent during a read before the next replica is tried.
+    pub read_timeout: Duration,
 }
 
 fn enabled_sections(r: &mut Reader, prefix: &str, names: &[&'static str]) -> Vec<&'static str> {
@@ -311,7 +313,12 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
             format!("must be between 1 and 256, got {prefetch_chunks}"),
         );
     }
+    let read_timeout = r.count("replicate.read_timeout_seconds", 60);
+    if read_timeout == 0 {
+        r.problem("replicate.read_timeout_seconds", "must be at least 1");
+    }
     let replicate = ReplicateSettings {
+        read_timeout: Duration::from_secs(read_timeout.max(1)),
         on_failure,
         parked_file,
         event_deadline,

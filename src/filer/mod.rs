@@ -187,14 +187,16 @@ impl FilerSource {
         for refresh in [false, true] {
             let locs = self.lookup(vid, refresh).await?;
             for loc in &locs {
-                match self.get(&loc.url, &fid).await {
-                    Ok((body, gzipped)) => {
-                        match decode_chunk(&fid, body, gzipped, chunk, check_size) {
-                            Ok(data) => return Ok(data),
-                            Err(e) => last = Some(e),
-                        }
+                let result = match self.get(&loc.url, &fid).await {
+                    Ok((body, gzipped)) => decode_chunk(&fid, body, gzipped, chunk, check_size),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(data) => return Ok(data),
+                    Err(e) => {
+                        tracing::debug!(fid = %fid, replica = %loc.url, error = %e, "replica failed; trying the next");
+                        last = Some(e);
                     }
-                    Err(e) => last = Some(e),
                 }
             }
             self.forget(vid);

@@ -261,3 +261,71 @@ async fn save_loop(book: Arc<OffsetBook>, interval: Duration, stop: Cancellation
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::settings::{KafkaTls, Sasl};
+
+    fn settings() -> KafkaSettings {
+        KafkaSettings {
+            hosts: vec!["a:9092".into(), "b:9092".into()],
+            topic: "t".into(),
+            offset_file: "last.offset".into(),
+            offset_save_interval: Duration::from_secs(10),
+            sasl: None,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn plaintext_by_default_and_never_commits_on_its_own() {
+        let c = client_config(&settings());
+        assert_eq!(c.get("bootstrap.servers"), Some("a:9092,b:9092"));
+        assert_eq!(c.get("security.protocol"), Some("plaintext"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
+    }
+
+    #[test]
+    fn sasl_and_tls_keys_map_onto_the_client() {
+        let mut s = settings();
+        s.sasl = Some(Sasl {
+            mechanism: "SCRAM-SHA-512".into(),
+            username: "u".into(),
+            password: "p".into(),
+        });
+        s.tls = Some(KafkaTls {
+            ca_cert: "/ca.pem".into(),
+            client_cert: "/c.pem".into(),
+            client_key: "/k.pem".into(),
+            insecure_skip_verify: true,
+        });
+        let c = client_config(&s);
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("sasl.username"), Some("u"));
+        assert_eq!(c.get("sasl.password"), Some("p"));
+        assert_eq!(c.get("ssl.ca.location"), Some("/ca.pem"));
+        assert_eq!(c.get("ssl.certificate.location"), Some("/c.pem"));
+        assert_eq!(c.get("ssl.key.location"), Some("/k.pem"));
+        assert_eq!(c.get("enable.ssl.certificate.verification"), Some("false"));
+
+        s.tls = None;
+        assert_eq!(
+            client_config(&s).get("security.protocol"),
+            Some("sasl_plaintext")
+        );
+        s.sasl = None;
+        s.tls = Some(KafkaTls {
+            ca_cert: String::new(),
+            client_cert: String::new(),
+            client_key: String::new(),
+            insecure_skip_verify: false,
+        });
+        let c = client_config(&s);
+        assert_eq!(c.get("security.protocol"), Some("ssl"));
+        assert_eq!(c.get("enable.ssl.certificate.verification"), None);
+    }
+}

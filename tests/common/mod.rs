@@ -337,6 +337,38 @@ impl TestBed {
         panic!("no record with key {key}");
     }
 
+    /// Start another volume server, in data center `dc`, joined to this bed's master.
+    pub fn add_volume_server(&self, dc: &str) -> Child {
+        let port = (15000..21999)
+            .find(|p| {
+                std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()
+                    && std::net::TcpListener::bind(("127.0.0.1", *p + 10000)).is_ok()
+            })
+            .expect("a free port pair");
+        let dir = self.dir.path().join(format!("volume-{dc}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(self.dir.path().join(format!("volume-{dc}.log"))).unwrap();
+        Command::new(weed_binary())
+            .args([
+                "-logtostderr",
+                "volume",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-max=20",
+                "-preStopSeconds=0",
+            ])
+            .arg(format!("-mserver={}", self.var("MASTER")))
+            .arg(format!("-port={port}"))
+            .arg(format!("-port.grpc={}", port + 10000))
+            .arg(format!("-dataCenter={dc}"))
+            .arg(format!("-dir={}", dir.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
     /// Stop the broker gracefully (noida-db loses unflushed messages on SIGKILL).
     pub fn stop_broker(&self) {
         let pid: i32 = self.var("BROKER_PID").parse().unwrap();
@@ -533,6 +565,20 @@ pub async fn assert_converges(bed: &TestBed, root: &str, skip: &[&str], sink: &P
     }
 }
 
+/// The `weed` binary of the test bed.
+pub fn weed_binary() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(script())
+        .arg("install")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("weed="))
+        .expect("install prints weed=")
+        .into()
+}
+
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -581,6 +627,16 @@ impl Workdir {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Use `[sink.<name>]` instead of `[sink.local]`, with its default `is_incremental`.
+    pub fn use_sink_section(&self, name: &str) {
+        let p = self.path().join("replication.toml");
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("[sink.local]", &format!("[sink.{name}]"))
+            .replace("is_incremental = false\n", "");
+        std::fs::write(p, text).unwrap();
+    }
     pub fn log(&self) -> PathBuf {
         self.dir.path().join("replicate.log")
     }
@@ -620,9 +676,14 @@ impl Replicator {
     }
 
     /// SIGTERM, then wait; returns the exit status and how long it took.
-    pub fn stop(mut self) -> (ExitStatus, Duration) {
+    pub fn stop(self) -> (ExitStatus, Duration) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Send `signal`, then wait; returns the exit status and how long it took.
+    pub fn stop_with(mut self, signal: i32) -> (ExitStatus, Duration) {
         let started = Instant::now();
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status, started.elapsed());

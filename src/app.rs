@@ -90,18 +90,18 @@ async fn replicate(
         http = http.danger_accept_invalid_certs(https.insecure_skip_verify);
         if !https.ca.is_empty() {
             let pem = std::fs::read(&https.ca)
-                .map_err(|e| config_problem("https.client.ca", &https.ca, e))?;
+                .map_err(|e| config_problem(&raw, "https.client.ca", &https.ca, e))?;
             let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| config_problem("https.client.ca", &https.ca, e))?;
+                .map_err(|e| config_problem(&raw, "https.client.ca", &https.ca, e))?;
             http = http.add_root_certificate(cert);
         }
         if !https.cert.is_empty() {
             let cert = std::fs::read(&https.cert)
-                .map_err(|e| config_problem("https.client.cert", &https.cert, e))?;
+                .map_err(|e| config_problem(&raw, "https.client.cert", &https.cert, e))?;
             let key = std::fs::read(&https.key)
-                .map_err(|e| config_problem("https.client.key", &https.key, e))?;
+                .map_err(|e| config_problem(&raw, "https.client.key", &https.key, e))?;
             let id = reqwest::Identity::from_pkcs8_pem(&cert, &key)
-                .map_err(|e| config_problem("https.client.cert", &https.cert, e))?;
+                .map_err(|e| config_problem(&raw, "https.client.cert", &https.cert, e))?;
             http = http.identity(id);
         }
     }
@@ -121,7 +121,12 @@ async fn replicate(
             http,
         )
         .map_err(|e| {
-            config_problem("source.filer.grpcAddress", &settings.source.grpc_address, e)
+            config_problem(
+                &raw,
+                "source.filer.grpcAddress",
+                &settings.source.grpc_address,
+                e,
+            )
         })?,
     );
 
@@ -184,9 +189,12 @@ async fn replicate(
     Ok(())
 }
 
-fn config_problem(key: &str, value: &str, e: impl std::fmt::Display) -> AppError {
+fn config_problem(raw: &RawConfig, key: &str, value: &str, e: impl std::fmt::Display) -> AppError {
     AppError::Config(ConfigErrors(vec![crate::config::Problem {
-        origin: crate::config::Origin::Missing("configuration".into()),
+        origin: raw
+            .get(key)
+            .map(|(_, o)| o)
+            .unwrap_or_else(|| raw.home_of(key)),
         key: key.into(),
         message: format!("{value:?}: {e}"),
     }]))

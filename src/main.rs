@@ -19,7 +19,10 @@ fn main() -> ExitCode {
     };
     app::init_logging(cli.verbosity);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(app::run(cli)) {
+    let result = runtime.block_on(app::run(cli));
+    // Do not wait for a blocking call (a Kafka metadata request) still under way.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("replicate: {e}");

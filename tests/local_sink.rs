@@ -122,6 +122,20 @@ async fn replicates_a_working_tree_byte_for_byte() {
         dir_entry["Mode"].as_u64().unwrap() as u32 & 0o777
     );
 
+    // The offset file is kept current while running (interval 1 s), not only at shutdown.
+    let high = bed.high_watermarks();
+    let offsets_path = work.path().join("last.offset");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            std::fs::read(&offsets_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["partitionOffsets"]["0"] == high[&0] - 1)
+        })
+        .await,
+        "offset file not written while running"
+    );
+
     // SIGTERM: exits 0 within 10 s with every offset stored.
     let (status, took) = rep.stop();
     assert!(
@@ -358,6 +372,28 @@ async fn hostile_events_write_nothing_outside_the_sink() {
             .encode_to_vec(),
         ),
         ("/data/garbage".into(), vec![0xff, 0xff, 0xff, 0x0f]),
+        // Content only in remote storage: must not become a file of zeros.
+        (
+            "/data/remote.bin".into(),
+            create(
+                "/data",
+                pb::Entry {
+                    name: "remote.bin".into(),
+                    attributes: Some(pb::FuseAttributes {
+                        file_size: 100,
+                        file_mode: 0o644,
+                        mtime: 1,
+                        ..Default::default()
+                    }),
+                    remote_entry: Some(pb::RemoteEntry {
+                        storage_name: "s3".into(),
+                        remote_size: 100,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+        ),
     ];
     // A symlink is replicated as a symlink; a later write "through" it must not follow it.
     bed.produce("/data/link", &create("/data", link)).await;
@@ -373,9 +409,18 @@ async fn hostile_events_write_nothing_outside_the_sink() {
         .await;
 
     let rep = Replicator::start(&work);
+    // The same stream under upstream's policy: keep going, but never commit past a failure.
+    let held_root = area.path().join("held");
+    let held = Workdir::new(
+        &bed,
+        "/data",
+        &held_root,
+        "[replicate]\non_failure = \"hold\"\n",
+    );
+    let held_rep = Replicator::start(&held);
     assert!(
         eventually(Duration::from_secs(30), || async {
-            root.join("ok.txt").exists()
+            root.join("ok.txt").exists() && held_root.join("ok.txt").exists()
         })
         .await,
         "the pipeline did not get past the bad events: {}",
@@ -383,6 +428,18 @@ async fn hostile_events_write_nothing_outside_the_sink() {
     );
     let (status, _) = rep.stop();
     assert!(status.success());
+    let (status, _) = held_rep.stop();
+    assert!(status.success());
+    // Offset 0 (the symlink) succeeded; offset 1 (the write through it) failed first.
+    assert_eq!(
+        held.offsets()["partitionOffsets"]["0"],
+        0,
+        "hold must pin the offset before the first failure"
+    );
+    assert!(
+        !held.path().join("replicate.parked.jsonl").exists(),
+        "hold parks nothing"
+    );
 
     assert_eq!(std::fs::read(root.join("ok.txt")).unwrap(), b"fine");
     assert_eq!(std::fs::read_link(root.join("link")).unwrap(), outside);
@@ -430,6 +487,12 @@ async fn hostile_events_write_nothing_outside_the_sink() {
         parked
             .iter()
             .any(|p| p["error"].as_str().unwrap().contains("protobuf")),
+        "{parked:#?}"
+    );
+    assert!(
+        parked
+            .iter()
+            .any(|p| p["error"].as_str().unwrap().contains("remote storage")),
         "{parked:#?}"
     );
     let high = bed.high_watermarks();

@@ -66,6 +66,10 @@ pub enum ReadError {
     },
     #[error("read stopped before the end of the file")]
     Aborted,
+    #[error(
+        "the {size} bytes of this entry live only in remote storage (not cached in the cluster)"
+    )]
+    RemoteOnly { size: u64 },
 }
 
 impl ReadError {
@@ -73,7 +77,7 @@ impl ReadError {
         match self {
             ReadError::Lookup { .. } | ReadError::NoLocations { .. } | ReadError::Aborted => true,
             ReadError::Chunk { retryable, .. } => *retryable,
-            ReadError::Manifest { .. } => false,
+            ReadError::Manifest { .. } | ReadError::RemoteOnly { .. } => false,
         }
     }
 }
@@ -283,6 +287,10 @@ impl FilerSource {
     ) -> Result<(), ReadError> {
         let recorded = entry.attributes.as_ref().map(|a| a.file_size).unwrap_or(0);
         if entry.chunks.is_empty() {
+            if entry.content.is_empty() && recorded > 0 && entry.remote_entry.is_some() {
+                // Content that lives only in a remote store: zeros here would corrupt the copy.
+                return Err(ReadError::RemoteOnly { size: recorded });
+            }
             let content = Bytes::from(entry.content.clone());
             let size = recorded.max(content.len() as u64);
             if !content.is_empty() && tx.send(Ok(content.clone())).await.is_err() {

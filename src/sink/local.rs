@@ -158,13 +158,16 @@ impl LocalSink {
             return Ok(());
         }
         let dir = path.parent().expect("target has a parent");
-        let tmp = dir.join(format!("{TEMP_PREFIX}{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(target, &tmp).map_err(io_err("create symlink", key))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .make_in(dir, |p| std::os::unix::fs::symlink(target, p))
+            .map_err(io_err("create symlink", key))?;
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
             std::fs::remove_dir_all(path).map_err(io_err("replace directory by symlink", key))?;
         }
-        std::fs::rename(&tmp, path).map_err(io_err("rename symlink into place", key))
+        tmp.persist(path)
+            .map_err(|e| io_err("rename symlink into place", key)(e.error))?;
+        Ok(())
     }
 }
 
@@ -313,13 +316,20 @@ impl Sink for LocalSink {
         let Some(from) = self.target(old, false)? else {
             return Ok(false);
         };
-        if std::fs::symlink_metadata(&from).is_err() {
+        let Ok(from_meta) = std::fs::symlink_metadata(&from) else {
             return Ok(false);
-        }
+        };
         let to = self.target(new, true)?.expect("created parents");
-        // rename(2) cannot replace a non-empty directory; the source replaced it.
-        if std::fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
-            std::fs::remove_dir_all(&to).map_err(io_err("replace directory", new))?;
+        // rename(2) replaces a file by a file atomically, but cannot replace a non-empty
+        // directory, nor a file by a directory; the source has replaced whatever was there.
+        match std::fs::symlink_metadata(&to) {
+            Ok(m) if m.is_dir() => {
+                std::fs::remove_dir_all(&to).map_err(io_err("replace directory", new))?
+            }
+            Ok(_) if from_meta.is_dir() => {
+                std::fs::remove_file(&to).map_err(io_err("replace file", new))?
+            }
+            _ => {}
         }
         std::fs::rename(&from, &to).map_err(io_err("rename", new))?;
         // Bring attributes (and content, if the moved copy is stale) up to date.

@@ -4,11 +4,12 @@
 use crate::cli::{Cli, Command};
 use crate::config::settings::{InputSettings, SinkSettings};
 use crate::config::{ConfigErrors, LoadOptions, RawConfig, resolve, scaffold};
-use crate::filer::{FilerSource, SourceOptions};
+use crate::filer::{FilerSource, SourceOptions, signature};
 use crate::pipeline::Pipeline;
 use crate::replicate::Rules;
 use crate::replicate::path::components;
 use crate::sink::Sink;
+use crate::sink::filer::FilerSink;
 use crate::sink::local::LocalSink;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -118,7 +119,7 @@ async fn replicate(
                 https: settings.security.https_client.is_some(),
                 prefetch: settings.replicate.prefetch_chunks,
             },
-            http,
+            http.clone(),
         )
         .map_err(|e| {
             config_problem(
@@ -130,10 +131,36 @@ async fn replicate(
         })?,
     );
 
+    let stop = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone(), hard_stop.clone());
+
+    let mut skip_signatures = Vec::new();
     let sink: Box<dyn Sink> = match &settings.sink {
         SinkSettings::Local {
             name, directory, ..
         } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
+        SinkSettings::Filer(opts) => {
+            let sink = FilerSink::new(opts.clone(), source.clone(), http.clone()).map_err(|e| {
+                config_problem(&raw, "sink.filer.grpcAddress", &opts.grpc_address, e)
+            })?;
+            // Loop avoidance: events that already passed through the target filer are not
+            // sent back to it. When source and target are the same filer (folder to folder),
+            // every event carries that signature, and only is_from_other_cluster applies.
+            let Some(target_sig) = signature(sink.client(), &opts.grpc_address, &stop).await else {
+                return Ok(());
+            };
+            let Some(source_sig) =
+                signature(source.client(), &settings.source.grpc_address, &stop).await
+            else {
+                return Ok(());
+            };
+            tracing::info!(target = %opts.grpc_address, target_sig, source_sig, "filers reached");
+            if target_sig != source_sig {
+                skip_signatures.push(target_sig);
+            }
+            Box::new(sink)
+        }
     };
     tracing::info!(sink = settings.sink.name(), directory = %settings.sink.directory(), "Configure sink to {}", settings.sink.name());
 
@@ -147,12 +174,9 @@ async fn replicate(
             .collect(),
         sink_dir: settings.sink.directory(),
         incremental: settings.sink.incremental(),
-        skip_other_cluster: false,
+        skip_other_cluster: matches!(settings.sink, SinkSettings::Filer(_)),
+        skip_signatures,
     };
-
-    let stop = CancellationToken::new();
-    let hard_stop = CancellationToken::new();
-    spawn_signal_handler(stop.clone(), hard_stop.clone());
 
     let pipeline = Arc::new(Pipeline::new(
         rules,

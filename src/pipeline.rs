@@ -141,7 +141,7 @@ impl Pipeline {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(500);
         loop {
-            match replicate::apply(&plan, self.sink.as_ref()).await {
+            match replicate::apply(&plan, self.sink.as_ref(), &ev.signatures).await {
                 Ok(()) => {
                     tracing::debug!(key = %raw.key, "replicated {}", raw.key);
                     return Ok(Some(true));

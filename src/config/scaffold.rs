@@ -47,15 +47,19 @@ is_incremental = true
 
 [sink.filer]
 enabled = false
+# gRPC address of the target filer (another cluster, or the source filer itself).
 grpcAddress = "localhost:18888"
 # [better] a directory equal to or under source.filer.directory on the same filer is refused.
 directory = "/backup"
+# Volume settings for the copied chunks (empty: the target's defaults and path rules).
 replication = ""
 collection = ""
 ttlSec = 0
 disk = ""
 dataCenter = ""
 is_incremental = false
+# Chunk copies in flight across all files (upstream: 32, fixed).
+chunk_concurrency = 32
 
 [sink.s3]
 enabled = false

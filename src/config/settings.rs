@@ -3,6 +3,7 @@
 use super::{ConfigErrors, RawConfig, Reader};
 use crate::filer::jwt::ReadSigner;
 use crate::replicate::path::{components, normalize_dir};
+pub use crate::sink::filer::FilerSinkOptions;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,22 +80,27 @@ pub enum SinkSettings {
         directory: PathBuf,
         incremental: bool,
     },
+    /// `[sink.filer]`.
+    Filer(FilerSinkOptions),
 }
 
 impl SinkSettings {
     pub fn name(&self) -> &'static str {
         match self {
             SinkSettings::Local { name, .. } => name,
+            SinkSettings::Filer(_) => "filer",
         }
     }
     pub fn directory(&self) -> String {
         match self {
             SinkSettings::Local { directory, .. } => directory.display().to_string(),
+            SinkSettings::Filer(o) => o.directory.clone(),
         }
     }
     pub fn incremental(&self) -> bool {
         match self {
             SinkSettings::Local { incremental, .. } => *incremental,
+            SinkSettings::Filer(o) => o.incremental,
         }
     }
 }
@@ -442,17 +448,6 @@ fn resolve_sink(
     cwd: &Path,
 ) -> Option<SinkSettings> {
     let p = format!("sink.{name}");
-    if name == "filer" {
-        // Checked even before the filer sink lands, so the guard is never dead code.
-        let addr = r.string("sink.filer.grpcAddress", "");
-        let dir = r.string("sink.filer.directory", "");
-        if let (Ok(d), Ok(s)) = (components(&dir), components(&source.directory))
-            && addr.eq_ignore_ascii_case(&source.grpc_address)
-            && crate::replicate::path::is_equal_or_under(&d, &s)
-        {
-            r.problem("sink.filer.directory", format!("{dir:?} is equal to or under source.filer.directory {:?} on the same filer: replication would feed itself", source.directory));
-        }
-    }
     match name {
         "local" | "local_incremental" => {
             let dir = r.string(&format!("{p}.directory"), "");
@@ -470,11 +465,59 @@ fn resolve_sink(
                 incremental,
             })
         }
+        "filer" => {
+            let grpc_address = r.string("sink.filer.grpcAddress", "");
+            check_grpc_address(r, "sink.filer.grpcAddress", &grpc_address);
+            let dir = r.string("sink.filer.directory", "");
+            let directory = match normalize_dir(&dir) {
+                Ok(d) => d,
+                Err(e) => {
+                    r.problem(
+                        "sink.filer.directory",
+                        format!(
+                            "{dir:?} must be an absolute filer path without . or ..: {}",
+                            e.why
+                        ),
+                    );
+                    return None;
+                }
+            };
+            let under = |a: &str, b: &str| matches!((components(a), components(b)), (Ok(a), Ok(b)) if crate::replicate::path::is_equal_or_under(&a, &b));
+            if grpc_address.eq_ignore_ascii_case(&source.grpc_address)
+                && under(&directory, &source.directory)
+                && !source
+                    .exclude_directories
+                    .iter()
+                    .any(|ex| under(&directory, ex))
+            {
+                r.problem(
+                    "sink.filer.directory",
+                    format!("{directory:?} is equal to or under source.filer.directory {:?} on the same filer: replication would feed itself", source.directory),
+                );
+            }
+            let ttl_sec = r.int("sink.filer.ttlSec", 0);
+            let chunk_concurrency = r.count("sink.filer.chunk_concurrency", 32);
+            if chunk_concurrency == 0 || chunk_concurrency > 1024 {
+                r.problem(
+                    "sink.filer.chunk_concurrency",
+                    format!("must be between 1 and 1024, got {chunk_concurrency}"),
+                );
+            }
+            Some(SinkSettings::Filer(FilerSinkOptions {
+                grpc_address,
+                directory,
+                replication: r.string("sink.filer.replication", ""),
+                collection: r.string("sink.filer.collection", ""),
+                ttl_sec: i32::try_from(ttl_sec).unwrap_or(0),
+                disk: r.string("sink.filer.disk", ""),
+                data_center: r.string("sink.filer.dataCenter", ""),
+                incremental: r.bool("sink.filer.is_incremental", false),
+                chunk_concurrency: chunk_concurrency.clamp(1, 1024) as usize,
+                https: r.bool("https.client.enabled", false),
+            }))
+        }
         other => {
-            r.problem(
-                &format!("{p}.enabled"),
-                format!("the {other} sink is not supported by this version yet; use [sink.local]"),
-            );
+            r.problem(&format!("{p}.enabled"), format!("the {other} sink is not supported by this version yet; use [sink.local] or [sink.filer]"));
             None
         }
     }

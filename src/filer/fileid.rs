@@ -12,6 +12,18 @@ pub fn format(fid: &FileId) -> String {
     format!("{},{}", fid.volume_id, hex::encode(&bytes[first..]))
 }
 
+/// Parse `"vid,keycookie"` into a `FileId`.
+pub fn parse(file_id: &str) -> Option<FileId> {
+    let vid = volume_id(file_id)?;
+    let rest = &file_id[vid.len() + 1..];
+    let (key, cookie) = rest.split_at(rest.len() - 8);
+    Some(FileId {
+        volume_id: vid.parse().ok()?,
+        file_key: u64::from_str_radix(key, 16).ok()?,
+        cookie: u32::from_str_radix(cookie, 16).ok()?,
+    })
+}
+
 /// The volume id part of a file id string (before the last comma).
 pub fn volume_id(file_id: &str) -> Option<&str> {
     let (vid, rest) = file_id.rsplit_once(',')?;
@@ -58,6 +70,27 @@ mod tests {
             }),
             "7,0102030405060708ffffffff"
         );
+    }
+
+    #[test]
+    fn parse_is_the_inverse_of_format() {
+        for fid in [
+            FileId {
+                volume_id: 3,
+                file_key: 4,
+                cookie: 0x6dbbed8d,
+            },
+            FileId {
+                volume_id: 70000,
+                file_key: u64::MAX,
+                cookie: u32::MAX,
+            },
+        ] {
+            assert_eq!(parse(&format(&fid)), Some(fid));
+        }
+        assert_eq!(parse("3,zz6dbbed8d"), None);
+        // Key 0 formats to the cookie alone, which upstream's parser rejects too (keys start at 1).
+        assert_eq!(parse("1,00000001"), None);
     }
 
     #[test]

@@ -90,6 +90,13 @@ fn chunk_err(fid: &str, detail: impl Into<String>, retryable: bool) -> ReadError
     }
 }
 
+/// A chunk's bytes as stored: `gzipped` when they are a gzip stream of the clear data.
+#[derive(Debug, Clone)]
+pub struct Verbatim {
+    pub body: Bytes,
+    pub gzipped: bool,
+}
+
 /// Connects to the source filer and reads file content from its volume servers.
 pub struct FilerSource {
     grpc: SeaweedFilerClient<Channel>,
@@ -109,6 +116,32 @@ pub fn connect_lazy(address: &str) -> Result<SeaweedFilerClient<Channel>, tonic:
     Ok(SeaweedFilerClient::new(channel)
         .max_decoding_message_size(1 << 30)
         .max_encoding_message_size(1 << 30))
+}
+
+/// A filer's signature (`GetFilerConfiguration`), retried with backoff until it
+/// answers; `None` if `stop` fires first.
+pub async fn signature(
+    mut client: SeaweedFilerClient<Channel>,
+    address: &str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<i32> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match client
+            .get_filer_configuration(crate::pb::GetFilerConfigurationRequest {})
+            .await
+        {
+            Ok(r) => return Some(r.into_inner().signature),
+            Err(e) => {
+                tracing::warn!(filer = %address, error = %e, retry_in = ?backoff, "filer unavailable; waiting")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
 }
 
 impl FilerSource {
@@ -183,6 +216,29 @@ impl FilerSource {
         chunk: &FileChunk,
         check_size: bool,
     ) -> Result<Bytes, ReadError> {
+        self.with_replicas(chunk, |fid, body, gzipped| {
+            decode_chunk(fid, body, gzipped, chunk, check_size)
+        })
+        .await
+    }
+
+    /// Fetch one chunk as the volume server stores it (ciphertext stays encrypted, a
+    /// gzip needle stays gzip), after checking that it decodes to the recorded size.
+    pub async fn fetch_verbatim(&self, chunk: &FileChunk) -> Result<Verbatim, ReadError> {
+        self.with_replicas(chunk, |fid, body, gzipped| {
+            let clear = decode_chunk(fid, body.clone(), gzipped, chunk, true)?;
+            // A gzip needle served without Content-Encoding decodes to a different length.
+            let gzipped = gzipped || (chunk.cipher_key.is_empty() && clear.len() != body.len());
+            Ok(Verbatim { body, gzipped })
+        })
+        .await
+    }
+
+    async fn with_replicas<T>(
+        &self,
+        chunk: &FileChunk,
+        decode: impl Fn(&str, Bytes, bool) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
         let fid = chunk_file_id(chunk)
             .ok_or_else(|| chunk_err("?", "chunk has neither file_id nor fid", false))?;
         let vid =
@@ -192,7 +248,7 @@ impl FilerSource {
             let locs = self.lookup(vid, refresh).await?;
             for loc in &locs {
                 let result = match self.get(&loc.url, &fid).await {
-                    Ok((body, gzipped)) => decode_chunk(&fid, body, gzipped, chunk, check_size),
+                    Ok((body, gzipped)) => decode(&fid, body, gzipped),
                     Err(e) => Err(e),
                 };
                 match result {

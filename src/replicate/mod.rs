@@ -27,6 +27,9 @@ pub struct Rules {
     pub incremental: bool,
     /// Skip events flagged `is_from_other_cluster` (filer sinks only).
     pub skip_other_cluster: bool,
+    /// Skip events that already passed through one of these filers (the target filer's
+    /// signature, so a change replicated to it is never sent back).
+    pub skip_signatures: Vec<i32>,
 }
 
 /// Where an operation lands, relative to the sink's root.
@@ -141,6 +144,13 @@ impl Rules {
         if ev.is_from_other_cluster && self.skip_other_cluster {
             return Ok(Plan::Skip("event came from another cluster"));
         }
+        if ev
+            .signatures
+            .iter()
+            .any(|s| self.skip_signatures.contains(s))
+        {
+            return Ok(Plan::Skip("event already passed through the target filer"));
+        }
         let key_parts = components(key)?;
         match (&ev.old_entry, &ev.new_entry) {
             (None, None) => Ok(Plan::Skip("event has neither an old nor a new entry")),
@@ -251,21 +261,25 @@ impl Rules {
 /// Apply a plan to a sink, with upstream's fallbacks: a move the sink cannot do
 /// natively becomes create-then-delete (create first, so a crash leaves two copies
 /// rather than none); an update the sink cannot find becomes delete-then-create.
-pub async fn apply(plan: &Plan, sink: &dyn Sink) -> Result<(), SinkError> {
+pub async fn apply(plan: &Plan, sink: &dyn Sink, signatures: &[i32]) -> Result<(), SinkError> {
     match plan {
         Plan::Skip(_) => Ok(()),
-        Plan::Create { key, entry } => sink.create_entry(key, entry).await,
+        Plan::Create { key, entry } => sink.create_entry(key, entry, signatures).await,
         Plan::Delete {
             key,
             is_directory,
             delete_chunks,
-        } => sink.delete_entry(key, *is_directory, *delete_chunks).await,
+        } => {
+            sink.delete_entry(key, *is_directory, *delete_chunks, signatures)
+                .await
+        }
         Plan::Move { old, new, entry } => {
-            if sink.move_entry(old, new, entry).await? {
+            if sink.move_entry(old, new, entry, signatures).await? {
                 return Ok(());
             }
-            sink.create_entry(new, entry).await?;
-            sink.delete_entry(old, entry.is_directory, false).await
+            sink.create_entry(new, entry, signatures).await?;
+            sink.delete_entry(old, entry.is_directory, false, signatures)
+                .await
         }
         Plan::Update {
             key,
@@ -275,13 +289,14 @@ pub async fn apply(plan: &Plan, sink: &dyn Sink) -> Result<(), SinkError> {
             delete_chunks,
         } => {
             if sink
-                .update_entry(key, old, new_parent, new, *delete_chunks)
+                .update_entry(key, old, new_parent, new, *delete_chunks, signatures)
                 .await?
             {
                 return Ok(());
             }
-            sink.delete_entry(key, old.is_directory, false).await?;
-            sink.create_entry(key, new).await
+            sink.delete_entry(key, old.is_directory, false, signatures)
+                .await?;
+            sink.create_entry(key, new, signatures).await
         }
     }
 }
@@ -298,6 +313,7 @@ mod tests {
             sink_dir: sink.into(),
             incremental: false,
             skip_other_cluster: false,
+            skip_signatures: vec![],
         }
     }
     fn entry(name: &str, dir: bool) -> Entry {
@@ -471,6 +487,22 @@ mod tests {
         );
         r.skip_other_cluster = true;
         assert!(matches!(r.plan("/buckets/a", &ev).unwrap(), Plan::Skip(_)));
+    }
+
+    #[test]
+    fn events_that_passed_through_the_target_are_skipped() {
+        let mut r = rules("/buckets", "/backup");
+        let mut ev = rename("/buckets/a", "/buckets", "b");
+        ev.signatures = vec![11, 22];
+        assert!(matches!(
+            r.plan("/buckets/a", &ev).unwrap(),
+            Plan::Move { .. }
+        ));
+        r.skip_signatures = vec![22];
+        assert_eq!(
+            full(&r.plan("/buckets/a", &ev).unwrap()),
+            "skip: event already passed through the target filer"
+        );
     }
 
     #[test]

@@ -219,7 +219,12 @@ impl Sink for LocalSink {
         &self.name
     }
 
-    async fn create_entry(&self, key: &SinkKey, entry: &Entry) -> Result<(), SinkError> {
+    async fn create_entry(
+        &self,
+        key: &SinkKey,
+        entry: &Entry,
+        _signatures: &[i32],
+    ) -> Result<(), SinkError> {
         if is_upload_part(key) {
             return Ok(());
         }
@@ -266,8 +271,9 @@ impl Sink for LocalSink {
         _new_parent: &SinkKey,
         new: &Entry,
         _delete_chunks: bool,
+        _signatures: &[i32],
     ) -> Result<bool, SinkError> {
-        self.create_entry(key, new).await?;
+        self.create_entry(key, new, &[]).await?;
         Ok(true)
     }
 
@@ -276,6 +282,7 @@ impl Sink for LocalSink {
         key: &SinkKey,
         _is_directory: bool,
         _delete_chunks: bool,
+        _signatures: &[i32],
     ) -> Result<(), SinkError> {
         if is_upload_part(key) {
             return Ok(());
@@ -306,6 +313,7 @@ impl Sink for LocalSink {
         old: &SinkKey,
         new: &SinkKey,
         entry: &Entry,
+        _signatures: &[i32],
     ) -> Result<bool, SinkError> {
         if old.is_root() || new.is_root() {
             return Err(SinkError::Refused {
@@ -333,7 +341,7 @@ impl Sink for LocalSink {
         }
         std::fs::rename(&from, &to).map_err(io_err("rename", new))?;
         // Bring attributes (and content, if the moved copy is stale) up to date.
-        self.create_entry(new, entry).await?;
+        self.create_entry(new, entry, &[]).await?;
         Ok(true)
     }
 }

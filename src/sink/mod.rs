@@ -9,6 +9,7 @@
 //!   is gone; the caller then creates the new path and deletes the old one.
 //! - No operation writes, deletes or follows a link outside the sink's root.
 
+pub mod filer;
 pub mod local;
 
 use crate::filer::ReadError;
@@ -16,11 +17,18 @@ use crate::pb::Entry;
 use crate::replicate::SinkKey;
 use async_trait::async_trait;
 
+/// Every operation gets the event's `signatures` (the filers it passed through), for
+/// sinks that forward them (the filer sink does, for loop avoidance).
 #[async_trait]
 pub trait Sink: Send + Sync {
     /// The config section name (`local`, `filer`, ...).
     fn name(&self) -> &str;
-    async fn create_entry(&self, key: &SinkKey, entry: &Entry) -> Result<(), SinkError>;
+    async fn create_entry(
+        &self,
+        key: &SinkKey,
+        entry: &Entry,
+        signatures: &[i32],
+    ) -> Result<(), SinkError>;
     async fn update_entry(
         &self,
         key: &SinkKey,
@@ -28,18 +36,21 @@ pub trait Sink: Send + Sync {
         new_parent: &SinkKey,
         new: &Entry,
         delete_chunks: bool,
+        signatures: &[i32],
     ) -> Result<bool, SinkError>;
     async fn delete_entry(
         &self,
         key: &SinkKey,
         is_directory: bool,
         delete_chunks: bool,
+        signatures: &[i32],
     ) -> Result<(), SinkError>;
     async fn move_entry(
         &self,
         _old: &SinkKey,
         _new: &SinkKey,
         _entry: &Entry,
+        _signatures: &[i32],
     ) -> Result<bool, SinkError> {
         Ok(false)
     }
@@ -58,6 +69,13 @@ pub enum SinkError {
     Read { key: String, source: ReadError },
     #[error("{key}: {why}")]
     Refused { key: String, why: String },
+    #[error("{op} {key}: {detail}")]
+    Remote {
+        op: &'static str,
+        key: String,
+        retryable: bool,
+        detail: String,
+    },
 }
 
 impl SinkError {
@@ -72,6 +90,7 @@ impl SinkError {
             ),
             SinkError::Read { source, .. } => source.is_retryable(),
             SinkError::Refused { .. } => false,
+            SinkError::Remote { retryable, .. } => *retryable,
         }
     }
 }

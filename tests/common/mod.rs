@@ -154,6 +154,9 @@ impl TestBed {
             .send()
             .await
             .unwrap();
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Vec::new();
+        }
         let v: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
         v["Entries"].as_array().cloned().unwrap_or_default()
     }
@@ -167,6 +170,43 @@ impl TestBed {
             .unwrap();
         assert!(resp.status().is_success(), "get {path}: {}", resp.status());
         resp.bytes().await.unwrap().to_vec()
+    }
+
+    /// The listing entry of one path.
+    pub async fn entry(&self, path: &str) -> serde_json::Value {
+        let (dir, _) = path.rsplit_once('/').unwrap();
+        let dir = if dir.is_empty() { "/" } else { dir };
+        self.list(dir)
+            .await
+            .into_iter()
+            .find(|e| e["FullPath"] == path)
+            .unwrap_or_else(|| panic!("{path} not listed"))
+    }
+
+    /// Wait until this bed's tree under `root` equals `other`'s under `other_root`.
+    pub async fn assert_same_tree(
+        &self,
+        root: &str,
+        other: &TestBed,
+        other_root: &str,
+        skip: &[&str],
+        log: &Path,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let want = self.tree(root, skip).await;
+            let got = other.tree(other_root, &[]).await;
+            let last = diff(&want, &got);
+            if last.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "target never matched the source:\n{last}\nreplicate log:\n{}",
+                tail(log, 40)
+            );
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
     }
 
     /// The source tree under `root` (relative paths; None for directories),
@@ -597,6 +637,35 @@ impl Workdir {
         sink_dir: &Path,
         replication_extra: &str,
     ) -> Workdir {
+        let sink = format!(
+            "[sink.local]\nenabled = true\ndirectory = \"{}\"\nis_incremental = false\n",
+            sink_dir.display()
+        );
+        Self::with_sink(bed, source_dir, &sink, replication_extra)
+    }
+
+    /// Replicate into `target_dir` on `target`'s filer (`[sink.filer]`).
+    pub fn filer(
+        bed: &TestBed,
+        source_dir: &str,
+        target: &TestBed,
+        target_dir: &str,
+        sink_extra: &str,
+    ) -> Workdir {
+        let sink = format!(
+            "[sink.filer]\nenabled = true\ngrpcAddress = \"{}\"\ndirectory = \"{target_dir}\"\n{sink_extra}\n",
+            target.var("FILER_GRPC")
+        );
+        Self::with_sink(bed, source_dir, &sink, "")
+    }
+
+    /// `replication_extra` goes after `[source.filer]`'s keys (it may open new sections).
+    pub fn with_sink(
+        bed: &TestBed,
+        source_dir: &str,
+        sink_section: &str,
+        replication_extra: &str,
+    ) -> Workdir {
         let dir = tempfile::Builder::new()
             .prefix("work")
             .tempdir_in("/tmp")
@@ -604,10 +673,8 @@ impl Workdir {
         std::fs::write(
             dir.path().join("replication.toml"),
             format!(
-                "[source.filer]\nenabled = true\ngrpcAddress = \"{}\"\ndirectory = \"{source_dir}\"\n{replication_extra}\n\
-                 [sink.local]\nenabled = true\ndirectory = \"{}\"\nis_incremental = false\n",
+                "{sink_section}\n[source.filer]\nenabled = true\ngrpcAddress = \"{}\"\ndirectory = \"{source_dir}\"\n{replication_extra}\n",
                 bed.var("FILER_GRPC"),
-                sink_dir.display()
             ),
         )
         .unwrap();

@@ -1,0 +1,310 @@
+//! `[sink.filer]` against real clusters: cluster A publishes to its broker, `replicate`
+//! copies A into cluster B (or into another folder of A), byte for byte.
+
+mod common;
+
+use common::*;
+use prost::Message;
+use seaweed_replicate::pb;
+use std::time::Duration;
+
+fn attrs_of(e: &serde_json::Value) -> (u64, String, String) {
+    (
+        e["Mode"].as_u64().unwrap_or(0),
+        e["Mtime"].as_str().unwrap_or("").to_string(),
+        e["Mime"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// The working-tree scenario into another cluster, with attributes and manifests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_into_another_cluster() {
+    let a = TestBed::start(BedOptions::default());
+    let b = TestBed::start(BedOptions::default());
+    a.upload("/data/a.txt", b"first version", "").await;
+    a.upload(
+        "/data/dir one/ü naïve file.txt",
+        "grüße, 世界".as_bytes(),
+        "",
+    )
+    .await;
+    a.upload(
+        "/data/big/multi.bin",
+        &bytes(1, 3 * 1024 * 1024 + 777),
+        "maxMB=1",
+    )
+    .await;
+    a.upload("/data/out/leaving.txt", b"moves out of scope", "")
+        .await;
+    a.upload("/outside/coming.txt", b"moves into scope", "")
+        .await;
+    // A nested manifest, written straight to A's volumes and filer.
+    let (d1, d2, d3) = (bytes(11, 70_000), bytes(12, 70_000), bytes(13, 30_000));
+    let c1 = a.put_chunk(&d1, 0, 1).await;
+    let c2 = a.put_chunk(&d2, 70_000, 2).await;
+    let c3 = a.put_chunk(&d3, 140_000, 3).await;
+    let mut m1 = a
+        .put_chunk(
+            &pb::FileChunkManifest {
+                chunks: vec![c1, c2],
+            }
+            .encode_to_vec(),
+            0,
+            4,
+        )
+        .await;
+    m1.size = 140_000;
+    m1.is_chunk_manifest = true;
+    let mut m2 = a
+        .put_chunk(
+            &pb::FileChunkManifest {
+                chunks: vec![m1, c3],
+            }
+            .encode_to_vec(),
+            0,
+            5,
+        )
+        .await;
+    m2.size = 170_000;
+    m2.is_chunk_manifest = true;
+    let attrs = Some(pb::FuseAttributes {
+        file_size: 170_000,
+        file_mode: 0o640,
+        mtime: 1_700_000_000,
+        mime: "application/x-test".into(),
+        ..Default::default()
+    });
+    let mut extended = std::collections::HashMap::new();
+    extended.insert("user.origin".to_string(), b"cluster-a".to_vec());
+    a.create_entry(
+        "/data",
+        pb::Entry {
+            name: "manifest.bin".into(),
+            chunks: vec![m2],
+            attributes: attrs,
+            extended,
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let work = Workdir::filer(&a, "/data", &b, "/backup", "");
+    let rep = Replicator::start(&work);
+    a.assert_same_tree("/data", &b, "/backup", &[], &work.log())
+        .await;
+
+    let ids = |e: serde_json::Value| -> Vec<String> {
+        e["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["file_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let before_move = ids(b.entry("/backup/big/multi.bin").await);
+
+    a.upload("/data/a.txt", b"second, longer version of a", "")
+        .await;
+    a.mv("/data/a.txt", "/data/renamed/a2.txt").await;
+    a.mv("/data/big", "/data/big2").await;
+    a.mv("/outside/coming.txt", "/data/came.txt").await;
+    a.mv("/data/out/leaving.txt", "/outside/left.txt").await;
+    a.delete("/data/dir one/ü naïve file.txt", false).await;
+    a.upload("/data/deep/x/y/z.txt", b"soon gone", "").await;
+    a.delete("/data/deep", true).await;
+    a.upload(
+        "/data/multi/over.bin",
+        &bytes(3, 2 * 1024 * 1024),
+        "maxMB=1",
+    )
+    .await;
+    a.upload(
+        "/data/multi/over.bin",
+        &bytes(4, 1024 * 1024 + 5),
+        "maxMB=1",
+    )
+    .await;
+    a.assert_same_tree("/data", &b, "/backup", &[], &work.log())
+        .await;
+
+    // Attributes and xattrs as the source has them; data lives in B's own volumes.
+    for path in [
+        "renamed/a2.txt",
+        "big2/multi.bin",
+        "manifest.bin",
+        "multi/over.bin",
+    ] {
+        let (src, dst) = (
+            a.entry(&format!("/data/{path}")).await,
+            b.entry(&format!("/backup/{path}")).await,
+        );
+        assert_eq!(attrs_of(&src), attrs_of(&dst), "{path}");
+        for chunk in dst["chunks"].as_array().unwrap() {
+            assert!(
+                chunk["source_file_id"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "{path}: {chunk}"
+            );
+        }
+    }
+    assert_eq!(
+        ids(b.entry("/backup/big2/multi.bin").await),
+        before_move,
+        "a directory rename must not re-copy data"
+    );
+    let m = b.entry("/backup/manifest.bin").await;
+    assert_eq!(
+        m["chunks"][0]["is_chunk_manifest"], true,
+        "the manifest is rebuilt, not flattened: {m}"
+    );
+    assert_eq!(
+        m["Extended"]["user.origin"], "Y2x1c3Rlci1h",
+        "xattrs copied: {m}"
+    );
+    assert!(
+        b.list("/backup")
+            .await
+            .iter()
+            .all(|e| e["FullPath"] != "/backup/big"),
+        "renamed directory's old path gone"
+    );
+
+    let (status, took) = rep.stop();
+    assert!(status.success() && took < Duration::from_secs(10));
+    assert!(!work.path().join("replicate.parked.jsonl").exists());
+}
+
+/// An encrypted source (`-filer.encryptVolumeData`, read JWT) into a target collection
+/// with its own replication setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_source_into_a_target_collection() {
+    const SECURITY: &str = "[jwt.signing.read]\nkey = \"filer-sink-read-key\"\n";
+    let a = TestBed::start(BedOptions {
+        security_toml: Some(SECURITY.into()),
+        weed_args: "-filer.encryptVolumeData".into(),
+        ..Default::default()
+    });
+    let b = TestBed::start(BedOptions::default());
+    let text = "encrypted and compressed text\n".repeat(2000).into_bytes();
+    a.upload("/data/t/notes.txt", &text, "").await;
+    a.upload(
+        "/data/t/random.bin",
+        &bytes(31, 2 * 1024 * 1024 + 1),
+        "maxMB=1",
+    )
+    .await;
+    let work = Workdir::filer(
+        &a,
+        "/data",
+        &b,
+        "/backup",
+        "collection = \"backupcol\"\nreplication = \"000\"",
+    );
+    std::fs::write(work.path().join("security.toml"), SECURITY).unwrap();
+    let rep = Replicator::start(&work);
+    a.assert_same_tree("/data", &b, "/backup", &[], &work.log())
+        .await;
+    let e = b.entry("/backup/t/notes.txt").await;
+    assert!(
+        e["chunks"][0]["cipher_key"].is_string(),
+        "ciphertext copied with its key: {e}"
+    );
+    let status: serde_json::Value = serde_json::from_slice(
+        &b.http
+            .get(format!("http://{}/vol/status", b.var("MASTER")))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        status.to_string().contains("\"Collection\":\"backupcol\""),
+        "no volume in the target collection: {status}"
+    );
+    rep.stop();
+    assert!(!work.path().join("replicate.parked.jsonl").exists());
+}
+
+/// One filer, one folder into another (`/buckets` to `/backup`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_to_folder_on_one_filer() {
+    let a = TestBed::start(BedOptions::default());
+    a.upload("/buckets/photos/x.txt", b"in a bucket", "").await;
+    a.upload(
+        "/buckets/photos/deep/y.bin",
+        &bytes(41, 1024 * 1024 + 3),
+        "maxMB=1",
+    )
+    .await;
+    let work = Workdir::filer(&a, "/buckets", &a, "/backup", "");
+    let rep = Replicator::start(&work);
+    a.assert_same_tree("/buckets", &a, "/backup", &[], &work.log())
+        .await;
+    a.delete("/buckets/photos/x.txt", false).await;
+    a.upload("/buckets/videos/z.txt", b"second bucket", "")
+        .await;
+    a.assert_same_tree("/buckets", &a, "/backup", &[], &work.log())
+        .await;
+    rep.stop();
+}
+
+/// A -> B and B -> A at once: changes on either side arrive once and are not sent back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_active_converges_without_echo() {
+    let a = TestBed::start(BedOptions::default());
+    let b = TestBed::start(BedOptions::default());
+    let ab = Workdir::filer(&a, "/data", &b, "/data", "");
+    let ba = Workdir::filer(&b, "/data", &a, "/data", "");
+    let rep_ab = Replicator::start(&ab);
+    let rep_ba = Replicator::start(&ba);
+
+    a.upload("/data/from-a/one.txt", b"written on A", "").await;
+    a.upload(
+        "/data/from-a/two.bin",
+        &bytes(51, 1024 * 1024 + 9),
+        "maxMB=1",
+    )
+    .await;
+    b.upload("/data/from-b/three.txt", b"written on B", "")
+        .await;
+    a.assert_same_tree("/data", &b, "/data", &[], &ab.log())
+        .await;
+    a.mv("/data/from-a/one.txt", "/data/from-a/moved/one.txt")
+        .await;
+    b.mv("/data/from-b", "/data/from-b-renamed").await;
+    a.upload("/data/from-a/gone/x.txt", b"x", "").await;
+    a.delete("/data/from-a/gone", true).await;
+    a.assert_same_tree("/data", &b, "/data", &[], &ab.log())
+        .await;
+
+    // Quiet: no event keeps bouncing between the clusters.
+    let before = (a.high_watermarks(), b.high_watermarks());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        before,
+        (a.high_watermarks(), b.high_watermarks()),
+        "events are still bouncing"
+    );
+    a.assert_same_tree("/data", &b, "/data", &[], &ab.log())
+        .await;
+
+    // Each change was applied by exactly the replicator facing away from where it happened.
+    let ab_log = std::fs::read_to_string(ab.log()).unwrap();
+    let ba_log = std::fs::read_to_string(ba.log()).unwrap();
+    assert!(
+        !ab_log.contains("replicated /data/from-b"),
+        "B's change echoed back through A -> B:\n{ab_log}"
+    );
+    assert!(
+        !ba_log.contains("replicated /data/from-a"),
+        "A's change echoed back through B -> A:\n{ba_log}"
+    );
+    assert!(ab_log.contains("replicated /data/from-a/two.bin"));
+    assert!(ba_log.contains("replicated /data/from-b/three.txt"));
+    rep_ab.stop();
+    rep_ba.stop();
+}

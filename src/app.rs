@@ -110,6 +110,16 @@ async fn replicate(
         .build()
         .map_err(|e| AppError::Runtime(format!("HTTP client: {e}")))?;
 
+    let grpc_tls = match &settings.security.grpc_tls {
+        None => None,
+        Some(t) => Some(
+            crate::filer::tls::client_config(&t.ca, &t.cert, &t.key)
+                .map_err(|e| config_problem(&raw, "grpc.ca", &t.ca.display().to_string(), e))?,
+        ),
+    };
+    if grpc_tls.is_some() {
+        tracing::info!("gRPC to filers uses mutual TLS (grpc.ca, grpc.client)");
+    }
     let source = Arc::new(
         FilerSource::new(
             SourceOptions {
@@ -118,6 +128,7 @@ async fn replicate(
                 read_jwt: settings.security.read_jwt.clone(),
                 https: settings.security.https_client.is_some(),
                 prefetch: settings.replicate.prefetch_chunks,
+                grpc_tls: grpc_tls.clone(),
             },
             http.clone(),
         )
@@ -141,6 +152,10 @@ async fn replicate(
             name, directory, ..
         } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
         SinkSettings::Filer(opts) => {
+            let opts = crate::sink::filer::FilerSinkOptions {
+                grpc_tls: grpc_tls.clone(),
+                ..opts.clone()
+            };
             let sink = FilerSink::new(opts.clone(), source.clone(), http.clone()).map_err(|e| {
                 config_problem(&raw, "sink.filer.grpcAddress", &opts.grpc_address, e)
             })?;

@@ -187,9 +187,10 @@ buffer_size = 10000
 "#;
 
 pub const SECURITY: &str = r#"# security.toml: keys and certificates shared by the SeaweedFS components.
-# replicate uses jwt.signing.read (to read chunks from volume servers that require it)
-# and https.client (https to volume servers). [better] the read token is sent on every
-# chunk read; upstream's filer sink sends none.
+# replicate uses [grpc] ca with [grpc.client] client_cert/client_key (or cert/key) for
+# mutual TLS to the filers, jwt.signing.read (to read chunks from volume servers that
+# require it) and https.client (https to volume servers). [better] the read token is sent on
+# every chunk read; upstream's filer sink sends none.
 
 [cors.allowed_origins]
 values = "*"

@@ -110,6 +110,16 @@ impl SinkSettings {
 pub struct SecuritySettings {
     pub read_jwt: Option<ReadSigner>,
     pub https_client: Option<HttpsClient>,
+    /// gRPC mutual TLS to filers: `grpc.ca` plus a client certificate and key.
+    pub grpc_tls: Option<GrpcTls>,
+}
+
+/// PEM files for gRPC mutual TLS.
+#[derive(Debug, Clone)]
+pub struct GrpcTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -281,17 +291,31 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
             insecure_skip_verify: r.bool("https.client.insecure_skip_verify", false),
         });
     }
-    let grpc_tls = [
-        "grpc.ca",
-        "grpc.client.cert",
-        "grpc.client.key",
-        "grpc.client.client_cert",
-        "grpc.client.client_key",
-    ];
-    let ca_set = !r.string("grpc.ca", "").is_empty();
-    let cert_set = grpc_tls[1..].iter().any(|k| !r.string(k, "").is_empty());
-    if ca_set && cert_set {
-        r.problem("grpc.ca", "gRPC mutual TLS to the filer is not supported by this version yet; remove the grpc.ca / grpc.client.* keys or use a plaintext filer gRPC port");
+    // As upstream: grpc.client.client_cert/client_key, else grpc.client.cert/key; TLS
+    // only when the CA, a certificate and a key are all set.
+    let ca = r.string("grpc.ca", "");
+    let client_cert = r.string("grpc.client.client_cert", "");
+    let client_key = r.string("grpc.client.client_key", "");
+    if client_cert.is_empty() != client_key.is_empty() {
+        r.problem(
+            "grpc.client.client_cert",
+            "grpc.client.client_cert and grpc.client.client_key must be set together",
+        );
+    }
+    let (cert, key) = if !client_cert.is_empty() && !client_key.is_empty() {
+        (client_cert, client_key)
+    } else {
+        (
+            r.string("grpc.client.cert", ""),
+            r.string("grpc.client.key", ""),
+        )
+    };
+    if !ca.is_empty() && !cert.is_empty() && !key.is_empty() {
+        security.grpc_tls = Some(GrpcTls {
+            ca: cwd.join(ca),
+            cert: cwd.join(cert),
+            key: cwd.join(key),
+        });
     }
 
     // ---- ours
@@ -514,6 +538,7 @@ fn resolve_sink(
                 incremental: r.bool("sink.filer.is_incremental", false),
                 chunk_concurrency: chunk_concurrency.clamp(1, 1024) as usize,
                 https: r.bool("https.client.enabled", false),
+                grpc_tls: None,
             }))
         }
         other => {
@@ -633,6 +658,33 @@ enabled = true
                 "notification.kafka.tls_client_cert"
             ]
         );
+    }
+
+    #[test]
+    fn grpc_tls_prefers_client_cert_and_needs_all_three() {
+        let with = |extra: &str| resolve_text(&format!("{GOOD}\n{extra}"));
+        let s = with("[grpc]\nca = \"/ca.pem\"\n[grpc.client]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nclient_cert = \"/cc.pem\"\nclient_key = \"/ck.pem\"").unwrap();
+        let t = s.security.grpc_tls.unwrap();
+        assert_eq!(
+            (t.ca.to_str(), t.cert.to_str(), t.key.to_str()),
+            (Some("/ca.pem"), Some("/cc.pem"), Some("/ck.pem"))
+        );
+        let s =
+            with("[grpc]\nca = \"/ca.pem\"\n[grpc.client]\ncert = \"/c.pem\"\nkey = \"/k.pem\"")
+                .unwrap();
+        assert_eq!(s.security.grpc_tls.unwrap().cert.to_str(), Some("/c.pem"));
+        assert!(
+            with("[grpc]\nca = \"/ca.pem\"")
+                .unwrap()
+                .security
+                .grpc_tls
+                .is_none(),
+            "no client pair: plaintext, as upstream"
+        );
+        let errs = with("[grpc.client]\nclient_cert = \"/cc.pem\"")
+            .unwrap_err()
+            .0;
+        assert_eq!(errs[0].key, "grpc.client.client_cert");
     }
 
     #[test]

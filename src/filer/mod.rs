@@ -6,6 +6,7 @@
 
 pub mod fileid;
 pub mod jwt;
+pub mod tls;
 pub mod views;
 
 use crate::event::chunk_file_id;
@@ -41,6 +42,8 @@ pub struct SourceOptions {
     pub https: bool,
     /// Chunks fetched ahead of the one being written, per file.
     pub prefetch: usize,
+    /// gRPC mutual TLS (from security.toml), if configured.
+    pub grpc_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Why a source read failed.
@@ -105,14 +108,21 @@ pub struct FilerSource {
     locations: Mutex<HashMap<String, (Instant, Vec<Location>)>>,
 }
 
-/// A gRPC channel to a filer that connects lazily and reconnects on its own.
-pub fn connect_lazy(address: &str) -> Result<SeaweedFilerClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{address}"))?
+/// A gRPC channel to a filer that connects lazily and reconnects on its own; over
+/// mutual TLS when `tls` is given.
+pub fn connect_lazy(
+    address: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<SeaweedFilerClient<Channel>, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))?
         .connect_timeout(Duration::from_secs(10))
         .tcp_keepalive(Some(Duration::from_secs(60)))
         .http2_keep_alive_interval(Duration::from_secs(60))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .connect_lazy();
+        .keep_alive_timeout(Duration::from_secs(20));
+    let channel = match tls {
+        None => endpoint.connect_lazy(),
+        Some(config) => endpoint.connect_with_connector_lazy(tls::connector(config.clone())),
+    };
     Ok(SeaweedFilerClient::new(channel)
         .max_decoding_message_size(1 << 30)
         .max_encoding_message_size(1 << 30))
@@ -150,7 +160,7 @@ impl FilerSource {
         http: reqwest::Client,
     ) -> Result<Self, tonic::transport::Error> {
         Ok(FilerSource {
-            grpc: connect_lazy(&opts.grpc_address)?,
+            grpc: connect_lazy(&opts.grpc_address, opts.grpc_tls.as_ref())?,
             http,
             opts,
             locations: Mutex::new(HashMap::new()),

@@ -44,6 +44,8 @@ pub struct FilerSinkOptions {
     pub chunk_concurrency: usize,
     /// `https.client.enabled`: upload to volume servers over https.
     pub https: bool,
+    /// gRPC mutual TLS (from security.toml), if configured.
+    pub grpc_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub struct FilerSink {
@@ -153,7 +155,7 @@ impl FilerSink {
         source: Arc<FilerSource>,
         http: reqwest::Client,
     ) -> Result<Self, tonic::transport::Error> {
-        let target = crate::filer::connect_lazy(&opts.grpc_address)?;
+        let target = crate::filer::connect_lazy(&opts.grpc_address, opts.grpc_tls.as_ref())?;
         let permits = Arc::new(Semaphore::new(opts.chunk_concurrency.max(1)));
         Ok(FilerSink {
             target,

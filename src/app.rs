@@ -195,6 +195,7 @@ async fn replicate(
 
     let pipeline = Arc::new(Pipeline::new(
         rules,
+        Some(source.clone()),
         sink,
         settings.replicate.on_failure,
         settings.replicate.parked_file.clone(),

@@ -9,11 +9,14 @@
 
 use crate::config::settings::FailurePolicy;
 use crate::event::{self, RawEvent};
+use crate::filer::{FilerSource, mtime_ns};
+use crate::pb::EventNotification;
 use crate::replicate::{self, Plan, Rules};
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 use base64::Engine;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -49,6 +52,8 @@ pub struct Stats {
 
 pub struct Pipeline {
     rules: Rules,
+    /// For supersession checks: is a failing event already stale on the source?
+    source: Option<Arc<FilerSource>>,
     sink: Box<dyn Sink>,
     policy: FailurePolicy,
     parked_file: PathBuf,
@@ -66,6 +71,7 @@ enum Failure {
 impl Pipeline {
     pub fn new(
         rules: Rules,
+        source: Option<Arc<FilerSource>>,
         sink: Box<dyn Sink>,
         policy: FailurePolicy,
         parked_file: PathBuf,
@@ -74,6 +80,7 @@ impl Pipeline {
     ) -> Self {
         Pipeline {
             rules,
+            source,
             sink,
             policy,
             parked_file,
@@ -146,6 +153,10 @@ impl Pipeline {
                     tracing::debug!(key = %raw.key, "replicated {}", raw.key);
                     return Ok(Some(true));
                 }
+                Err(e @ SinkError::Read { .. }) if self.superseded(&raw.key, &ev).await => {
+                    tracing::info!(key = %raw.key, error = %e, "source data unreadable, but the source has moved on since this event; skipping it");
+                    return Ok(Some(false));
+                }
                 Err(e) if !e.is_retryable() => return Err(Failure::Permanent(e.to_string())),
                 Err(e) if started.elapsed() >= self.deadline => {
                     return Err(Failure::GaveUp(format!(
@@ -163,6 +174,29 @@ impl Pipeline {
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
+        }
+    }
+
+    /// The source no longer has this event's version of the entry: it was deleted or
+    /// replaced by a newer one since, and a later event carries that change.
+    async fn superseded(&self, key: &str, ev: &EventNotification) -> bool {
+        let (Some(source), Some(new)) = (&self.source, &ev.new_entry) else {
+            return false;
+        };
+        let path = if ev.old_entry.is_some() {
+            let parent = if ev.new_parent_path.is_empty() {
+                key.rsplit_once('/').map_or("", |(d, _)| d).to_string()
+            } else {
+                ev.new_parent_path.clone()
+            };
+            format!("{}/{}", parent.trim_end_matches('/'), new.name)
+        } else {
+            key.to_string()
+        };
+        match source.lookup_entry(&path).await {
+            Ok(None) => true,
+            Ok(Some(current)) => mtime_ns(&current) > mtime_ns(new),
+            Err(_) => false,
         }
     }
 

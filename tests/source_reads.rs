@@ -332,3 +332,86 @@ async fn fails_over_to_another_replica() {
     assert!(!work.path().join("replicate.parked.jsonl").exists());
     rep.stop();
 }
+
+/// An event whose data can no longer be read is skipped, not parked, when the source
+/// has moved on since (the entry is gone or newer); otherwise it is parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_events_are_skipped_and_current_ones_parked() {
+    let bed = TestBed::start(BedOptions::default());
+    bed.upload("/data/current.txt", b"the source's current version", "")
+        .await;
+    let missing_chunk = pb::FileChunk {
+        fid: Some(pb::FileId {
+            volume_id: 9999,
+            file_key: 7,
+            cookie: 7,
+        }),
+        size: 10,
+        ..Default::default()
+    };
+    let event = |name: &str, mtime: i64| {
+        pb::EventNotification {
+            new_entry: Some(pb::Entry {
+                name: name.into(),
+                chunks: vec![missing_chunk.clone()],
+                attributes: Some(pb::FuseAttributes {
+                    file_size: 10,
+                    file_mode: 0o644,
+                    mtime,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            new_parent_path: "/data".into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    // Gone from the source since: stale. An older version of an existing file: stale.
+    bed.produce("/data/deleted-since.bin", &event("deleted-since.bin", 1))
+        .await;
+    bed.produce("/data/current.txt", &event("current.txt", 1))
+        .await;
+    // A version newer than the source's: not stale, so it cannot be skipped.
+    bed.produce("/data/current.txt", &event("current.txt", 4_000_000_000))
+        .await;
+
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("sink");
+    let work = Workdir::new(
+        &bed,
+        "/data",
+        &root,
+        "[replicate]\nevent_deadline_seconds = 3\n",
+    );
+    let rep = Replicator::start(&work);
+    let parked = work.path().join("replicate.parked.jsonl");
+    assert!(
+        eventually(Duration::from_secs(60), || async { parked.exists() }).await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    rep.stop();
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&parked)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        records.len(),
+        1,
+        "only the non-stale event is parked: {records:#?}"
+    );
+    assert_eq!(records[0]["key"], "/data/current.txt");
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert_eq!(
+        log.matches("the source has moved on since this event")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read(root.join("current.txt")).unwrap(),
+        b"the source's current version"
+    );
+}

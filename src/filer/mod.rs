@@ -154,6 +154,25 @@ pub async fn signature(
     }
 }
 
+/// A gRPC status that means "no such entry" (older filers say so only in the text).
+pub fn is_not_found(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::NotFound || is_not_found_text(status.message())
+}
+
+/// An error text that means "no such entry".
+pub fn is_not_found_text(text: &str) -> bool {
+    text.contains("no entry is found") || text.contains("not found")
+}
+
+/// `mtime` and `mtime_ns` of an entry as nanoseconds.
+pub fn mtime_ns(e: &Entry) -> i64 {
+    e.attributes.as_ref().map_or(0, |a| {
+        a.mtime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(a.mtime_ns))
+    })
+}
+
 impl FilerSource {
     pub fn new(
         opts: SourceOptions,
@@ -165,6 +184,25 @@ impl FilerSource {
             opts,
             locations: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The entry at `path` on the source, `None` if it does not exist.
+    pub async fn lookup_entry(&self, path: &str) -> Result<Option<Entry>, tonic::Status> {
+        let (directory, name) = match path.rsplit_once('/') {
+            Some(("", name)) => ("/".to_string(), name.to_string()),
+            Some((dir, name)) => (dir.to_string(), name.to_string()),
+            None => ("/".to_string(), path.to_string()),
+        };
+        match self
+            .grpc
+            .clone()
+            .lookup_directory_entry(crate::pb::LookupDirectoryEntryRequest { directory, name })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().entry),
+            Err(s) if is_not_found(&s) => Ok(None),
+            Err(s) => Err(s),
+        }
     }
 
     /// The gRPC client of the source filer.

@@ -15,7 +15,7 @@
 
 use super::{Sink, SinkError};
 use crate::event::chunk_file_id;
-use crate::filer::{FilerSource, ReadError, fileid};
+use crate::filer::{FilerSource, ReadError, fileid, is_not_found, is_not_found_text, mtime_ns};
 use crate::pb::seaweed_filer_client::SeaweedFilerClient;
 use crate::pb::{self, Entry, FileChunk, FileChunkManifest};
 use crate::replicate::SinkKey;
@@ -56,15 +56,6 @@ pub struct FilerSink {
     permits: Arc<Semaphore>,
 }
 
-/// A gRPC status that means "no such entry".
-fn is_not_found(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::NotFound || is_not_found_text(status.message())
-}
-
-fn is_not_found_text(text: &str) -> bool {
-    text.contains("no entry is found") || text.contains("not found")
-}
-
 fn retryable_status(status: &tonic::Status) -> bool {
     !matches!(
         status.code(),
@@ -103,14 +94,6 @@ fn split(full: &str) -> (String, String) {
         Some((dir, name)) => (dir.into(), name.into()),
         None => ("/".into(), full.into()),
     }
-}
-
-fn mtime_ns(e: &Entry) -> i64 {
-    e.attributes.as_ref().map_or(0, |a| {
-        a.mtime
-            .saturating_mul(1_000_000_000)
-            .saturating_add(i64::from(a.mtime_ns))
-    })
 }
 
 /// The target already holds this version of the source entry: it is newer, or it has the

@@ -5,6 +5,7 @@
 #   scripts/testbed.sh install          # idempotent; prints the paths of weed and noida-db
 #   scripts/testbed.sh start RUN_DIR    # start broker + weed, write RUN_DIR/env
 #   scripts/testbed.sh stop RUN_DIR     # SIGTERM, wait (weed: up to ~25 s), then SIGKILL
+#   scripts/testbed.sh restart-weed RUN_DIR  # kill weed, start it again on the same ports and data
 #
 # Environment:
 #   SEAWEED_REPLICATE_CACHE  cache folder (default $HOME/.cache/seaweed-replicate); the venv is <cache>/venv
@@ -43,6 +44,7 @@ usage() {
 usage: testbed.sh install
        testbed.sh start RUN_DIR
        testbed.sh stop RUN_DIR
+       testbed.sh restart-weed RUN_DIR
 env: SEAWEED_REPLICATE_CACHE (default ~/.cache/seaweed-replicate), TOPIC (default seaweedfs_filer),
      PARTITIONS (default 1)
 EOF
@@ -417,16 +419,19 @@ EOF
     if ((${#run_dir} < 90)); then
         socket_opt=("-filer.localSocket=${run_dir}/filer.sock")
     fi
+    local weed_args=(-logtostderr server
+        -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="${run_dir}/weed-data"
+        -master.port="${master_port}" -master.port.grpc="$((master_port + 10000))"
+        -master.volumeSizeLimitMB=256 -master.telemetry=false
+        -volume.port="${volume_port}" -volume.port.grpc="$((volume_port + 10000))"
+        -volume.max=60 -volume.preStopSeconds=0
+        -filer -filer.port="${filer_port}" -filer.port.grpc="$((filer_port + 10000))"
+        "${socket_opt[@]}" "${extra_args[@]}")
+    # Kept for `restart-weed`, which starts the same server on the same ports and data.
+    printf '%s\n' "${weed_args[@]}" >"${run_dir}/weed.args"
     (
         cd "${run_dir}"
-        exec "${weed}" -logtostderr server \
-            -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="${run_dir}/weed-data" \
-            -master.port="${master_port}" -master.port.grpc="$((master_port + 10000))" \
-            -master.volumeSizeLimitMB=256 -master.telemetry=false \
-            -volume.port="${volume_port}" -volume.port.grpc="$((volume_port + 10000))" \
-            -volume.max=60 -volume.preStopSeconds=0 \
-            -filer -filer.port="${filer_port}" -filer.port.grpc="$((filer_port + 10000))" \
-            "${socket_opt[@]}" "${extra_args[@]}"
+        exec "${weed}" "${weed_args[@]}"
     ) </dev/null >"${run_dir}/weed.log" 2>&1 &
     local weed_pid=$!
     write_env "${run_dir}" "${kafka_addr}" "127.0.0.1:${filer_port}" "127.0.0.1:$((filer_port + 10000))" \
@@ -463,6 +468,38 @@ EOF
         return 3
     fi
     return 0
+}
+
+# cmd_restart_weed RUN_DIR: kill weed and start it again with the same arguments (ports,
+# data directory), e.g. to test how clients live through a filer outage.
+cmd_restart_weed() {
+    local run_dir="$1" weed pid filer
+    [[ -f "${run_dir}/weed.args" ]] || die "${run_dir} has no weed.args (not started by this script?)"
+    weed="$(weed_bin)"
+    pid="$(env_get "${run_dir}/env" WEED_PID)"
+    filer="$(env_get "${run_dir}/env" FILER_HTTP)"
+    if [[ -n "${pid}" ]] && pid_alive "${pid}"; then
+        kill -KILL "${pid}" 2>/dev/null || true
+        local i
+        for ((i = 0; i < 100; i++)); do pid_alive "${pid}" || break; sleep 0.1; done
+    fi
+    local args=()
+    mapfile -t args <"${run_dir}/weed.args"
+    (
+        cd "${run_dir}"
+        exec "${weed}" "${args[@]}"
+    ) </dev/null >>"${run_dir}/weed.log" 2>&1 &
+    local new_pid=$!
+    sed -i "s/^WEED_PID=.*/WEED_PID=${new_pid}/" "${run_dir}/env"
+    local deadline=$((SECONDS + 60))
+    local master
+    master="$(env_get "${run_dir}/env" MASTER)"
+    until [[ "$(http_status "http://${filer}/")" != "000" ]] && master_has_volume_server "${master}"; do
+        ((SECONDS < deadline)) || die "weed did not come back within 60 s"
+        pid_alive "${new_pid}" || die "weed exited during restart; see ${run_dir}/weed.log"
+        sleep 0.3
+    done
+    echo "WEED_PID=${new_pid}"
 }
 
 # write_env RUN_DIR KAFKA FILER_HTTP FILER_GRPC MASTER TOPIC PARTITIONS VOLUME WEED_PID BROKER_PID
@@ -531,6 +568,10 @@ main() {
     stop)
         (($# == 2)) || usage
         cmd_stop "$2"
+        ;;
+    restart-weed)
+        (($# == 2)) || usage
+        cmd_restart_weed "$2"
         ;;
     -h | --help | help) usage ;;
     *) usage ;;

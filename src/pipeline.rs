@@ -145,7 +145,9 @@ impl Pipeline {
             tracing::debug!(key = %raw.key, why, "skipped");
             return Ok(Some(false));
         }
-        let started = Instant::now();
+        // The deadline runs only while the event itself fails; an outage of the source or
+        // the sink restarts it, so an outage never parks events.
+        let mut started = Instant::now();
         let mut backoff = Duration::from_millis(500);
         loop {
             match replicate::apply(&plan, self.sink.as_ref(), &ev.signatures).await {
@@ -156,6 +158,16 @@ impl Pipeline {
                 Err(e @ SinkError::Read { .. }) if self.superseded(&raw.key, &ev).await => {
                     tracing::info!(key = %raw.key, error = %e, "source data unreadable, but the source has moved on since this event; skipping it");
                     return Ok(Some(false));
+                }
+                Err(e) if e.is_outage() => {
+                    started = Instant::now();
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(key = %raw.key, error = %e, retry_in = ?backoff, "source or sink unavailable; waiting for it");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
                 Err(e) if !e.is_retryable() => return Err(Failure::Permanent(e.to_string())),
                 Err(e) if started.elapsed() >= self.deadline => {

@@ -308,3 +308,50 @@ async fn active_active_converges_without_echo() {
     rep_ab.stop();
     rep_ba.stop();
 }
+
+/// The target cluster going down (~13 s) for longer than the event deadline (8 s) is an
+/// outage, not a bad event: replication waits for it and parks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_outage_is_waited_out_not_parked() {
+    let a = TestBed::start(BedOptions::default());
+    let b = TestBed::start(BedOptions::default());
+    let work = Workdir::filer(
+        &a,
+        "/data",
+        &b,
+        "/backup",
+        "\n[replicate]\nevent_deadline_seconds = 8",
+    );
+    let rep = Replicator::start(&work);
+    a.upload("/data/before.txt", b"before the outage", "").await;
+    a.assert_same_tree("/data", &b, "/backup", &[], &work.log())
+        .await;
+
+    let restart = tokio::task::spawn_blocking({
+        let dir = b.dir.path().to_path_buf();
+        move || TestBed::restart_weed_blocking(dir)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        a.upload(
+            &format!("/data/during/{i}.bin"),
+            &bytes(70 + i, 300_000),
+            "",
+        )
+        .await;
+    }
+    restart.await.unwrap();
+    a.assert_same_tree("/data", &b, "/backup", &[], &work.log())
+        .await;
+    assert!(
+        !work.path().join("replicate.parked.jsonl").exists(),
+        "an outage parked events"
+    );
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(
+        log.contains("source or sink unavailable; waiting for it"),
+        "the outage was not noticed:\n{log}"
+    );
+    let (status, _) = rep.stop();
+    assert!(status.success());
+}

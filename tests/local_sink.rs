@@ -372,28 +372,6 @@ async fn hostile_events_write_nothing_outside_the_sink() {
             .encode_to_vec(),
         ),
         ("/data/garbage".into(), vec![0xff, 0xff, 0xff, 0x0f]),
-        // Content only in remote storage: must not become a file of zeros.
-        (
-            "/data/remote.bin".into(),
-            create(
-                "/data",
-                pb::Entry {
-                    name: "remote.bin".into(),
-                    attributes: Some(pb::FuseAttributes {
-                        file_size: 100,
-                        file_mode: 0o644,
-                        mtime: 1,
-                        ..Default::default()
-                    }),
-                    remote_entry: Some(pb::RemoteEntry {
-                        storage_name: "s3".into(),
-                        remote_size: 100,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ),
-        ),
     ];
     // A symlink is replicated as a symlink; a later write "through" it must not follow it.
     bed.produce("/data/link", &create("/data", link)).await;
@@ -405,6 +383,27 @@ async fn hostile_events_write_nothing_outside_the_sink() {
     for (key, payload) in &hostile {
         bed.produce(key, payload).await;
     }
+    // Content only in remote storage (a real entry, so the event is not stale): it must
+    // not become a file of zeros.
+    bed.create_entry(
+        "/data",
+        pb::Entry {
+            name: "remote.bin".into(),
+            attributes: Some(pb::FuseAttributes {
+                file_size: 100,
+                file_mode: 0o644,
+                mtime: 1,
+                ..Default::default()
+            }),
+            remote_entry: Some(pb::RemoteEntry {
+                storage_name: "s3".into(),
+                remote_size: 100,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
     bed.produce("/data/ok.txt", &create("/data", file("ok.txt", b"fine")))
         .await;
 
@@ -469,8 +468,9 @@ async fn hostile_events_write_nothing_outside_the_sink() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-    // The write through the link, and each hostile event, is parked with its error.
-    assert_eq!(parked.len(), hostile.len() + 1, "{parked:#?}");
+    // The write through the link, the remote-only entry and each hostile event are parked
+    // with their errors.
+    assert_eq!(parked.len(), hostile.len() + 2, "{parked:#?}");
     assert!(
         parked
             .iter()

@@ -111,7 +111,8 @@ is_incremental = false
 # Settings only `replicate` has.
 [replicate]
 # What happens to an event that cannot be replicated (a malformed message, an unsafe path,
-# a chunk gone from the source, or retryable errors for longer than event_deadline_seconds):
+# a chunk gone from the source, or its own retryable errors for longer than
+# event_deadline_seconds; outages of the source or target are waited out, never parked):
 #   "park": record it in parked_file (key, partition, offset, error, payload) and go on;
 #   "hold": upstream's way: go on, but never commit past it, so a restart replays from it.
 on_failure = "park"

@@ -76,6 +76,11 @@ pub enum ReadError {
 }
 
 impl ReadError {
+    /// The source filer cannot be reached: nothing is wrong with the event itself.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, ReadError::Lookup { status, .. } if status_is_outage(status))
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             ReadError::Lookup { .. } | ReadError::NoLocations { .. } | ReadError::Aborted => true,
@@ -152,6 +157,14 @@ pub async fn signature(
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+/// A gRPC status that means the server could not be reached or did not answer.
+pub fn status_is_outage(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+    )
 }
 
 /// A gRPC status that means "no such entry" (older filers say so only in the text).

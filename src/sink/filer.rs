@@ -69,6 +69,7 @@ fn rpc_err(op: &'static str, key: &SinkKey, status: tonic::Status) -> SinkError 
         op,
         key: key.full.clone(),
         retryable: retryable_status(&status),
+        outage: crate::filer::status_is_outage(&status),
         detail: status.to_string(),
     }
 }
@@ -83,6 +84,7 @@ fn remote_err(
         op,
         key: key.full.clone(),
         retryable,
+        outage: false,
         detail: detail.into(),
     }
 }

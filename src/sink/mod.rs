@@ -74,11 +74,30 @@ pub enum SinkError {
         op: &'static str,
         key: String,
         retryable: bool,
+        /// The remote end could not be reached (see [`SinkError::is_outage`]).
+        outage: bool,
         detail: String,
     },
 }
 
 impl SinkError {
+    /// The source or the sink is unavailable (a filer unreachable, a disk full): nothing is
+    /// wrong with the event, so it is retried for as long as the outage lasts instead of
+    /// running down its deadline and being parked.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            SinkError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::QuotaExceeded
+            ),
+            SinkError::Read { source, .. } => source.is_outage(),
+            SinkError::Refused { .. } => false,
+            SinkError::Remote { outage, .. } => *outage,
+        }
+    }
+
     /// Whether retrying the same operation later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {

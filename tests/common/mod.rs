@@ -397,12 +397,7 @@ impl TestBed {
 
     /// Start another volume server, in data center `dc`, joined to this bed's master.
     pub fn add_volume_server(&self, dc: &str) -> Child {
-        let port = (15000..21999)
-            .find(|p| {
-                std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()
-                    && std::net::TcpListener::bind(("127.0.0.1", *p + 10000)).is_ok()
-            })
-            .expect("a free port pair");
+        let port = free_port_pair();
         let dir = self.dir.path().join(format!("volume-{dc}"));
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(self.dir.path().join(format!("volume-{dc}.log"))).unwrap();
@@ -636,6 +631,73 @@ pub async fn assert_converges(bed: &TestBed, root: &str, skip: &[&str], sink: &P
             tail(log, 40)
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A loopback port P, with P + 10000 free too, for servers a test starts itself. It comes
+/// from 32000-32767, a range the test-bed script never picks (it uses 11000-31999), and
+/// successive calls in one process hand out different ports.
+pub fn free_port_pair() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let base = (std::process::id() % 400) as u16;
+    for _ in 0..768 {
+        let p = 32000 + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % 768;
+        if bindable(p) && bindable(p + 10000) {
+            return p;
+        }
+    }
+    panic!("no free port pair in 32000-32767");
+}
+
+/// A binary the test bed installed (`weed`, `noida-db`, `moto_server`).
+pub fn testbed_binary(name: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(script())
+        .arg("install")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let prefix = format!("{name}=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("install prints {name}="))
+        .into()
+}
+
+/// A moto S3 server on loopback, stopped on drop.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port_pair();
+        let child = Command::new(testbed_binary("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

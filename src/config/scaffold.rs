@@ -89,6 +89,8 @@ google_application_credentials = "/path/to/x.json"
 bucket = "your_bucket_seaweedfs"
 directory = "/"
 is_incremental = false
+# [better] an emulator or private endpoint (STORAGE_EMULATOR_HOST works too); empty: Google.
+endpoint = ""
 
 [sink.azure]
 enabled = false

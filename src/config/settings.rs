@@ -4,6 +4,7 @@ use super::{ConfigErrors, RawConfig, Reader};
 use crate::filer::jwt::ReadSigner;
 use crate::replicate::path::{components, normalize_dir};
 pub use crate::sink::filer::FilerSinkOptions;
+pub use crate::sink::gcs::GcsSinkOptions;
 pub use crate::sink::s3::S3SinkOptions;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -85,6 +86,8 @@ pub enum SinkSettings {
     Filer(FilerSinkOptions),
     /// `[sink.s3]`.
     S3(S3SinkOptions),
+    /// `[sink.google_cloud_storage]`.
+    Gcs(GcsSinkOptions),
 }
 
 impl SinkSettings {
@@ -93,6 +96,7 @@ impl SinkSettings {
             SinkSettings::Local { name, .. } => name,
             SinkSettings::Filer(_) => "filer",
             SinkSettings::S3(_) => "s3",
+            SinkSettings::Gcs(_) => "google_cloud_storage",
         }
     }
     pub fn directory(&self) -> String {
@@ -100,6 +104,7 @@ impl SinkSettings {
             SinkSettings::Local { directory, .. } => directory.display().to_string(),
             SinkSettings::Filer(o) => o.directory.clone(),
             SinkSettings::S3(o) => o.directory.clone(),
+            SinkSettings::Gcs(o) => o.directory.clone(),
         }
     }
     pub fn incremental(&self) -> bool {
@@ -107,6 +112,7 @@ impl SinkSettings {
             SinkSettings::Local { incremental, .. } => *incremental,
             SinkSettings::Filer(o) => o.incremental,
             SinkSettings::S3(o) => o.incremental,
+            SinkSettings::Gcs(o) => o.incremental,
         }
     }
 }
@@ -616,8 +622,51 @@ fn resolve_sink(
                 force_path_style: r.bool("sink.s3.s3_force_path_style", true),
             }))
         }
+        "google_cloud_storage" => {
+            let bucket = r.string(&format!("{p}.bucket"), "");
+            if bucket.is_empty() {
+                r.problem(
+                    &format!("{p}.bucket"),
+                    "is empty; set the (existing) bucket to replicate into",
+                );
+            }
+            let dir = r.string(&format!("{p}.directory"), "/");
+            let directory =
+                normalize_dir(if dir.is_empty() { "/" } else { &dir }).unwrap_or_else(|e| {
+                    r.problem(
+                        &format!("{p}.directory"),
+                        format!(
+                            "{dir:?} must be an absolute path without . or ..: {}",
+                            e.why
+                        ),
+                    );
+                    "/".into()
+                });
+            let mut credentials = r.string(&format!("{p}.google_application_credentials"), "");
+            if let Some(rest) = credentials.strip_prefix("~/")
+                && let Some(home) = std::env::var_os("HOME")
+            {
+                credentials = std::path::Path::new(&home).join(rest).display().to_string();
+            }
+            if !credentials.is_empty() && !credentials.trim_start().starts_with('{') {
+                credentials = cwd.join(&credentials).display().to_string();
+                if !std::path::Path::new(&credentials).is_file() {
+                    r.problem(
+                        &format!("{p}.google_application_credentials"),
+                        format!("file {credentials:?} does not exist"),
+                    );
+                }
+            }
+            Some(SinkSettings::Gcs(GcsSinkOptions {
+                credentials,
+                bucket,
+                directory,
+                incremental: r.bool(&format!("{p}.is_incremental"), false),
+                endpoint: r.string(&format!("{p}.endpoint"), ""),
+            }))
+        }
         other => {
-            r.problem(&format!("{p}.enabled"), format!("the {other} sink is not supported by this version yet; use [sink.local], [sink.filer] or [sink.s3]"));
+            r.problem(&format!("{p}.enabled"), format!("the {other} sink is not supported by this version yet; use [sink.local], [sink.filer], [sink.s3] or [sink.google_cloud_storage]"));
             None
         }
     }

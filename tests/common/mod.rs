@@ -3,6 +3,8 @@
 //! way a user runs it, and byte-for-byte tree comparison.
 #![allow(dead_code)]
 
+pub mod objects;
+
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};

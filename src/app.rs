@@ -151,6 +151,18 @@ async fn replicate(
         SinkSettings::Local {
             name, directory, ..
         } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
+        SinkSettings::Azure(opts) => {
+            let sink =
+                crate::sink::azure::AzureSink::new(opts.clone(), http.clone(), source.clone())
+                    .map_err(|e| {
+                        config_problem(&raw, "sink.azure.account_key", "(not shown)", e)
+                    })?;
+            if !sink.health_check(&stop).await {
+                return Ok(());
+            }
+            tracing::info!(container = %opts.container, "Azure container reachable");
+            Box::new(sink)
+        }
         SinkSettings::Gcs(opts) => {
             let sink = crate::sink::gcs::GcsSink::new(opts.clone(), http.clone(), source.clone())
                 .map_err(|e| {

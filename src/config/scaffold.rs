@@ -95,7 +95,7 @@ endpoint = ""
 [sink.azure]
 enabled = false
 account_name = ""
-# Empty: Entra ID credentials (client_id selects a managed identity).
+# The account's shared key (Entra ID credentials are not supported by replicate yet).
 account_key = ""
 client_id = ""
 endpoint = ""

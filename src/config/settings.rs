@@ -3,6 +3,7 @@
 use super::{ConfigErrors, RawConfig, Reader};
 use crate::filer::jwt::ReadSigner;
 use crate::replicate::path::{components, normalize_dir};
+pub use crate::sink::azure::AzureSinkOptions;
 pub use crate::sink::filer::FilerSinkOptions;
 pub use crate::sink::gcs::GcsSinkOptions;
 pub use crate::sink::s3::S3SinkOptions;
@@ -88,6 +89,8 @@ pub enum SinkSettings {
     S3(S3SinkOptions),
     /// `[sink.google_cloud_storage]`.
     Gcs(GcsSinkOptions),
+    /// `[sink.azure]`.
+    Azure(AzureSinkOptions),
 }
 
 impl SinkSettings {
@@ -97,6 +100,7 @@ impl SinkSettings {
             SinkSettings::Filer(_) => "filer",
             SinkSettings::S3(_) => "s3",
             SinkSettings::Gcs(_) => "google_cloud_storage",
+            SinkSettings::Azure(_) => "azure",
         }
     }
     pub fn directory(&self) -> String {
@@ -105,6 +109,7 @@ impl SinkSettings {
             SinkSettings::Filer(o) => o.directory.clone(),
             SinkSettings::S3(o) => o.directory.clone(),
             SinkSettings::Gcs(o) => o.directory.clone(),
+            SinkSettings::Azure(o) => o.directory.clone(),
         }
     }
     pub fn incremental(&self) -> bool {
@@ -113,6 +118,7 @@ impl SinkSettings {
             SinkSettings::Filer(o) => o.incremental,
             SinkSettings::S3(o) => o.incremental,
             SinkSettings::Gcs(o) => o.incremental,
+            SinkSettings::Azure(o) => o.incremental,
         }
     }
 }
@@ -665,8 +671,59 @@ fn resolve_sink(
                 endpoint: r.string(&format!("{p}.endpoint"), ""),
             }))
         }
+        "azure" => {
+            let account_name = r.string("sink.azure.account_name", "");
+            if !(3..=24).contains(&account_name.len())
+                || !account_name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                r.problem("sink.azure.account_name", format!("{account_name:?} is not a storage account name (3-24 lowercase letters and digits)"));
+            }
+            let account_key = r.string("sink.azure.account_key", "");
+            if account_key.is_empty() {
+                r.problem("sink.azure.account_key", "is empty; Entra ID credentials (managed identity, client_id) are not supported by this version yet, set the account's shared key");
+            } else if base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                account_key.trim(),
+            )
+            .is_err()
+            {
+                r.problem(
+                    "sink.azure.account_key",
+                    "is not base64 (copy the key as the portal shows it)",
+                );
+            }
+            let container = r.string("sink.azure.container", "");
+            if container.is_empty() {
+                r.problem(
+                    "sink.azure.container",
+                    "is empty; set the (existing) container to replicate into",
+                );
+            }
+            let dir = r.string("sink.azure.directory", "/");
+            let directory =
+                normalize_dir(if dir.is_empty() { "/" } else { &dir }).unwrap_or_else(|e| {
+                    r.problem(
+                        "sink.azure.directory",
+                        format!(
+                            "{dir:?} must be an absolute path without . or ..: {}",
+                            e.why
+                        ),
+                    );
+                    "/".into()
+                });
+            Some(SinkSettings::Azure(AzureSinkOptions {
+                account_name,
+                account_key,
+                endpoint: r.string("sink.azure.endpoint", ""),
+                container,
+                directory,
+                incremental: r.bool("sink.azure.is_incremental", false),
+            }))
+        }
         other => {
-            r.problem(&format!("{p}.enabled"), format!("the {other} sink is not supported by this version yet; use [sink.local], [sink.filer], [sink.s3] or [sink.google_cloud_storage]"));
+            r.problem(&format!("{p}.enabled"), format!("the {other} sink is not supported by this version yet; use [sink.local], [sink.filer], [sink.s3], [sink.google_cloud_storage] or [sink.azure]"));
             None
         }
     }

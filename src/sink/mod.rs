@@ -9,6 +9,7 @@
 //!   is gone; the caller then creates the new path and deletes the old one.
 //! - No operation writes, deletes or follows a link outside the sink's root.
 
+pub mod azure;
 pub mod filer;
 pub mod gcs;
 pub mod local;

@@ -8,7 +8,11 @@
 //! stored mtime and the size (upstream compares upload time with mtime, which can skip a
 //! changed file), directory deletes remove everything under the directory.
 
-use super::{Sink, SinkError};
+use super::{Sink, SinkError, percent_encode, read_start, wait_until_healthy};
+
+fn percent_encode_slash(s: &str) -> String {
+    percent_encode(s, true)
+}
 use crate::filer::{FilerSource, ReadError};
 use crate::pb::Entry;
 use crate::replicate::SinkKey;
@@ -20,7 +24,6 @@ use futures::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
-use std::time::Duration;
 
 const API_VERSION: &str = "2021-08-06";
 const MIB: u64 = 1024 * 1024;
@@ -154,40 +157,6 @@ pub struct AzureSink {
     source: Arc<FilerSource>,
 }
 
-fn az_err(
-    op: &'static str,
-    key: &str,
-    detail: impl std::fmt::Display,
-    retryable: bool,
-    outage: bool,
-) -> SinkError {
-    SinkError::Remote {
-        op,
-        key: key.to_string(),
-        retryable,
-        outage,
-        detail: detail.to_string(),
-    }
-}
-
-fn http_err(op: &'static str, key: &str, e: reqwest::Error) -> SinkError {
-    let outage = e.is_connect() || e.is_timeout();
-    az_err(op, key, e, true, outage)
-}
-
-/// Percent-encode a blob name, keeping `/`.
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn xml_unescape(s: &str) -> String {
     s.replace("&lt;", "<")
         .replace("&gt;", ">")
@@ -232,7 +201,12 @@ impl AzureSink {
     }
 
     fn blob_url(&self, name: &str) -> String {
-        format!("{}/{}/{}", self.base, enc(&self.opts.container), enc(name))
+        format!(
+            "{}/{}/{}",
+            self.base,
+            percent_encode_slash(&self.opts.container),
+            percent_encode_slash(name)
+        )
     }
 
     async fn send(
@@ -241,39 +215,36 @@ impl AzureSink {
         key: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, SinkError> {
-        let req = req.build().map_err(|e| http_err(op, key, e))?;
+        let req = req.build().map_err(|e| SinkError::http(op, key, e))?;
         self.http
             .execute(self.signer.sign(req))
             .await
-            .map_err(|e| http_err(op, key, e))
+            .map_err(|e| SinkError::http(op, key, e))
     }
 
     /// Check the container exists and the key works; retried with backoff until they do,
     /// reporting clearly why not. `false` if `stop` fires first.
     pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
-        let mut backoff = Duration::from_secs(1);
-        loop {
+        let what = format!("Azure container {} at {}", self.opts.container, self.base);
+        wait_until_healthy(&what, stop, || async {
             let url = format!(
                 "{}/{}?restype=container",
                 self.base,
-                enc(&self.opts.container)
+                percent_encode_slash(&self.opts.container)
             );
-            let why = match self
+            match self
                 .send("check container", &self.opts.container, self.http.get(url))
                 .await
             {
-                Ok(r) if r.status().is_success() => return true,
-                Ok(r) => format!("HTTP {}", r.status()),
-                Err(e) => e.to_string(),
-            };
-            tracing::error!(container = %self.opts.container, endpoint = %self.base, error = %why, retry_in = ?backoff,
-                "the Azure container cannot be reached with this configuration (missing container, wrong account or key?)");
-            tokio::select! {
-                _ = stop.cancelled() => return false,
-                _ = tokio::time::sleep(backoff) => {}
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!(
+                    "HTTP {} (missing container, wrong account or key?)",
+                    r.status()
+                )),
+                Err(e) => Err(e.to_string()),
             }
-            backoff = (backoff * 2).min(Duration::from_secs(60));
-        }
+        })
+        .await
     }
 
     fn blob_name(key: &SinkKey) -> String {
@@ -331,7 +302,7 @@ impl AzureSink {
             .await?;
         if !r.status().is_success() {
             let status = r.status();
-            return Err(az_err(
+            return Err(SinkError::remote(
                 "put blob",
                 name,
                 format!("HTTP {status}: {}", r.text().await.unwrap_or_default()),
@@ -376,7 +347,7 @@ impl AzureSink {
             let url = format!(
                 "{}?comp=block&blockid={}",
                 self.blob_url(name),
-                enc(&id).replace('/', "%2F")
+                percent_encode(&id, false)
             );
             ids.push(id);
             let req = self.http.put(url).body(body);
@@ -385,7 +356,7 @@ impl AzureSink {
                 if r.status().is_success() {
                     Ok(())
                 } else {
-                    Err(az_err(
+                    Err(SinkError::remote(
                         "put block",
                         name,
                         format!("HTTP {}", r.status()),
@@ -423,7 +394,7 @@ impl AzureSink {
             .await?;
         if !r.status().is_success() {
             let status = r.status();
-            return Err(az_err(
+            return Err(SinkError::remote(
                 "put block list",
                 name,
                 format!("HTTP {status}: {}", r.text().await.unwrap_or_default()),
@@ -442,7 +413,7 @@ impl AzureSink {
         let r = self.send("delete blob", name, req).await?;
         match r.status().as_u16() {
             200 | 202 | 404 => Ok(()),
-            s => Err(az_err(
+            s => Err(SinkError::remote(
                 "delete blob",
                 name,
                 format!("HTTP {s}"),
@@ -459,15 +430,15 @@ impl AzureSink {
             let mut url = format!(
                 "{}/{}?restype=container&comp=list&prefix={}",
                 self.base,
-                enc(&self.opts.container),
-                enc(prefix).replace('/', "%2F")
+                percent_encode_slash(&self.opts.container),
+                percent_encode(prefix, false)
             );
             if !marker.is_empty() {
-                url.push_str(&format!("&marker={}", enc(&marker).replace('/', "%2F")));
+                url.push_str(&format!("&marker={}", percent_encode(&marker, false)));
             }
             let r = self.send("list blobs", prefix, self.http.get(url)).await?;
             if !r.status().is_success() {
-                return Err(az_err(
+                return Err(SinkError::remote(
                     "list blobs",
                     prefix,
                     format!("HTTP {}", r.status()),
@@ -478,7 +449,7 @@ impl AzureSink {
             let xml = r
                 .text()
                 .await
-                .map_err(|e| http_err("list blobs", prefix, e))?;
+                .map_err(|e| SinkError::http("list blobs", prefix, e))?;
             names.extend(xml_all(&xml, "Name"));
             marker = xml_all(&xml, "NextMarker")
                 .into_iter()
@@ -513,46 +484,11 @@ impl Sink for AzureSink {
             return Ok(());
         }
         let mut rx = self.source.open(entry);
-        let mut buf = BytesMut::new();
-        let mut ended = false;
-        while (buf.len() as u64) <= BLOCK {
-            match rx.recv().await {
-                Some(Ok(piece)) => buf.extend_from_slice(&piece),
-                Some(Err(source)) => {
-                    return Err(SinkError::Read {
-                        key: key.full.clone(),
-                        source,
-                    });
-                }
-                None => {
-                    ended = true;
-                    break;
-                }
-            }
-        }
-        if ended {
-            if (buf.len() as u64) < size {
-                return Err(SinkError::Read {
-                    key: key.full.clone(),
-                    source: ReadError::Aborted,
-                });
-            }
+        let (buf, whole) = read_start(&mut rx, BLOCK, size, key).await?;
+        if whole {
             return self.put_whole(&name, entry, buf.freeze()).await;
         }
         self.put_blocks(&name, entry, &mut rx, buf, size).await
-    }
-
-    async fn update_entry(
-        &self,
-        key: &SinkKey,
-        _old: &Entry,
-        _new_parent: &SinkKey,
-        new: &Entry,
-        _delete_chunks: bool,
-        signatures: &[i32],
-    ) -> Result<bool, SinkError> {
-        self.create_entry(key, new, signatures).await?;
-        Ok(true)
     }
 
     async fn delete_entry(
@@ -562,12 +498,7 @@ impl Sink for AzureSink {
         _delete_chunks: bool,
         _signatures: &[i32],
     ) -> Result<(), SinkError> {
-        if key.is_root() {
-            return Err(SinkError::Refused {
-                key: key.full.clone(),
-                why: "refusing to delete the sink root".into(),
-            });
-        }
+        super::refuse_root(key, "delete")?;
         let name = Self::blob_name(key);
         if is_directory {
             for blob in self.list(&format!("{name}/")).await? {

@@ -497,12 +497,7 @@ impl Sink for FilerSink {
         _delete_chunks: bool,
         signatures: &[i32],
     ) -> Result<(), SinkError> {
-        if key.is_root() {
-            return Err(SinkError::Refused {
-                key: key.full.clone(),
-                why: "refusing to delete the sink root".into(),
-            });
-        }
+        super::refuse_root(key, "delete")?;
         let (directory, name) = split(&key.full);
         // The data of a replicated entry belongs to this sink: always delete it.
         let request = pb::DeleteEntryRequest {
@@ -536,12 +531,8 @@ impl Sink for FilerSink {
         _entry: &Entry,
         signatures: &[i32],
     ) -> Result<bool, SinkError> {
-        if old.is_root() || new.is_root() {
-            return Err(SinkError::Refused {
-                key: old.full.clone(),
-                why: "refusing to move the sink root".into(),
-            });
-        }
+        super::refuse_root(old, "move")?;
+        super::refuse_root(new, "move")?;
         let (old_directory, old_name) = split(&old.full);
         let (new_directory, new_name) = split(&new.full);
         let request = pb::AtomicRenameEntryRequest {

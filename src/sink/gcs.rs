@@ -12,7 +12,11 @@
 //! metadata server). `STORAGE_EMULATOR_HOST` or our `endpoint` key point it at an emulator,
 //! which needs no credentials.
 
-use super::{Sink, SinkError};
+use super::{Sink, SinkError, percent_encode, read_start, wait_until_healthy};
+
+fn percent_encode_all(s: &str) -> String {
+    percent_encode(s, false)
+}
 use crate::filer::{FilerSource, ReadError};
 use crate::pb::Entry;
 use crate::replicate::SinkKey;
@@ -83,39 +87,6 @@ pub struct GcsSink {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct GcsSetupError(String);
-
-fn gcs_err(
-    op: &'static str,
-    key: &str,
-    detail: impl std::fmt::Display,
-    retryable: bool,
-    outage: bool,
-) -> SinkError {
-    SinkError::Remote {
-        op,
-        key: key.to_string(),
-        retryable,
-        outage,
-        detail: detail.to_string(),
-    }
-}
-
-fn http_err(op: &'static str, key: &str, e: reqwest::Error) -> SinkError {
-    let outage = e.is_connect() || e.is_timeout();
-    gcs_err(op, key, e, true, outage)
-}
-
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 fn parse_credentials(raw: &str) -> Result<Auth, GcsSetupError> {
     let v: serde_json::Value = serde_json::from_str(raw)
@@ -257,7 +228,7 @@ impl GcsSink {
             Auth::None => return Ok(None),
             Auth::ServiceAccount { email, key, token_uri } => {
                 let assertion = service_account_assertion(email, key, token_uri, now)
-                    .map_err(|e| gcs_err("authenticate", "", e, false, false))?;
+                    .map_err(|e| SinkError::remote("authenticate", "", e, false, false))?;
                 self.http.post(token_uri).form(&[
                     ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
                     ("assertion", assertion.as_str()),
@@ -279,14 +250,14 @@ impl GcsSink {
         let resp = req
             .send()
             .await
-            .map_err(|e| http_err("authenticate", "", e))?;
+            .map_err(|e| SinkError::http("authenticate", "", e))?;
         let status = resp.status();
         let body: serde_json::Value = resp
             .json()
             .await
-            .map_err(|e| http_err("authenticate", "", e))?;
+            .map_err(|e| SinkError::http("authenticate", "", e))?;
         let Some(token) = body["access_token"].as_str() else {
-            return Err(gcs_err(
+            return Err(SinkError::remote(
                 "authenticate",
                 "",
                 format!("HTTP {status}: no access_token in the answer"),
@@ -315,37 +286,36 @@ impl GcsSink {
     /// Check the bucket exists and the credentials work; retried with backoff until they
     /// do, reporting clearly why not. `false` if `stop` fires first.
     pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            let url = format!("{}/storage/v1/b/{}", self.endpoint, enc(&self.opts.bucket));
-            let result = match self.authed(self.http.get(&url)).await {
-                Ok(req) => match req.send().await {
-                    Ok(r) if r.status().is_success() => return true,
-                    Ok(r) => format!(
-                        "HTTP {}: {}",
-                        r.status(),
-                        r.text().await.unwrap_or_default()
-                    ),
-                    Err(e) => e.to_string(),
-                },
-                Err(e) => e.to_string(),
-            };
-            tracing::error!(bucket = %self.opts.bucket, endpoint = %self.endpoint, error = %result, retry_in = ?backoff,
-                "the GCS bucket cannot be reached with this configuration (missing bucket or wrong credentials?)");
-            tokio::select! {
-                _ = stop.cancelled() => return false,
-                _ = tokio::time::sleep(backoff) => {}
+        let what = format!("GCS bucket {} at {}", self.opts.bucket, self.endpoint);
+        wait_until_healthy(&what, stop, || async {
+            let url = format!(
+                "{}/storage/v1/b/{}",
+                self.endpoint,
+                percent_encode_all(&self.opts.bucket)
+            );
+            let req = self
+                .authed(self.http.get(&url))
+                .await
+                .map_err(|e| e.to_string())?;
+            match req.send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!(
+                    "HTTP {}: {} (missing bucket or wrong credentials?)",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                )),
+                Err(e) => Err(e.to_string()),
             }
-            backoff = (backoff * 2).min(Duration::from_secs(60));
-        }
+        })
+        .await
     }
 
     fn object_url(&self, name: &str) -> String {
         format!(
             "{}/storage/v1/b/{}/o/{}",
             self.endpoint,
-            enc(&self.opts.bucket),
-            enc(name)
+            percent_encode_all(&self.opts.bucket),
+            percent_encode_all(name)
         )
     }
 
@@ -404,7 +374,7 @@ impl GcsSink {
         let url = format!(
             "{}/upload/storage/v1/b/{}/o?uploadType=multipart",
             self.endpoint,
-            enc(&self.opts.bucket)
+            percent_encode_all(&self.opts.bucket)
         );
         let req = self
             .http
@@ -419,10 +389,10 @@ impl GcsSink {
             .await?
             .send()
             .await
-            .map_err(|e| http_err("upload", name, e))?;
+            .map_err(|e| SinkError::http("upload", name, e))?;
         if !resp.status().is_success() {
             let status = resp.status();
-            return Err(gcs_err(
+            return Err(SinkError::remote(
                 "upload",
                 name,
                 format!("HTTP {status}: {}", resp.text().await.unwrap_or_default()),
@@ -446,7 +416,7 @@ impl GcsSink {
         let url = format!(
             "{}/upload/storage/v1/b/{}/o?uploadType=resumable",
             self.endpoint,
-            enc(&self.opts.bucket)
+            percent_encode_all(&self.opts.bucket)
         );
         let req = self.http.post(url).json(&Self::resource(entry, name));
         let resp = self
@@ -454,7 +424,7 @@ impl GcsSink {
             .await?
             .send()
             .await
-            .map_err(|e| http_err("start upload", name, e))?;
+            .map_err(|e| SinkError::http("start upload", name, e))?;
         let Some(session) = resp
             .headers()
             .get("location")
@@ -462,7 +432,7 @@ impl GcsSink {
             .map(String::from)
         else {
             let status = resp.status();
-            return Err(gcs_err(
+            return Err(SinkError::remote(
                 "start upload",
                 name,
                 format!("HTTP {status}: no session"),
@@ -526,7 +496,7 @@ impl GcsSink {
                 .await?
                 .send()
                 .await
-                .map_err(|e| http_err("upload", name, e))?;
+                .map_err(|e| SinkError::http("upload", name, e))?;
             let status = resp.status().as_u16();
             sent += take as u64;
             match (status, last) {
@@ -534,7 +504,7 @@ impl GcsSink {
                 (308, false) => {}
                 _ => {
                     let text = resp.text().await.unwrap_or_default();
-                    return Err(gcs_err(
+                    return Err(SinkError::remote(
                         "upload",
                         name,
                         format!("HTTP {status}: {text}"),
@@ -552,10 +522,10 @@ impl GcsSink {
             .await?
             .send()
             .await
-            .map_err(|e| http_err("delete", name, e))?;
+            .map_err(|e| SinkError::http("delete", name, e))?;
         match resp.status().as_u16() {
             200 | 204 | 404 => Ok(()),
-            s => Err(gcs_err(
+            s => Err(SinkError::remote(
                 "delete",
                 name,
                 format!("HTTP {s}: {}", resp.text().await.unwrap_or_default()),
@@ -573,21 +543,21 @@ impl GcsSink {
             let mut url = format!(
                 "{}/storage/v1/b/{}/o?prefix={}",
                 self.endpoint,
-                enc(&self.opts.bucket),
-                enc(prefix)
+                percent_encode_all(&self.opts.bucket),
+                percent_encode_all(prefix)
             );
             if let Some(p) = &page {
-                url.push_str(&format!("&pageToken={}", enc(p)));
+                url.push_str(&format!("&pageToken={}", percent_encode_all(p)));
             }
             let resp = self
                 .authed(self.http.get(url))
                 .await?
                 .send()
                 .await
-                .map_err(|e| http_err("list", prefix, e))?;
+                .map_err(|e| SinkError::http("list", prefix, e))?;
             if !resp.status().is_success() {
                 let status = resp.status();
-                return Err(gcs_err(
+                return Err(SinkError::remote(
                     "list",
                     prefix,
                     format!("HTTP {status}"),
@@ -595,8 +565,10 @@ impl GcsSink {
                     false,
                 ));
             }
-            let v: serde_json::Value =
-                resp.json().await.map_err(|e| http_err("list", prefix, e))?;
+            let v: serde_json::Value = resp
+                .json()
+                .await
+                .map_err(|e| SinkError::http("list", prefix, e))?;
             names.extend(
                 v["items"]
                     .as_array()
@@ -634,42 +606,12 @@ impl Sink for GcsSink {
             return Ok(());
         }
         let mut rx = self.source.open(entry);
-        let mut buf = BytesMut::new();
-        let mut ended = false;
-        while buf.len() <= CHUNK {
-            match rx.recv().await {
-                Some(Ok(piece)) => buf.extend_from_slice(&piece),
-                Some(Err(source)) => return Err(SinkError::Read { key: name, source }),
-                None => {
-                    ended = true;
-                    break;
-                }
-            }
-        }
-        if ended {
-            if (buf.len() as u64) < size {
-                return Err(SinkError::Read {
-                    key: name,
-                    source: ReadError::Aborted,
-                });
-            }
+        let (buf, whole) = read_start(&mut rx, CHUNK as u64, size, key).await?;
+        if whole {
             return self.upload_whole(&name, entry, buf.freeze()).await;
         }
         self.upload_resumable(&name, entry, &mut rx, buf, size)
             .await
-    }
-
-    async fn update_entry(
-        &self,
-        key: &SinkKey,
-        _old: &Entry,
-        _new_parent: &SinkKey,
-        new: &Entry,
-        _delete_chunks: bool,
-        signatures: &[i32],
-    ) -> Result<bool, SinkError> {
-        self.create_entry(key, new, signatures).await?;
-        Ok(true)
     }
 
     async fn delete_entry(
@@ -679,12 +621,7 @@ impl Sink for GcsSink {
         _delete_chunks: bool,
         _signatures: &[i32],
     ) -> Result<(), SinkError> {
-        if key.is_root() {
-            return Err(SinkError::Refused {
-                key: key.full.clone(),
-                why: "refusing to delete the sink root".into(),
-            });
-        }
+        super::refuse_root(key, "delete")?;
         if is_directory {
             for name in self.list(&format!("{}/", key.full)).await? {
                 self.delete_object(&name).await?;
@@ -701,7 +638,10 @@ mod tests {
 
     #[test]
     fn names_are_percent_encoded_and_credentials_parsed() {
-        assert_eq!(enc("/backup/a b/ü.txt"), "%2Fbackup%2Fa%20b%2F%C3%BC.txt");
+        assert_eq!(
+            percent_encode_all("/backup/a b/ü.txt"),
+            "%2Fbackup%2Fa%20b%2F%C3%BC.txt"
+        );
         let user = r#"{"type":"authorized_user","client_id":"id","client_secret":"s","refresh_token":"r"}"#;
         assert!(matches!(
             parse_credentials(user).unwrap(),

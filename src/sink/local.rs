@@ -264,19 +264,6 @@ impl Sink for LocalSink {
         self.write_file(key, &path, entry).await
     }
 
-    async fn update_entry(
-        &self,
-        key: &SinkKey,
-        _old: &Entry,
-        _new_parent: &SinkKey,
-        new: &Entry,
-        _delete_chunks: bool,
-        _signatures: &[i32],
-    ) -> Result<bool, SinkError> {
-        self.create_entry(key, new, &[]).await?;
-        Ok(true)
-    }
-
     async fn delete_entry(
         &self,
         key: &SinkKey,
@@ -287,12 +274,7 @@ impl Sink for LocalSink {
         if is_upload_part(key) {
             return Ok(());
         }
-        if key.is_root() {
-            return Err(SinkError::Refused {
-                key: key.full.clone(),
-                why: "refusing to delete the sink root".into(),
-            });
-        }
+        super::refuse_root(key, "delete")?;
         let Some(path) = self.target(key, false)? else {
             return Ok(());
         };
@@ -315,12 +297,8 @@ impl Sink for LocalSink {
         entry: &Entry,
         _signatures: &[i32],
     ) -> Result<bool, SinkError> {
-        if old.is_root() || new.is_root() {
-            return Err(SinkError::Refused {
-                key: old.full.clone(),
-                why: "refusing to move the sink root".into(),
-            });
-        }
+        super::refuse_root(old, "move")?;
+        super::refuse_root(new, "move")?;
         let Some(from) = self.target(old, false)? else {
             return Ok(false);
         };

@@ -32,15 +32,19 @@ pub trait Sink: Send + Sync {
         entry: &Entry,
         signatures: &[i32],
     ) -> Result<(), SinkError>;
+    /// By default an update is a full create (object stores overwrite in place).
     async fn update_entry(
         &self,
         key: &SinkKey,
-        old: &Entry,
-        new_parent: &SinkKey,
+        _old: &Entry,
+        _new_parent: &SinkKey,
         new: &Entry,
-        delete_chunks: bool,
+        _delete_chunks: bool,
         signatures: &[i32],
-    ) -> Result<bool, SinkError>;
+    ) -> Result<bool, SinkError> {
+        self.create_entry(key, new, signatures).await?;
+        Ok(true)
+    }
     async fn delete_entry(
         &self,
         key: &SinkKey,
@@ -114,5 +118,116 @@ impl SinkError {
             SinkError::Refused { .. } => false,
             SinkError::Remote { retryable, .. } => *retryable,
         }
+    }
+}
+
+impl SinkError {
+    /// A failed call to a remote store.
+    pub fn remote(
+        op: &'static str,
+        key: &str,
+        detail: impl std::fmt::Display,
+        retryable: bool,
+        outage: bool,
+    ) -> Self {
+        SinkError::Remote {
+            op,
+            key: key.to_string(),
+            retryable,
+            outage,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// An HTTP request that failed: nothing answering (connect, timeout) is an outage.
+    pub fn http(op: &'static str, key: &str, e: reqwest::Error) -> Self {
+        let outage = e.is_connect() || e.is_timeout();
+        Self::remote(op, key, e, true, outage)
+    }
+}
+
+/// Refuse an operation on the sink root itself (the planner refuses these too; a sink
+/// checks again because a recursive delete of its root is the worst thing it can do).
+pub fn refuse_root(key: &SinkKey, op: &str) -> Result<(), SinkError> {
+    if key.is_root() {
+        return Err(SinkError::Refused {
+            key: key.full.clone(),
+            why: format!("refusing to {op} the sink root"),
+        });
+    }
+    Ok(())
+}
+
+/// Percent-encode `s` for a URL path or query, leaving unreserved characters (and `/`
+/// when `keep_slash`) as they are.
+pub fn percent_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The start of a file's content for an object store: reads until more than `limit`
+/// bytes arrived or the content ended. `Ok((all, true))` when the whole file fit (and
+/// it was complete), `Ok((first, false))` when the caller must stream the rest from `rx`.
+pub async fn read_start(
+    rx: &mut tokio::sync::mpsc::Receiver<Result<bytes::Bytes, ReadError>>,
+    limit: u64,
+    expected: u64,
+    key: &SinkKey,
+) -> Result<(bytes::BytesMut, bool), SinkError> {
+    let mut buf = bytes::BytesMut::new();
+    while (buf.len() as u64) <= limit {
+        match rx.recv().await {
+            Some(Ok(piece)) => buf.extend_from_slice(&piece),
+            Some(Err(source)) => {
+                return Err(SinkError::Read {
+                    key: key.full.clone(),
+                    source,
+                });
+            }
+            None => {
+                if (buf.len() as u64) < expected {
+                    return Err(SinkError::Read {
+                        key: key.full.clone(),
+                        source: ReadError::Aborted,
+                    });
+                }
+                return Ok((buf, true));
+            }
+        }
+    }
+    Ok((buf, false))
+}
+
+/// Run `check` until it succeeds, logging why it fails (with `what` it checks) and
+/// backing off up to a minute. `false` if `stop` fires first.
+pub async fn wait_until_healthy<F, Fut>(
+    what: &str,
+    stop: &tokio_util::sync::CancellationToken,
+    mut check: F,
+) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut backoff = std::time::Duration::from_secs(1);
+    loop {
+        match check().await {
+            Ok(()) => return true,
+            Err(why) => {
+                tracing::error!(error = %why, retry_in = ?backoff, "{what} cannot be reached with this configuration; retrying")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
     }
 }

@@ -12,7 +12,11 @@
 //!   no `Content-MD5` from possibly stale attributes (upstream issue 5572);
 //! - deleting a directory deletes every object under it (upstream: nothing).
 
-use super::{Sink, SinkError};
+use super::{Sink, SinkError, percent_encode, read_start, wait_until_healthy};
+
+fn percent_encode_all(s: &str) -> String {
+    percent_encode(s, false)
+}
 use crate::filer::{FilerSource, ReadError};
 use crate::pb::Entry;
 use crate::replicate::SinkKey;
@@ -26,7 +30,6 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 const MIB: u64 = 1024 * 1024;
 /// S3's smallest part (but the last).
@@ -73,16 +76,6 @@ pub struct S3Sink {
     client: Client,
     opts: S3SinkOptions,
     source: Arc<FilerSource>,
-}
-
-fn s3_err(op: &'static str, key: &str, e: impl std::fmt::Display, retryable: bool) -> SinkError {
-    SinkError::Remote {
-        op,
-        key: key.to_string(),
-        retryable,
-        outage: false,
-        detail: e.to_string(),
-    }
 }
 
 /// Error text of an SDK error including the service's code and message.
@@ -174,30 +167,25 @@ impl S3Sink {
     /// Check the bucket is reachable with these credentials; retried with backoff until it
     /// is, reporting clearly why not. `false` if `stop` fires first.
     pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            match self
-                .client
+        let what = format!(
+            "S3 bucket {} (endpoint {:?})",
+            self.opts.bucket, self.opts.endpoint
+        );
+        wait_until_healthy(&what, stop, || async {
+            self.client
                 .head_bucket()
                 .bucket(&self.opts.bucket)
                 .send()
                 .await
-            {
-                Ok(_) => return true,
-                Err(e) => tracing::error!(
-                    bucket = %self.opts.bucket,
-                    endpoint = %self.opts.endpoint,
-                    error = %sdk_text(&e),
-                    retry_in = ?backoff,
-                    "the S3 bucket cannot be reached with this configuration (missing bucket, wrong credentials or endpoint?)"
-                ),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return false,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(60));
-        }
+                .map(|_| ())
+                .map_err(|e| {
+                    format!(
+                        "{} (missing bucket, wrong credentials or endpoint?)",
+                        sdk_text(&e)
+                    )
+                })
+        })
+        .await
     }
 
     /// The object key: the sink key with one leading `/` removed, as upstream.
@@ -222,7 +210,11 @@ impl S3Sink {
                 }
             } else if lower.starts_with("x-amz-tagging-") {
                 let name = &k["x-amz-tagging-".len()..];
-                tags.push(format!("{}={}", urlencode(name), urlencode(value)));
+                tags.push(format!(
+                    "{}={}",
+                    percent_encode_all(name),
+                    percent_encode_all(value)
+                ));
             }
         }
         tags.sort();
@@ -423,7 +415,7 @@ impl S3Sink {
                 .set_objects(Some(ids))
                 .quiet(true)
                 .build()
-                .map_err(|e| s3_err("delete objects", &prefix, e, false))?;
+                .map_err(|e| SinkError::remote("delete objects", &prefix, e, false, false))?;
             let r = self
                 .client
                 .delete_objects()
@@ -433,28 +425,17 @@ impl S3Sink {
                 .await
                 .map_err(|e| sdk_err("delete objects", &prefix, e))?;
             if let Some(failed) = r.errors().first() {
-                return Err(s3_err(
+                return Err(SinkError::remote(
                     "delete objects",
                     &prefix,
                     format!("{failed:?}"),
                     true,
+                    false,
                 ));
             }
         }
         Ok(())
     }
-}
-
-fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[async_trait]
@@ -481,47 +462,12 @@ impl Sink for S3Sink {
         let first_chunk = (entry.chunks.len() > 1).then(|| entry.chunks[0].size);
         let part = part_size(&self.opts, size, first_chunk);
         let mut rx = self.source.open(entry);
-        // Read up to one part: a smaller object is one PUT.
-        let mut buf = BytesMut::new();
-        let mut ended = false;
-        while (buf.len() as u64) <= part {
-            match rx.recv().await {
-                Some(Ok(piece)) => buf.extend_from_slice(&piece),
-                Some(Err(source)) => {
-                    return Err(SinkError::Read {
-                        key: key.full.clone(),
-                        source,
-                    });
-                }
-                None => {
-                    ended = true;
-                    break;
-                }
-            }
-        }
-        if ended {
-            if (buf.len() as u64) < size {
-                return Err(SinkError::Read {
-                    key: key.full.clone(),
-                    source: ReadError::Aborted,
-                });
-            }
+        // Up to one part is a single PUT.
+        let (buf, whole) = read_start(&mut rx, part, size, key).await?;
+        if whole {
             return self.put_whole(&object, entry, buf.freeze()).await;
         }
         self.put_multipart(&object, entry, rx, part, buf).await
-    }
-
-    async fn update_entry(
-        &self,
-        key: &SinkKey,
-        _old: &Entry,
-        _new_parent: &SinkKey,
-        new: &Entry,
-        _delete_chunks: bool,
-        signatures: &[i32],
-    ) -> Result<bool, SinkError> {
-        self.create_entry(key, new, signatures).await?;
-        Ok(true)
     }
 
     async fn delete_entry(
@@ -531,12 +477,7 @@ impl Sink for S3Sink {
         _delete_chunks: bool,
         _signatures: &[i32],
     ) -> Result<(), SinkError> {
-        if key.is_root() {
-            return Err(SinkError::Refused {
-                key: key.full.clone(),
-                why: "refusing to delete the sink root".into(),
-            });
-        }
+        super::refuse_root(key, "delete")?;
         let object = Self::object_key(key);
         if is_directory {
             return self.delete_prefix(&object).await;

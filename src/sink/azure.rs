@@ -8,7 +8,7 @@
 //! stored mtime and the size (upstream compares upload time with mtime, which can skip a
 //! changed file), directory deletes remove everything under the directory.
 
-use super::{Sink, SinkError, percent_encode, read_start, wait_until_healthy};
+use super::{Sink, SinkError, fill, percent_encode, read_start, wait_until_healthy};
 
 fn percent_encode_slash(s: &str) -> String {
     percent_encode(s, true)
@@ -325,20 +325,8 @@ impl AzureSink {
         let block = BLOCK.max(size.div_ceil(MAX_BLOCKS).div_ceil(MIB) * MIB) as usize;
         let mut ids = Vec::new();
         let mut in_flight = futures::stream::FuturesUnordered::new();
-        let mut ended = false;
         loop {
-            while !ended && buf.len() < block {
-                match rx.recv().await {
-                    Some(Ok(piece)) => buf.extend_from_slice(&piece),
-                    Some(Err(source)) => {
-                        return Err(SinkError::Read {
-                            key: name.to_string(),
-                            source,
-                        });
-                    }
-                    None => ended = true,
-                }
-            }
+            fill(rx, &mut buf, block, name).await?;
             if buf.is_empty() {
                 break;
             }

@@ -12,7 +12,7 @@
 //! metadata server). `STORAGE_EMULATOR_HOST` or our `endpoint` key point it at an emulator,
 //! which needs no credentials.
 
-use super::{Sink, SinkError, percent_encode, read_start, wait_until_healthy};
+use super::{Sink, SinkError, fill, percent_encode, read_start, wait_until_healthy};
 
 fn percent_encode_all(s: &str) -> String {
     percent_encode(s, false)
@@ -458,20 +458,8 @@ impl GcsSink {
         size: u64,
     ) -> Result<(), SinkError> {
         let mut sent = 0u64;
-        let mut ended = false;
         loop {
-            while !ended && buf.len() < CHUNK {
-                match rx.recv().await {
-                    Some(Ok(piece)) => buf.extend_from_slice(&piece),
-                    Some(Err(source)) => {
-                        return Err(SinkError::Read {
-                            key: name.to_string(),
-                            source,
-                        });
-                    }
-                    None => ended = true,
-                }
-            }
+            let ended = fill(rx, buf, CHUNK, name).await?;
             let last = ended && buf.len() <= CHUNK;
             let take = buf.len().min(CHUNK);
             let body = buf.split_to(take).freeze();

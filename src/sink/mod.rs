@@ -172,6 +172,29 @@ pub fn percent_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
+/// Read from `rx` into `buf` until it holds at least `want` bytes or the content has
+/// ended; `Ok(true)` once it has ended (and on every call after).
+pub async fn fill(
+    rx: &mut tokio::sync::mpsc::Receiver<Result<bytes::Bytes, ReadError>>,
+    buf: &mut bytes::BytesMut,
+    want: usize,
+    key: &str,
+) -> Result<bool, SinkError> {
+    while buf.len() < want {
+        match rx.recv().await {
+            Some(Ok(piece)) => buf.extend_from_slice(&piece),
+            Some(Err(source)) => {
+                return Err(SinkError::Read {
+                    key: key.to_string(),
+                    source,
+                });
+            }
+            None => return Ok(true),
+        }
+    }
+    Ok(false)
+}
+
 /// The start of a file's content for an object store: reads until more than `limit`
 /// bytes arrived or the content ended. `Ok((all, true))` when the whole file fit (and
 /// it was complete), `Ok((first, false))` when the caller must stream the rest from `rx`.
@@ -182,27 +205,14 @@ pub async fn read_start(
     key: &SinkKey,
 ) -> Result<(bytes::BytesMut, bool), SinkError> {
     let mut buf = bytes::BytesMut::new();
-    while (buf.len() as u64) <= limit {
-        match rx.recv().await {
-            Some(Ok(piece)) => buf.extend_from_slice(&piece),
-            Some(Err(source)) => {
-                return Err(SinkError::Read {
-                    key: key.full.clone(),
-                    source,
-                });
-            }
-            None => {
-                if (buf.len() as u64) < expected {
-                    return Err(SinkError::Read {
-                        key: key.full.clone(),
-                        source: ReadError::Aborted,
-                    });
-                }
-                return Ok((buf, true));
-            }
-        }
+    let ended = fill(rx, &mut buf, limit as usize + 1, &key.full).await?;
+    if ended && (buf.len() as u64) < expected {
+        return Err(SinkError::Read {
+            key: key.full.clone(),
+            source: ReadError::Aborted,
+        });
     }
-    Ok((buf, false))
+    Ok((buf, ended))
 }
 
 /// Run `check` until it succeeds, logging why it fails (with `what` it checks) and

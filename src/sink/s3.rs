@@ -12,7 +12,7 @@
 //!   no `Content-MD5` from possibly stale attributes (upstream issue 5572);
 //! - deleting a directory deletes every object under it (upstream: nothing).
 
-use super::{Sink, SinkError, percent_encode, read_start, wait_until_healthy};
+use super::{Sink, SinkError, fill, percent_encode, read_start, wait_until_healthy};
 
 fn percent_encode_all(s: &str) -> String {
     percent_encode(s, false)
@@ -331,20 +331,8 @@ impl S3Sink {
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut done = Vec::new();
         let mut number = 0i32;
-        let mut finished = false;
         loop {
-            while !finished && (buf.len() as u64) < part {
-                match rx.recv().await {
-                    Some(Ok(piece)) => buf.extend_from_slice(&piece),
-                    Some(Err(source)) => {
-                        return Err(SinkError::Read {
-                            key: object.to_string(),
-                            source,
-                        });
-                    }
-                    None => finished = true,
-                }
-            }
+            fill(rx, &mut buf, part as usize, object).await?;
             if buf.is_empty() {
                 break;
             }

@@ -8,7 +8,7 @@
 //! stored mtime and the size (upstream compares upload time with mtime, which can skip a
 //! changed file), directory deletes remove everything under the directory.
 
-use super::{Sink, SinkError, fill, percent_encode, read_start, wait_until_healthy};
+use super::{Sink, SinkError, fill, ok_status, percent_encode, read_start, wait_until_healthy};
 
 fn percent_encode_slash(s: &str) -> String {
     percent_encode(s, true)
@@ -300,16 +300,7 @@ impl AzureSink {
                 Self::with_properties(entry, req, "content-type"),
             )
             .await?;
-        if !r.status().is_success() {
-            let status = r.status();
-            return Err(SinkError::remote(
-                "put blob",
-                name,
-                format!("HTTP {status}: {}", r.text().await.unwrap_or_default()),
-                true,
-                false,
-            ));
-        }
+        ok_status("put blob", name, r).await?;
         Ok(())
     }
 
@@ -341,17 +332,7 @@ impl AzureSink {
             let req = self.http.put(url).body(body);
             in_flight.push(async move {
                 let r = self.send("put block", name, req).await?;
-                if r.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(SinkError::remote(
-                        "put block",
-                        name,
-                        format!("HTTP {}", r.status()),
-                        true,
-                        false,
-                    ))
-                }
+                ok_status("put block", name, r).await.map(|_| ())
             });
             if in_flight.len() >= BLOCKS_IN_FLIGHT
                 && let Some(r) = in_flight.next().await
@@ -380,16 +361,7 @@ impl AzureSink {
                 Self::with_properties(entry, req, "x-ms-blob-content-type"),
             )
             .await?;
-        if !r.status().is_success() {
-            let status = r.status();
-            return Err(SinkError::remote(
-                "put block list",
-                name,
-                format!("HTTP {status}: {}", r.text().await.unwrap_or_default()),
-                true,
-                false,
-            ));
-        }
+        ok_status("put block list", name, r).await?;
         Ok(())
     }
 
@@ -425,15 +397,7 @@ impl AzureSink {
                 url.push_str(&format!("&marker={}", percent_encode(&marker, false)));
             }
             let r = self.send("list blobs", prefix, self.http.get(url)).await?;
-            if !r.status().is_success() {
-                return Err(SinkError::remote(
-                    "list blobs",
-                    prefix,
-                    format!("HTTP {}", r.status()),
-                    true,
-                    false,
-                ));
-            }
+            let r = ok_status("list blobs", prefix, r).await?;
             let xml = r
                 .text()
                 .await

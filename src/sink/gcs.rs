@@ -12,7 +12,7 @@
 //! metadata server). `STORAGE_EMULATOR_HOST` or our `endpoint` key point it at an emulator,
 //! which needs no credentials.
 
-use super::{Sink, SinkError, fill, percent_encode, read_start, wait_until_healthy};
+use super::{Sink, SinkError, fill, ok_status, percent_encode, read_start, wait_until_healthy};
 
 fn percent_encode_all(s: &str) -> String {
     percent_encode(s, false)
@@ -390,16 +390,7 @@ impl GcsSink {
             .send()
             .await
             .map_err(|e| SinkError::http("upload", name, e))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            return Err(SinkError::remote(
-                "upload",
-                name,
-                format!("HTTP {status}: {}", resp.text().await.unwrap_or_default()),
-                true,
-                false,
-            ));
-        }
+        ok_status("upload", name, resp).await?;
         Ok(())
     }
 
@@ -543,16 +534,7 @@ impl GcsSink {
                 .send()
                 .await
                 .map_err(|e| SinkError::http("list", prefix, e))?;
-            if !resp.status().is_success() {
-                let status = resp.status();
-                return Err(SinkError::remote(
-                    "list",
-                    prefix,
-                    format!("HTTP {status}"),
-                    true,
-                    false,
-                ));
-            }
+            let resp = ok_status("list", prefix, resp).await?;
             let v: serde_json::Value = resp
                 .json()
                 .await

@@ -158,6 +158,27 @@ pub fn refuse_root(key: &SinkKey, op: &str) -> Result<(), SinkError> {
     Ok(())
 }
 
+/// `resp` if its status is a success, else a retryable error carrying the status and
+/// the body the store sent.
+pub async fn ok_status(
+    op: &'static str,
+    key: &str,
+    resp: reqwest::Response,
+) -> Result<reqwest::Response, SinkError> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    Err(SinkError::remote(
+        op,
+        key,
+        format!("HTTP {status}: {body}"),
+        true,
+        false,
+    ))
+}
+
 /// Percent-encode `s` for a URL path or query, leaving unreserved characters (and `/`
 /// when `keep_slash`) as they are.
 pub fn percent_encode(s: &str, keep_slash: bool) -> String {

@@ -283,6 +283,20 @@ impl GcsSink {
         })
     }
 
+    /// Authorize and send a request; a transport failure becomes a sink error.
+    async fn send(
+        &self,
+        op: &'static str,
+        key: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SinkError> {
+        self.authed(req)
+            .await?
+            .send()
+            .await
+            .map_err(|e| SinkError::http(op, key, e))
+    }
+
     /// Check the bucket exists and the credentials work; retried with backoff until they
     /// do, reporting clearly why not. `false` if `stop` fires first.
     pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
@@ -384,12 +398,7 @@ impl GcsSink {
                 format!("multipart/related; boundary={boundary}"),
             )
             .body(body);
-        let resp = self
-            .authed(req)
-            .await?
-            .send()
-            .await
-            .map_err(|e| SinkError::http("upload", name, e))?;
+        let resp = self.send("upload", name, req).await?;
         ok_status("upload", name, resp).await?;
         Ok(())
     }
@@ -410,12 +419,7 @@ impl GcsSink {
             percent_encode_all(&self.opts.bucket)
         );
         let req = self.http.post(url).json(&Self::resource(entry, name));
-        let resp = self
-            .authed(req)
-            .await?
-            .send()
-            .await
-            .map_err(|e| SinkError::http("start upload", name, e))?;
+        let resp = self.send("start upload", name, req).await?;
         let Some(session) = resp
             .headers()
             .get("location")
@@ -470,12 +474,7 @@ impl GcsSink {
                 .put(session)
                 .header("Content-Range", range)
                 .body(body);
-            let resp = self
-                .authed(req)
-                .await?
-                .send()
-                .await
-                .map_err(|e| SinkError::http("upload", name, e))?;
+            let resp = self.send("upload", name, req).await?;
             let status = resp.status().as_u16();
             sent += take as u64;
             match (status, last) {
@@ -497,11 +496,8 @@ impl GcsSink {
 
     async fn delete_object(&self, name: &str) -> Result<(), SinkError> {
         let resp = self
-            .authed(self.http.delete(self.object_url(name)))
-            .await?
-            .send()
-            .await
-            .map_err(|e| SinkError::http("delete", name, e))?;
+            .send("delete", name, self.http.delete(self.object_url(name)))
+            .await?;
         match resp.status().as_u16() {
             200 | 204 | 404 => Ok(()),
             s => Err(SinkError::remote(
@@ -528,12 +524,7 @@ impl GcsSink {
             if let Some(p) = &page {
                 url.push_str(&format!("&pageToken={}", percent_encode_all(p)));
             }
-            let resp = self
-                .authed(self.http.get(url))
-                .await?
-                .send()
-                .await
-                .map_err(|e| SinkError::http("list", prefix, e))?;
+            let resp = self.send("list", prefix, self.http.get(url)).await?;
             let resp = ok_status("list", prefix, resp).await?;
             let v: serde_json::Value = resp
                 .json()

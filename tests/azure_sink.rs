@@ -7,78 +7,29 @@ use common::objects::{ObjectInfo, ObjectStore, StoreUnderTest, conformance};
 use common::*;
 use seaweed_replicate::sink::azure::SharedKey;
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 /// Azurite's published development account and key.
 const ACCOUNT: &str = "devstoreaccount1";
 const KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-struct Azurite {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Azurite {
-    fn start() -> Azurite {
-        let port = free_port_pair();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(testbed_binary("azurite-blob"))
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .args([
-                "--inMemoryPersistence",
-                "--skipApiVersionCheck",
-                "--disableTelemetry",
-            ])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("azurite.log")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("azurite.err")).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "azurite did not start on {port}: {} {}",
-                std::fs::read_to_string(dir.path().join("azurite.log")).unwrap_or_default(),
-                std::fs::read_to_string(dir.path().join("azurite.err")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Azurite {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}/{ACCOUNT}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_azurite() -> Service {
+    let port = free_port_pair();
+    let mut cmd = Command::new(testbed_binary("azurite-blob"));
+    cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+        .args([
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+        ]);
+    Service::spawn("azurite", cmd, port)
 }
 
 struct AzureStore {
     http: reqwest::Client,
     key: SharedKey,
     endpoint: String,
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 impl AzureStore {
@@ -92,7 +43,7 @@ impl AzureStore {
         format!(
             "{}/replica/{}",
             self.endpoint,
-            enc(name).replace("%2F", "/")
+            seaweed_replicate::sink::percent_encode(name, true)
         )
     }
 }
@@ -103,7 +54,7 @@ impl ObjectStore for AzureStore {
         let url = format!(
             "{}/replica?restype=container&comp=list&prefix={}",
             self.endpoint,
-            enc(prefix)
+            seaweed_replicate::sink::percent_encode(prefix, false)
         );
         let xml = self
             .send(self.http.get(url))
@@ -148,17 +99,18 @@ impl ObjectStore for AzureStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_conformance_on_azurite() {
     let bed = TestBed::start(BedOptions::default());
-    let azurite = Azurite::start();
+    let azurite = start_azurite();
+    let azurite_endpoint = format!("{}/{ACCOUNT}", azurite.endpoint());
     let store = AzureStore {
         http: reqwest::Client::new(),
         key: SharedKey::new(ACCOUNT, KEY).unwrap(),
-        endpoint: azurite.endpoint.clone(),
+        endpoint: azurite_endpoint.clone(),
     };
     let created = store
         .send(
             store
                 .http
-                .put(format!("{}/replica?restype=container", azurite.endpoint)),
+                .put(format!("{}/replica?restype=container", azurite_endpoint)),
         )
         .await;
     assert!(
@@ -167,7 +119,7 @@ async fn azure_conformance_on_azurite() {
         created.status(),
         created.text().await.unwrap_or_default()
     );
-    let endpoint = azurite.endpoint.clone();
+    let endpoint = azurite_endpoint.clone();
     let under_test = StoreUnderTest {
         label: "azurite".into(),
         store: Box::new(store),

@@ -6,73 +6,34 @@ mod common;
 use common::objects::{ObjectInfo, ObjectStore, StoreUnderTest, conformance};
 use common::*;
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-struct FakeGcs {
-    child: Child,
-    endpoint: String,
-}
-
-impl FakeGcs {
-    fn start() -> FakeGcs {
-        let port = free_port_pair();
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let child = Command::new(testbed_binary("fake-gcs-server"))
-            .args([
-                "-scheme",
-                "http",
-                "-host",
-                "127.0.0.1",
-                "-port",
-                &port.to_string(),
-                "-backend",
-                "memory",
-            ])
-            .args([
-                "-external-url",
-                &endpoint,
-                "-public-host",
-                &format!("127.0.0.1:{port}"),
-                "-log-level",
-                "warn",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "fake-gcs-server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        FakeGcs { child, endpoint }
-    }
-}
-
-impl Drop for FakeGcs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_fake_gcs() -> Service {
+    let port = free_port_pair();
+    let mut cmd = Command::new(testbed_binary("fake-gcs-server"));
+    cmd.args([
+        "-scheme",
+        "http",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        &port.to_string(),
+        "-backend",
+        "memory",
+    ])
+    .args([
+        "-external-url",
+        &format!("http://127.0.0.1:{port}"),
+        "-public-host",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args(["-log-level", "warn"]);
+    Service::spawn("fake-gcs-server", cmd, port)
 }
 
 struct GcsStore {
     http: reqwest::Client,
     endpoint: String,
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[async_trait::async_trait]
@@ -82,7 +43,7 @@ impl ObjectStore for GcsStore {
         let url = format!(
             "{}/storage/v1/b/replica/o?prefix={}",
             self.endpoint,
-            enc(prefix)
+            seaweed_replicate::sink::percent_encode(prefix, false)
         );
         let Ok(r) = self.http.get(url).send().await else {
             return out;
@@ -94,7 +55,7 @@ impl ObjectStore for GcsStore {
             let url = format!(
                 "{}/storage/v1/b/replica/o/{}?alt=media",
                 self.endpoint,
-                enc(&name)
+                seaweed_replicate::sink::percent_encode(&name, false)
             );
             if let Ok(r) = self.http.get(url).send().await
                 && r.status().is_success()
@@ -106,7 +67,11 @@ impl ObjectStore for GcsStore {
     }
 
     async fn info(&self, name: &str) -> Option<ObjectInfo> {
-        let url = format!("{}/storage/v1/b/replica/o/{}", self.endpoint, enc(name));
+        let url = format!(
+            "{}/storage/v1/b/replica/o/{}",
+            self.endpoint,
+            seaweed_replicate::sink::percent_encode(name, false)
+        );
         let r = self.http.get(url).send().await.ok()?;
         if !r.status().is_success() {
             return None;
@@ -123,10 +88,10 @@ impl ObjectStore for GcsStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcs_conformance_on_fake_gcs_server() {
     let bed = TestBed::start(BedOptions::default());
-    let gcs = FakeGcs::start();
+    let gcs = start_fake_gcs();
     let http = reqwest::Client::new();
     let created = http
-        .post(format!("{}/storage/v1/b?project=test", gcs.endpoint))
+        .post(format!("{}/storage/v1/b?project=test", gcs.endpoint()))
         .header("Content-Type", "application/json")
         .body(r#"{"name":"replica"}"#)
         .send()
@@ -137,12 +102,12 @@ async fn gcs_conformance_on_fake_gcs_server() {
         "create bucket: {}",
         created.status()
     );
-    let endpoint = gcs.endpoint.clone();
+    let endpoint = gcs.endpoint();
     let store = StoreUnderTest {
         label: "fake-gcs-server".into(),
         store: Box::new(GcsStore {
             http,
-            endpoint: gcs.endpoint.clone(),
+            endpoint: gcs.endpoint(),
         }),
         section: Box::new(move |directory, incremental| {
             format!(

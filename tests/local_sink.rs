@@ -225,7 +225,7 @@ async fn resumes_from_offset_file_and_shares_it_with_upstream() {
         up_work.path().join("last.offset"),
     )
     .unwrap();
-    let weed = weed_binary();
+    let weed = testbed_binary("weed");
     let mut upstream = std::process::Command::new(&weed)
         .args(["-logtostderr", "filer.replicate"])
         .current_dir(up_work.path())

@@ -135,15 +135,11 @@ async fn s3_conformance_on_seaweedfs_gateway_and_moto() {
         ),
         ..Default::default()
     });
-    let moto = Moto::start();
+    let moto = start_moto();
     let gateway = format!("http://127.0.0.1:{s3_port}");
     let stores = vec![
         s3_under_test("seaweedfs-s3", gateway.clone(), s3_store(&gateway).await),
-        s3_under_test(
-            "moto",
-            moto.endpoint.clone(),
-            s3_store(&moto.endpoint).await,
-        ),
+        s3_under_test("moto", moto.endpoint(), s3_store(&moto.endpoint()).await),
     ];
     conformance(&bed, stores).await;
 }

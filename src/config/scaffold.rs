@@ -105,12 +105,16 @@ is_incremental = false
 
 [sink.backblaze]
 enabled = false
+# The application key id and key; both empty: B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY.
 b2_account_id = ""
 b2_master_application_key = ""
+# Not needed: authorization tells the account's region (upstream never read it either).
 b2_region = ""
 bucket = "mybucket"
 directory = "/"
 is_incremental = false
+# [better] where to authorize; empty: https://api.backblazeb2.com.
+endpoint = ""
 
 # Settings only `replicate` has.
 [replicate]

@@ -4,6 +4,7 @@ use super::{ConfigErrors, RawConfig, Reader};
 use crate::filer::jwt::ReadSigner;
 use crate::replicate::path::{components, normalize_dir};
 pub use crate::sink::azure::AzureSinkOptions;
+pub use crate::sink::b2::B2SinkOptions;
 pub use crate::sink::filer::FilerSinkOptions;
 pub use crate::sink::gcs::GcsSinkOptions;
 pub use crate::sink::s3::S3SinkOptions;
@@ -91,6 +92,8 @@ pub enum SinkSettings {
     Gcs(GcsSinkOptions),
     /// `[sink.azure]`.
     Azure(AzureSinkOptions),
+    /// `[sink.backblaze]`.
+    B2(B2SinkOptions),
 }
 
 impl SinkSettings {
@@ -101,6 +104,7 @@ impl SinkSettings {
             SinkSettings::S3(_) => "s3",
             SinkSettings::Gcs(_) => "google_cloud_storage",
             SinkSettings::Azure(_) => "azure",
+            SinkSettings::B2(_) => "backblaze",
         }
     }
     pub fn directory(&self) -> String {
@@ -110,6 +114,7 @@ impl SinkSettings {
             SinkSettings::S3(o) => o.directory.clone(),
             SinkSettings::Gcs(o) => o.directory.clone(),
             SinkSettings::Azure(o) => o.directory.clone(),
+            SinkSettings::B2(o) => o.directory.clone(),
         }
     }
     pub fn incremental(&self) -> bool {
@@ -119,6 +124,7 @@ impl SinkSettings {
             SinkSettings::S3(o) => o.incremental,
             SinkSettings::Gcs(o) => o.incremental,
             SinkSettings::Azure(o) => o.incremental,
+            SinkSettings::B2(o) => o.incremental,
         }
     }
 }
@@ -567,18 +573,7 @@ fn resolve_sink(
                     "is empty; set the (existing) bucket to replicate into",
                 );
             }
-            let dir = r.string("sink.s3.directory", "/");
-            let directory =
-                normalize_dir(if dir.is_empty() { "/" } else { &dir }).unwrap_or_else(|e| {
-                    r.problem(
-                        "sink.s3.directory",
-                        format!(
-                            "{dir:?} must be an absolute path without . or ..: {}",
-                            e.why
-                        ),
-                    );
-                    "/".into()
-                });
+            let directory = object_store_dir(r, "sink.s3");
             let access_key_id = r.string("sink.s3.aws_access_key_id", "");
             let secret_access_key = r.string("sink.s3.aws_secret_access_key", "");
             if access_key_id.is_empty() != secret_access_key.is_empty() {
@@ -636,18 +631,7 @@ fn resolve_sink(
                     "is empty; set the (existing) bucket to replicate into",
                 );
             }
-            let dir = r.string(&format!("{p}.directory"), "/");
-            let directory =
-                normalize_dir(if dir.is_empty() { "/" } else { &dir }).unwrap_or_else(|e| {
-                    r.problem(
-                        &format!("{p}.directory"),
-                        format!(
-                            "{dir:?} must be an absolute path without . or ..: {}",
-                            e.why
-                        ),
-                    );
-                    "/".into()
-                });
+            let directory = object_store_dir(r, &p);
             let mut credentials = r.string(&format!("{p}.google_application_credentials"), "");
             if let Some(rest) = credentials.strip_prefix("~/")
                 && let Some(home) = std::env::var_os("HOME")
@@ -701,18 +685,7 @@ fn resolve_sink(
                     "is empty; set the (existing) container to replicate into",
                 );
             }
-            let dir = r.string("sink.azure.directory", "/");
-            let directory =
-                normalize_dir(if dir.is_empty() { "/" } else { &dir }).unwrap_or_else(|e| {
-                    r.problem(
-                        "sink.azure.directory",
-                        format!(
-                            "{dir:?} must be an absolute path without . or ..: {}",
-                            e.why
-                        ),
-                    );
-                    "/".into()
-                });
+            let directory = object_store_dir(r, "sink.azure");
             Some(SinkSettings::Azure(AzureSinkOptions {
                 account_name,
                 account_key,
@@ -722,11 +695,56 @@ fn resolve_sink(
                 incremental: r.bool("sink.azure.is_incremental", false),
             }))
         }
+        "backblaze" => {
+            let mut key_id = r.string("sink.backblaze.b2_account_id", "");
+            let mut key = r.string("sink.backblaze.b2_master_application_key", "");
+            if key_id.is_empty() && key.is_empty() {
+                key_id = std::env::var("B2_APPLICATION_KEY_ID").unwrap_or_default();
+                key = std::env::var("B2_APPLICATION_KEY").unwrap_or_default();
+            }
+            if key_id.is_empty() || key.is_empty() {
+                r.problem("sink.backblaze.b2_account_id", "b2_account_id (the application key id) and b2_master_application_key must both be set, here or as B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY");
+            }
+            let bucket = r.string("sink.backblaze.bucket", "");
+            if bucket.is_empty() {
+                r.problem(
+                    "sink.backblaze.bucket",
+                    "is empty; set the (existing) bucket to replicate into",
+                );
+            }
+            Some(SinkSettings::B2(B2SinkOptions {
+                key_id,
+                key,
+                bucket,
+                directory: object_store_dir(r, "sink.backblaze"),
+                incremental: r.bool("sink.backblaze.is_incremental", false),
+                endpoint: r.string("sink.backblaze.endpoint", ""),
+            }))
+        }
         other => {
-            r.problem(&format!("{p}.enabled"), format!("the {other} sink is not supported by this version yet; use [sink.local], [sink.filer], [sink.s3], [sink.google_cloud_storage] or [sink.azure]"));
+            r.problem(
+                &format!("{p}.enabled"),
+                format!("the {other} sink is not supported by this version"),
+            );
             None
         }
     }
+}
+
+/// An object-store sink's `directory`: absolute, `/` when empty.
+fn object_store_dir(r: &mut Reader, section: &str) -> String {
+    let key = format!("{section}.directory");
+    let dir = r.string(&key, "/");
+    normalize_dir(if dir.is_empty() { "/" } else { &dir }).unwrap_or_else(|e| {
+        r.problem(
+            &key,
+            format!(
+                "{dir:?} must be an absolute path without . or ..: {}",
+                e.why
+            ),
+        );
+        "/".into()
+    })
 }
 
 #[cfg(test)]

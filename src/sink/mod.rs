@@ -10,6 +10,7 @@
 //! - No operation writes, deletes or follows a link outside the sink's root.
 
 pub mod azure;
+pub mod b2;
 pub mod filer;
 pub mod gcs;
 pub mod local;

@@ -1,0 +1,645 @@
+//! `[sink.backblaze]`: replicate into a Backblaze B2 bucket over the B2 native API (v3).
+//!
+//! File names keep upstream's layout: the sink key with one leading `/` removed.
+//! Differences from upstream on purpose: a failed upload or large-file commit fails the
+//! event (upstream ignores `Close()` errors and reports lost uploads as done); files above
+//! one part are uploaded as large files with bounded parts in flight; the content type and
+//! the source mtime (B2's `src_last_modified_millis`) are stored, and a replay of a version
+//! the bucket already holds is skipped; a delete removes every version of the file (upstream
+//! removes only the newest, which brings the previous version back), and a directory delete
+//! removes everything under the directory.
+//!
+//! Credentials: `b2_account_id` is the application key id (the account id of a master key
+//! works too); empty fields fall back to `B2_APPLICATION_KEY_ID` / `B2_APPLICATION_KEY`.
+//! `b2_region` is not needed: authorization returns the account's API URL.
+
+use super::{Sink, SinkError, fill, read_start, wait_until_healthy};
+use crate::filer::{FilerSource, ReadError};
+use crate::pb::Entry;
+use crate::replicate::SinkKey;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::sync::{Mutex, RwLock};
+
+const DEFAULT_ENDPOINT: &str = "https://api.backblazeb2.com";
+const MIB: u64 = 1024 * 1024;
+/// Files up to this size are one upload; larger ones are large files of parts at least this.
+const PART: u64 = 8 * MIB;
+const MAX_PARTS: u64 = 10_000;
+const PARTS_IN_FLIGHT: usize = 4;
+/// Attempts per upload (each with a fresh upload URL, as B2 asks after a failure).
+const UPLOAD_ATTEMPTS: usize = 3;
+
+/// `[sink.backblaze]` settings.
+#[derive(Clone, Default)]
+pub struct B2SinkOptions {
+    /// Application key id (or the account id for the master key).
+    pub key_id: String,
+    pub key: String,
+    pub bucket: String,
+    /// Normalised absolute directory.
+    pub directory: String,
+    pub incremental: bool,
+    /// Where to authorize; empty means Backblaze's.
+    pub endpoint: String,
+}
+
+impl std::fmt::Debug for B2SinkOptions {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("B2SinkOptions")
+            .field("key_id", &self.key_id)
+            .field("bucket", &self.bucket)
+            .field("directory", &self.directory)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What authorization gives: a token good for 24 hours and the account's URLs.
+struct Session {
+    token: String,
+    api_url: String,
+    bucket_id: String,
+    min_part: u64,
+}
+
+/// An upload URL and its token; each serves one upload at a time.
+struct UploadUrl {
+    url: String,
+    token: String,
+}
+
+/// An error answer from B2: `{"status": 400, "code": "bad_request", "message": "..."}`.
+#[derive(Debug)]
+struct B2Error {
+    status: u16,
+    code: String,
+    message: String,
+}
+
+impl B2Error {
+    async fn read(resp: reqwest::Response) -> Self {
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        B2Error {
+            status,
+            code: body["code"].as_str().unwrap_or("").to_string(),
+            message: body["message"].as_str().unwrap_or("").to_string(),
+        }
+    }
+
+    /// The token has expired or is unknown: authorize again.
+    fn needs_authorization(&self) -> bool {
+        self.status == 401 && matches!(self.code.as_str(), "expired_auth_token" | "bad_auth_token")
+    }
+
+    /// B2's guidance: 408, 429 and 5xx are retried (uploads with a new URL); 403 is a cap
+    /// on the account (storage or transactions), an outage until someone raises it.
+    fn into_sink(self, op: &'static str, key: &str) -> SinkError {
+        let retryable = matches!(self.status, 401 | 403 | 408 | 429) || self.status >= 500;
+        let detail = format!("HTTP {} {}: {}", self.status, self.code, self.message);
+        SinkError::remote(op, key, detail, retryable, self.status == 403)
+    }
+}
+
+pub struct B2Sink {
+    http: reqwest::Client,
+    endpoint: String,
+    opts: B2SinkOptions,
+    session: RwLock<Option<Arc<Session>>>,
+    upload_urls: Mutex<Vec<UploadUrl>>,
+    source: Arc<FilerSource>,
+}
+
+fn sha1_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        data,
+    ))
+}
+
+/// B2 file names and info values travel percent-encoded, with `/` kept.
+fn encode_name(name: &str) -> String {
+    super::percent_encode(name, true)
+}
+
+impl B2Sink {
+    pub fn new(opts: B2SinkOptions, http: reqwest::Client, source: Arc<FilerSource>) -> Self {
+        let endpoint = if opts.endpoint.is_empty() {
+            DEFAULT_ENDPOINT.to_string()
+        } else {
+            opts.endpoint.trim_end_matches('/').to_string()
+        };
+        B2Sink {
+            http,
+            endpoint,
+            opts,
+            session: RwLock::new(None),
+            upload_urls: Mutex::new(Vec::new()),
+            source,
+        }
+    }
+
+    /// `b2_authorize_account`, then the bucket's id (from the key's restriction or
+    /// `b2_list_buckets`).
+    async fn authorize(&self) -> Result<Session, SinkError> {
+        let op = "authorize";
+        let bucket = self.opts.bucket.as_str();
+        let r = self
+            .http
+            .get(format!("{}/b2api/v3/b2_authorize_account", self.endpoint))
+            .basic_auth(&self.opts.key_id, Some(&self.opts.key))
+            .send()
+            .await
+            .map_err(|e| SinkError::http(op, bucket, e))?;
+        if !r.status().is_success() {
+            let e = B2Error::read(r).await;
+            let hint = if e.status == 401 {
+                " (wrong b2_account_id or b2_master_application_key?)"
+            } else {
+                ""
+            };
+            return Err(SinkError::remote(
+                op,
+                bucket,
+                format!("HTTP {} {}: {}{hint}", e.status, e.code, e.message),
+                true,
+                false,
+            ));
+        }
+        let v: Value = r.json().await.map_err(|e| SinkError::http(op, bucket, e))?;
+        let storage = &v["apiInfo"]["storageApi"];
+        let mut session = Session {
+            token: v["authorizationToken"].as_str().unwrap_or("").to_string(),
+            api_url: storage["apiUrl"].as_str().unwrap_or("").to_string(),
+            bucket_id: String::new(),
+            min_part: storage["absoluteMinimumPartSize"]
+                .as_u64()
+                .unwrap_or(5_000_000),
+        };
+        let allowed = storage["allowed"]["buckets"].as_array();
+        if let Some(b) = allowed
+            .into_iter()
+            .flatten()
+            .find(|b| b["name"].as_str() == Some(bucket))
+        {
+            session.bucket_id = b["id"].as_str().unwrap_or("").to_string();
+            return Ok(session);
+        }
+        let body = json!({"accountId": v["accountId"], "bucketName": bucket});
+        let r = self
+            .http
+            .post(format!("{}/b2api/v3/b2_list_buckets", session.api_url))
+            .header("authorization", &session.token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| SinkError::http("list buckets", bucket, e))?;
+        if !r.status().is_success() {
+            return Err(B2Error::read(r).await.into_sink("list buckets", bucket));
+        }
+        let v: Value = r
+            .json()
+            .await
+            .map_err(|e| SinkError::http("list buckets", bucket, e))?;
+        session.bucket_id = v["buckets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["bucketName"].as_str() == Some(bucket))
+            .and_then(|b| b["bucketId"].as_str())
+            .unwrap_or("")
+            .to_string();
+        if session.bucket_id.is_empty() {
+            return Err(SinkError::remote(
+                "find bucket",
+                bucket,
+                "no such bucket, or the key may not use it",
+                true,
+                false,
+            ));
+        }
+        Ok(session)
+    }
+
+    async fn session(&self) -> Result<Arc<Session>, SinkError> {
+        if let Some(s) = self.session.read().await.as_ref() {
+            return Ok(s.clone());
+        }
+        let mut slot = self.session.write().await;
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(self.authorize().await?);
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Forget `stale` (and the upload URLs it handed out) so the next call authorizes.
+    async fn expire(&self, stale: &Arc<Session>) {
+        let mut slot = self.session.write().await;
+        if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, stale)) {
+            *slot = None;
+            self.upload_urls.lock().await.clear();
+        }
+    }
+
+    /// One API call; an expired token is renewed and the call made once more. A `bucketId`
+    /// field in `body` gets the session's bucket id.
+    async fn call(&self, op: &'static str, key: &str, mut body: Value) -> Result<Value, SinkError> {
+        for attempt in 0..2 {
+            let s = self.session().await?;
+            if let Some(obj) = body.as_object_mut()
+                && obj.contains_key("bucketId")
+            {
+                obj.insert("bucketId".into(), s.bucket_id.clone().into());
+            }
+            let r = self
+                .http
+                .post(format!("{}/b2api/v3/{op}", s.api_url))
+                .header("authorization", &s.token)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| SinkError::http(op, key, e))?;
+            if r.status().is_success() {
+                return r.json().await.map_err(|e| SinkError::http(op, key, e));
+            }
+            let e = B2Error::read(r).await;
+            if e.needs_authorization() && attempt == 0 {
+                self.expire(&s).await;
+                continue;
+            }
+            return Err(e.into_sink(op, key));
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// Check the key works and the bucket exists; retried with backoff until they do,
+    /// reporting clearly why not. `false` if `stop` fires first.
+    pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
+        let what = format!("B2 bucket {} at {}", self.opts.bucket, self.endpoint);
+        wait_until_healthy(&what, stop, || async {
+            let s = self.authorize().await.map_err(|e| e.to_string())?;
+            *self.session.write().await = Some(Arc::new(s));
+            Ok(())
+        })
+        .await
+    }
+
+    fn file_name(key: &SinkKey) -> String {
+        key.full.strip_prefix('/').unwrap_or(&key.full).to_string()
+    }
+
+    fn content_type(entry: &Entry) -> String {
+        match entry.attributes.as_ref().map(|a| a.mime.as_str()) {
+            Some(m) if !m.is_empty() => m.to_string(),
+            _ => "b2/x-auto".to_string(),
+        }
+    }
+
+    fn mtime_millis(entry: &Entry) -> String {
+        (entry.attributes.as_ref().map_or(0, |a| a.mtime) * 1000).to_string()
+    }
+
+    /// The newest version of `name` is an upload of this size and source mtime.
+    async fn already_current(&self, name: &str, entry: &Entry, size: u64) -> bool {
+        if entry.attributes.as_ref().is_none_or(|a| a.mtime == 0) {
+            return false;
+        }
+        let body =
+            json!({"bucketId": "", "startFileName": name, "prefix": name, "maxFileCount": 1});
+        let Ok(v) = self.call("b2_list_file_names", name, body).await else {
+            return false;
+        };
+        let f = &v["files"][0];
+        f["fileName"].as_str() == Some(name)
+            && f["action"].as_str() == Some("upload")
+            && f["contentLength"].as_u64() == Some(size)
+            && f["fileInfo"]["src_last_modified_millis"].as_str()
+                == Some(Self::mtime_millis(entry).as_str())
+    }
+
+    async fn upload_url(&self) -> Result<UploadUrl, SinkError> {
+        if let Some(u) = self.upload_urls.lock().await.pop() {
+            return Ok(u);
+        }
+        let v = self
+            .call(
+                "b2_get_upload_url",
+                &self.opts.bucket,
+                json!({"bucketId": ""}),
+            )
+            .await?;
+        Ok(UploadUrl {
+            url: v["uploadUrl"].as_str().unwrap_or("").to_string(),
+            token: v["authorizationToken"].as_str().unwrap_or("").to_string(),
+        })
+    }
+
+    /// POST `body` to an upload URL, retrying with a fresh URL after a retryable failure.
+    /// `target` gets the URL and returns the request's own headers. A URL that worked goes
+    /// back to the pool when `pool` is true (part URLs belong to one large file).
+    async fn post_upload<F, Fut>(
+        &self,
+        op: &'static str,
+        name: &str,
+        body: Bytes,
+        mut target: F,
+    ) -> Result<Value, SinkError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<
+                Output = Result<(UploadUrl, reqwest::header::HeaderMap, bool), SinkError>,
+            >,
+    {
+        let sha1 = sha1_hex(&body);
+        let mut last = None;
+        for _ in 0..UPLOAD_ATTEMPTS {
+            let (url, headers, pool) = target().await?;
+            let sent = self
+                .http
+                .post(&url.url)
+                .header("authorization", &url.token)
+                .header("content-length", body.len())
+                .header("x-bz-content-sha1", &sha1)
+                .headers(headers)
+                .body(body.clone())
+                .send()
+                .await;
+            let err = match sent {
+                Ok(r) if r.status().is_success() => {
+                    let v = r.json().await.map_err(|e| SinkError::http(op, name, e))?;
+                    if pool {
+                        self.upload_urls.lock().await.push(url);
+                    }
+                    return Ok(v);
+                }
+                Ok(r) => {
+                    let e = B2Error::read(r).await;
+                    if e.needs_authorization()
+                        && let Some(s) = self.session.read().await.clone()
+                    {
+                        self.expire(&s).await;
+                    }
+                    e.into_sink(op, name)
+                }
+                Err(e) => SinkError::http(op, name, e),
+            };
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            tracing::debug!(file = %name, error = %err, "upload failed, retrying with a new upload URL");
+            last = Some(err);
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    async fn upload_whole(&self, name: &str, entry: &Entry, body: Bytes) -> Result<(), SinkError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let h = |v: String| v.parse().expect("percent-encoded or ASCII");
+        headers.insert("x-bz-file-name", h(encode_name(name)));
+        headers.insert("content-type", h(Self::content_type(entry)));
+        headers.insert(
+            "x-bz-info-src_last_modified_millis",
+            h(Self::mtime_millis(entry)),
+        );
+        self.post_upload("upload file", name, body, || async {
+            Ok((self.upload_url().await?, headers.clone(), true))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A large file: start, parts (at most `PARTS_IN_FLIGHT` at once), finish; cancelled
+    /// again when anything fails, so no unfinished file is left to bill.
+    async fn upload_large(
+        &self,
+        name: &str,
+        entry: &Entry,
+        rx: &mut tokio::sync::mpsc::Receiver<Result<Bytes, ReadError>>,
+        buf: BytesMut,
+        size: u64,
+    ) -> Result<(), SinkError> {
+        let body = json!({
+            "bucketId": "",
+            "fileName": name,
+            "contentType": Self::content_type(entry),
+            "fileInfo": {"src_last_modified_millis": Self::mtime_millis(entry)},
+        });
+        let started = self.call("b2_start_large_file", name, body).await?;
+        let file_id = started["fileId"].as_str().unwrap_or("").to_string();
+        let result = self.upload_parts(name, &file_id, rx, buf, size).await;
+        let finished = match result {
+            Ok(sha1s) => {
+                self.call(
+                    "b2_finish_large_file",
+                    name,
+                    json!({"fileId": file_id, "partSha1Array": sha1s}),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = finished {
+            if let Err(cancel) = self
+                .call("b2_cancel_large_file", name, json!({"fileId": file_id}))
+                .await
+            {
+                tracing::warn!(file = %name, error = %cancel, "could not cancel an unfinished large file");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn upload_parts(
+        &self,
+        name: &str,
+        file_id: &str,
+        rx: &mut tokio::sync::mpsc::Receiver<Result<Bytes, ReadError>>,
+        mut buf: BytesMut,
+        size: u64,
+    ) -> Result<Vec<String>, SinkError> {
+        let min_part = self.session().await?.min_part;
+        let part = PART
+            .max(min_part)
+            .max(size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB) as usize;
+        let mut sha1s = Vec::new();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        loop {
+            fill(rx, &mut buf, part, name).await?;
+            if buf.is_empty() {
+                break;
+            }
+            let body = buf.split_to(buf.len().min(part)).freeze();
+            sha1s.push(sha1_hex(&body));
+            let number = sha1s.len();
+            in_flight.push(async move {
+                self.post_upload("upload part", name, body, || async move {
+                    let v = self
+                        .call("b2_get_upload_part_url", name, json!({"fileId": file_id}))
+                        .await?;
+                    let url = UploadUrl {
+                        url: v["uploadUrl"].as_str().unwrap_or("").to_string(),
+                        token: v["authorizationToken"].as_str().unwrap_or("").to_string(),
+                    };
+                    let mut headers = reqwest::header::HeaderMap::new();
+                    headers.insert("x-bz-part-number", number.into());
+                    Ok((url, headers, false))
+                })
+                .await
+            });
+            if in_flight.len() >= PARTS_IN_FLIGHT
+                && let Some(r) = in_flight.next().await
+            {
+                r?;
+            }
+        }
+        while let Some(r) = in_flight.next().await {
+            r?;
+        }
+        Ok(sha1s)
+    }
+
+    /// Every version of every file whose name is `name` (`exact`) or starts with it.
+    async fn versions(&self, name: &str, exact: bool) -> Result<Vec<(String, String)>, SinkError> {
+        let mut out = Vec::new();
+        let (mut start_name, mut start_id) = (Value::from(name), Value::Null);
+        loop {
+            let body = json!({
+                "bucketId": "", "prefix": name, "maxFileCount": 1000,
+                "startFileName": start_name, "startFileId": start_id,
+            });
+            let v = self.call("b2_list_file_versions", name, body).await?;
+            for f in v["files"].as_array().into_iter().flatten() {
+                let file_name = f["fileName"].as_str().unwrap_or("");
+                if !exact || file_name == name {
+                    let id = f["fileId"].as_str().unwrap_or("").to_string();
+                    out.push((file_name.to_string(), id));
+                }
+            }
+            start_name = v["nextFileName"].clone();
+            start_id = v["nextFileId"].clone();
+            if start_name.is_null() || (exact && start_name.as_str() != Some(name)) {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn delete_versions(&self, versions: Vec<(String, String)>) -> Result<(), SinkError> {
+        for (file_name, id) in versions {
+            let body = json!({"fileName": file_name, "fileId": id});
+            match self.call("b2_delete_file_version", &file_name, body).await {
+                Ok(_) => {}
+                // Already gone: a replayed delete.
+                Err(SinkError::Remote { detail, .. })
+                    if detail.contains("file_not_present") || detail.contains(" not_found") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for B2Sink {
+    fn name(&self) -> &str {
+        "backblaze"
+    }
+
+    async fn create_entry(
+        &self,
+        key: &SinkKey,
+        entry: &Entry,
+        _signatures: &[i32],
+    ) -> Result<(), SinkError> {
+        if entry.is_directory || key.is_root() {
+            return Ok(());
+        }
+        let name = Self::file_name(key);
+        let size = crate::filer::content_size(entry);
+        if self.already_current(&name, entry, size).await {
+            tracing::debug!(file = %name, "bucket already holds this version, skipping");
+            return Ok(());
+        }
+        let mut rx = self.source.open(entry);
+        let (buf, whole) = read_start(&mut rx, PART, size, key).await?;
+        if whole {
+            return self.upload_whole(&name, entry, buf.freeze()).await;
+        }
+        self.upload_large(&name, entry, &mut rx, buf, size).await
+    }
+
+    async fn delete_entry(
+        &self,
+        key: &SinkKey,
+        is_directory: bool,
+        _delete_chunks: bool,
+        _signatures: &[i32],
+    ) -> Result<(), SinkError> {
+        super::refuse_root(key, "delete")?;
+        let name = Self::file_name(key);
+        let versions = if is_directory {
+            self.versions(&format!("{name}/"), false).await?
+        } else {
+            self.versions(&name, true).await?
+        };
+        self.delete_versions(versions).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_keep_upstream_layout_and_travel_encoded() {
+        let key = SinkKey {
+            rel: vec!["x".into()],
+            full: "//backup/a b.txt".into(),
+        };
+        assert_eq!(
+            B2Sink::file_name(&key),
+            "/backup/a b.txt",
+            "one leading slash trimmed"
+        );
+        assert_eq!(encode_name("dir/a b+ü.txt"), "dir/a%20b%2B%C3%BC.txt");
+    }
+
+    #[test]
+    fn sha1_is_hex_of_the_body() {
+        assert_eq!(
+            sha1_hex(b"hello"),
+            "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d"
+        );
+    }
+
+    #[test]
+    fn error_classes() {
+        let e = |status, code: &str| B2Error {
+            status,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(e(401, "expired_auth_token").needs_authorization());
+        assert!(!e(401, "unauthorized").needs_authorization());
+        assert!(!e(400, "bad_request").into_sink("x", "k").is_retryable());
+        assert!(
+            e(503, "service_unavailable")
+                .into_sink("x", "k")
+                .is_retryable()
+        );
+        assert!(
+            e(429, "too_many_requests")
+                .into_sink("x", "k")
+                .is_retryable()
+        );
+        let cap = e(403, "cap_exceeded").into_sink("x", "k");
+        assert!(cap.is_outage() && cap.is_retryable());
+    }
+}

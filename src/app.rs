@@ -157,6 +157,7 @@ async fn replicate(
                     .map_err(|e| {
                         config_problem(&raw, "sink.azure.account_key", "(not shown)", e)
                     })?;
+            tracing::info!(credential = %sink.credential(), "Azure authorization");
             if !sink.health_check(&stop).await {
                 return Ok(());
             }

@@ -6,6 +6,7 @@ mod common;
 use aws_sdk_s3::Client;
 use common::objects::{ObjectInfo, ObjectStore, StoreUnderTest, conformance};
 use common::*;
+use seaweed_replicate::pb;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -109,16 +110,20 @@ async fn s3_store(endpoint: &str) -> S3Store {
     panic!("cannot create a bucket at {endpoint}: {last}");
 }
 
+fn s3_section(endpoint: &str, directory: &str, incremental: bool) -> String {
+    format!(
+        "[sink.s3]\nenabled = true\naws_access_key_id = \"test\"\naws_secret_access_key = \"test\"\n\
+         region = \"us-east-2\"\nbucket = \"replica\"\ndirectory = \"{directory}\"\nendpoint = \"{endpoint}\"\n\
+         uploader_part_size_mb = 8\nis_incremental = {incremental}\n"
+    )
+}
+
 fn s3_under_test(label: &str, endpoint: String, store: S3Store) -> StoreUnderTest {
     StoreUnderTest {
         label: label.into(),
         store: Box::new(store),
         section: Box::new(move |directory, incremental| {
-            format!(
-                "[sink.s3]\nenabled = true\naws_access_key_id = \"test\"\naws_secret_access_key = \"test\"\n\
-                 region = \"us-east-2\"\nbucket = \"replica\"\ndirectory = \"{directory}\"\nendpoint = \"{endpoint}\"\n\
-                 uploader_part_size_mb = 8\nis_incremental = {incremental}\n"
-            )
+            s3_section(&endpoint, directory, incremental)
         }),
         // One leading "/" trimmed, as upstream.
         prefix: |dir| format!("{}/", dir.trim_start_matches('/')),
@@ -142,4 +147,93 @@ async fn s3_conformance_on_seaweedfs_gateway_and_moto() {
         s3_under_test("moto", moto.endpoint(), s3_store(&moto.endpoint()).await),
     ];
     conformance(&bed, stores).await;
+
+    // Extended attributes become user metadata and tags; `acl` is applied (upstream reads
+    // it and never applies it). Checked on both servers, the ACL on moto, which keeps it.
+    let mut extended = std::collections::HashMap::new();
+    extended.insert("X-Amz-Meta-Owner".to_string(), b"alice".to_vec());
+    extended.insert("X-Amz-Tagging-Project".to_string(), b"a b".to_vec());
+    bed.create_entry(
+        "/tagged",
+        pb::Entry {
+            name: "doc.txt".into(),
+            content: b"tagged content".to_vec(),
+            extended,
+            attributes: Some(pb::FuseAttributes {
+                file_size: 14,
+                file_mode: 0o644,
+                mtime: 1_700_000_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    for (label, endpoint) in [("seaweedfs-s3", gateway.clone()), ("moto", moto.endpoint())] {
+        let store = s3_store(&endpoint).await;
+        let section = s3_section(&endpoint, "/tagged", false) + "acl = \"public-read\"\n";
+        let work = Workdir::with_sink(&bed, "/tagged", &section, "");
+        let rep = Replicator::start(&work);
+        let arrived = eventually(Duration::from_secs(60), || async {
+            store.info("tagged/doc.txt").await.is_some()
+        })
+        .await;
+        assert!(
+            arrived,
+            "{label}: doc.txt never arrived\n{}",
+            tail(&work.log(), 20)
+        );
+        let head = store
+            .client
+            .head_object()
+            .bucket("replica")
+            .key("tagged/doc.txt")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.metadata()
+                .and_then(|m| m.get("owner"))
+                .map(String::as_str),
+            Some("alice"),
+            "{label}: {:?}",
+            head.metadata()
+        );
+        let tags = store
+            .client
+            .get_object_tagging()
+            .bucket("replica")
+            .key("tagged/doc.txt")
+            .send()
+            .await
+            .unwrap();
+        let tags: Vec<(&str, &str)> = tags
+            .tag_set()
+            .iter()
+            .map(|t| (t.key(), t.value()))
+            .collect();
+        assert_eq!(tags, vec![("Project", "a b")], "{label}");
+        if label == "moto" {
+            let acl = store
+                .client
+                .get_object_acl()
+                .bucket("replica")
+                .key("tagged/doc.txt")
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                acl.grants().iter().any(|g| {
+                    g.grantee()
+                        .and_then(|e| e.uri())
+                        .is_some_and(|u| u.ends_with("/AllUsers"))
+                        && g.permission().map(|p| p.as_str()) == Some("READ")
+                }),
+                "public-read not applied: {:?}",
+                acl.grants()
+            );
+        }
+        let (status, _) = rep.stop();
+        assert!(status.success());
+    }
 }

@@ -95,8 +95,10 @@ endpoint = ""
 [sink.azure]
 enabled = false
 account_name = ""
-# The account's shared key (Entra ID credentials are not supported by replicate yet).
+# The account's shared key; empty: Entra ID (workload identity, managed identity, or
+# AZURE_CLIENT_ID + AZURE_CLIENT_SECRET + AZURE_TENANT_ID).
 account_key = ""
+# A user-assigned managed identity's or workload identity's client id.
 client_id = ""
 endpoint = ""
 container = "mycontainer"

@@ -665,13 +665,13 @@ fn resolve_sink(
                 r.problem("sink.azure.account_name", format!("{account_name:?} is not a storage account name (3-24 lowercase letters and digits)"));
             }
             let account_key = r.string("sink.azure.account_key", "");
-            if account_key.is_empty() {
-                r.problem("sink.azure.account_key", "is empty; Entra ID credentials (managed identity, client_id) are not supported by this version yet, set the account's shared key");
-            } else if base64::Engine::decode(
-                &base64::engine::general_purpose::STANDARD,
-                account_key.trim(),
-            )
-            .is_err()
+            // Empty: Entra ID credentials, chosen when the sink starts.
+            if !account_key.is_empty()
+                && base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    account_key.trim(),
+                )
+                .is_err()
             {
                 r.problem(
                     "sink.azure.account_key",
@@ -689,6 +689,7 @@ fn resolve_sink(
             Some(SinkSettings::Azure(AzureSinkOptions {
                 account_name,
                 account_key,
+                client_id: r.string("sink.azure.client_id", ""),
                 endpoint: r.string("sink.azure.endpoint", ""),
                 container,
                 directory,

@@ -13,6 +13,7 @@ use super::{Sink, SinkError, fill, ok_status, percent_encode, read_start, wait_u
 fn percent_encode_slash(s: &str) -> String {
     percent_encode(s, true)
 }
+use super::entra::{EntraCredential, TokenSource};
 use crate::filer::{FilerSource, ReadError};
 use crate::pb::Entry;
 use crate::replicate::SinkKey;
@@ -36,8 +37,10 @@ const BLOCKS_IN_FLIGHT: usize = 4;
 #[derive(Clone, Default)]
 pub struct AzureSinkOptions {
     pub account_name: String,
-    /// Base64 shared key.
+    /// Base64 shared key; empty: Entra ID (see [`super::entra`]).
     pub account_key: String,
+    /// A user-assigned managed identity or workload identity's client id.
+    pub client_id: String,
     /// `https://<account>.blob.core.windows.net` unless set (an emulator, a sovereign cloud).
     pub endpoint: String,
     pub container: String,
@@ -51,6 +54,7 @@ impl std::fmt::Debug for AzureSinkOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AzureSinkOptions")
             .field("account_name", &self.account_name)
+            .field("client_id", &self.client_id)
             .field("endpoint", &self.endpoint)
             .field("container", &self.container)
             .field("directory", &self.directory)
@@ -78,12 +82,7 @@ impl SharedKey {
 
     /// Add `x-ms-date`, `x-ms-version` and the `Authorization` header to a request.
     pub fn sign(&self, mut req: reqwest::Request) -> reqwest::Request {
-        let date = chrono::Utc::now()
-            .format("%a, %d %b %Y %H:%M:%S GMT")
-            .to_string();
-        let headers = req.headers_mut();
-        headers.insert("x-ms-date", date.parse().expect("ascii"));
-        headers.insert("x-ms-version", API_VERSION.parse().expect("ascii"));
+        stamp(&mut req);
         let h = |name: &str| {
             req.headers()
                 .get(name)
@@ -149,9 +148,25 @@ impl SharedKey {
     }
 }
 
+/// Every request carries the time and the API version it speaks.
+fn stamp(req: &mut reqwest::Request) {
+    let date = chrono::Utc::now()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    let headers = req.headers_mut();
+    headers.insert("x-ms-date", date.parse().expect("ascii"));
+    headers.insert("x-ms-version", API_VERSION.parse().expect("ascii"));
+}
+
+/// How requests are authorized.
+enum Auth {
+    SharedKey(SharedKey),
+    Entra(EntraCredential),
+}
+
 pub struct AzureSink {
     http: reqwest::Client,
-    signer: SharedKey,
+    auth: Auth,
     base: String,
     opts: AzureSinkOptions,
     source: Arc<FilerSource>,
@@ -185,7 +200,15 @@ impl AzureSink {
         http: reqwest::Client,
         source: Arc<FilerSource>,
     ) -> Result<Self, String> {
-        let signer = SharedKey::new(&opts.account_name, &opts.account_key)?;
+        let auth = if opts.account_key.is_empty() {
+            let source = TokenSource::choose(&opts.client_id, |k| std::env::var(k).ok());
+            if let Some(problem) = source.problem() {
+                return Err(problem);
+            }
+            Auth::Entra(EntraCredential::new(source, http.clone()))
+        } else {
+            Auth::SharedKey(SharedKey::new(&opts.account_name, &opts.account_key)?)
+        };
         let base = if opts.endpoint.is_empty() {
             format!("https://{}.blob.core.windows.net", opts.account_name)
         } else {
@@ -193,7 +216,7 @@ impl AzureSink {
         };
         Ok(AzureSink {
             http,
-            signer,
+            auth,
             base,
             opts,
             source,
@@ -215,11 +238,38 @@ impl AzureSink {
         key: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, SinkError> {
-        let req = req.build().map_err(|e| SinkError::http(op, key, e))?;
-        self.http
-            .execute(self.signer.sign(req))
+        let mut req = req.build().map_err(|e| SinkError::http(op, key, e))?;
+        let req = match &self.auth {
+            Auth::SharedKey(k) => k.sign(req),
+            Auth::Entra(c) => {
+                let token = c.token().await?;
+                stamp(&mut req);
+                let bearer = format!("Bearer {token}").parse().map_err(|_| {
+                    SinkError::remote(op, key, "the token is not a header value", true, false)
+                })?;
+                req.headers_mut().insert("authorization", bearer);
+                req
+            }
+        };
+        let resp = self
+            .http
+            .execute(req)
             .await
-            .map_err(|e| SinkError::http(op, key, e))
+            .map_err(|e| SinkError::http(op, key, e))?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED
+            && let Auth::Entra(c) = &self.auth
+        {
+            c.forget().await;
+        }
+        Ok(resp)
+    }
+
+    /// How this sink authenticates, for the start-up log.
+    pub fn credential(&self) -> String {
+        match &self.auth {
+            Auth::SharedKey(_) => "shared key".into(),
+            Auth::Entra(c) => format!("Entra ID: {:?}", c.source()),
+        }
     }
 
     /// Check the container exists and the key works; retried with backoff until they do,

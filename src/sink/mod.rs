@@ -11,6 +11,7 @@
 
 pub mod azure;
 pub mod b2;
+pub mod entra;
 pub mod filer;
 pub mod gcs;
 pub mod local;

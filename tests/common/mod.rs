@@ -823,6 +823,11 @@ pub struct Replicator {
 impl Replicator {
     /// Start the real binary in `work`, plainly, as a user would.
     pub fn start(work: &Workdir) -> Replicator {
+        Self::start_with_env(work, &[])
+    }
+
+    /// [`Replicator::start`] with these environment variables set.
+    pub fn start_with_env(work: &Workdir, env: &[(&str, &str)]) -> Replicator {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -833,6 +838,7 @@ impl Replicator {
             .current_dir(work.path())
             .env("HOME", work.path())
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -242,13 +242,30 @@ async fn replicate(
         rules,
         Some(source.clone()),
         sink,
-        settings.replicate.on_failure,
-        settings.replicate.parked_file.clone(),
-        settings.replicate.event_deadline,
+        crate::pipeline::Policies {
+            on_failure: settings.replicate.on_failure,
+            bad_message: settings.replicate.bad_message,
+            max_message_bytes: settings.replicate.max_message_bytes,
+            parked_file: settings.replicate.parked_file.clone(),
+            deadline: settings.replicate.event_deadline,
+        },
         stop.clone(),
     ));
 
     match &settings.input {
+        InputSettings::Subscribe(cfg) => {
+            tracing::info!(filer = %settings.source.grpc_address, directory = %settings.source.directory,
+                "input: the source filer's metadata log (no queue)");
+            crate::source::subscribe::run(
+                cfg,
+                source.clone(),
+                &settings.source.directory,
+                pipeline.clone(),
+                stop,
+                hard_stop,
+            )
+            .await;
+        }
         InputSettings::Kafka(k) => {
             tracing::info!(topic = %k.topic, hosts = ?k.hosts, "Configure notification input to kafka");
             crate::source::kafka::run(k, pipeline.clone(), stop, hard_stop)
@@ -267,6 +284,7 @@ async fn replicate(
         replicated = s.replicated.load(Ordering::Relaxed),
         skipped = s.skipped.load(Ordering::Relaxed),
         parked = s.parked.load(Ordering::Relaxed),
+        bad_messages = s.bad_messages.load(Ordering::Relaxed),
         held = s.held.load(Ordering::Relaxed),
         retries = s.retries.load(Ordering::Relaxed),
         "stopped"

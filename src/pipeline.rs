@@ -7,7 +7,7 @@
 //! failed event then goes to the failure policy: parked in a file (the default) or
 //! held, upstream's way. An event is never reported done unless the sink has it.
 
-use crate::config::settings::FailurePolicy;
+use crate::config::settings::{BadMessagePolicy, FailurePolicy};
 use crate::event::{self, RawEvent};
 use crate::filer::{FilerSource, mtime_ns};
 use crate::pb::EventNotification;
@@ -23,10 +23,53 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Where an event came from, for logs and the parked file.
-#[derive(Debug, Clone, Copy)]
-pub struct Origin {
-    pub partition: i32,
-    pub offset: i64,
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Kafka {
+        partition: i32,
+        offset: i64,
+    },
+    /// A message of a queue (SQS, Pub/Sub, RabbitMQ, NATS), by the queue's id for it.
+    Message {
+        input: &'static str,
+        id: String,
+    },
+    /// The source filer's metadata log, by the event's time.
+    Log {
+        ts_ns: i64,
+    },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Kafka { partition, offset } => {
+                write!(f, "partition {partition} offset {offset}")
+            }
+            Origin::Message { input, id } => write!(f, "{input} message {id}"),
+            Origin::Log { ts_ns } => write!(f, "metadata log ts_ns {ts_ns}"),
+        }
+    }
+}
+
+impl Origin {
+    /// The parked record's position fields: Kafka's `partition` and `offset` as before,
+    /// else `input` and `id`, or `ts_ns`.
+    fn record(&self, record: &mut serde_json::Map<String, serde_json::Value>) {
+        match self {
+            Origin::Kafka { partition, offset } => {
+                record.insert("partition".into(), (*partition).into());
+                record.insert("offset".into(), (*offset).into());
+            }
+            Origin::Message { input, id } => {
+                record.insert("input".into(), (*input).into());
+                record.insert("id".into(), id.clone().into());
+            }
+            Origin::Log { ts_ns } => {
+                record.insert("ts_ns".into(), (*ts_ns).into());
+            }
+        }
+    }
 }
 
 /// What the input should do with an event.
@@ -38,12 +81,16 @@ pub enum Disposition {
     Held,
     /// Shutdown interrupted it: neither commit nor record it.
     Abandoned,
+    /// A bad message under `bad_message = "stop"`: the input goes no further.
+    Stop,
 }
 
 /// Counters, logged at shutdown.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub replicated: AtomicU64,
+    /// Messages that are not events: no key, too large, not an `EventNotification`.
+    pub bad_messages: AtomicU64,
     pub skipped: AtomicU64,
     pub parked: AtomicU64,
     pub held: AtomicU64,
@@ -56,6 +103,8 @@ pub struct Pipeline {
     source: Option<Arc<FilerSource>>,
     sink: Box<dyn Sink>,
     policy: FailurePolicy,
+    bad_message: BadMessagePolicy,
+    max_message_bytes: usize,
     parked_file: PathBuf,
     parked_lock: Mutex<()>,
     deadline: Duration,
@@ -64,8 +113,19 @@ pub struct Pipeline {
 }
 
 enum Failure {
+    /// Not an event at all.
+    BadMessage(String),
     Permanent(String),
     GaveUp(String),
+}
+
+/// What the pipeline needs besides the sink: the `[replicate]` policies.
+pub struct Policies {
+    pub on_failure: FailurePolicy,
+    pub bad_message: BadMessagePolicy,
+    pub max_message_bytes: usize,
+    pub parked_file: PathBuf,
+    pub deadline: Duration,
 }
 
 impl Pipeline {
@@ -73,25 +133,25 @@ impl Pipeline {
         rules: Rules,
         source: Option<Arc<FilerSource>>,
         sink: Box<dyn Sink>,
-        policy: FailurePolicy,
-        parked_file: PathBuf,
-        deadline: Duration,
+        policies: Policies,
         stop: CancellationToken,
     ) -> Self {
         Pipeline {
             rules,
             source,
             sink,
-            policy,
-            parked_file,
+            policy: policies.on_failure,
+            bad_message: policies.bad_message,
+            max_message_bytes: policies.max_message_bytes,
+            parked_file: policies.parked_file,
             parked_lock: Mutex::new(()),
-            deadline,
+            deadline: policies.deadline,
             stop,
             stats: Stats::default(),
         }
     }
 
-    pub async fn handle(&self, raw: &RawEvent, origin: Origin) -> Disposition {
+    pub async fn handle(&self, raw: &RawEvent, origin: &Origin) -> Disposition {
         let failure = match self.try_handle(raw).await {
             Ok(None) => return Disposition::Abandoned,
             Ok(Some(replicated)) => {
@@ -106,36 +166,59 @@ impl Pipeline {
             Err(f) => f,
         };
         let (why, permanent) = match &failure {
+            Failure::BadMessage(w) => {
+                self.stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+                if self.bad_message == BadMessagePolicy::Stop {
+                    tracing::error!(key = %raw.key, %origin, error = %w,
+                        "bad message; bad_message = \"stop\", so this input goes no further until it is removed or the policy changed");
+                    return Disposition::Stop;
+                }
+                (w.as_str(), true)
+            }
             Failure::Permanent(w) => (w.as_str(), true),
             Failure::GaveUp(w) => (w.as_str(), false),
         };
-        match self.policy {
-            FailurePolicy::Park => match self.park(raw, origin, why) {
+        let bad = matches!(failure, Failure::BadMessage(_));
+        if self.policy == FailurePolicy::Park || bad {
+            match self.park(raw, origin, why) {
                 Ok(()) => {
                     self.stats.parked.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(key = %raw.key, partition = origin.partition, offset = origin.offset, permanent, error = why,
-                        file = %self.parked_file.display(), "event cannot be replicated; parked it");
-                    Disposition::Done
+                    let what = if bad {
+                        "bad message; parked it"
+                    } else {
+                        "event cannot be replicated; parked it"
+                    };
+                    tracing::error!(key = %raw.key, %origin, permanent, error = why,
+                        file = %self.parked_file.display(), "{what}");
+                    return Disposition::Done;
                 }
                 Err(e) => {
                     self.stats.held.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(key = %raw.key, partition = origin.partition, offset = origin.offset, error = why, park_error = %e,
-                        "event cannot be replicated and parking it failed; holding its offset");
-                    Disposition::Held
+                    tracing::error!(key = %raw.key, %origin, error = why, park_error = %e,
+                        "event cannot be replicated and parking it failed; holding it");
+                    return Disposition::Held;
                 }
-            },
-            FailurePolicy::Hold => {
-                self.stats.held.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(key = %raw.key, partition = origin.partition, offset = origin.offset, permanent, error = why,
-                    "event cannot be replicated; holding the committed offset before it");
-                Disposition::Held
             }
         }
+        self.stats.held.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(key = %raw.key, %origin, permanent, error = why,
+            "event cannot be replicated; holding it (not acknowledged)");
+        Disposition::Held
     }
 
     /// `Ok(Some(true))` replicated, `Ok(Some(false))` skipped, `Ok(None)` abandoned at shutdown.
     async fn try_handle(&self, raw: &RawEvent) -> Result<Option<bool>, Failure> {
-        let ev = event::decode(&raw.payload).map_err(|e| Failure::Permanent(e.to_string()))?;
+        if raw.key.is_empty() {
+            return Err(Failure::BadMessage("the message has no key".into()));
+        }
+        if raw.payload.len() > self.max_message_bytes {
+            return Err(Failure::BadMessage(format!(
+                "the message has {} bytes, more than max_message_bytes ({})",
+                raw.payload.len(),
+                self.max_message_bytes
+            )));
+        }
+        let ev = event::decode(&raw.payload).map_err(|e| Failure::BadMessage(e.to_string()))?;
         tracing::debug!(key = %raw.key, "{}: {}", event::kind(&ev), raw.key);
         let plan = self
             .rules
@@ -213,15 +296,19 @@ impl Pipeline {
     }
 
     /// Append the event to the parked file (one JSON object per line) and fsync it.
-    fn park(&self, raw: &RawEvent, origin: Origin, error: &str) -> std::io::Result<()> {
-        let record = serde_json::json!({
-            "time": chrono::Utc::now().to_rfc3339(),
-            "key": raw.key,
-            "partition": origin.partition,
-            "offset": origin.offset,
-            "error": error,
-            "payload_b64": base64::engine::general_purpose::STANDARD.encode(&raw.payload),
-        });
+    fn park(&self, raw: &RawEvent, origin: &Origin, error: &str) -> std::io::Result<()> {
+        let mut record = serde_json::Map::new();
+        record.insert("time".into(), chrono::Utc::now().to_rfc3339().into());
+        record.insert("key".into(), raw.key.clone().into());
+        origin.record(&mut record);
+        record.insert("error".into(), error.into());
+        record.insert(
+            "payload_b64".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(&raw.payload)
+                .into(),
+        );
+        let record = serde_json::Value::Object(record);
         let _guard = self.parked_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(dir) = self.parked_file.parent() {
             std::fs::create_dir_all(dir)?;

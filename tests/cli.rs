@@ -24,11 +24,23 @@ fn no_config_files_exit_2_with_the_scaffold_hint() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("replication.toml: not found"), "{e}");
-    assert!(e.contains("notification.toml: not found"), "{e}");
     assert!(
         e.contains("replicate scaffold -config=replication -output=."),
         "{e}"
     );
+
+    // With a replication.toml but no input anywhere, the error names both ways to get one.
+    std::fs::write(
+        d.path().join("replication.toml"),
+        "[source.filer]\ngrpcAddress = \"localhost:18888\"\ndirectory = \"/data\"\n\
+         [sink.local]\nenabled = true\ndirectory = \"/tmp/x\"\n",
+    )
+    .unwrap();
+    let o = replicate(d.path(), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("set subscribe = true in [source.filer]"), "{e}");
+    assert!(e.contains("[notification.kafka]"), "{e}");
 }
 
 #[test]

@@ -372,6 +372,8 @@ async fn hostile_events_write_nothing_outside_the_sink() {
             .encode_to_vec(),
         ),
         ("/data/garbage".into(), vec![0xff, 0xff, 0xff, 0x0f]),
+        // A message without a key: a bad message, never a crash.
+        (String::new(), create("/data", file("keyless", b"x"))),
     ];
     // A symlink is replicated as a symlink; a later write "through" it must not follow it.
     bed.produce("/data/link", &create("/data", link)).await;
@@ -417,9 +419,21 @@ async fn hostile_events_write_nothing_outside_the_sink() {
         "[replicate]\non_failure = \"hold\"\n",
     );
     let held_rep = Replicator::start(&held);
+    // bad_message = "stop": the partition goes no further than the first bad message.
+    let stopped_root = area.path().join("stopped");
+    let stopped = Workdir::new(
+        &bed,
+        "/data",
+        &stopped_root,
+        "[replicate]\nbad_message = \"stop\"\n",
+    );
+    let stopped_rep = Replicator::start(&stopped);
     assert!(
         eventually(Duration::from_secs(30), || async {
-            root.join("ok.txt").exists() && held_root.join("ok.txt").exists()
+            root.join("ok.txt").exists()
+                && held_root.join("ok.txt").exists()
+                && std::fs::read_to_string(stopped.log())
+                    .is_ok_and(|l| l.contains("goes no further"))
         })
         .await,
         "the pipeline did not get past the bad events: {}",
@@ -429,16 +443,40 @@ async fn hostile_events_write_nothing_outside_the_sink() {
     assert!(status.success());
     let (status, _) = held_rep.stop();
     assert!(status.success());
+    let (status, _) = stopped_rep.stop();
+    assert!(status.success());
+    assert!(
+        !stopped_root.join("ok.txt").exists(),
+        "stop went past the bad message"
+    );
+    let garbage_at = 2 + hostile
+        .iter()
+        .position(|(k, _)| k == "/data/garbage")
+        .unwrap() as i64;
+    assert!(
+        stopped.offsets()["partitionOffsets"]["0"].as_i64().unwrap() < garbage_at,
+        "stop committed past the bad message: {}",
+        stopped.offsets()
+    );
     // Offset 0 (the symlink) succeeded; offset 1 (the write through it) failed first.
     assert_eq!(
         held.offsets()["partitionOffsets"]["0"],
         0,
         "hold must pin the offset before the first failure"
     );
-    assert!(
-        !held.path().join("replicate.parked.jsonl").exists(),
-        "hold parks nothing"
-    );
+    // Under hold, failing events are not parked; bad messages (not events at all) are,
+    // by bad_message = "park".
+    let held_parked = std::fs::read_to_string(held.path().join("replicate.parked.jsonl")).unwrap();
+    let held_keys: Vec<String> = held_parked
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(held_keys, vec!["/data/garbage".to_string(), String::new()]);
 
     assert_eq!(std::fs::read(root.join("ok.txt")).unwrap(), b"fine");
     assert_eq!(std::fs::read_link(root.join("link")).unwrap(), outside);

@@ -30,6 +30,14 @@ directory = "/buckets"
 excludeDirectories = "/buckets/tmp"
 # Volume servers in this data center are read from first.
 dataCenter = ""
+# [better] Recommended: read the changes from this filer's own metadata log instead of a
+# queue. No broker to run, and nothing the filer failed to publish is missed. Progress is
+# a checkpoint in the filer's KV store. With subscribe = true, enable no [notification.*].
+subscribe = false
+# With subscribe and no checkpoint yet: copy the live tree first, then follow the log
+# (without it, the filer's whole retained log is replayed).
+initial_snapshot = false
+checkpoint_interval_seconds = 3
 
 # Exactly one sink may be enabled. [better] several enabled sinks is an error, not "first wins".
 
@@ -126,6 +134,11 @@ endpoint = ""
 #   "park": record it in parked_file (key, partition, offset, error, payload) and go on;
 #   "hold": upstream's way: go on, but never commit past it, so a restart replays from it.
 on_failure = "park"
+# A message that is not an event at all (no key, too large, not an EventNotification):
+#   "park": count it, log it with its queue position, park it and acknowledge it;
+#   "stop": the input goes no further than it (nothing after it is processed).
+bad_message = "park"
+max_message_bytes = 67108864
 parked_file = "./replicate.parked.jsonl"
 event_deadline_seconds = 300
 # Chunks of one file fetched ahead of the one being written.

@@ -47,6 +47,19 @@ pub struct SourceSettings {
 #[derive(Debug, Clone)]
 pub enum InputSettings {
     Kafka(KafkaSettings),
+    /// `[source.filer] subscribe = true`: the filer's own metadata log, no queue.
+    Subscribe(SubscribeSettings),
+}
+
+/// The queue-less input.
+#[derive(Debug, Clone)]
+pub struct SubscribeSettings {
+    /// Seed the sink from a walk of the live tree when there is no checkpoint yet.
+    pub initial_snapshot: bool,
+    /// Where the checkpoint lives in the source filer's KV store: distinct per source
+    /// directory, sink kind and destination.
+    pub checkpoint_key: String,
+    pub checkpoint_interval: Duration,
 }
 
 /// `[notification.kafka]`.
@@ -117,6 +130,19 @@ impl SinkSettings {
             SinkSettings::B2(o) => o.directory.clone(),
         }
     }
+    /// What this sink writes to, for telling checkpoints apart: the kind, the target
+    /// (path, filer, bucket, container) and the directory.
+    pub fn identity(&self) -> String {
+        let target = match self {
+            SinkSettings::Local { .. } => String::new(),
+            SinkSettings::Filer(o) => o.grpc_address.clone(),
+            SinkSettings::S3(o) => format!("{}/{}", o.endpoint, o.bucket),
+            SinkSettings::Gcs(o) => format!("{}/{}", o.endpoint, o.bucket),
+            SinkSettings::Azure(o) => format!("{}/{}/{}", o.endpoint, o.account_name, o.container),
+            SinkSettings::B2(o) => format!("{}/{}", o.endpoint, o.bucket),
+        };
+        format!("{}|{target}|{}", self.name(), self.directory())
+    }
     pub fn incremental(&self) -> bool {
         match self {
             SinkSettings::Local { incremental, .. } => *incremental,
@@ -164,10 +190,21 @@ pub enum FailurePolicy {
     Hold,
 }
 
+/// What happens to a message that is not an event (no key, too large, undecodable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadMessagePolicy {
+    /// Count, log, park and acknowledge it: the pipeline keeps moving.
+    Park,
+    /// The input stops at it (nothing after it is processed or acknowledged).
+    Stop,
+}
+
 /// `[replicate]`: our own settings (upstream has none of these).
 #[derive(Debug, Clone)]
 pub struct ReplicateSettings {
     pub on_failure: FailurePolicy,
+    pub bad_message: BadMessagePolicy,
+    pub max_message_bytes: usize,
     pub parked_file: PathBuf,
     /// How long one event may keep failing with retryable errors before the failure policy applies.
     pub event_deadline: Duration,
@@ -246,15 +283,26 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
     };
 
     // ---- input
+    let subscribe = r.bool("source.filer.subscribe", false);
+    let initial_snapshot = r.bool("source.filer.initial_snapshot", false);
+    let checkpoint_seconds = r.count("source.filer.checkpoint_interval_seconds", 3);
     let inputs = enabled_sections(&mut r, "notification", &INPUTS);
-    let input = match inputs.as_slice() {
+    let mut input = match inputs.as_slice() {
+        [] if subscribe => None,
         [] => {
             r.problem(
                 "notification",
                 format!(
-                    "no input is enabled; set enabled = true in exactly one of {}",
+                    "no input is enabled; set subscribe = true in [source.filer] (no queue needed) or enabled = true in exactly one of {}",
                     INPUTS.map(|n| format!("[notification.{n}]")).join(", ")
                 ),
+            );
+            None
+        }
+        [one] if subscribe => {
+            r.problem(
+                "source.filer.subscribe",
+                format!("is true and [notification.{one}] is enabled too; use one input"),
             );
             None
         }
@@ -273,6 +321,13 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
             None
         }
     };
+
+    if initial_snapshot && !subscribe {
+        r.problem(
+            "source.filer.initial_snapshot",
+            "works only with subscribe = true (a queue cannot be rewound to a snapshot)",
+        );
+    }
 
     // ---- sink
     let sinks = enabled_sections(&mut r, "sink", &SINKS);
@@ -358,6 +413,25 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
             FailurePolicy::Park
         }
     };
+    let bad_message = match r
+        .string("replicate.bad_message", "park")
+        .to_lowercase()
+        .as_str()
+    {
+        "park" => BadMessagePolicy::Park,
+        "stop" => BadMessagePolicy::Stop,
+        other => {
+            r.problem(
+                "replicate.bad_message",
+                format!("must be \"park\" or \"stop\", got {other:?}"),
+            );
+            BadMessagePolicy::Park
+        }
+    };
+    let max_message_bytes = r.count("replicate.max_message_bytes", 64 * 1024 * 1024);
+    if max_message_bytes == 0 {
+        r.problem("replicate.max_message_bytes", "must be at least 1");
+    }
     let parked_file = cwd.join(r.string("replicate.parked_file", "./replicate.parked.jsonl"));
     let event_deadline = Duration::from_secs(r.count("replicate.event_deadline_seconds", 300));
     let prefetch_chunks = r.count("replicate.prefetch_chunks", 4);
@@ -374,10 +448,23 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
     let replicate = ReplicateSettings {
         read_timeout: Duration::from_secs(read_timeout.max(1)),
         on_failure,
+        bad_message,
+        max_message_bytes: max_message_bytes as usize,
         parked_file,
         event_deadline,
         prefetch_chunks: prefetch_chunks.clamp(1, 256) as usize,
     };
+
+    if subscribe && let Some(sink) = &sink {
+        use sha2::Digest;
+        let identity = format!("{}|{}", source.directory, sink.identity());
+        let digest = sha2::Sha256::digest(identity.as_bytes());
+        input = Some(InputSettings::Subscribe(SubscribeSettings {
+            initial_snapshot,
+            checkpoint_key: format!("replicate.checkpoint.{}", hex::encode(&digest[..8])),
+            checkpoint_interval: Duration::from_secs(checkpoint_seconds.max(1)),
+        }));
+    }
 
     match (input, sink) {
         (Some(input), Some(sink)) if r.problems.is_empty() => Ok(Settings {
@@ -784,7 +871,9 @@ offsetSaveIntervalSeconds = 10
             s.source.exclude_directories,
             vec!["/buckets/tmp", "/buckets/cache"]
         );
-        let InputSettings::Kafka(k) = &s.input;
+        let InputSettings::Kafka(k) = &s.input else {
+            panic!("kafka input expected")
+        };
         assert_eq!(k.offset_file, PathBuf::from("/work/./last.offset"));
         assert_eq!(k.offset_save_interval, Duration::from_secs(10));
         assert_eq!(s.sink.name(), "local");

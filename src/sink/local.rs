@@ -115,10 +115,7 @@ impl LocalSink {
     async fn write_file(&self, key: &SinkKey, path: &Path, entry: &Entry) -> Result<(), SinkError> {
         let attrs = entry.attributes.clone().unwrap_or_default();
         let dir = path.parent().expect("target has a parent");
-        let mut tmp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(dir)
-            .map_err(io_err("create temp file", key))?;
+        let tmp = Staged::new(dir).map_err(io_err("create temp file", key))?;
         let mut rx = self.source.open(entry);
         let mut written = 0u64;
         while let Some(piece) = rx.recv().await {
@@ -126,7 +123,7 @@ impl LocalSink {
                 key: key.full.clone(),
                 source,
             })?;
-            tmp.write_all(&piece).map_err(io_err("write", key))?;
+            tmp.file().write_all(&piece).map_err(io_err("write", key))?;
             written += piece.len() as u64;
         }
         let expected = crate::filer::content_size(entry);
@@ -136,7 +133,7 @@ impl LocalSink {
                 source: crate::filer::ReadError::Aborted,
             });
         }
-        let file = tmp.as_file();
+        let file = tmp.file();
         file.sync_all().map_err(io_err("fsync", key))?;
         file.set_permissions(std::fs::Permissions::from_mode(mode::to_unix(
             attrs.file_mode,
@@ -148,8 +145,8 @@ impl LocalSink {
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
             std::fs::remove_dir_all(path).map_err(io_err("replace directory by file", key))?;
         }
-        tmp.persist(path)
-            .map_err(|e| io_err("rename into place", key)(e.error))?;
+        tmp.persist(dir, path)
+            .map_err(io_err("rename into place", key))?;
         Ok(())
     }
 
@@ -168,6 +165,102 @@ impl LocalSink {
         tmp.persist(path)
             .map_err(|e| io_err("rename symlink into place", key)(e.error))?;
         Ok(())
+    }
+}
+
+/// A file being written before it is renamed into place. Where the filesystem allows,
+/// it has no name until its content is complete and synced (`O_TMPFILE`), so a crash
+/// (even `kill -9`) while writing leaves nothing behind in the sink.
+enum Staged {
+    Anonymous(std::fs::File),
+    Named(tempfile::NamedTempFile),
+}
+
+impl Staged {
+    fn new(dir: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+        {
+            Ok(f) => Ok(Staged::Anonymous(f)),
+            // Filesystems without O_TMPFILE: a hidden temp name.
+            Err(_) => Ok(Staged::Named(
+                tempfile::Builder::new()
+                    .prefix(TEMP_PREFIX)
+                    .tempfile_in(dir)?,
+            )),
+        }
+    }
+
+    fn file(&self) -> &std::fs::File {
+        match self {
+            Staged::Anonymous(f) => f,
+            Staged::Named(t) => t.as_file(),
+        }
+    }
+
+    /// Put the complete file at `path`. A new file is linked there directly (atomic, and
+    /// no other name ever exists); a replacement is linked to a temp name derived from the
+    /// target's, then renamed over it, so a crash between the two leaves a name that the
+    /// next write of the same file clears.
+    fn persist(self, dir: &Path, path: &Path) -> std::io::Result<()> {
+        let f = match self {
+            Staged::Named(t) => return t.persist(path).map(|_| ()).map_err(|e| e.error),
+            Staged::Anonymous(f) => f,
+        };
+        use std::os::fd::AsRawFd;
+        let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+        match link(&proc_path, path) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            other => return other,
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or_default();
+        let digest = ring::digest::digest(&ring::digest::SHA256, name);
+        let tmp = dir.join(format!(
+            "{TEMP_PREFIX}{}",
+            hex::encode(&digest.as_ref()[..8])
+        ));
+        match link(&proc_path, &tmp) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                // Left by a crash: clear it.
+                std::fs::remove_file(&tmp)?;
+                link(&proc_path, &tmp)?;
+            }
+            other => other?,
+        }
+        std::fs::rename(&tmp, path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+}
+
+/// `linkat` with `AT_SYMLINK_FOLLOW`: give the file behind `/proc/self/fd/N` a name.
+fn link(from: &str, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(from).map_err(|_| ErrorKind::InvalidInput)?;
+    let to =
+        std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(|_| ErrorKind::InvalidInput)?;
+    // SAFETY: both are valid NUL-terminated strings.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -228,22 +228,27 @@ async fn worker(
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) {
+    let mut stopped = false;
     while let Some((offset, event)) = rx.recv().await {
         if stop.is_cancelled() {
             break;
         }
-        let origin = Origin { partition, offset };
-        let disposition = tokio::select! {
-            d = pipeline.handle(&event, origin) => d,
-            _ = hard_stop.cancelled() => {
-                tracing::warn!(partition, offset, key = %event.key, "shutdown grace over; abandoning event (it will be replayed)");
-                break;
-            }
+        if stopped {
+            // bad_message = "stop": the partition goes no further; drain without committing.
+            continue;
+        }
+        let origin = Origin::Kafka { partition, offset };
+        let Some(disposition) = super::process(&pipeline, &event, &origin, &hard_stop).await else {
+            break;
         };
         match disposition {
             Disposition::Done => book.done(partition, offset),
             Disposition::Held => book.hold(partition, offset),
             Disposition::Abandoned => break,
+            Disposition::Stop => {
+                book.hold(partition, offset);
+                stopped = true;
+            }
         }
     }
 }

@@ -1,0 +1,449 @@
+//! `[source.filer] subscribe = true`: read changes from the source filer's own metadata
+//! log (`SubscribeMetadata`) instead of a queue. No broker to run, and nothing the filer
+//! failed to publish can be missed: the log is what the filer persisted.
+//!
+//! Progress is a checkpoint, the time (ns) of the last event the sink has, stored in the
+//! source filer's KV store under a key distinct per source directory and sink (8 bytes,
+//! big-endian, as `filer.backup` stores its own). It is written every few seconds and at
+//! shutdown; a restart resumes from it. Without a checkpoint, the whole retained log is
+//! replayed, or, with `initial_snapshot`, the live tree is walked first and the log
+//! followed from a minute before the walk started.
+
+use super::process;
+use crate::config::settings::SubscribeSettings;
+use crate::event::RawEvent;
+use crate::filer::{FilerSource, status_is_outage};
+use crate::pb::{self, EventNotification};
+use crate::pipeline::{Disposition, Origin, Pipeline};
+use prost::Message;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Progress shared with the checkpoint writer.
+struct Progress {
+    /// Time of the last event done (every earlier one is done too).
+    done_ts: AtomicI64,
+    saved_ts: AtomicI64,
+}
+
+/// Consume until `stop` fires (in-flight work gets until `hard_stop`), then save the
+/// checkpoint.
+pub async fn run(
+    cfg: &SubscribeSettings,
+    source: Arc<FilerSource>,
+    directory: &str,
+    pipeline: Arc<Pipeline>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    let key = cfg.checkpoint_key.as_bytes().to_vec();
+    tracing::info!(checkpoint_key = %cfg.checkpoint_key, "checkpoints go to the source filer's KV store");
+    let Some(checkpoint) = load_checkpoint(&source, &key, &stop).await else {
+        return;
+    };
+    let since = match checkpoint {
+        Some(ts) => {
+            tracing::info!(checkpoint = ts, key = %cfg.checkpoint_key, "resuming the metadata log from the checkpoint");
+            ts
+        }
+        None if cfg.initial_snapshot => {
+            let started = now_ns();
+            tracing::info!(
+                directory,
+                "no checkpoint: copying the live tree first (initial_snapshot)"
+            );
+            if !snapshot(&source, directory, &pipeline, &stop, &hard_stop).await {
+                return;
+            }
+            // Changes made during the walk are in the log; replaying a few is harmless.
+            started - 60_000_000_000
+        }
+        None => {
+            tracing::info!(
+                directory,
+                "no checkpoint: replaying the filer's whole retained metadata log"
+            );
+            0
+        }
+    };
+    let progress = Arc::new(Progress {
+        done_ts: AtomicI64::new(since),
+        saved_ts: AtomicI64::new(checkpoint.unwrap_or(i64::MIN)),
+    });
+    let saver = tokio::spawn(save_loop(
+        source.clone(),
+        key.clone(),
+        progress.clone(),
+        cfg.checkpoint_interval,
+        stop.clone(),
+    ));
+    follow(&source, directory, &pipeline, &progress, &stop, &hard_stop).await;
+    let _ = saver.await;
+    match save(&source, &key, &progress).await {
+        Ok(()) => tracing::info!(
+            checkpoint = progress.done_ts.load(Ordering::Relaxed),
+            "checkpoint saved"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "saving the checkpoint failed; the next start replays from the previous one")
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+/// Sleep for `backoff` (then double it, up to 30 s); `false` if `stop` fired.
+async fn pause(backoff: &mut Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => return false,
+        _ = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(30));
+    true
+}
+
+/// The stored checkpoint (`Some(None)` when there is none), waiting out an unreachable
+/// filer; `None` if `stop` fires first.
+async fn load_checkpoint(
+    source: &FilerSource,
+    key: &[u8],
+    stop: &CancellationToken,
+) -> Option<Option<i64>> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let r = source
+            .client()
+            .kv_get(pb::KvGetRequest { key: key.to_vec() })
+            .await;
+        match r.map(|r| r.into_inner()) {
+            Ok(r) if r.error.is_empty() => {
+                return Some(match <[u8; 8]>::try_from(r.value.as_slice()) {
+                    Ok(b) => Some(i64::from_be_bytes(b)),
+                    Err(_) if r.value.is_empty() => None,
+                    Err(_) => {
+                        tracing::warn!(
+                            bytes = r.value.len(),
+                            "checkpoint is not 8 bytes; ignoring it"
+                        );
+                        None
+                    }
+                });
+            }
+            Ok(r) => {
+                tracing::warn!(error = %r.error, retry_in = ?backoff, "reading the checkpoint failed")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "source filer unavailable; waiting")
+            }
+        }
+        if !pause(&mut backoff, stop).await {
+            return None;
+        }
+    }
+}
+
+async fn save(source: &FilerSource, key: &[u8], progress: &Progress) -> Result<(), String> {
+    let ts = progress.done_ts.load(Ordering::Relaxed);
+    if progress.saved_ts.load(Ordering::Relaxed) == ts {
+        return Ok(());
+    }
+    let r = source
+        .client()
+        .kv_put(pb::KvPutRequest {
+            key: key.to_vec(),
+            value: ts.to_be_bytes().to_vec(),
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    if !r.error.is_empty() {
+        return Err(r.error);
+    }
+    progress.saved_ts.store(ts, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn save_loop(
+    source: Arc<FilerSource>,
+    key: Vec<u8>,
+    progress: Arc<Progress>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = save(&source, &key, &progress).await {
+            tracing::warn!(error = %e, "saving the checkpoint failed; will retry");
+        }
+    }
+}
+
+/// Follow the log from `progress.done_ts`, reconnecting after errors, until `stop`.
+async fn follow(
+    source: &FilerSource,
+    directory: &str,
+    pipeline: &Pipeline,
+    progress: &Progress,
+    stop: &CancellationToken,
+    hard_stop: &CancellationToken,
+) {
+    let client_id = rand_i32();
+    let mut epoch = 0;
+    let mut backoff = Duration::from_secs(1);
+    // Under `on_failure = "hold"` a failed event freezes the checkpoint before it.
+    let mut frozen = false;
+    'connect: loop {
+        epoch += 1;
+        let since = progress.done_ts.load(Ordering::Relaxed);
+        let request = pb::SubscribeMetadataRequest {
+            client_name: "replicate".into(),
+            path_prefix: directory.to_string(),
+            since_ns: since,
+            client_id,
+            client_epoch: epoch,
+            ..Default::default()
+        };
+        let mut client = source.client();
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = client.subscribe_metadata(request) => r,
+        };
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                let what = if status_is_outage(&e) {
+                    "source filer unavailable"
+                } else {
+                    "subscribing failed"
+                };
+                tracing::warn!(error = %e, retry_in = ?backoff, "{what}; retrying");
+                if !pause(&mut backoff, stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        tracing::info!(
+            since_ns = since,
+            directory,
+            "following the source filer's metadata log"
+        );
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = stream.message() => m,
+            };
+            let resp = match next {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    tracing::warn!("the filer ended the metadata stream; resubscribing");
+                    continue 'connect;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "metadata stream broken; resubscribing");
+                    if !pause(&mut backoff, stop).await {
+                        return;
+                    }
+                    continue 'connect;
+                }
+            };
+            backoff = Duration::from_secs(1);
+            for one in flatten(resp) {
+                let ts = one.ts_ns;
+                let Some(event) = raw_event(one) else {
+                    continue;
+                };
+                let origin = Origin::Log { ts_ns: ts };
+                match process(pipeline, &event, &origin, hard_stop).await {
+                    Some(Disposition::Done) if !frozen => {
+                        progress.done_ts.store(ts, Ordering::Relaxed);
+                    }
+                    Some(Disposition::Done) => {}
+                    Some(Disposition::Held) => frozen = true,
+                    Some(Disposition::Stop) => {
+                        // The checkpoint stays before the bad message.
+                        stop.cancelled().await;
+                        return;
+                    }
+                    Some(Disposition::Abandoned) | None => return,
+                }
+            }
+        }
+    }
+}
+
+/// A response and the batch it may carry, in order.
+fn flatten(mut resp: pb::SubscribeMetadataResponse) -> Vec<pb::SubscribeMetadataResponse> {
+    let batch = std::mem::take(&mut resp.events);
+    let mut out = Vec::with_capacity(1 + batch.len());
+    if resp.event_notification.is_some() {
+        out.push(resp);
+    }
+    out.extend(batch.into_iter().flat_map(flatten));
+    out
+}
+
+/// The event as a queue would carry it: key = the full path of the old entry (or of the
+/// new one for a create), payload = the `EventNotification`.
+fn raw_event(resp: pb::SubscribeMetadataResponse) -> Option<RawEvent> {
+    let ev = resp.event_notification?;
+    let name = ev
+        .old_entry
+        .as_ref()
+        .or(ev.new_entry.as_ref())
+        .map(|e| e.name.clone())?;
+    let dir = resp.directory.trim_end_matches('/');
+    Some(RawEvent {
+        key: format!("{dir}/{name}"),
+        payload: ev.encode_to_vec().into(),
+    })
+}
+
+fn rand_i32() -> i32 {
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    i32::from_be_bytes(b) & i32::MAX
+}
+
+/// Walk the live tree under `directory` breadth first, replicating every entry as a
+/// create. `false` if stopped.
+async fn snapshot(
+    source: &FilerSource,
+    directory: &str,
+    pipeline: &Pipeline,
+    stop: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> bool {
+    let mut queue = std::collections::VecDeque::from([directory.to_string()]);
+    let mut count = 0u64;
+    while let Some(dir) = queue.pop_front() {
+        let mut start = String::new();
+        loop {
+            let Some(page) = list_page(source, &dir, &start, stop).await else {
+                return false;
+            };
+            let Some(last) = page.last() else { break };
+            start = last.name.clone();
+            let full = page.len() == 1024;
+            for entry in page {
+                let path = format!("{}/{}", dir.trim_end_matches('/'), entry.name);
+                if entry.is_directory {
+                    queue.push_back(path.clone());
+                }
+                let event = RawEvent {
+                    key: path,
+                    payload: EventNotification {
+                        new_entry: Some(entry),
+                        new_parent_path: dir.clone(),
+                        ..Default::default()
+                    }
+                    .encode_to_vec()
+                    .into(),
+                };
+                let origin = Origin::Log { ts_ns: 0 };
+                match process(pipeline, &event, &origin, hard_stop).await {
+                    Some(Disposition::Done | Disposition::Held) => count += 1,
+                    Some(Disposition::Stop | Disposition::Abandoned) | None => return false,
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    tracing::info!(entries = count, "initial snapshot done");
+    true
+}
+
+/// One page of a directory listing, waiting out an unreachable filer.
+async fn list_page(
+    source: &FilerSource,
+    dir: &str,
+    start: &str,
+    stop: &CancellationToken,
+) -> Option<Vec<pb::Entry>> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let request = pb::ListEntriesRequest {
+            directory: dir.to_string(),
+            start_from_file_name: start.to_string(),
+            limit: 1024,
+            ..Default::default()
+        };
+        let result = async {
+            let mut stream = source.client().list_entries(request).await?.into_inner();
+            let mut out = Vec::new();
+            while let Some(r) = stream.message().await? {
+                out.extend(r.entry);
+            }
+            Ok::<_, tonic::Status>(out)
+        }
+        .await;
+        match result {
+            Ok(page) => return Some(page),
+            Err(e) => {
+                tracing::warn!(directory = dir, error = %e, retry_in = ?backoff, "listing failed; retrying")
+            }
+        }
+        if !pause(&mut backoff, stop).await {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_batches() {
+        let entry = |name: &str| pb::Entry {
+            name: name.into(),
+            ..Default::default()
+        };
+        let resp = |dir: &str, ts, ev: EventNotification| pb::SubscribeMetadataResponse {
+            directory: dir.into(),
+            ts_ns: ts,
+            event_notification: Some(ev),
+            ..Default::default()
+        };
+        let mut head = resp(
+            "/data/",
+            1,
+            EventNotification {
+                new_entry: Some(entry("a")),
+                ..Default::default()
+            },
+        );
+        head.events = vec![resp(
+            "/data/d",
+            2,
+            EventNotification {
+                old_entry: Some(entry("old")),
+                new_entry: Some(entry("new")),
+                new_parent_path: "/data/e".into(),
+                ..Default::default()
+            },
+        )];
+        let flat = flatten(head);
+        assert_eq!(flat.iter().map(|r| r.ts_ns).collect::<Vec<_>>(), vec![1, 2]);
+        let keys: Vec<String> = flat
+            .into_iter()
+            .map(|r| raw_event(r).unwrap().key)
+            .collect();
+        assert_eq!(
+            keys,
+            vec!["/data/a", "/data/d/old"],
+            "a rename is keyed by its old path"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! `[source.filer] subscribe = true`: no broker at all, the source filer's own metadata
+//! log, with a checkpoint in the filer's KV store.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// A work directory that reads the metadata log (no notification.toml at all).
+fn subscribe_workdir(bed: &TestBed, sink: &std::path::Path, extra: &str) -> Workdir {
+    let work = Workdir::new(bed, "/data", sink, &format!("subscribe = true\n{extra}"));
+    std::fs::remove_file(work.path().join("notification.toml")).unwrap();
+    work
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_a_live_filer_without_a_broker() {
+    let bed = TestBed::start(BedOptions::default());
+    let sink = tempfile::tempdir().unwrap();
+    let root = sink.path().join("root");
+    let work = subscribe_workdir(&bed, &root, "");
+    common::inputs::scenario(&bed, &work, &[], &root, &|| Box::pin(async {})).await;
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(
+        log.contains("replaying the filer's whole retained metadata log"),
+        "{log}"
+    );
+    assert!(log.contains("checkpoint saved"), "{log}");
+
+    // A restart resumes from the checkpoint in the filer's KV store.
+    std::fs::write(work.log(), "").unwrap();
+    let rep = Replicator::start(&work);
+    bed.upload("/data/after-restart.txt", b"new", "").await;
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(
+        log.contains("resuming the metadata log from the checkpoint"),
+        "{log}"
+    );
+    assert!(rep.stop().0.success());
+
+    // initial_snapshot: a new sink is seeded from the live tree, then follows the log.
+    let seeded = sink.path().join("seeded");
+    let work = subscribe_workdir(&bed, &seeded, "initial_snapshot = true");
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &seeded, &work.log()).await;
+    bed.upload("/data/after-snapshot.txt", b"followed", "")
+        .await;
+    assert_converges(&bed, "/data", &[], &seeded, &work.log()).await;
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(log.contains("initial snapshot done"), "{log}");
+    assert!(rep.stop().0.success());
+}
+
+/// kill -9 mid-backlog, restart: nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_kill_9_mid_backlog() {
+    let bed = TestBed::start(BedOptions::default());
+    const FILES: usize = 600;
+    for i in 0..FILES {
+        bed.upload(
+            &format!("/data/many/f{i:03}.bin"),
+            &bytes(i as u64, 10_000 + i),
+            "",
+        )
+        .await;
+    }
+    let sink = tempfile::tempdir().unwrap();
+    let root = sink.path().join("root");
+    let work = subscribe_workdir(&bed, &root, "checkpoint_interval_seconds = 1");
+    let rep = Replicator::start(&work);
+    let count = || {
+        std::fs::read_dir(root.join("many"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    // Kill it once a checkpoint past the start is in the filer's KV store.
+    let key = eventually(Duration::from_secs(20), || async {
+        std::fs::read_to_string(work.log()).is_ok_and(|t| t.contains("checkpoint_key="))
+    })
+    .await;
+    assert!(key, "{}", tail(&work.log(), 20));
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    let key = log.split("checkpoint_key=").nth(1).unwrap();
+    let key = key.split_whitespace().next().unwrap().to_string();
+    let checkpoint = || async {
+        let v = bed
+            .grpc()
+            .await
+            .kv_get(seaweed_replicate::pb::KvGetRequest {
+                key: key.clone().into_bytes(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .value;
+        <[u8; 8]>::try_from(v.as_slice()).map_or(0, i64::from_be_bytes)
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || async { checkpoint().await > 0 }).await,
+        "no checkpoint was stored\n{}",
+        tail(&work.log(), 20)
+    );
+    let (status, _) = rep.stop_with(libc::SIGKILL);
+    assert!(!status.success());
+    let before = count();
+    assert!(
+        before < FILES,
+        "the backlog finished before the kill; nothing was tested"
+    );
+    std::fs::write(work.log(), "").unwrap();
+    let rep = Replicator::start(&work);
+    bed.upload("/data/many/after.bin", b"after the crash", "")
+        .await;
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(
+        log.contains("resuming the metadata log from the checkpoint"),
+        "{log}"
+    );
+    assert!(rep.stop().0.success());
+}

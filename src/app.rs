@@ -253,6 +253,13 @@ async fn replicate(
     ));
 
     match &settings.input {
+        InputSettings::Sqs(cfg) => {
+            tracing::info!(queue = %cfg.queue_name, region = %cfg.region, "input: SQS");
+            crate::source::sqs::run(cfg, pipeline.clone(), stop, hard_stop).await;
+        }
+        InputSettings::PubSub(_) | InputSettings::Rabbit(_) | InputSettings::Nats(_) => {
+            return Err(AppError::Runtime("this input is not built yet".into()));
+        }
         InputSettings::Subscribe(cfg) => {
             tracing::info!(filer = %settings.source.grpc_address, directory = %settings.source.directory,
                 "input: the source filer's metadata log (no queue)");

@@ -5,6 +5,7 @@
 //! acknowledgement travels back to the input only after the sink has the change.
 
 pub mod app;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod event;

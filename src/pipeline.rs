@@ -219,6 +219,13 @@ impl Pipeline {
             )));
         }
         let ev = event::decode(&raw.payload).map_err(|e| Failure::BadMessage(e.to_string()))?;
+        if ev.old_entry.is_none() && ev.new_entry.is_none() {
+            // Protobuf skips unknown fields, so some garbage decodes to an empty message;
+            // no filer publishes an event without an entry.
+            return Err(Failure::BadMessage(
+                "payload is not an EventNotification protobuf (no old or new entry)".into(),
+            ));
+        }
         tracing::debug!(key = %raw.key, "{}: {}", event::kind(&ev), raw.key);
         let plan = self
             .rules

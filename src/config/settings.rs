@@ -49,6 +49,88 @@ pub enum InputSettings {
     Kafka(KafkaSettings),
     /// `[source.filer] subscribe = true`: the filer's own metadata log, no queue.
     Subscribe(SubscribeSettings),
+    /// `[notification.aws_sqs]`, or gocdk `awssqs://`.
+    Sqs(SqsSettings),
+    /// `[notification.google_pub_sub]`, or gocdk `gcppubsub://`.
+    PubSub(PubSubSettings),
+    /// gocdk `rabbit://<queue>`.
+    Rabbit(RabbitSettings),
+    /// gocdk `nats://<subject>`.
+    Nats(NatsSettings),
+}
+
+/// An SQS queue.
+#[derive(Clone, Default)]
+pub struct SqsSettings {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub region: String,
+    /// Looked up with `GetQueueUrl` unless `queue_url` is known.
+    pub queue_name: String,
+    pub queue_url: String,
+    /// Ours: LocalStack, ElasticMQ, moto, VPC endpoints.
+    pub endpoint: String,
+}
+
+impl std::fmt::Debug for SqsSettings {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsSettings")
+            .field("region", &self.region)
+            .field("queue_name", &self.queue_name)
+            .field("queue_url", &self.queue_url)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Google Pub/Sub subscription.
+#[derive(Debug, Clone, Default)]
+pub struct PubSubSettings {
+    /// A credentials file path (or inline JSON); empty: application default credentials.
+    pub credentials: String,
+    pub project_id: String,
+    /// Created when missing (with the subscription); empty when only a subscription is named.
+    pub topic: String,
+    /// Ours; upstream hard-codes `seaweedfs_sub`, so replicators split the stream.
+    pub subscription: String,
+}
+
+/// A RabbitMQ queue (gocdk's `rabbit://`).
+#[derive(Clone)]
+pub struct RabbitSettings {
+    /// `RABBIT_SERVER_URL`, `amqp://user:password@host:5672/vhost`.
+    pub server_url: String,
+    pub queue: String,
+}
+
+impl std::fmt::Debug for RabbitSettings {
+    /// Never prints the password in the server URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitSettings")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A NATS subject (gocdk's `nats://`).
+#[derive(Clone)]
+pub struct NatsSettings {
+    /// `NATS_SERVER_URL`.
+    pub server_url: String,
+    pub subject: String,
+    /// The JetStream durable consumer's name (ours); `replicate` by default.
+    pub durable: String,
+}
+
+impl std::fmt::Debug for NatsSettings {
+    /// Never prints credentials in the server URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("subject", &self.subject)
+            .field("durable", &self.durable)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The queue-less input.
@@ -479,15 +561,158 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
 }
 
 fn resolve_input(r: &mut Reader, name: &str, cwd: &Path) -> Option<InputSettings> {
-    if name != "kafka" {
-        r.problem(
-            &format!("notification.{name}.enabled"),
-            format!(
-                "the {name} input is not supported by this version yet; use [notification.kafka]"
-            ),
-        );
-        return None;
+    match name {
+        "kafka" => resolve_kafka(r, cwd),
+        "aws_sqs" => {
+            let p = "notification.aws_sqs";
+            let queue_name = r.string(&format!("{p}.sqs_queue_name"), "");
+            if queue_name.is_empty() {
+                r.problem(
+                    &format!("{p}.sqs_queue_name"),
+                    "is empty; set the queue the filer publishes to",
+                );
+            }
+            let access_key_id = r.string(&format!("{p}.aws_access_key_id"), "");
+            let secret_access_key = r.string(&format!("{p}.aws_secret_access_key"), "");
+            if access_key_id.is_empty() != secret_access_key.is_empty() {
+                r.problem(&format!("{p}.aws_access_key_id"), "aws_access_key_id and aws_secret_access_key must be set together (or both left empty for the default credential chain)");
+            }
+            Some(InputSettings::Sqs(SqsSettings {
+                access_key_id,
+                secret_access_key,
+                region: r.string(&format!("{p}.region"), "us-east-2"),
+                queue_name,
+                queue_url: String::new(),
+                endpoint: r.string(&format!("{p}.endpoint"), ""),
+            }))
+        }
+        "google_pub_sub" => {
+            let p = "notification.google_pub_sub";
+            let project_id = r.string(&format!("{p}.project_id"), "");
+            if project_id.is_empty() {
+                r.problem(
+                    &format!("{p}.project_id"),
+                    "is empty; set the Google Cloud project",
+                );
+            }
+            let topic = r.string(&format!("{p}.topic"), "");
+            if topic.is_empty() {
+                r.problem(
+                    &format!("{p}.topic"),
+                    "is empty; set the topic the filer publishes to",
+                );
+            }
+            let mut credentials = r.string(&format!("{p}.google_application_credentials"), "");
+            if !credentials.is_empty() && !credentials.trim_start().starts_with('{') {
+                credentials = cwd.join(&credentials).display().to_string();
+                if !Path::new(&credentials).is_file() {
+                    r.problem(
+                        &format!("{p}.google_application_credentials"),
+                        format!("file {credentials:?} does not exist"),
+                    );
+                }
+            }
+            let subscription = r.string(&format!("{p}.subscription"), "seaweedfs_sub");
+            Some(InputSettings::PubSub(PubSubSettings {
+                credentials,
+                project_id,
+                topic,
+                subscription: if subscription.is_empty() {
+                    "seaweedfs_sub".into()
+                } else {
+                    subscription
+                },
+            }))
+        }
+        "gocdk_pub_sub" => resolve_gocdk(r),
+        other => {
+            r.problem(
+                &format!("notification.{other}.enabled"),
+                format!("{other} is not an input"),
+            );
+            None
+        }
     }
+}
+
+/// gocdk's `sub_url`, mapped onto the native inputs.
+fn resolve_gocdk(r: &mut Reader) -> Option<InputSettings> {
+    let key = "notification.gocdk_pub_sub.sub_url";
+    let url = r.string(key, "");
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    match scheme {
+        "rabbit" if !path.is_empty() => {
+            let Some(server_url) = env("RABBIT_SERVER_URL") else {
+                r.problem(key, "rabbit:// needs the server in the environment variable RABBIT_SERVER_URL (amqp://user:password@host:5672/)");
+                return None;
+            };
+            Some(InputSettings::Rabbit(RabbitSettings {
+                server_url,
+                queue: path.to_string(),
+            }))
+        }
+        "nats" if !path.is_empty() => {
+            let Some(server_url) = env("NATS_SERVER_URL") else {
+                r.problem(key, "nats:// needs the server in the environment variable NATS_SERVER_URL (nats://host:4222)");
+                return None;
+            };
+            let durable = r.string("notification.gocdk_pub_sub.durable", "replicate");
+            Some(InputSettings::Nats(NatsSettings {
+                server_url,
+                subject: path.to_string(),
+                durable,
+            }))
+        }
+        "awssqs" if !path.is_empty() => {
+            let host = path.split('/').next().unwrap_or("");
+            let region = param("region").or_else(|| {
+                host.strip_prefix("sqs.")
+                    .and_then(|h| h.split('.').next())
+                    .map(String::from)
+            });
+            Some(InputSettings::Sqs(SqsSettings {
+                region: region.unwrap_or_else(|| "us-east-1".into()),
+                queue_name: path.rsplit('/').next().unwrap_or("").to_string(),
+                queue_url: format!("https://{path}"),
+                ..Default::default()
+            }))
+        }
+        "gcppubsub" => {
+            let parts: Vec<&str> = path.split('/').collect();
+            match parts.as_slice() {
+                ["projects", project, "subscriptions", sub]
+                    if !project.is_empty() && !sub.is_empty() =>
+                {
+                    Some(InputSettings::PubSub(PubSubSettings {
+                        credentials: env("GOOGLE_APPLICATION_CREDENTIALS").unwrap_or_default(),
+                        project_id: project.to_string(),
+                        topic: String::new(),
+                        subscription: sub.to_string(),
+                    }))
+                }
+                _ => {
+                    r.problem(key, format!("{url:?}: expected gcppubsub://projects/<project>/subscriptions/<subscription>"));
+                    None
+                }
+            }
+        }
+        _ => {
+            r.problem(key, format!("{url:?}: expected rabbit://<queue>, nats://<subject>, awssqs://<queue URL host and path> or gcppubsub://projects/<p>/subscriptions/<s>"));
+            None
+        }
+    }
+}
+
+fn resolve_kafka(r: &mut Reader, cwd: &Path) -> Option<InputSettings> {
     let p = "notification.kafka";
     let hosts = r.list(&format!("{p}.hosts"));
     if hosts.is_empty() {

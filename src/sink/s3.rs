@@ -133,27 +133,14 @@ pub fn part_size(opts: &S3SinkOptions, size: u64, first_chunk: Option<u64>) -> u
 
 impl S3Sink {
     pub async fn new(opts: S3SinkOptions, source: Arc<FilerSource>) -> Self {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(http)
-            .region(aws_config::Region::new(opts.region.clone()));
-        if !opts.access_key_id.is_empty() && !opts.secret_access_key.is_empty() {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                opts.access_key_id.clone(),
-                opts.secret_access_key.clone(),
-                None,
-                None,
-                "replication.toml",
-            ));
-        }
-        if !opts.endpoint.is_empty() {
-            loader = loader.endpoint_url(opts.endpoint.clone());
-        }
-        let shared = loader.load().await;
+        let shared = crate::aws::sdk_config(
+            &opts.region,
+            &opts.access_key_id,
+            &opts.secret_access_key,
+            &opts.endpoint,
+            "replication.toml",
+        )
+        .await;
         let config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(opts.force_path_style)
             .build();

@@ -364,6 +364,39 @@ impl TestBed {
             .collect()
     }
 
+    /// Every record of the topic from `from` on (partition 0 order; the bed's topic has one
+    /// partition unless asked for more): what the filer published, as (key, payload).
+    pub fn records_from(&self, from: usize) -> Vec<(String, Vec<u8>)> {
+        use rdkafka::message::Message as _;
+        let high = self.high_watermarks()[&0] as usize;
+        if from >= high {
+            return Vec::new();
+        }
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.var("KAFKA_ADDR"))
+            .set("group.id", "test-records")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(self.var("TOPIC"), 0, rdkafka::Offset::Offset(from as i64))
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while out.len() < high - from {
+            assert!(
+                Instant::now() < deadline,
+                "records {from}..{high} not all readable"
+            );
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                out.push((key, m.payload().unwrap_or_default().to_vec()));
+            }
+        }
+        out
+    }
+
     /// Partition and offset of the first record with this key.
     pub fn find_record(&self, key: &str) -> (i32, i64) {
         use rdkafka::message::Message as _;

@@ -1,0 +1,262 @@
+//! `[notification.aws_sqs]` (and gocdk's `awssqs://`): messages from an SQS queue, deleted
+//! only once the sink has the change.
+//!
+//! A message's body is the `EventNotification`: raw protobuf as the filer sends it, or
+//! base64 (gocdk flags it with the attribute `base64encoded=true`; a body that is base64 of
+//! an event is recognised without it). The key is the message attribute `key`. Messages
+//! are received ten at a time with long polling and processed in order; while one is being
+//! worked on its visibility is extended, so a slow replication is never delivered twice
+//! at once (upstream lets it reappear after 20 s). A failed or interrupted message is made
+//! visible again at once instead of after the timeout.
+
+use super::process;
+use crate::config::settings::SqsSettings;
+use crate::event::RawEvent;
+use crate::pipeline::{Disposition, Origin, Pipeline};
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::Message;
+use base64::Engine;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a received message stays invisible; renewed at half of it while working.
+const VISIBILITY: i32 = 60;
+/// Long-poll length; also the longest a shutdown waits for a poll to end.
+const POLL_SECONDS: i32 = 5;
+/// A held message (`on_failure = "hold"`) comes back after this long.
+const RETRY_AFTER: i32 = 10;
+
+/// Consume until `stop` fires; in-flight work gets until `hard_stop`.
+pub async fn run(
+    cfg: &SqsSettings,
+    pipeline: Arc<Pipeline>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    let shared = crate::aws::sdk_config(
+        &cfg.region,
+        &cfg.access_key_id,
+        &cfg.secret_access_key,
+        &cfg.endpoint,
+        "notification.toml",
+    )
+    .await;
+    let client = Client::new(&shared);
+    let Some(url) = queue_url(&client, cfg, &stop).await else {
+        return;
+    };
+    tracing::info!(queue = %url, "consuming SQS queue");
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        // A poll is not abandoned at shutdown: SQS would hand messages to the closed
+        // request and hide them for the whole visibility timeout. It ends within
+        // POLL_SECONDS, and what it brought is released below.
+        let received = tokio::select! {
+            _ = hard_stop.cancelled() => return,
+            r = client
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(POLL_SECONDS)
+                .visibility_timeout(VISIBILITY)
+                .message_attribute_names("All")
+                .send() => r,
+        };
+        let messages = match received {
+            Ok(r) => {
+                backoff = Duration::from_secs(1);
+                r.messages.unwrap_or_default()
+            }
+            Err(e) => {
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), retry_in = ?backoff, "receiving from SQS failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let mut pending = messages.into_iter();
+        while let Some(m) = pending.next() {
+            if stop.is_cancelled() {
+                release(&client, &url, std::iter::once(m).chain(pending.by_ref())).await;
+                return;
+            }
+            let receipt = m.receipt_handle.clone().unwrap_or_default();
+            let origin = Origin::Message {
+                input: "sqs",
+                id: m.message_id.clone().unwrap_or_default(),
+            };
+            let event = raw_event(&m);
+            let keeper = tokio::spawn(keep_invisible(client.clone(), url.clone(), receipt.clone()));
+            let disposition = process(&pipeline, &event, &origin, &hard_stop).await;
+            keeper.abort();
+            match disposition {
+                Some(Disposition::Done) => delete(&client, &url, &receipt, &origin).await,
+                // Held: back on the queue after a pause, to be tried again.
+                Some(Disposition::Held) => {
+                    set_visibility(&client, &url, &receipt, RETRY_AFTER).await;
+                }
+                Some(Disposition::Stop) => {
+                    release(&client, &url, pending).await;
+                    stop.cancelled().await;
+                    return;
+                }
+                Some(Disposition::Abandoned) | None => {
+                    release(&client, &url, std::iter::once(m).chain(pending)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The queue URL: known from a gocdk URL, else `GetQueueUrl`, waiting (and saying why)
+/// while the queue is missing or SQS unreachable. `None` if `stop` fires first.
+async fn queue_url(client: &Client, cfg: &SqsSettings, stop: &CancellationToken) -> Option<String> {
+    if !cfg.queue_url.is_empty() {
+        return Some(cfg.queue_url.clone());
+    }
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match client
+            .get_queue_url()
+            .queue_name(&cfg.queue_name)
+            .send()
+            .await
+        {
+            Ok(r) => return r.queue_url,
+            Err(e) => {
+                tracing::error!(queue = %cfg.queue_name, error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
+                retry_in = ?backoff, "cannot find the SQS queue (missing, wrong region or credentials?); retrying")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// The message as an event: the `key` attribute, the body decoded.
+fn raw_event(m: &Message) -> RawEvent {
+    let attr = |name: &str| {
+        m.message_attributes
+            .as_ref()
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.string_value.clone())
+    };
+    RawEvent {
+        key: attr("key").unwrap_or_default(),
+        payload: decode_body(
+            m.body.as_deref().unwrap_or(""),
+            attr("base64encoded").as_deref() == Some("true"),
+        ),
+    }
+}
+
+/// Raw protobuf (upstream's filer) or base64 (gocdk, or any publisher that wants bodies
+/// SQS accepts). Raw protobuf of an event starts with a field tag (0x0a, 0x12, ...) that
+/// base64 never contains, so trying base64 first cannot misread a raw body.
+fn decode_body(body: &str, flagged_base64: bool) -> bytes::Bytes {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if let Ok(decoded) = b64.decode(body.trim())
+        && (flagged_base64 || crate::event::decode(&decoded).is_ok())
+    {
+        return decoded.into();
+    }
+    bytes::Bytes::copy_from_slice(body.as_bytes())
+}
+
+/// Renew the message's invisibility every half period until aborted.
+async fn keep_invisible(client: Client, url: String, receipt: String) {
+    let half = Duration::from_secs(VISIBILITY as u64 / 2);
+    loop {
+        tokio::time::sleep(half).await;
+        if let Err(e) = client
+            .change_message_visibility()
+            .queue_url(&url)
+            .receipt_handle(&receipt)
+            .visibility_timeout(VISIBILITY)
+            .send()
+            .await
+        {
+            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "extending a message's visibility failed");
+        }
+    }
+}
+
+/// Delete a done message, retrying a few times; a message that cannot be deleted comes
+/// back and is replayed, which is harmless.
+async fn delete(client: &Client, url: &str, receipt: &str, origin: &Origin) {
+    for attempt in 1..=3 {
+        match client
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+        {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(%origin, attempt, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "deleting a done message failed");
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            }
+        }
+    }
+}
+
+/// Make messages visible again now, for whoever receives next.
+async fn release(client: &Client, url: &str, messages: impl IntoIterator<Item = Message>) {
+    for m in messages {
+        if let Some(receipt) = m.receipt_handle {
+            set_visibility(client, url, &receipt, 0).await;
+        }
+    }
+}
+
+async fn set_visibility(client: &Client, url: &str, receipt: &str, seconds: i32) {
+    if let Err(e) = client
+        .change_message_visibility()
+        .queue_url(url)
+        .receipt_handle(receipt)
+        .visibility_timeout(seconds)
+        .send()
+        .await
+    {
+        tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "changing a message's visibility failed; it comes back when the timeout ends");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    #[test]
+    fn bodies_raw_or_base64() {
+        let ev = crate::pb::EventNotification {
+            new_entry: Some(crate::pb::Entry {
+                name: "a".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let raw = String::from_utf8(ev.clone()).expect("this small event is valid UTF-8");
+        assert_eq!(decode_body(&raw, false), ev);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&ev);
+        assert_eq!(decode_body(&b64, false), ev, "unflagged base64 of an event");
+        assert_eq!(decode_body(&b64, true), ev);
+        assert_eq!(
+            decode_body("not an event", false),
+            "not an event".as_bytes()
+        );
+    }
+}

@@ -14,6 +14,7 @@
 #   PYTHON                   interpreter used to create the venv (default python3)
 #   STOP_GRACE               seconds `stop` waits for weed after SIGTERM before SIGKILL (default 25)
 #   SECURITY_TOML            a security.toml to give weed (copied into RUN_DIR, its working directory)
+#   NOTIFICATION_TOML        a notification.toml to give weed instead of the Kafka one
 #   WEED_EXTRA_ARGS          extra `weed server` flags, space-separated (e.g. -filer.encryptVolumeData)
 #
 # weed needs ~15 s to exit on SIGTERM even with -volume.preStopSeconds=0 (its filer's gRPC
@@ -435,8 +436,12 @@ try_start() {
     create_topic "${kafka_addr}" "${topic}" "${partitions}" \
         || { cmd_stop "${run_dir}" || true; die "cannot create topic ${topic}"; }
 
-    # --- weed (reads ./notification.toml from its working directory)
-    cat >"${run_dir}/notification.toml" <<EOF
+    # --- weed (reads ./notification.toml from its working directory; NOTIFICATION_TOML
+    # replaces the Kafka one, e.g. to publish to the Pub/Sub emulator)
+    if [[ -n "${NOTIFICATION_TOML:-}" ]]; then
+        cp "${NOTIFICATION_TOML}" "${run_dir}/notification.toml"
+    else
+        cat >"${run_dir}/notification.toml" <<EOF
 [notification.log]
 enabled = false
 
@@ -447,6 +452,7 @@ topic = "${topic}"
 offsetFile = "${run_dir}/last.offset"
 offsetSaveIntervalSeconds = 10
 EOF
+    fi
     # Optional: a security.toml for weed (read from its working directory), extra weed flags.
     if [[ -n "${SECURITY_TOML:-}" ]]; then
         cp "${SECURITY_TOML}" "${run_dir}/security.toml"

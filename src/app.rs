@@ -257,7 +257,20 @@ async fn replicate(
             tracing::info!(queue = %cfg.queue_name, region = %cfg.region, "input: SQS");
             crate::source::sqs::run(cfg, pipeline.clone(), stop, hard_stop).await;
         }
-        InputSettings::PubSub(_) | InputSettings::Rabbit(_) | InputSettings::Nats(_) => {
+        InputSettings::PubSub(cfg) => {
+            tracing::info!(project = %cfg.project_id, subscription = %cfg.subscription, "input: Google Pub/Sub");
+            crate::source::pubsub::run(cfg, http.clone(), pipeline.clone(), stop, hard_stop)
+                .await
+                .map_err(|e| {
+                    config_problem(
+                        &raw,
+                        "notification.google_pub_sub.google_application_credentials",
+                        "(not shown)",
+                        e,
+                    )
+                })?;
+        }
+        InputSettings::Rabbit(_) | InputSettings::Nats(_) => {
             return Err(AppError::Runtime("this input is not built yet".into()));
         }
         InputSettings::Subscribe(cfg) => {

@@ -18,14 +18,12 @@ fn percent_encode_all(s: &str) -> String {
     percent_encode(s, false)
 }
 use crate::filer::{FilerSource, ReadError};
+use crate::gcp::{CredentialsError, GoogleAuth};
 use crate::pb::Entry;
 use crate::replicate::SinkKey;
 use async_trait::async_trait;
-use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
 
 /// Resumable upload chunks: a multiple of 256 KiB, as the API requires.
 const CHUNK: usize = 8 * 1024 * 1024;
@@ -56,101 +54,12 @@ impl std::fmt::Debug for GcsSinkOptions {
     }
 }
 
-/// Where access tokens come from.
-enum Auth {
-    /// An emulator: no token.
-    None,
-    ServiceAccount {
-        email: String,
-        key: ring::signature::RsaKeyPair,
-        token_uri: String,
-    },
-    AuthorizedUser {
-        client_id: String,
-        client_secret: String,
-        refresh_token: String,
-        token_uri: String,
-    },
-    MetadataServer,
-}
-
 pub struct GcsSink {
     http: reqwest::Client,
     endpoint: String,
     opts: GcsSinkOptions,
-    auth: Auth,
-    token: Mutex<Option<(String, Instant)>>,
+    auth: GoogleAuth,
     source: Arc<FilerSource>,
-}
-
-/// Why the sink could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct GcsSetupError(String);
-
-fn parse_credentials(raw: &str) -> Result<Auth, GcsSetupError> {
-    let v: serde_json::Value = serde_json::from_str(raw)
-        .map_err(|e| GcsSetupError(format!("credentials are not JSON: {e}")))?;
-    let field = |name: &str| {
-        v[name]
-            .as_str()
-            .map(String::from)
-            .ok_or_else(|| GcsSetupError(format!("credentials lack {name:?}")))
-    };
-    let token_uri = v["token_uri"]
-        .as_str()
-        .unwrap_or("https://oauth2.googleapis.com/token")
-        .to_string();
-    match v["type"].as_str() {
-        Some("service_account") => {
-            let pem = field("private_key")?;
-            let der = pem
-                .lines()
-                .filter(|l| !l.starts_with("-----"))
-                .collect::<String>();
-            let der = base64::engine::general_purpose::STANDARD
-                .decode(der.trim())
-                .map_err(|e| GcsSetupError(format!("private_key is not PEM: {e}")))?;
-            let key = ring::signature::RsaKeyPair::from_pkcs8(&der)
-                .map_err(|e| GcsSetupError(format!("private_key is not an RSA PKCS#8 key: {e}")))?;
-            Ok(Auth::ServiceAccount {
-                email: field("client_email")?,
-                key,
-                token_uri,
-            })
-        }
-        Some("authorized_user") => Ok(Auth::AuthorizedUser {
-            client_id: field("client_id")?,
-            client_secret: field("client_secret")?,
-            refresh_token: field("refresh_token")?,
-            token_uri,
-        }),
-        other => Err(GcsSetupError(format!(
-            "unsupported credentials type {other:?}"
-        ))),
-    }
-}
-
-/// A signed JWT asking for an access token (RFC 7523), RS256.
-fn service_account_assertion(
-    email: &str,
-    key: &ring::signature::RsaKeyPair,
-    token_uri: &str,
-    now: u64,
-) -> Result<String, GcsSetupError> {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = b64.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
-    let claims = serde_json::json!({"iss": email, "scope": SCOPE, "aud": token_uri, "iat": now, "exp": now + 3600});
-    let input = format!("{header}.{}", b64.encode(claims.to_string()));
-    let mut sig = vec![0u8; key.public().modulus_len()];
-    key.sign(
-        &ring::signature::RSA_PKCS1_SHA256,
-        &ring::rand::SystemRandom::new(),
-        input.as_bytes(),
-        &mut sig,
-    )
-    .map_err(|_| GcsSetupError("signing the token request failed".into()))?;
-    Ok(format!("{input}.{}", b64.encode(sig)))
 }
 
 impl GcsSink {
@@ -158,7 +67,7 @@ impl GcsSink {
         opts: GcsSinkOptions,
         http: reqwest::Client,
         source: Arc<FilerSource>,
-    ) -> Result<Self, GcsSetupError> {
+    ) -> Result<Self, CredentialsError> {
         let emulator = std::env::var("STORAGE_EMULATOR_HOST")
             .ok()
             .filter(|h| !h.is_empty());
@@ -173,104 +82,26 @@ impl GcsSink {
         } else {
             DEFAULT_ENDPOINT.to_string()
         };
-        let on_google = endpoint == DEFAULT_ENDPOINT;
-        let auth = if !opts.credentials.is_empty() {
-            let raw = if opts.credentials.trim_start().starts_with('{') {
-                opts.credentials.clone()
-            } else {
-                std::fs::read_to_string(&opts.credentials)
-                    .map_err(|e| GcsSetupError(format!("reading {}: {e}", opts.credentials)))?
-            };
-            parse_credentials(&raw)?
-        } else if !on_google {
-            Auth::None
-        } else if let Some(path) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
-            let raw = std::fs::read_to_string(&path).map_err(|e| {
-                GcsSetupError(format!(
-                    "reading GOOGLE_APPLICATION_CREDENTIALS {}: {e}",
-                    path.to_string_lossy()
-                ))
-            })?;
-            parse_credentials(&raw)?
-        } else if let Some(raw) = std::env::var_os("HOME")
-            .map(|h| {
-                std::path::PathBuf::from(h)
-                    .join(".config/gcloud/application_default_credentials.json")
-            })
-            .and_then(|p| std::fs::read_to_string(p).ok())
-        {
-            parse_credentials(&raw)?
-        } else {
-            Auth::MetadataServer
-        };
+        let auth = GoogleAuth::new(
+            &opts.credentials,
+            endpoint != DEFAULT_ENDPOINT,
+            SCOPE,
+            http.clone(),
+        )?;
         Ok(GcsSink {
             http,
             endpoint,
             opts,
             auth,
-            token: Mutex::new(None),
             source,
         })
     }
 
     async fn token(&self) -> Result<Option<String>, SinkError> {
-        let mut cached = self.token.lock().await;
-        if let Some((t, until)) = cached.as_ref()
-            && Instant::now() < *until
-        {
-            return Ok(Some(t.clone()));
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let req = match &self.auth {
-            Auth::None => return Ok(None),
-            Auth::ServiceAccount { email, key, token_uri } => {
-                let assertion = service_account_assertion(email, key, token_uri, now)
-                    .map_err(|e| SinkError::remote("authenticate", "", e, false, false))?;
-                self.http.post(token_uri).form(&[
-                    ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                    ("assertion", assertion.as_str()),
-                ])
-            }
-            Auth::AuthorizedUser { client_id, client_secret, refresh_token, token_uri } => {
-                self.http.post(token_uri).form(&[
-                    ("grant_type", "refresh_token"),
-                    ("client_id", client_id.as_str()),
-                    ("client_secret", client_secret.as_str()),
-                    ("refresh_token", refresh_token.as_str()),
-                ])
-            }
-            Auth::MetadataServer => self
-                .http
-                .get("http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token")
-                .header("Metadata-Flavor", "Google"),
-        };
-        let resp = req
-            .send()
+        self.auth
+            .token()
             .await
-            .map_err(|e| SinkError::http("authenticate", "", e))?;
-        let status = resp.status();
-        let body: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|e| SinkError::http("authenticate", "", e))?;
-        let Some(token) = body["access_token"].as_str() else {
-            return Err(SinkError::remote(
-                "authenticate",
-                "",
-                format!("HTTP {status}: no access_token in the answer"),
-                true,
-                false,
-            ));
-        };
-        let ttl = body["expires_in"]
-            .as_u64()
-            .unwrap_or(3600)
-            .saturating_sub(60);
-        *cached = Some((token.to_string(), Instant::now() + Duration::from_secs(ttl)));
-        Ok(Some(token.to_string()))
+            .map_err(|e| SinkError::remote("authenticate", "", e, true, false))
     }
 
     async fn authed(
@@ -598,74 +429,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_percent_encoded_and_credentials_parsed() {
+    fn names_are_percent_encoded() {
         assert_eq!(
             percent_encode_all("/backup/a b/ü.txt"),
             "%2Fbackup%2Fa%20b%2F%C3%BC.txt"
         );
-        let user = r#"{"type":"authorized_user","client_id":"id","client_secret":"s","refresh_token":"r"}"#;
-        assert!(matches!(
-            parse_credentials(user).unwrap(),
-            Auth::AuthorizedUser { .. }
-        ));
-        assert!(parse_credentials(r#"{"type":"external_account"}"#).is_err());
-        assert!(parse_credentials("not json").is_err());
-    }
-
-    #[test]
-    fn service_account_assertion_verifies_with_the_public_key() {
-        // A throwaway RSA key made for this run (ring cannot generate RSA keys), in the
-        // PKCS#8 PEM form of a real service-account key file.
-        let out = std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-            ])
-            .output()
-            .expect("the openssl command (Debian package openssl)");
-        assert!(out.status.success());
-        let pem = String::from_utf8(out.stdout).unwrap();
-        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
-        let file = serde_json::json!({
-            "type": "service_account",
-            "client_email": "svc@example.iam.gserviceaccount.com",
-            "private_key": pem,
-        });
-        let Auth::ServiceAccount {
-            key,
-            email,
-            token_uri,
-        } = parse_credentials(&file.to_string()).unwrap()
-        else {
-            panic!("not parsed as a service account");
-        };
-        assert_eq!(email, "svc@example.iam.gserviceaccount.com");
-        assert_eq!(token_uri, "https://oauth2.googleapis.com/token");
-        let jwt = service_account_assertion(
-            "svc@example.iam.gserviceaccount.com",
-            &key,
-            "https://oauth2.googleapis.com/token",
-            100,
-        )
-        .unwrap();
-        let parts: Vec<&str> = jwt.split('.').collect();
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let claims: serde_json::Value =
-            serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
-        assert_eq!(claims["iss"], "svc@example.iam.gserviceaccount.com");
-        assert_eq!(claims["exp"], 3700);
-        let public = ring::signature::UnparsedPublicKey::new(
-            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-            ring::signature::KeyPair::public_key(&key).as_ref().to_vec(),
-        );
-        public
-            .verify(
-                format!("{}.{}", parts[0], parts[1]).as_bytes(),
-                &b64.decode(parts[2]).unwrap(),
-            )
-            .unwrap();
     }
 }

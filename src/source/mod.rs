@@ -4,6 +4,7 @@
 
 pub mod ack;
 pub mod kafka;
+pub mod pubsub;
 pub mod sqs;
 pub mod subscribe;
 

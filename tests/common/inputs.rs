@@ -142,7 +142,14 @@ pub async fn queue_suite(bed: &TestBed, queue: &dyn Queue) {
     // Poison: a body that is no event, and a real event without its key. Both are parked
     // with their queue position and acknowledged; the next events flow.
     let rep = Replicator::start_with_env(&work, &env);
-    let some_event = bed.records_from(0).pop().unwrap().1;
+    let some_event = prost::Message::encode_to_vec(&seaweed_replicate::pb::EventNotification {
+        new_entry: Some(seaweed_replicate::pb::Entry {
+            name: "keyless.txt".into(),
+            ..Default::default()
+        }),
+        new_parent_path: "/data".into(),
+        ..Default::default()
+    });
     queue
         .publish(Some("/data/poison"), b"\xff\xfe not a protobuf")
         .await;

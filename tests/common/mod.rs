@@ -31,6 +31,10 @@ pub struct BedOptions {
     pub security_toml: Option<String>,
     /// Extra `weed server` flags.
     pub weed_args: String,
+    /// A notification.toml for weed instead of the Kafka one.
+    pub notification_toml: Option<String>,
+    /// Environment for weed (e.g. `PUBSUB_EMULATOR_HOST`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for BedOptions {
@@ -39,6 +43,8 @@ impl Default for BedOptions {
             partitions: 1,
             security_toml: None,
             weed_args: String::new(),
+            notification_toml: None,
+            env: Vec::new(),
         }
     }
 }
@@ -69,6 +75,12 @@ impl TestBed {
         if !opts.weed_args.is_empty() {
             cmd.env("WEED_EXTRA_ARGS", &opts.weed_args);
         }
+        if let Some(notification) = &opts.notification_toml {
+            let p = dir.path().join("weed-notification.toml");
+            std::fs::write(&p, notification).unwrap();
+            cmd.env("NOTIFICATION_TOML", p);
+        }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let out = cmd.output().expect("run scripts/testbed.sh");
         assert!(
             out.status.success(),

@@ -1,0 +1,284 @@
+//! `[notification.google_pub_sub]` (and gocdk's `gcppubsub://`): messages from a Google
+//! Cloud Pub/Sub subscription, over the REST API, acknowledged only once the sink has the
+//! change.
+//!
+//! The topic and the subscription are created when missing, as upstream does. The
+//! subscription is upstream's `seaweedfs_sub` unless `subscription` names another, so
+//! several replicators can each get every event (upstream's shared name splits the stream
+//! between them). Data is the `EventNotification`, the attribute `key` its path. While a
+//! message is worked on its ack deadline is extended; a held message comes back after a
+//! pause instead of looping hot (upstream's immediate nack); one not started at shutdown
+//! is released at once. `PUBSUB_EMULATOR_HOST` points it at the emulator.
+
+use super::process;
+use crate::config::settings::PubSubSettings;
+use crate::event::RawEvent;
+use crate::gcp::GoogleAuth;
+use crate::pipeline::{Disposition, Origin, Pipeline};
+use base64::Engine;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const SCOPE: &str = "https://www.googleapis.com/auth/pubsub";
+const ACK_DEADLINE: i64 = 60;
+const RETRY_AFTER: i64 = 10;
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    auth: GoogleAuth,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.base))
+            .timeout(Duration::from_secs(30));
+        if let Some(token) = self.auth.token().await? {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// A call that must succeed (2xx).
+    async fn ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        match self.call(method, path, body).await? {
+            (s, v) if (200..300).contains(&s) => Ok(v),
+            (s, v) => Err(format!(
+                "HTTP {s}: {}",
+                v["error"]["message"].as_str().unwrap_or("")
+            )),
+        }
+    }
+}
+
+/// Consume until `stop` fires; in-flight work gets until `hard_stop`.
+pub async fn run(
+    cfg: &PubSubSettings,
+    http: reqwest::Client,
+    pipeline: Arc<Pipeline>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+) -> Result<(), String> {
+    let emulator = std::env::var("PUBSUB_EMULATOR_HOST")
+        .ok()
+        .filter(|h| !h.is_empty());
+    let base = match &emulator {
+        Some(h) if h.starts_with("http") => h.trim_end_matches('/').to_string(),
+        Some(h) => format!("http://{h}"),
+        None => "https://pubsub.googleapis.com".to_string(),
+    };
+    let auth = GoogleAuth::new(&cfg.credentials, emulator.is_some(), SCOPE, http.clone())
+        .map_err(|e| e.to_string())?;
+    let client = Client { http, base, auth };
+    let sub = format!(
+        "projects/{}/subscriptions/{}",
+        cfg.project_id, cfg.subscription
+    );
+    if !ensure_subscription(&client, cfg, &sub, &stop).await {
+        return Ok(());
+    }
+    tracing::info!(subscription = %sub, "consuming Pub/Sub subscription");
+    let pull = format!("{sub}:pull");
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        // Not abandoned at shutdown: what a pull brings is released below instead of
+        // waiting out its ack deadline.
+        let pulled = tokio::select! {
+            _ = hard_stop.cancelled() => return Ok(()),
+            r = client.ok(reqwest::Method::POST, &pull,
+                Some(json!({"maxMessages": 10, "returnImmediately": true}))) => r,
+        };
+        let received: Vec<Value> = match pulled {
+            Ok(v) => {
+                backoff = Duration::from_secs(1);
+                v["receivedMessages"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "pulling from Pub/Sub failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        if received.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        let ack_ids: Vec<String> = received
+            .iter()
+            .map(|m| m["ackId"].as_str().unwrap_or("").to_string())
+            .collect();
+        for (i, m) in received.iter().enumerate() {
+            if stop.is_cancelled() {
+                deadline(&client, &sub, &ack_ids[i..], 0).await;
+                return Ok(());
+            }
+            let ack_id = ack_ids[i].clone();
+            let msg = &m["message"];
+            let origin = Origin::Message {
+                input: "pubsub",
+                id: msg["messageId"].as_str().unwrap_or("").to_string(),
+            };
+            let event = RawEvent {
+                key: msg["attributes"]["key"].as_str().unwrap_or("").to_string(),
+                payload: base64::engine::general_purpose::STANDARD
+                    .decode(msg["data"].as_str().unwrap_or(""))
+                    .unwrap_or_default()
+                    .into(),
+            };
+            let disposition = {
+                let keeper = async {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(ACK_DEADLINE as u64 / 2)).await;
+                        deadline(&client, &sub, std::slice::from_ref(&ack_id), ACK_DEADLINE).await;
+                    }
+                };
+                tokio::select! {
+                    d = process(&pipeline, &event, &origin, &hard_stop) => d,
+                    _ = keeper => unreachable!("the keeper never ends"),
+                }
+            };
+            match disposition {
+                Some(Disposition::Done) => {
+                    if let Err(e) = client
+                        .ok(
+                            reqwest::Method::POST,
+                            &format!("{sub}:acknowledge"),
+                            Some(json!({"ackIds": [ack_id]})),
+                        )
+                        .await
+                    {
+                        tracing::warn!(%origin, error = %e, "acknowledging a done message failed; it will be replayed");
+                    }
+                }
+                Some(Disposition::Held) => deadline(&client, &sub, &[ack_id], RETRY_AFTER).await,
+                Some(Disposition::Stop) => {
+                    deadline(&client, &sub, &ack_ids[i + 1..], 0).await;
+                    stop.cancelled().await;
+                    return Ok(());
+                }
+                Some(Disposition::Abandoned) | None => {
+                    deadline(&client, &sub, &ack_ids[i..], 0).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Set the ack deadline of `ack_ids` (0: deliver again now).
+async fn deadline(client: &Client, sub: &str, ack_ids: &[String], seconds: i64) {
+    if ack_ids.is_empty() {
+        return;
+    }
+    let body = json!({"ackIds": ack_ids, "ackDeadlineSeconds": seconds});
+    if let Err(e) = client
+        .ok(
+            reqwest::Method::POST,
+            &format!("{sub}:modifyAckDeadline"),
+            Some(body),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "changing an ack deadline failed; the message comes back when it ends");
+    }
+}
+
+/// Create the topic and the subscription when missing (as upstream), waiting while
+/// Pub/Sub is unreachable or refuses; `false` if `stop` fires first.
+async fn ensure_subscription(
+    client: &Client,
+    cfg: &PubSubSettings,
+    sub: &str,
+    stop: &CancellationToken,
+) -> bool {
+    let topic = format!("projects/{}/topics/{}", cfg.project_id, cfg.topic);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let result: Result<(), String> = async {
+            match client.call(reqwest::Method::GET, sub, None).await? {
+                (200, _) => return Ok(()),
+                (404, _) => {}
+                (s, v) => {
+                    return Err(format!(
+                        "HTTP {s}: {}",
+                        v["error"]["message"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+            if cfg.topic.is_empty() {
+                return Err(
+                    "the subscription does not exist and no topic is configured to create it on"
+                        .into(),
+                );
+            }
+            match client
+                .call(reqwest::Method::PUT, &topic, Some(json!({})))
+                .await?
+            {
+                (200, _) | (409, _) => {}
+                (s, v) => {
+                    return Err(format!(
+                        "creating {topic}: HTTP {s}: {}",
+                        v["error"]["message"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+            let body = json!({"topic": topic, "ackDeadlineSeconds": ACK_DEADLINE});
+            match client.call(reqwest::Method::PUT, sub, Some(body)).await? {
+                (200, _) | (409, _) => {
+                    tracing::info!(subscription = %sub, topic = %topic, "created the subscription");
+                    Ok(())
+                }
+                (s, v) => Err(format!(
+                    "creating {sub}: HTTP {s}: {}",
+                    v["error"]["message"].as_str().unwrap_or("")
+                )),
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::error!(subscription = %sub, error = %e, retry_in = ?backoff, "Pub/Sub subscription not usable; retrying")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}

@@ -270,7 +270,11 @@ async fn replicate(
                     )
                 })?;
         }
-        InputSettings::Rabbit(_) | InputSettings::Nats(_) => {
+        InputSettings::Rabbit(cfg) => {
+            tracing::info!(queue = %cfg.queue, "input: RabbitMQ");
+            crate::source::rabbit::run(cfg, pipeline.clone(), stop, hard_stop).await;
+        }
+        InputSettings::Nats(_) => {
             return Err(AppError::Runtime("this input is not built yet".into()));
         }
         InputSettings::Subscribe(cfg) => {

@@ -5,6 +5,7 @@ mod common;
 
 use common::inputs::{Queue, queue_suite};
 use common::*;
+use std::time::Duration;
 
 struct Sqs {
     client: aws_sdk_sqs::Client,
@@ -191,4 +192,146 @@ async fn pubsub_on_the_emulator() {
         bed.records_from(0).is_empty(),
         "the filer published to Kafka, so the test relayed events instead of the filer"
     );
+}
+
+/// RabbitMQ from Debian's package, on its own epmd, all under a temp folder.
+fn start_rabbitmq() -> (Service, Service, u16) {
+    let epmd_port = free_port_pair();
+    let mut epmd = std::process::Command::new("epmd");
+    epmd.args(["-address", "127.0.0.1", "-port", &epmd_port.to_string()]);
+    let epmd = Service::spawn("epmd", epmd, epmd_port);
+    let port = free_port_pair();
+    let dist_port = free_port_pair();
+    let dir = epmd.dir.path().to_path_buf();
+    std::fs::write(dir.join("enabled_plugins"), "[].").unwrap();
+    let mut cmd = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+    cmd.env("HOME", &dir)
+        .env("RABBITMQ_NODENAME", format!("rabbit{port}@localhost"))
+        .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+        .env("RABBITMQ_NODE_PORT", port.to_string())
+        .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+        .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+        .env("ERL_EPMD_PORT", epmd_port.to_string())
+        .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+        .env("RABBITMQ_LOG_BASE", dir.join("log"))
+        .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+        .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
+        .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"));
+    let rabbit = Service::spawn_within("rabbitmq-server", cmd, port, Duration::from_secs(120));
+    (epmd, rabbit, port)
+}
+
+struct Rabbit {
+    channel: lapin::Channel,
+    url: String,
+    _conn: lapin::Connection,
+}
+
+#[async_trait::async_trait]
+impl Queue for Rabbit {
+    /// As gocdk's rabbit publisher: body = the protobuf, AMQP header `key` = the path,
+    /// published to the fanout exchange.
+    async fn publish(&self, key: Option<&str>, payload: &[u8]) {
+        let mut headers = lapin::types::FieldTable::default();
+        if let Some(key) = key {
+            headers.insert(
+                "key".into(),
+                lapin::types::AMQPValue::LongString(key.into()),
+            );
+        }
+        self.channel
+            .basic_publish(
+                "filer-exchange",
+                "",
+                lapin::options::BasicPublishOptions::default(),
+                payload,
+                lapin::BasicProperties::default().with_headers(headers),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    fn notification_toml(&self) -> String {
+        "[notification.gocdk_pub_sub]\nenabled = true\ntopic_url = \"rabbit://filer-exchange\"\n\
+         sub_url = \"rabbit://filer-queue\"\n"
+            .into()
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![("RABBIT_SERVER_URL".into(), self.url.clone())]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_through_gocdk_urls() {
+    let bed = TestBed::start(BedOptions::default());
+    let (_epmd, _rabbit, port) = start_rabbitmq();
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let mut conn = None;
+    for _ in 0..120 {
+        match lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await {
+            Ok(c) => {
+                conn = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    let conn = conn.expect("RabbitMQ never accepted a connection");
+    let channel = conn.create_channel().await.unwrap();
+    let queue = Rabbit {
+        channel,
+        url: url.clone(),
+        _conn: conn,
+    };
+
+    // The queue is missing: replicate declares upstream's topology.
+    let area = tempfile::tempdir().unwrap();
+    let work = common::inputs::queue_workdir(&bed, &queue, &area.path().join("x"), "");
+    let rep = Replicator::start_with_env(&work, &[("RABBIT_SERVER_URL", &url)]);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            std::fs::read_to_string(work.log()).is_ok_and(|l| l.contains("declared the queue"))
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    assert!(rep.stop().0.success());
+    for (name, exchange) in [
+        ("filer-exchange", true),
+        ("DLX.filer-exchange", true),
+        ("filer-queue", false),
+        ("DLX.filer-queue", false),
+    ] {
+        let ch = queue._conn.create_channel().await.unwrap();
+        let found = if exchange {
+            ch.exchange_declare(
+                name,
+                lapin::ExchangeKind::Fanout,
+                lapin::options::ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .is_ok()
+        } else {
+            ch.queue_declare(
+                name,
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .is_ok()
+        };
+        assert!(found, "{name} was not declared");
+    }
+    queue_suite(&bed, &queue).await;
 }

@@ -102,6 +102,9 @@ pub struct RabbitSettings {
     /// `RABBIT_SERVER_URL`, `amqp://user:password@host:5672/vhost`.
     pub server_url: String,
     pub queue: String,
+    /// From `topic_url` (`rabbit://<exchange>`): where the queue is bound when `replicate`
+    /// declares upstream's topology for a missing queue.
+    pub exchange: String,
 }
 
 impl std::fmt::Debug for RabbitSettings {
@@ -655,9 +658,15 @@ fn resolve_gocdk(r: &mut Reader) -> Option<InputSettings> {
                 r.problem(key, "rabbit:// needs the server in the environment variable RABBIT_SERVER_URL (amqp://user:password@host:5672/)");
                 return None;
             };
+            let exchange = r
+                .string("notification.gocdk_pub_sub.topic_url", "")
+                .strip_prefix("rabbit://")
+                .unwrap_or("")
+                .to_string();
             Some(InputSettings::Rabbit(RabbitSettings {
                 server_url,
                 queue: path.to_string(),
+                exchange,
             }))
         }
         "nats" if !path.is_empty() => {

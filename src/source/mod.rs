@@ -5,6 +5,7 @@
 pub mod ack;
 pub mod kafka;
 pub mod pubsub;
+pub mod rabbit;
 pub mod sqs;
 pub mod subscribe;
 

@@ -722,7 +722,15 @@ pub struct Service {
 
 impl Service {
     /// Start `cmd` and wait until `port` accepts connections.
-    pub fn spawn(what: &str, mut cmd: Command, port: u16) -> Service {
+    pub fn spawn(what: &str, cmd: Command, port: u16) -> Service {
+        Self::spawn_within(what, cmd, port, Duration::from_secs(30))
+    }
+
+    /// [`Service::spawn`], waiting up to `wait` for the port. The process gets its own
+    /// process group, and the whole group is killed on drop (servers started by scripts).
+    pub fn spawn_within(what: &str, mut cmd: Command, port: u16, wait: Duration) -> Service {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
         let dir = tempfile::Builder::new()
             .prefix("svc")
             .tempdir_in("/tmp")
@@ -735,7 +743,7 @@ impl Service {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {what}: {e}"));
         let service = Service { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + wait;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 Instant::now() < deadline,
@@ -755,6 +763,7 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

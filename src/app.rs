@@ -274,8 +274,9 @@ async fn replicate(
             tracing::info!(queue = %cfg.queue, "input: RabbitMQ");
             crate::source::rabbit::run(cfg, pipeline.clone(), stop, hard_stop).await;
         }
-        InputSettings::Nats(_) => {
-            return Err(AppError::Runtime("this input is not built yet".into()));
+        InputSettings::Nats(cfg) => {
+            tracing::info!(subject = %cfg.subject, "input: NATS");
+            crate::source::nats::run(cfg, pipeline.clone(), stop, hard_stop).await;
         }
         InputSettings::Subscribe(cfg) => {
             tracing::info!(filer = %settings.source.grpc_address, directory = %settings.source.directory,

@@ -335,3 +335,102 @@ async fn rabbitmq_through_gocdk_urls() {
     }
     queue_suite(&bed, &queue).await;
 }
+
+struct Nats {
+    client: async_nats::Client,
+    url: String,
+}
+
+#[async_trait::async_trait]
+impl Queue for Nats {
+    /// As gocdk's NATS publisher on a server with headers: body = the protobuf, header
+    /// `key` = the path.
+    async fn publish(&self, key: Option<&str>, payload: &[u8]) {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(key) = key {
+            headers.insert("key", key);
+        }
+        self.client
+            .publish_with_headers("seaweedfs.filer", headers, payload.to_vec().into())
+            .await
+            .unwrap();
+        self.client.flush().await.unwrap();
+    }
+
+    fn notification_toml(&self) -> String {
+        "[notification.gocdk_pub_sub]\nenabled = true\ntopic_url = \"nats://seaweedfs.filer\"\n\
+         sub_url = \"nats://seaweedfs.filer\"\n"
+            .into()
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![("NATS_SERVER_URL".into(), self.url.clone())]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_jetstream_through_gocdk_urls() {
+    let bed = TestBed::start(BedOptions::default());
+    let port = free_port_pair();
+    let store = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("nats-server");
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store.path());
+    let _nats = Service::spawn("nats-server", cmd, port);
+    let url = format!("nats://127.0.0.1:{port}");
+    let client = async_nats::connect(&url).await.unwrap();
+    let queue = Nats {
+        client: client.clone(),
+        url: url.clone(),
+    };
+
+    // No stream covers the subject yet: replicate creates one, so what is published from
+    // then on is kept until it is acknowledged.
+    let area = tempfile::tempdir().unwrap();
+    let work = common::inputs::queue_workdir(&bed, &queue, &area.path().join("x"), "");
+    let rep = Replicator::start_with_env(&work, &[("NATS_SERVER_URL", &url)]);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            std::fs::read_to_string(work.log())
+                .is_ok_and(|l| l.contains("consuming NATS JetStream"))
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    assert!(rep.stop().0.success());
+    let js = async_nats::jetstream::new(client);
+    assert!(js.stream_by_subject("seaweedfs.filer").await.is_ok());
+    queue_suite(&bed, &queue).await;
+}
+
+/// Without JetStream, a core subscription as upstream (and the log says what that costs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_without_jetstream_falls_back_to_core() {
+    let bed = TestBed::start(BedOptions::default());
+    let port = free_port_pair();
+    let mut cmd = std::process::Command::new("nats-server");
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    let _nats = Service::spawn("nats-server", cmd, port);
+    let url = format!("nats://127.0.0.1:{port}");
+    let queue = Nats {
+        client: async_nats::connect(&url).await.unwrap(),
+        url: url.clone(),
+    };
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("root");
+    let work = common::inputs::queue_workdir(&bed, &queue, &root, "");
+    let rep = Replicator::start_with_env(&work, &[("NATS_SERVER_URL", &url)]);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            std::fs::read_to_string(work.log()).is_ok_and(|l| l.contains("has no JetStream"))
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    bed.upload("/data/core.txt", b"over core NATS", "").await;
+    common::inputs::Forwarder::new(&bed, &queue).forward().await;
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    assert!(rep.stop().0.success());
+}

@@ -4,6 +4,7 @@
 
 pub mod ack;
 pub mod kafka;
+pub mod nats;
 pub mod pubsub;
 pub mod rabbit;
 pub mod sqs;

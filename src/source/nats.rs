@@ -1,0 +1,216 @@
+//! gocdk `nats://<subject>`: messages published on a NATS subject (server from
+//! `NATS_SERVER_URL`), with the body the `EventNotification` and the header `key` its path,
+//! as gocdk's publisher sends them to servers with headers.
+//!
+//! Upstream subscribes with core NATS, which has no acknowledgements: an event that fails
+//! is lost. Here, when the server has JetStream, a stream capturing the subject is used
+//! (created when there is none) with a durable consumer (`durable`, `replicate` by
+//! default): an event is acknowledged only once the sink has it, a held one is redelivered
+//! after a pause, and a restart resumes where the consumer left off. Without JetStream
+//! it falls back to a core subscription and says what that costs.
+
+use super::process;
+use crate::config::settings::NatsSettings;
+use crate::event::RawEvent;
+use crate::pipeline::{Disposition, Origin, Pipeline};
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const ACK_WAIT: Duration = Duration::from_secs(60);
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Consume until `stop` fires; in-flight work gets until `hard_stop`.
+pub async fn run(
+    cfg: &NatsSettings,
+    pipeline: Arc<Pipeline>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = session(cfg, &pipeline, &stop, &hard_stop) => r,
+        };
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(subject = %cfg.subject, error = %e, retry_in = ?backoff, "NATS unavailable; reconnecting")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// What clients say when a server runs without JetStream.
+fn no_jetstream(error: &str) -> bool {
+    let e = error.to_lowercase();
+    ["no responders", "not enabled", "jetstream unavailable"]
+        .iter()
+        .any(|s| e.contains(s))
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn key_of(headers: Option<&async_nats::HeaderMap>) -> String {
+    headers
+        .and_then(|h| h.get("key"))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default()
+}
+
+async fn session(
+    cfg: &NatsSettings,
+    pipeline: &Pipeline,
+    stop: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Result<(), BoxError> {
+    let client = async_nats::connect(&cfg.server_url).await?;
+    let js = jetstream::new(client.clone());
+    let stream_name = match js.stream_by_subject(cfg.subject.clone()).await {
+        Ok(name) => name,
+        Err(_) => {
+            let name = format!(
+                "replicate-{}",
+                cfg.subject
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    })
+                    .collect::<String>()
+            );
+            let created = js
+                .create_stream(jetstream::stream::Config {
+                    name: name.clone(),
+                    subjects: vec![cfg.subject.clone()],
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => {
+                    tracing::info!(stream = %name, subject = %cfg.subject, "created a JetStream stream for the subject");
+                    name
+                }
+                // A server without JetStream has nobody answering its API.
+                Err(e) if no_jetstream(&e.to_string()) => {
+                    tracing::warn!(error = %e, subject = %cfg.subject,
+                        "this NATS server has no JetStream: using a core subscription, like upstream, so an event that fails or arrives while replicate is down is lost");
+                    return core(&client, cfg, pipeline, stop, hard_stop).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let stream = js.get_stream(&stream_name).await?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &cfg.durable,
+            consumer::pull::Config {
+                durable_name: Some(cfg.durable.clone()),
+                filter_subject: cfg.subject.clone(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: 64,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    tracing::info!(stream = %stream_name, durable = %cfg.durable, subject = %cfg.subject, "consuming NATS JetStream");
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            m = messages.next() => m,
+        };
+        let m = match next {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err("the consumer's message stream ended".into()),
+        };
+        let origin = Origin::Message {
+            input: "nats",
+            id: m
+                .info()
+                .map(|i| format!("{}:{}", i.stream, i.stream_sequence))
+                .unwrap_or_default(),
+        };
+        let event = RawEvent {
+            key: key_of(m.headers.as_ref()),
+            payload: m.payload.clone(),
+        };
+        let disposition = {
+            let keeper = async {
+                loop {
+                    tokio::time::sleep(ACK_WAIT / 2).await;
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
+            };
+            tokio::select! {
+                d = process(pipeline, &event, &origin, hard_stop) => d,
+                _ = keeper => unreachable!("the keeper never ends"),
+            }
+        };
+        let reply = match disposition {
+            Some(Disposition::Done) => AckKind::Ack,
+            Some(Disposition::Held) => AckKind::Nak(Some(RETRY_AFTER)),
+            Some(Disposition::Stop) => {
+                stop.cancelled().await;
+                return Ok(());
+            }
+            Some(Disposition::Abandoned) | None => {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+                return Ok(());
+            }
+        };
+        if let Err(e) = m.ack_with(reply).await {
+            tracing::warn!(%origin, error = %e, "acknowledging a message failed; it will be delivered again");
+        }
+    }
+}
+
+/// Core NATS: no acknowledgements, as upstream.
+async fn core(
+    client: &async_nats::Client,
+    cfg: &NatsSettings,
+    pipeline: &Pipeline,
+    stop: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Result<(), BoxError> {
+    let mut sub = client.subscribe(cfg.subject.clone()).await?;
+    let mut n = 0u64;
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            m = sub.next() => m,
+        };
+        let Some(m) = next else {
+            return Err("the subscription ended".into());
+        };
+        n += 1;
+        let origin = Origin::Message {
+            input: "nats",
+            id: format!("core #{n}"),
+        };
+        let event = RawEvent {
+            key: key_of(m.headers.as_ref()),
+            payload: m.payload.clone(),
+        };
+        match process(pipeline, &event, &origin, hard_stop).await {
+            Some(Disposition::Stop) => {
+                stop.cancelled().await;
+                return Ok(());
+            }
+            None | Some(Disposition::Abandoned) => return Ok(()),
+            Some(_) => {}
+        }
+    }
+}

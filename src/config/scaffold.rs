@@ -183,8 +183,11 @@ enabled = false
 aws_access_key_id = ""
 aws_secret_access_key = ""
 region = "us-east-2"
-# The name of an existing queue.
+# The name of an existing queue. Bodies may be the raw protobuf (as the filer sends them)
+# or base64; the key is the message attribute "key". Standard queues do not keep order.
 sqs_queue_name = "my_filer_queue"
+# [better] an SQS-compatible endpoint (LocalStack, ElasticMQ, a VPC endpoint); empty: AWS.
+endpoint = ""
 
 [notification.google_pub_sub]
 enabled = false
@@ -192,11 +195,20 @@ google_application_credentials = "/path/to/x.json"
 project_id = ""
 # Created if it does not exist.
 topic = "seaweedfs_filer_topic"
+# [better] the subscription to read (created on the topic if missing). Upstream always uses
+# seaweedfs_sub, so several replicators split the stream; give each its own to each get all.
+subscription = "seaweedfs_sub"
 
 [notification.gocdk_pub_sub]
 enabled = false
+# rabbit://<exchange> (server from RABBIT_SERVER_URL); replicate reads sub_url and declares
+# upstream's queue and dead-letter topology on this exchange when the queue is missing.
 topic_url = "rabbit://myexchange"
+# rabbit://<queue>, nats://<subject> (NATS_SERVER_URL), awssqs://<queue URL without https://>,
+# or gcppubsub://projects/<project>/subscriptions/<subscription>.
 sub_url = "rabbit://myqueue"
+# [better] nats:// with JetStream: the durable consumer's name (acknowledged delivery).
+durable = "replicate"
 
 [notification.webhook]
 enabled = false

@@ -1097,6 +1097,112 @@ offsetSaveIntervalSeconds = 10
         )
     }
 
+    fn with_input(input: &str) -> String {
+        let base = GOOD.split("[notification.kafka]").next().unwrap();
+        format!("{base}{input}")
+    }
+
+    #[test]
+    fn gocdk_urls_map_onto_the_native_inputs() {
+        let s = resolve_text(&with_input(
+            "[notification.gocdk_pub_sub]\nenabled = true\n\
+             sub_url = \"awssqs://sqs.eu-west-1.amazonaws.com/123456789012/filer?region=eu-west-1\"\n",
+        ))
+        .unwrap();
+        let InputSettings::Sqs(q) = &s.input else {
+            panic!("sqs expected")
+        };
+        assert_eq!(q.region, "eu-west-1");
+        assert_eq!(q.queue_name, "filer");
+        assert_eq!(
+            q.queue_url,
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/filer"
+        );
+        let s = resolve_text(&with_input(
+            "[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"gcppubsub://projects/p1/subscriptions/s1\"\n",
+        ))
+        .unwrap();
+        let InputSettings::PubSub(p) = &s.input else {
+            panic!("pubsub expected")
+        };
+        assert_eq!(
+            (p.project_id.as_str(), p.subscription.as_str()),
+            ("p1", "s1")
+        );
+        assert!(
+            p.topic.is_empty(),
+            "a subscription URL names no topic to create"
+        );
+        for (url, want) in [
+            (
+                "gcppubsub://projects/p1/topics/t",
+                "expected gcppubsub://projects/",
+            ),
+            ("kafka://x", "expected rabbit://"),
+        ] {
+            let e = resolve_text(&with_input(&format!(
+                "[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"{url}\"\n"
+            )))
+            .unwrap_err();
+            assert!(e.to_string().contains(want), "{url}: {e}");
+        }
+        if std::env::var_os("RABBIT_SERVER_URL").is_none() {
+            let e = resolve_text(&with_input(
+                "[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"rabbit://q\"\n",
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("RABBIT_SERVER_URL"), "{e}");
+        }
+    }
+
+    #[test]
+    fn queue_inputs_and_the_metadata_log() {
+        let s = resolve_text(&with_input(
+            "[notification.aws_sqs]\nenabled = true\nsqs_queue_name = \"q\"\nendpoint = \"http://localhost:4566\"\n",
+        ))
+        .unwrap();
+        assert!(
+            matches!(&s.input, InputSettings::Sqs(q) if q.queue_name == "q" && q.endpoint == "http://localhost:4566")
+        );
+        let s = resolve_text(&with_input(
+            "[notification.google_pub_sub]\nenabled = true\nproject_id = \"p\"\ntopic = \"t\"\n",
+        ))
+        .unwrap();
+        assert!(
+            matches!(&s.input, InputSettings::PubSub(p) if p.subscription == "seaweedfs_sub"),
+            "upstream's subscription name by default"
+        );
+        let subscribe = GOOD
+            .split("[notification.kafka]")
+            .next()
+            .unwrap()
+            .replace("[source.filer]\n", "[source.filer]\nsubscribe = true\n");
+        let s = resolve_text(&subscribe).unwrap();
+        let InputSettings::Subscribe(a) = &s.input else {
+            panic!("subscribe expected")
+        };
+        let other =
+            resolve_text(&subscribe.replace("directory = \"/data\"", "directory = \"/other\""))
+                .unwrap();
+        let InputSettings::Subscribe(b) = &other.input else {
+            panic!("subscribe expected")
+        };
+        assert_ne!(
+            a.checkpoint_key, b.checkpoint_key,
+            "one checkpoint per sink"
+        );
+        let e =
+            resolve_text(&GOOD.replace("[source.filer]\n", "[source.filer]\nsubscribe = true\n"))
+                .unwrap_err();
+        assert!(e.to_string().contains("use one input"), "{e}");
+        let e = resolve_text(&GOOD.replace(
+            "[source.filer]\n",
+            "[source.filer]\ninitial_snapshot = true\n",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("only with subscribe"), "{e}");
+    }
+
     #[test]
     fn good_config_resolves() {
         let s = resolve_text(GOOD).unwrap();

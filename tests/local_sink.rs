@@ -313,7 +313,12 @@ async fn hostile_events_write_nothing_outside_the_sink() {
     let root = area.path().join("sink");
     let outside = area.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
-    let work = Workdir::new(&bed, "/data", &root, "");
+    let work = Workdir::new(
+        &bed,
+        "/data",
+        &root,
+        "[replicate]\nmax_message_bytes = 100000\n",
+    );
 
     let file = |name: &str, content: &[u8]| pb::Entry {
         name: name.into(),
@@ -374,6 +379,11 @@ async fn hostile_events_write_nothing_outside_the_sink() {
         ("/data/garbage".into(), vec![0xff, 0xff, 0xff, 0x0f]),
         // A message without a key: a bad message, never a crash.
         (String::new(), create("/data", file("keyless", b"x"))),
+        // Larger than max_message_bytes: a bad message.
+        (
+            "/data/huge.bin".into(),
+            create("/data", file("huge.bin", &vec![7u8; 150_000])),
+        ),
     ];
     // A symlink is replicated as a symlink; a later write "through" it must not follow it.
     bed.produce("/data/link", &create("/data", link)).await;
@@ -531,6 +541,12 @@ async fn hostile_events_write_nothing_outside_the_sink() {
         parked
             .iter()
             .any(|p| p["error"].as_str().unwrap().contains("remote storage")),
+        "{parked:#?}"
+    );
+    assert!(
+        parked
+            .iter()
+            .any(|p| p["error"].as_str().unwrap().contains("max_message_bytes")),
         "{parked:#?}"
     );
     let high = bed.high_watermarks();

@@ -11,6 +11,7 @@ pub mod config;
 pub mod event;
 pub mod filer;
 pub mod gcp;
+pub mod lane;
 pub mod pipeline;
 pub mod replicate;
 pub mod sink;

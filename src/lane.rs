@@ -1,0 +1,324 @@
+//! Many events at once, in order where order matters.
+//!
+//! A lane takes the events of one ordered stream (a Kafka partition, a queue, the metadata
+//! log) and runs up to `concurrency` of them at a time. An event waits for every earlier
+//! unfinished event it is related to: one on the same path, or on an ancestor or a
+//! descendant of one of its paths (a rename has two). So the events of one file stay in
+//! queue order, a directory is created before its children, and a rename or delete of a
+//! directory is a barrier for everything under it, while unrelated files proceed side by
+//! side. Events whose paths are unknown (undecodable messages) relate to nothing.
+//!
+//! Progress is reported as a prefix: `prefix(token)` is called when every event up to and
+//! including that one has finished, in stream order, which is what an offset or a
+//! checkpoint may record.
+
+use crate::event::RawEvent;
+use crate::pipeline::Disposition;
+use futures::StreamExt;
+use std::collections::VecDeque;
+use tokio::sync::mpsc;
+
+/// How a lane ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneEnd {
+    /// The input closed the stream and everything finished.
+    Closed,
+    /// Shutdown (or its grace ending) interrupted it.
+    Abandoned,
+    /// A bad message under `bad_message = "stop"`.
+    Stopped,
+}
+
+/// The filer paths an event touches: its key, and the new path of a rename.
+pub fn paths_of(raw: &RawEvent) -> Vec<String> {
+    let Ok(ev) = crate::event::decode(&raw.payload) else {
+        return Vec::new();
+    };
+    let mut paths = vec![raw.key.trim_end_matches('/').to_string()];
+    if let (Some(_), Some(new)) = (&ev.old_entry, &ev.new_entry)
+        && !ev.new_parent_path.is_empty()
+    {
+        let to = format!("{}/{}", ev.new_parent_path.trim_end_matches('/'), new.name);
+        if to != paths[0] {
+            paths.push(to);
+        }
+    }
+    paths
+}
+
+/// `a` equals `b`, or one is under the other.
+fn related(a: &str, b: &str) -> bool {
+    let under = |child: &str, parent: &str| {
+        parent.is_empty()
+            || (child.len() > parent.len()
+                && child.starts_with(parent)
+                && child.as_bytes()[parent.len()] == b'/')
+    };
+    a == b || under(a, b) || under(b, a)
+}
+
+fn conflict(a: &[String], b: &[String]) -> bool {
+    a.iter().any(|x| b.iter().any(|y| related(x, y)))
+}
+
+struct Slot<T> {
+    token: T,
+    paths: Vec<String>,
+    /// Not yet started: the event itself.
+    event: Option<RawEvent>,
+    finished: bool,
+}
+
+/// Run the events from `rx` through `start` (at most `concurrency` at once, in order where
+/// they are related) until `rx` closes or an event ends the lane. Returns how it ended and
+/// the tokens of events received but never started (for the input to release).
+pub async fn run<T, F, Fut>(
+    mut rx: mpsc::Receiver<(T, RawEvent)>,
+    concurrency: usize,
+    mut start: F,
+    mut prefix: impl FnMut(&T),
+) -> (LaneEnd, Vec<T>)
+where
+    T: Clone,
+    F: FnMut(T, RawEvent) -> Fut,
+    Fut: std::future::Future<Output = Option<Disposition>>,
+{
+    let concurrency = concurrency.max(1);
+    let mut window: VecDeque<Slot<T>> = VecDeque::new();
+    // Sequence number of window[0].
+    let mut base: u64 = 0;
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut open = true;
+    let mut end = LaneEnd::Closed;
+    loop {
+        // Start whatever may start, in order.
+        if end == LaneEnd::Closed {
+            for i in 0..window.len() {
+                if window[i].event.is_none() || running.len() >= concurrency {
+                    continue;
+                }
+                let blocked = (0..i)
+                    .any(|j| !window[j].finished && conflict(&window[j].paths, &window[i].paths));
+                if blocked {
+                    continue;
+                }
+                let event = window[i].event.take().expect("not started");
+                let seq = base + i as u64;
+                let fut = start(window[i].token.clone(), event);
+                running.push(async move { (seq, fut.await) });
+            }
+        }
+        if running.is_empty() && (!open || end != LaneEnd::Closed) {
+            let mut unstarted: Vec<T> = window
+                .into_iter()
+                .filter(|s| s.event.is_some())
+                .map(|s| s.token)
+                .collect();
+            rx.close();
+            while let Ok((token, _)) = rx.try_recv() {
+                unstarted.push(token);
+            }
+            return (end, unstarted);
+        }
+        let room = open && end == LaneEnd::Closed && window.len() < concurrency * 4;
+        tokio::select! {
+            Some((seq, disposition)) = running.next(), if !running.is_empty() => {
+                let i = (seq - base) as usize;
+                window[i].finished = true;
+                match disposition {
+                    Some(Disposition::Done | Disposition::Held) => {}
+                    Some(Disposition::Stop) => end = LaneEnd::Stopped,
+                    Some(Disposition::Abandoned) | None => {
+                        if end == LaneEnd::Closed {
+                            end = LaneEnd::Abandoned;
+                        }
+                    }
+                }
+                let mut last = None;
+                while window.front().is_some_and(|s| s.finished) {
+                    last = window.pop_front();
+                    base += 1;
+                }
+                // A stopped or abandoned event is not progress.
+                if let Some(slot) = last
+                    && end == LaneEnd::Closed
+                {
+                    prefix(&slot.token);
+                }
+            }
+            next = rx.recv(), if room => match next {
+                Some((token, event)) => window.push_back(Slot {
+                    paths: paths_of(&event),
+                    token,
+                    event: Some(event),
+                    finished: false,
+                }),
+                None => open = false,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb;
+    use prost::Message;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    fn create(path: &str) -> RawEvent {
+        let (dir, name) = path.rsplit_once('/').unwrap();
+        RawEvent {
+            key: path.into(),
+            payload: pb::EventNotification {
+                new_entry: Some(pb::Entry {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                new_parent_path: dir.into(),
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .into(),
+        }
+    }
+
+    fn rename(from: &str, to: &str) -> RawEvent {
+        let (_, old) = from.rsplit_once('/').unwrap();
+        let (dir, new) = to.rsplit_once('/').unwrap();
+        let dir = if dir.is_empty() { "/" } else { dir };
+        RawEvent {
+            key: from.into(),
+            payload: pb::EventNotification {
+                old_entry: Some(pb::Entry {
+                    name: old.into(),
+                    ..Default::default()
+                }),
+                new_entry: Some(pb::Entry {
+                    name: new.into(),
+                    ..Default::default()
+                }),
+                new_parent_path: dir.into(),
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .into(),
+        }
+    }
+
+    #[test]
+    fn relations() {
+        assert!(related("/a/b", "/a/b"));
+        assert!(related("/a", "/a/b/c"));
+        assert!(related("/a/b/c", "/a"));
+        assert!(!related("/a/b", "/a/bc"));
+        assert!(!related("/a/x", "/a/y"));
+        assert_eq!(
+            paths_of(&rename("/d/a", "/e/b")),
+            vec!["/d/a".to_string(), "/e/b".to_string()]
+        );
+        assert!(
+            paths_of(&RawEvent {
+                key: "/x".into(),
+                payload: vec![0xff, 0xff].into()
+            })
+            .is_empty()
+        );
+    }
+
+    /// Unrelated events overlap; related ones never start before the earlier ones end;
+    /// the prefix advances in stream order only.
+    #[tokio::test]
+    async fn order_where_it_matters() {
+        let events = vec![
+            create("/d"),       // 0
+            create("/d/f1"),    // 1: after 0 (child)
+            create("/x/a"),     // 2: free
+            create("/x/b"),     // 3: free
+            rename("/d", "/e"), // 4: after 0, 1 (barrier)
+            create("/e/f2"),    // 5: after 4 (under the new path)
+            create("/x/a"),     // 6: after 2 (same path)
+        ];
+        let (tx, rx) = mpsc::channel(16);
+        for (i, e) in events.into_iter().enumerate() {
+            tx.send((i, e)).await.unwrap();
+        }
+        drop(tx);
+        let log: Arc<Mutex<Vec<(usize, bool)>>> = Default::default();
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let max_in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut prefixes = Vec::new();
+        let (end, unstarted) = run(
+            rx,
+            8,
+            |i: usize, _e| {
+                let (log, in_flight, max) = (log.clone(), in_flight.clone(), max_in_flight.clone());
+                async move {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let now = in_flight.fetch_add(1, SeqCst) + 1;
+                    max.fetch_max(now, SeqCst);
+                    log.lock().unwrap().push((i, true));
+                    // Later events finish sooner, to tempt reordering.
+                    tokio::time::sleep(Duration::from_millis(40 - 5 * i as u64)).await;
+                    log.lock().unwrap().push((i, false));
+                    in_flight.fetch_sub(1, SeqCst);
+                    Some(Disposition::Done)
+                }
+            },
+            |i| prefixes.push(*i),
+        )
+        .await;
+        assert_eq!(end, LaneEnd::Closed);
+        assert!(unstarted.is_empty());
+        let log = log.lock().unwrap().clone();
+        let pos = |i: usize, start: bool| log.iter().position(|e| *e == (i, start)).unwrap();
+        for (before, after) in [(0, 1), (0, 4), (1, 4), (4, 5), (2, 6)] {
+            assert!(
+                pos(before, false) < pos(after, true),
+                "{after} started before {before} ended: {log:?}"
+            );
+        }
+        assert!(
+            max_in_flight.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+            "nothing overlapped"
+        );
+        assert!(prefixes.windows(2).all(|w| w[0] < w[1]), "{prefixes:?}");
+        assert_eq!(prefixes.last(), Some(&6));
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_the_lane_and_returns_what_never_started() {
+        let (tx, rx) = mpsc::channel(16);
+        for i in 0..5usize {
+            tx.send((
+                i,
+                create(&format!("/same/{}", if i == 1 { "x" } else { "y" })),
+            ))
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        let mut prefixes = Vec::new();
+        let (end, unstarted) = run(
+            rx,
+            1,
+            |i: usize, _| async move {
+                Some(if i == 1 {
+                    Disposition::Stop
+                } else {
+                    Disposition::Done
+                })
+            },
+            |i| prefixes.push(*i),
+        )
+        .await;
+        assert_eq!(end, LaneEnd::Stopped);
+        assert_eq!(
+            prefixes,
+            vec![0],
+            "nothing at or after the stop is progress"
+        );
+        assert_eq!(unstarted, vec![2, 3, 4]);
+    }
+}

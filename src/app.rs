@@ -243,6 +243,7 @@ async fn replicate(
         Some(source.clone()),
         sink,
         crate::pipeline::Policies {
+            concurrency: settings.replicate.concurrency,
             on_failure: settings.replicate.on_failure,
             bad_message: settings.replicate.bad_message,
             max_message_bytes: settings.replicate.max_message_bytes,

@@ -71,9 +71,10 @@ struct Slot<T> {
 
 /// Run the events from `rx` through `start` (at most `concurrency` at once, in order where
 /// they are related) until `rx` closes or an event ends the lane. Returns how it ended and
-/// the tokens of events received but never started (for the input to release).
+/// the tokens of events received but never started, including those already waiting in
+/// `rx` (for the input to release); `rx` itself is left open.
 pub async fn run<T, F, Fut>(
-    mut rx: mpsc::Receiver<(T, RawEvent)>,
+    rx: &mut mpsc::Receiver<(T, RawEvent)>,
     concurrency: usize,
     mut start: F,
     mut prefix: impl FnMut(&T),
@@ -114,7 +115,6 @@ where
                 .filter(|s| s.event.is_some())
                 .map(|s| s.token)
                 .collect();
-            rx.close();
             while let Ok((token, _)) = rx.try_recv() {
                 unstarted.push(token);
             }
@@ -249,8 +249,9 @@ mod tests {
         let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let max_in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut prefixes = Vec::new();
+        let mut rx = rx;
         let (end, unstarted) = run(
-            rx,
+            &mut rx,
             8,
             |i: usize, _e| {
                 let (log, in_flight, max) = (log.clone(), in_flight.clone(), max_in_flight.clone());
@@ -300,8 +301,9 @@ mod tests {
         }
         drop(tx);
         let mut prefixes = Vec::new();
+        let mut rx = rx;
         let (end, unstarted) = run(
-            rx,
+            &mut rx,
             1,
             |i: usize, _| async move {
                 Some(if i == 1 {

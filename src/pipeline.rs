@@ -105,6 +105,7 @@ pub struct Pipeline {
     policy: FailurePolicy,
     bad_message: BadMessagePolicy,
     max_message_bytes: usize,
+    concurrency: usize,
     parked_file: PathBuf,
     parked_lock: Mutex<()>,
     deadline: Duration,
@@ -121,6 +122,8 @@ enum Failure {
 
 /// What the pipeline needs besides the sink: the `[replicate]` policies.
 pub struct Policies {
+    /// Events in flight per ordered stream.
+    pub concurrency: usize,
     pub on_failure: FailurePolicy,
     pub bad_message: BadMessagePolicy,
     pub max_message_bytes: usize,
@@ -143,12 +146,18 @@ impl Pipeline {
             policy: policies.on_failure,
             bad_message: policies.bad_message,
             max_message_bytes: policies.max_message_bytes,
+            concurrency: policies.concurrency,
             parked_file: policies.parked_file,
             parked_lock: Mutex::new(()),
             deadline: policies.deadline,
             stop,
             stats: Stats::default(),
         }
+    }
+
+    /// Events in flight per ordered stream (`[replicate] concurrency`).
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
     }
 
     pub async fn handle(&self, raw: &RawEvent, origin: &Origin) -> Disposition {

@@ -67,7 +67,12 @@ async fn survives_kill_9_mid_backlog() {
     }
     let sink = tempfile::tempdir().unwrap();
     let root = sink.path().join("root");
-    let work = subscribe_workdir(&bed, &root, "checkpoint_interval_seconds = 1");
+    // Two at a time, so that the backlog outlasts the first checkpoint.
+    let work = subscribe_workdir(
+        &bed,
+        &root,
+        "checkpoint_interval_seconds = 1\n[replicate]\nconcurrency = 2",
+    );
     let rep = Replicator::start(&work);
     let count = || {
         std::fs::read_dir(root.join("many"))

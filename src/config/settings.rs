@@ -287,6 +287,8 @@ pub enum BadMessagePolicy {
 /// `[replicate]`: our own settings (upstream has none of these).
 #[derive(Debug, Clone)]
 pub struct ReplicateSettings {
+    /// Events in flight per ordered stream (partition, queue, log).
+    pub concurrency: usize,
     pub on_failure: FailurePolicy,
     pub bad_message: BadMessagePolicy,
     pub max_message_bytes: usize,
@@ -513,6 +515,13 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
             BadMessagePolicy::Park
         }
     };
+    let concurrency = r.count("replicate.concurrency", 64);
+    if concurrency == 0 || concurrency > 4096 {
+        r.problem(
+            "replicate.concurrency",
+            format!("must be between 1 and 4096, got {concurrency}"),
+        );
+    }
     let max_message_bytes = r.count("replicate.max_message_bytes", 64 * 1024 * 1024);
     if max_message_bytes == 0 {
         r.problem("replicate.max_message_bytes", "must be at least 1");
@@ -532,6 +541,7 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
     }
     let replicate = ReplicateSettings {
         read_timeout: Duration::from_secs(read_timeout.max(1)),
+        concurrency: concurrency.clamp(1, 4096) as usize,
         on_failure,
         bad_message,
         max_message_bytes: max_message_bytes as usize,

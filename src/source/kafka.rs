@@ -228,28 +228,32 @@ async fn worker(
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) {
-    let mut stopped = false;
-    while let Some((offset, event)) = rx.recv().await {
-        if stop.is_cancelled() {
-            break;
-        }
-        if stopped {
-            // bad_message = "stop": the partition goes no further; drain without committing.
-            continue;
-        }
-        let origin = Origin::Kafka { partition, offset };
-        let Some(disposition) = super::process(&pipeline, &event, &origin, &hard_stop).await else {
-            break;
-        };
-        match disposition {
-            Disposition::Done => book.done(partition, offset),
-            Disposition::Held => book.hold(partition, offset),
-            Disposition::Abandoned => break,
-            Disposition::Stop => {
-                book.hold(partition, offset);
-                stopped = true;
+    let concurrency = pipeline.concurrency();
+    let (end, _) = crate::lane::run(
+        &mut rx,
+        concurrency,
+        |offset, event| {
+            let (pipeline, book) = (pipeline.clone(), book.clone());
+            let (stop, hard_stop) = (stop.clone(), hard_stop.clone());
+            async move {
+                // Nothing new starts once shutdown began.
+                if stop.is_cancelled() {
+                    return None;
+                }
+                let origin = Origin::Kafka { partition, offset };
+                let d = super::process(&pipeline, &event, &origin, &hard_stop).await;
+                if matches!(d, Some(Disposition::Held | Disposition::Stop)) {
+                    book.hold(partition, offset);
+                }
+                d
             }
-        }
+        },
+        |offset| book.done(partition, *offset),
+    )
+    .await;
+    if end == crate::lane::LaneEnd::Stopped {
+        // bad_message = "stop": the partition goes no further; drain without committing.
+        while !stop.is_cancelled() && rx.recv().await.is_some() {}
     }
 }
 

@@ -196,18 +196,73 @@ async fn follow(
     stop: &CancellationToken,
     hard_stop: &CancellationToken,
 ) {
+    let concurrency = pipeline.concurrency();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(i64, RawEvent)>(concurrency * 2);
+    // Under `on_failure = "hold"` a failed event freezes the checkpoint before it.
+    let frozen = std::sync::atomic::AtomicBool::new(false);
+    let lane = crate::lane::run(
+        &mut rx,
+        concurrency,
+        |ts, event| {
+            let frozen = &frozen;
+            async move {
+                if stop.is_cancelled() {
+                    return None;
+                }
+                let origin = Origin::Log { ts_ns: ts };
+                let d = process(pipeline, &event, &origin, hard_stop).await;
+                if matches!(d, Some(Disposition::Held | Disposition::Stop)) {
+                    frozen.store(true, Ordering::Relaxed);
+                }
+                d
+            }
+        },
+        |ts| {
+            if !frozen.load(Ordering::Relaxed) {
+                progress.done_ts.store(*ts, Ordering::Relaxed);
+            }
+        },
+    );
+    tokio::pin!(lane);
+    let feed = feed(
+        source,
+        directory,
+        progress.done_ts.load(Ordering::Relaxed),
+        tx,
+        stop,
+    );
+    tokio::select! {
+        (end, _) = &mut lane => {
+            if end == crate::lane::LaneEnd::Stopped {
+                // The checkpoint stays before the bad message.
+                stop.cancelled().await;
+            }
+        }
+        _ = feed => {
+            lane.await;
+        }
+    }
+}
+
+/// Send the log's events from `since` into `tx`, resubscribing after errors, until `stop`.
+async fn feed(
+    source: &FilerSource,
+    directory: &str,
+    since: i64,
+    tx: tokio::sync::mpsc::Sender<(i64, RawEvent)>,
+    stop: &CancellationToken,
+) {
     let client_id = rand_i32();
     let mut epoch = 0;
     let mut backoff = Duration::from_secs(1);
-    // Under `on_failure = "hold"` a failed event freezes the checkpoint before it.
-    let mut frozen = false;
+    // Resubscribe after the last event handed on (the lane has everything before it).
+    let mut fed = since;
     'connect: loop {
         epoch += 1;
-        let since = progress.done_ts.load(Ordering::Relaxed);
         let request = pb::SubscribeMetadataRequest {
             client_name: "replicate".into(),
             path_prefix: directory.to_string(),
-            since_ns: since,
+            since_ns: fed,
             client_id,
             client_epoch: epoch,
             ..Default::default()
@@ -233,7 +288,7 @@ async fn follow(
             }
         };
         tracing::info!(
-            since_ns = since,
+            since_ns = fed,
             directory,
             "following the source filer's metadata log"
         );
@@ -262,20 +317,11 @@ async fn follow(
                 let Some(event) = raw_event(one) else {
                     continue;
                 };
-                let origin = Origin::Log { ts_ns: ts };
-                match process(pipeline, &event, &origin, hard_stop).await {
-                    Some(Disposition::Done) if !frozen => {
-                        progress.done_ts.store(ts, Ordering::Relaxed);
-                    }
-                    Some(Disposition::Done) => {}
-                    Some(Disposition::Held) => frozen = true,
-                    Some(Disposition::Stop) => {
-                        // The checkpoint stays before the bad message.
-                        stop.cancelled().await;
-                        return;
-                    }
-                    Some(Disposition::Abandoned) | None => return,
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = tx.send((ts, event)) => if r.is_err() { return },
                 }
+                fed = ts;
             }
         }
     }

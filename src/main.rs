@@ -4,7 +4,20 @@ use clap::Parser;
 use seaweed_replicate::{app, cli};
 use std::process::ExitCode;
 
+/// glibc's allocator keeps freed multi-MiB chunk buffers in its heaps (its mmap threshold
+/// rises after each free of a large block) and gives each thread an arena; fixing the
+/// threshold and capping arenas keeps the resident size near what is really in use.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let args = cli::normalize_args(std::env::args());
     let cli = match cli::Cli::try_parse_from(args) {
         Ok(c) => c,

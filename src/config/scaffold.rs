@@ -66,8 +66,8 @@ ttlSec = 0
 disk = ""
 dataCenter = ""
 is_incremental = false
-# Chunk copies in flight across all files (upstream: 32, fixed).
-chunk_concurrency = 32
+# Chunk copies in flight across all files (upstream: 32, fixed); memory ≈ this × chunk size.
+chunk_concurrency = 8
 
 [sink.s3]
 enabled = false
@@ -128,6 +128,9 @@ endpoint = ""
 
 # Settings only `replicate` has.
 [replicate]
+# Events in flight per ordered stream (Kafka partition, queue, metadata log). Events on the
+# same path, or on a directory and what is under it, still run in order.
+concurrency = 64
 # What happens to an event that cannot be replicated (a malformed message, an unsafe path,
 # a chunk gone from the source, or its own retryable errors for longer than
 # event_deadline_seconds; outages of the source or target are waited out, never parked):

@@ -875,7 +875,7 @@ fn resolve_sink(
                 );
             }
             let ttl_sec = r.int("sink.filer.ttlSec", 0);
-            let chunk_concurrency = r.count("sink.filer.chunk_concurrency", 32);
+            let chunk_concurrency = r.count("sink.filer.chunk_concurrency", 8);
             if chunk_concurrency == 0 || chunk_concurrency > 1024 {
                 r.problem(
                     "sink.filer.chunk_concurrency",

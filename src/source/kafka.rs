@@ -37,7 +37,7 @@ pub fn client_config(cfg: &KafkaSettings) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("queued.max.messages.kbytes", "32768")
+        .set("queued.max.messages.kbytes", "8192")
         .set("reconnect.backoff.max.ms", "10000")
         .set("log_level", "4");
     let protocol = match (cfg.sasl.is_some(), cfg.tls.is_some()) {
@@ -130,11 +130,27 @@ pub async fn run(
     // librdkafka reconnects on its own; errors it reports are logged (at most every
     // 10 s per kind) and consumption simply continues.
     let mut last_logged: HashMap<String, std::time::Instant> = HashMap::new();
+    // The next offset to consume per partition, as far as this loop has seen.
+    let mut next: HashMap<i32, i64> = partitions
+        .iter()
+        .filter_map(|&p| book.resume_at(p).map(|o| (p, o)))
+        .collect();
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
             m = consumer.recv() => m,
+            // Idle: fetching pauses until a partition's high watermark moves. Brokers that
+            // answer an empty fetch at once instead of waiting fetch.wait.max.ms (noida-db
+            // here) otherwise keep the client's fetch loop spinning; upstream burns most of
+            // a core that way.
+            _ = tokio::time::sleep(IDLE_AFTER) => {
+                wait_while_idle(&consumer, &tpl, &cfg.topic, &partitions, &next, &stop).await;
+                continue;
+            }
         };
+        if let Ok(m) = &msg {
+            next.insert(m.partition(), m.offset() + 1);
+        }
         match msg {
             Ok(m) => {
                 let Some(lane) = lanes.get(&m.partition()) else {
@@ -176,6 +192,52 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// With no message for this long, the consumer counts as idle.
+const IDLE_AFTER: Duration = Duration::from_millis(200);
+/// While idle, the high watermarks are checked this often (at most the added latency of
+/// the first event after a quiet spell).
+const IDLE_CHECK: Duration = Duration::from_millis(500);
+
+/// Pause fetching until some partition has a message past `next` (or its low watermark
+/// where nothing was consumed yet), checking the watermarks every `IDLE_CHECK`.
+async fn wait_while_idle(
+    consumer: &Arc<StreamConsumer>,
+    tpl: &TopicPartitionList,
+    topic: &str,
+    partitions: &[i32],
+    next: &HashMap<i32, i64>,
+    stop: &CancellationToken,
+) {
+    if consumer.pause(tpl).is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(IDLE_CHECK) => {}
+        }
+        let (c, t, ps) = (consumer.clone(), topic.to_string(), partitions.to_vec());
+        let marks = tokio::task::spawn_blocking(move || {
+            ps.iter()
+                .map(|&p| (p, c.fetch_watermarks(&t, p, Duration::from_secs(5))))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let news = marks.iter().any(|(p, m)| match m {
+            Ok((low, high)) => *high > next.get(p).copied().unwrap_or(*low),
+            // Cannot tell (broker away): let the consumer find out.
+            Err(_) => true,
+        });
+        if news {
+            break;
+        }
+    }
+    if let Err(e) = consumer.resume(tpl) {
+        tracing::warn!(error = %e, "resuming fetches failed");
+    }
 }
 
 /// The topic's partitions, waiting (with backoff) for the broker and the topic.

@@ -30,3 +30,64 @@ pub async fn process(
         }
     }
 }
+
+/// How a queue input acknowledges its messages (`T` is its handle for one message).
+#[async_trait::async_trait]
+pub trait Acks<T: Send + Sync>: Sync {
+    /// Where the message came from, for logs and the parked file.
+    fn origin(&self, message: &T) -> Origin;
+    /// Runs while the message is worked on (extending its lease); it is dropped when the
+    /// work ends, so it may loop forever.
+    async fn keep(&self, message: &T);
+    /// The work ended: acknowledge, put back for later, or release (`None`: interrupted).
+    async fn settle(&self, message: T, disposition: Option<Disposition>);
+    /// Messages received but never started: give them back to the queue now.
+    async fn release(&self, messages: Vec<T>);
+}
+
+/// Run a queue input: `feed` receives messages into the sender until `stop`; they run
+/// through the pipeline in a lane (up to `[replicate] concurrency` at once, in order where
+/// related) and are settled one by one; what was never started is released at the end.
+pub async fn run_queue<T, A, F>(
+    pipeline: &Pipeline,
+    acks: &A,
+    stop: &CancellationToken,
+    hard_stop: &CancellationToken,
+    feed: impl FnOnce(tokio::sync::mpsc::Sender<(T, RawEvent)>) -> F,
+) where
+    T: Clone + Send + Sync,
+    A: Acks<T>,
+    F: std::future::Future<Output = ()>,
+{
+    let concurrency = pipeline.concurrency();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(concurrency);
+    let lane = crate::lane::run(
+        &mut rx,
+        concurrency,
+        |message: T, event| async move {
+            let disposition = if stop.is_cancelled() {
+                None
+            } else {
+                let origin = acks.origin(&message);
+                tokio::select! {
+                    d = process(pipeline, &event, &origin, hard_stop) => d,
+                    _ = acks.keep(&message) => None,
+                }
+            };
+            acks.settle(message, disposition).await;
+            disposition
+        },
+        |_| {},
+    );
+    tokio::pin!(lane);
+    let fed = feed(tx);
+    let (end, unstarted) = tokio::select! {
+        r = &mut lane => r,
+        _ = fed => lane.await,
+    };
+    acks.release(unstarted).await;
+    if end == crate::lane::LaneEnd::Stopped {
+        // bad_message = "stop": nothing more is taken from the queue.
+        stop.cancelled().await;
+    }
+}

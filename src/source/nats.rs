@@ -126,53 +126,79 @@ async fn session(
         .await?;
     let mut messages = consumer.messages().await?;
     tracing::info!(stream = %stream_name, durable = %cfg.durable, subject = %cfg.subject, "consuming NATS JetStream");
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            m = messages.next() => m,
-        };
-        let m = match next {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => return Err(e.into()),
-            None => return Err("the consumer's message stream ended".into()),
-        };
-        let origin = Origin::Message {
+    let failure: std::sync::Mutex<Option<BoxError>> = std::sync::Mutex::new(None);
+    super::run_queue(pipeline, &NatsAcks, stop, hard_stop, |tx| {
+        let (failure, messages) = (&failure, &mut messages);
+        async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = messages.next() => m,
+                };
+                let m = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
+                        return;
+                    }
+                    None => {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some("the consumer's message stream ended".into());
+                        return;
+                    }
+                };
+                let event = RawEvent {
+                    key: key_of(m.headers.as_ref()),
+                    payload: m.payload.clone(),
+                };
+                if tx.send((m, event)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+struct NatsAcks;
+
+#[async_trait::async_trait]
+impl super::Acks<jetstream::Message> for NatsAcks {
+    fn origin(&self, m: &jetstream::Message) -> Origin {
+        Origin::Message {
             input: "nats",
             id: m
                 .info()
                 .map(|i| format!("{}:{}", i.stream, i.stream_sequence))
                 .unwrap_or_default(),
-        };
-        let event = RawEvent {
-            key: key_of(m.headers.as_ref()),
-            payload: m.payload.clone(),
-        };
-        let disposition = {
-            let keeper = async {
-                loop {
-                    tokio::time::sleep(ACK_WAIT / 2).await;
-                    let _ = m.ack_with(AckKind::Progress).await;
-                }
-            };
-            tokio::select! {
-                d = process(pipeline, &event, &origin, hard_stop) => d,
-                _ = keeper => unreachable!("the keeper never ends"),
-            }
-        };
+        }
+    }
+
+    async fn keep(&self, m: &jetstream::Message) {
+        loop {
+            tokio::time::sleep(ACK_WAIT / 2).await;
+            let _ = m.ack_with(AckKind::Progress).await;
+        }
+    }
+
+    async fn settle(&self, m: jetstream::Message, disposition: Option<Disposition>) {
         let reply = match disposition {
             Some(Disposition::Done) => AckKind::Ack,
             Some(Disposition::Held) => AckKind::Nak(Some(RETRY_AFTER)),
-            Some(Disposition::Stop) => {
-                stop.cancelled().await;
-                return Ok(());
-            }
-            Some(Disposition::Abandoned) | None => {
-                let _ = m.ack_with(AckKind::Nak(None)).await;
-                return Ok(());
-            }
+            Some(Disposition::Stop | Disposition::Abandoned) | None => AckKind::Nak(None),
         };
         if let Err(e) = m.ack_with(reply).await {
-            tracing::warn!(%origin, error = %e, "acknowledging a message failed; it will be delivered again");
+            tracing::warn!(origin = %self.origin(&m), error = %e, "acknowledging a message failed; it will be delivered again");
+        }
+    }
+
+    async fn release(&self, messages: Vec<jetstream::Message>) {
+        for m in messages {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
         }
     }
 }

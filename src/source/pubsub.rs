@@ -10,7 +10,6 @@
 //! pause instead of looping hot (upstream's immediate nack); one not started at shutdown
 //! is released at once. `PUBSUB_EMULATOR_HOST` points it at the emulator.
 
-use super::process;
 use crate::config::settings::PubSubSettings;
 use crate::event::RawEvent;
 use crate::gcp::GoogleAuth;
@@ -98,16 +97,97 @@ pub async fn run(
         return Ok(());
     }
     tracing::info!(subscription = %sub, "consuming Pub/Sub subscription");
+    let acks = PubSubAcks { client, sub };
+    super::run_queue(&pipeline, &acks, &stop, &hard_stop, |tx| {
+        pull(&acks, tx, &stop, &hard_stop)
+    })
+    .await;
+    Ok(())
+}
+
+/// One message, as the lane holds it.
+#[derive(Clone)]
+struct PubSubMessage {
+    ack_id: String,
+    id: String,
+}
+
+struct PubSubAcks {
+    client: Client,
+    sub: String,
+}
+
+#[async_trait::async_trait]
+impl super::Acks<PubSubMessage> for PubSubAcks {
+    fn origin(&self, m: &PubSubMessage) -> Origin {
+        Origin::Message {
+            input: "pubsub",
+            id: m.id.clone(),
+        }
+    }
+
+    async fn keep(&self, m: &PubSubMessage) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(ACK_DEADLINE as u64 / 2)).await;
+            deadline(
+                &self.client,
+                &self.sub,
+                std::slice::from_ref(&m.ack_id),
+                ACK_DEADLINE,
+            )
+            .await;
+        }
+    }
+
+    async fn settle(&self, m: PubSubMessage, disposition: Option<Disposition>) {
+        match disposition {
+            Some(Disposition::Done) => {
+                let body = json!({"ackIds": [m.ack_id]});
+                if let Err(e) = self
+                    .client
+                    .ok(
+                        reqwest::Method::POST,
+                        &format!("{}:acknowledge", self.sub),
+                        Some(body),
+                    )
+                    .await
+                {
+                    tracing::warn!(origin = %self.origin(&m), error = %e, "acknowledging a done message failed; it will be replayed");
+                }
+            }
+            Some(Disposition::Held) => {
+                deadline(&self.client, &self.sub, &[m.ack_id], RETRY_AFTER).await
+            }
+            Some(Disposition::Stop | Disposition::Abandoned) | None => {
+                deadline(&self.client, &self.sub, &[m.ack_id], 0).await
+            }
+        }
+    }
+
+    async fn release(&self, messages: Vec<PubSubMessage>) {
+        let ids: Vec<String> = messages.into_iter().map(|m| m.ack_id).collect();
+        deadline(&self.client, &self.sub, &ids, 0).await;
+    }
+}
+
+/// Pull batches into `tx` until `stop`.
+async fn pull(
+    acks: &PubSubAcks,
+    tx: tokio::sync::mpsc::Sender<(PubSubMessage, RawEvent)>,
+    stop: &CancellationToken,
+    hard_stop: &CancellationToken,
+) {
+    let (client, sub) = (&acks.client, &acks.sub);
     let pull = format!("{sub}:pull");
     let mut backoff = Duration::from_secs(1);
     loop {
         if stop.is_cancelled() {
-            return Ok(());
+            return;
         }
-        // Not abandoned at shutdown: what a pull brings is released below instead of
-        // waiting out its ack deadline.
+        // Not abandoned at shutdown: what a pull brings is released instead of waiting out
+        // its ack deadline.
         let pulled = tokio::select! {
-            _ = hard_stop.cancelled() => return Ok(()),
+            _ = hard_stop.cancelled() => return,
             r = client.ok(reqwest::Method::POST, &pull,
                 Some(json!({"maxMessages": 10, "returnImmediately": true}))) => r,
         };
@@ -122,7 +202,7 @@ pub async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "pulling from Pub/Sub failed; retrying");
                 tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
+                    _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -131,7 +211,7 @@ pub async fn run(
         };
         if received.is_empty() {
             tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             continue;
@@ -141,14 +221,9 @@ pub async fn run(
             .map(|m| m["ackId"].as_str().unwrap_or("").to_string())
             .collect();
         for (i, m) in received.iter().enumerate() {
-            if stop.is_cancelled() {
-                deadline(&client, &sub, &ack_ids[i..], 0).await;
-                return Ok(());
-            }
-            let ack_id = ack_ids[i].clone();
             let msg = &m["message"];
-            let origin = Origin::Message {
-                input: "pubsub",
+            let message = PubSubMessage {
+                ack_id: ack_ids[i].clone(),
                 id: msg["messageId"].as_str().unwrap_or("").to_string(),
             };
             let event = RawEvent {
@@ -158,41 +233,13 @@ pub async fn run(
                     .unwrap_or_default()
                     .into(),
             };
-            let disposition = {
-                let keeper = async {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(ACK_DEADLINE as u64 / 2)).await;
-                        deadline(&client, &sub, std::slice::from_ref(&ack_id), ACK_DEADLINE).await;
-                    }
-                };
-                tokio::select! {
-                    d = process(&pipeline, &event, &origin, &hard_stop) => d,
-                    _ = keeper => unreachable!("the keeper never ends"),
-                }
+            let sent = tokio::select! {
+                _ = stop.cancelled() => false,
+                r = tx.send((message, event)) => r.is_ok(),
             };
-            match disposition {
-                Some(Disposition::Done) => {
-                    if let Err(e) = client
-                        .ok(
-                            reqwest::Method::POST,
-                            &format!("{sub}:acknowledge"),
-                            Some(json!({"ackIds": [ack_id]})),
-                        )
-                        .await
-                    {
-                        tracing::warn!(%origin, error = %e, "acknowledging a done message failed; it will be replayed");
-                    }
-                }
-                Some(Disposition::Held) => deadline(&client, &sub, &[ack_id], RETRY_AFTER).await,
-                Some(Disposition::Stop) => {
-                    deadline(&client, &sub, &ack_ids[i + 1..], 0).await;
-                    stop.cancelled().await;
-                    return Ok(());
-                }
-                Some(Disposition::Abandoned) | None => {
-                    deadline(&client, &sub, &ack_ids[i..], 0).await;
-                    return Ok(());
-                }
+            if !sent {
+                deadline(client, sub, &ack_ids[i..], 0).await;
+                return;
             }
         }
     }

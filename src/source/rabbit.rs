@@ -9,7 +9,6 @@
 //! A held message is requeued after a pause (upstream requeues at once, then parks it in
 //! the dead-letter queue for 10 minutes); a closed connection is redialled.
 
-use super::process;
 use crate::config::settings::RabbitSettings;
 use crate::event::RawEvent;
 use crate::pipeline::{Disposition, Origin, Pipeline};
@@ -77,79 +76,122 @@ async fn session(
         )
         .await?;
     tracing::info!(queue = %cfg.queue, "consuming RabbitMQ queue");
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            d = consumer.next() => d,
-        };
-        let delivery = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => return Err(e),
-            None => {
-                return Err(lapin::Error::from(
-                    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-                ));
-            }
-        };
-        let key = delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get("key").cloned())
-            .and_then(|v| match v {
-                AMQPValue::LongString(s) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+    let failure = std::sync::Mutex::new(None);
+    super::run_queue(pipeline, &RabbitAcks, stop, hard_stop, |tx| {
+        let (failure, consumer) = (&failure, &mut consumer);
+        async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    d = consumer.next() => d,
+                };
+                let delivery = match next {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        return;
+                    }
+                    None => {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(
+                            lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                                lapin::ConnectionState::Closed,
+                            )),
+                        );
+                        return;
+                    }
+                };
+                let key = delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("key").cloned())
+                    .and_then(|v| match v {
+                        AMQPValue::LongString(s) => {
+                            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                        }
+                        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                let message = RabbitMessage {
+                    id: delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(|m| m.as_str().to_string())
+                        .unwrap_or_else(|| format!("delivery {}", delivery.delivery_tag)),
+                    acker: delivery.acker.clone(),
+                };
+                let event = RawEvent {
+                    key,
+                    payload: delivery.data.into(),
+                };
+                if tx.send((message, event)).await.is_err() {
+                    return;
                 }
-                AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        let origin = Origin::Message {
+            }
+        }
+    })
+    .await;
+    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// One delivery, as the lane holds it.
+#[derive(Clone)]
+struct RabbitMessage {
+    acker: lapin::acker::Acker,
+    id: String,
+}
+
+struct RabbitAcks;
+
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Acks<RabbitMessage> for RabbitAcks {
+    fn origin(&self, m: &RabbitMessage) -> Origin {
+        Origin::Message {
             input: "rabbitmq",
-            id: delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|m| m.as_str().to_string())
-                .unwrap_or_else(|| format!("delivery {}", delivery.delivery_tag)),
-        };
-        let event = RawEvent {
-            key,
-            payload: delivery.data.clone().into(),
-        };
-        match process(pipeline, &event, &origin, hard_stop).await {
+            id: m.id.clone(),
+        }
+    }
+
+    /// AMQP deliveries have no lease to extend.
+    async fn keep(&self, _m: &RabbitMessage) {
+        std::future::pending::<()>().await
+    }
+
+    async fn settle(&self, m: RabbitMessage, disposition: Option<Disposition>) {
+        match disposition {
             Some(Disposition::Done) => {
-                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(%origin, error = %e, "acknowledging a done message failed; it will be replayed");
+                if let Err(e) = m.acker.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(origin = %self.origin(&m), error = %e, "acknowledging a done message failed; it will be replayed");
                 }
             }
+            // Requeued after a pause, without holding up the messages behind it.
             Some(Disposition::Held) => {
-                // Requeued after a pause, without holding up the messages behind it.
-                let acker = delivery.acker.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(RETRY_AFTER).await;
-                    let _ = acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
+                    let _ = m.acker.nack(requeue()).await;
                 });
             }
-            Some(Disposition::Stop) => {
-                stop.cancelled().await;
-                return Ok(());
+            Some(Disposition::Stop | Disposition::Abandoned) | None => {
+                let _ = m.acker.nack(requeue()).await;
             }
-            Some(Disposition::Abandoned) | None => {
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-                return Ok(());
-            }
+        }
+    }
+
+    async fn release(&self, messages: Vec<RabbitMessage>) {
+        for m in messages {
+            let _ = m.acker.nack(requeue()).await;
         }
     }
 }

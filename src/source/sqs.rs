@@ -9,7 +9,6 @@
 //! at once (upstream lets it reappear after 20 s). A failed or interrupted message is made
 //! visible again at once instead of after the timeout.
 
-use super::process;
 use crate::config::settings::SqsSettings;
 use crate::event::RawEvent;
 use crate::pipeline::{Disposition, Origin, Pipeline};
@@ -47,6 +46,71 @@ pub async fn run(
         return;
     };
     tracing::info!(queue = %url, "consuming SQS queue");
+    let acks = SqsAcks {
+        client: client.clone(),
+        url: url.clone(),
+    };
+    super::run_queue(&pipeline, &acks, &stop, &hard_stop, |tx| {
+        receive(&client, &url, tx, &stop, &hard_stop)
+    })
+    .await;
+}
+
+/// One message, as the lane holds it.
+#[derive(Clone)]
+struct SqsMessage {
+    receipt: String,
+    id: String,
+}
+
+struct SqsAcks {
+    client: Client,
+    url: String,
+}
+
+#[async_trait::async_trait]
+impl super::Acks<SqsMessage> for SqsAcks {
+    fn origin(&self, m: &SqsMessage) -> Origin {
+        Origin::Message {
+            input: "sqs",
+            id: m.id.clone(),
+        }
+    }
+
+    async fn keep(&self, m: &SqsMessage) {
+        keep_invisible(&self.client, &self.url, &m.receipt).await
+    }
+
+    async fn settle(&self, m: SqsMessage, disposition: Option<Disposition>) {
+        match disposition {
+            Some(Disposition::Done) => {
+                delete(&self.client, &self.url, &m.receipt, &self.origin(&m)).await
+            }
+            // Held: back on the queue after a pause, to be tried again.
+            Some(Disposition::Held) => {
+                set_visibility(&self.client, &self.url, &m.receipt, RETRY_AFTER).await
+            }
+            Some(Disposition::Stop | Disposition::Abandoned) | None => {
+                set_visibility(&self.client, &self.url, &m.receipt, 0).await
+            }
+        }
+    }
+
+    async fn release(&self, messages: Vec<SqsMessage>) {
+        for m in messages {
+            set_visibility(&self.client, &self.url, &m.receipt, 0).await;
+        }
+    }
+}
+
+/// Receive batches into `tx` until `stop`.
+async fn receive(
+    client: &Client,
+    url: &str,
+    tx: tokio::sync::mpsc::Sender<(SqsMessage, RawEvent)>,
+    stop: &CancellationToken,
+    hard_stop: &CancellationToken,
+) {
     let mut backoff = Duration::from_secs(1);
     loop {
         if stop.is_cancelled() {
@@ -54,12 +118,12 @@ pub async fn run(
         }
         // A poll is not abandoned at shutdown: SQS would hand messages to the closed
         // request and hide them for the whole visibility timeout. It ends within
-        // POLL_SECONDS, and what it brought is released below.
+        // POLL_SECONDS, and what it brought is released.
         let received = tokio::select! {
             _ = hard_stop.cancelled() => return,
             r = client
                 .receive_message()
-                .queue_url(&url)
+                .queue_url(url)
                 .max_number_of_messages(10)
                 .wait_time_seconds(POLL_SECONDS)
                 .visibility_timeout(VISIBILITY)
@@ -83,34 +147,18 @@ pub async fn run(
         };
         let mut pending = messages.into_iter();
         while let Some(m) = pending.next() {
-            if stop.is_cancelled() {
-                release(&client, &url, std::iter::once(m).chain(pending.by_ref())).await;
-                return;
-            }
-            let receipt = m.receipt_handle.clone().unwrap_or_default();
-            let origin = Origin::Message {
-                input: "sqs",
+            let message = SqsMessage {
+                receipt: m.receipt_handle.clone().unwrap_or_default(),
                 id: m.message_id.clone().unwrap_or_default(),
             };
             let event = raw_event(&m);
-            let keeper = tokio::spawn(keep_invisible(client.clone(), url.clone(), receipt.clone()));
-            let disposition = process(&pipeline, &event, &origin, &hard_stop).await;
-            keeper.abort();
-            match disposition {
-                Some(Disposition::Done) => delete(&client, &url, &receipt, &origin).await,
-                // Held: back on the queue after a pause, to be tried again.
-                Some(Disposition::Held) => {
-                    set_visibility(&client, &url, &receipt, RETRY_AFTER).await;
-                }
-                Some(Disposition::Stop) => {
-                    release(&client, &url, pending).await;
-                    stop.cancelled().await;
-                    return;
-                }
-                Some(Disposition::Abandoned) | None => {
-                    release(&client, &url, std::iter::once(m).chain(pending)).await;
-                    return;
-                }
+            let sent = tokio::select! {
+                _ = stop.cancelled() => false,
+                r = tx.send((message, event)) => r.is_ok(),
+            };
+            if !sent {
+                release(client, url, std::iter::once(m).chain(pending)).await;
+                return;
             }
         }
     }
@@ -174,15 +222,15 @@ fn decode_body(body: &str, flagged_base64: bool) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(body.as_bytes())
 }
 
-/// Renew the message's invisibility every half period until aborted.
-async fn keep_invisible(client: Client, url: String, receipt: String) {
+/// Renew the message's invisibility every half period (until dropped).
+async fn keep_invisible(client: &Client, url: &str, receipt: &str) {
     let half = Duration::from_secs(VISIBILITY as u64 / 2);
     loop {
         tokio::time::sleep(half).await;
         if let Err(e) = client
             .change_message_visibility()
-            .queue_url(&url)
-            .receipt_handle(&receipt)
+            .queue_url(url)
+            .receipt_handle(receipt)
             .visibility_timeout(VISIBILITY)
             .send()
             .await

@@ -91,3 +91,31 @@ pub async fn run_queue<T, A, F>(
         stop.cancelled().await;
     }
 }
+
+/// Run `session` until it ends cleanly or `stop` fires, reconnecting with backoff (up to
+/// 30 s) after each error, which is logged as `what` being unavailable.
+pub async fn reconnecting<F, Fut, E>(what: &str, stop: &CancellationToken, mut session: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut backoff = std::time::Duration::from_secs(1);
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = session() => r,
+        };
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "{what} unavailable; reconnecting")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+    }
+}

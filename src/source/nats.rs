@@ -29,24 +29,10 @@ pub async fn run(
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let result = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = session(cfg, &pipeline, &stop, &hard_stop) => r,
-        };
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(subject = %cfg.subject, error = %e, retry_in = ?backoff, "NATS unavailable; reconnecting")
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
+    super::reconnecting(&format!("NATS (subject {})", cfg.subject), &stop, || {
+        session(cfg, &pipeline, &stop, &hard_stop)
+    })
+    .await;
 }
 
 /// What clients say when a server runs without JetStream.

@@ -34,24 +34,10 @@ pub async fn run(
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let result = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = session(cfg, &pipeline, &stop, &hard_stop) => r,
-        };
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(queue = %cfg.queue, error = %e, retry_in = ?backoff, "RabbitMQ unavailable; reconnecting")
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
+    super::reconnecting(&format!("RabbitMQ (queue {})", cfg.queue), &stop, || {
+        session(cfg, &pipeline, &stop, &hard_stop)
+    })
+    .await;
 }
 
 /// One connection: consume until `stop` (`Ok`) or a connection error (`Err`).

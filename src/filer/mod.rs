@@ -111,6 +111,8 @@ pub struct FilerSource {
     http: reqwest::Client,
     opts: SourceOptions,
     locations: Mutex<HashMap<String, (Instant, Vec<Location>)>>,
+    /// Chunks fetched ahead across all files being read at once.
+    read_ahead: Arc<tokio::sync::Semaphore>,
 }
 
 /// A gRPC channel to a filer that connects lazily and reconnects on its own; over
@@ -194,6 +196,9 @@ impl FilerSource {
         Ok(FilerSource {
             grpc: connect_lazy(&opts.grpc_address, opts.grpc_tls.as_ref())?,
             http,
+            read_ahead: Arc::new(tokio::sync::Semaphore::new(
+                (opts.prefetch * READ_AHEAD_FILES).max(1),
+            )),
             opts,
             locations: Mutex::new(HashMap::new()),
         })
@@ -419,15 +424,34 @@ impl FilerSource {
         let size = views::file_size(recorded, &chunks);
         let plan = views::visible(&chunks, size);
         let mut pos = 0u64;
+        // Each file fetches up to `prefetch` chunks ahead, and all files together up to
+        // `prefetch * READ_AHEAD_FILES`, so many large files read at once stay within one
+        // budget. Permits are taken in chunk order, so the earliest chunk of a file that
+        // holds any is always fetched first: a file never waits on its own later chunks.
         let prefetch = self.opts.prefetch.max(1);
-        let mut fetched = futures::stream::iter(plan.iter().cloned())
-            .map(|v| {
+        let mut pending = plan.iter().cloned().peekable();
+        let mut in_flight = futures::stream::FuturesOrdered::new();
+        loop {
+            while in_flight.len() < prefetch && pending.peek().is_some() {
+                let permit = if in_flight.is_empty() {
+                    // The next chunk to write never waits for the budget.
+                    None
+                } else {
+                    match self.read_ahead.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => break,
+                    }
+                };
+                let v = pending.next().expect("peeked");
                 let chunk = &chunks[v.chunk];
-                async move { self.fetch_chunk(chunk, true).await.map(|data| (v, data)) }
-            })
-            .buffered(prefetch);
-        while let Some(item) = fetched.next().await {
-            let (v, data) = item?;
+                in_flight.push_back(async move {
+                    self.fetch_chunk(chunk, true).await.map(|data| (v, data, permit))
+                });
+            }
+            let Some(item) = in_flight.next().await else {
+                break;
+            };
+            let (v, data, _permit) = item?;
             send_zeros(tx, v.file_offset - pos).await?;
             let start = v.chunk_offset as usize;
             let piece = data.slice(start..start + v.len as usize);
@@ -437,6 +461,9 @@ impl FilerSource {
         send_zeros(tx, size - pos).await
     }
 }
+
+/// How many files' worth of read-ahead all reads share.
+const READ_AHEAD_FILES: usize = 2;
 
 /// The number of bytes [`FilerSource::open`] yields for an entry without manifests;
 /// with manifests the resolved chunks decide, so sinks count what they receive.

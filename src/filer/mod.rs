@@ -445,7 +445,9 @@ impl FilerSource {
                 let v = pending.next().expect("peeked");
                 let chunk = &chunks[v.chunk];
                 in_flight.push_back(async move {
-                    self.fetch_chunk(chunk, true).await.map(|data| (v, data, permit))
+                    self.fetch_chunk(chunk, true)
+                        .await
+                        .map(|data| (v, data, permit))
                 });
             }
             let Some(item) = in_flight.next().await else {

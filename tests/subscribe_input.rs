@@ -67,11 +67,11 @@ async fn survives_kill_9_mid_backlog() {
     }
     let sink = tempfile::tempdir().unwrap();
     let root = sink.path().join("root");
-    // Two at a time, so that the backlog outlasts the first checkpoint.
+    // One at a time, so that the backlog surely outlasts the first checkpoint.
     let work = subscribe_workdir(
         &bed,
         &root,
-        "checkpoint_interval_seconds = 1\n[replicate]\nconcurrency = 2",
+        "checkpoint_interval_seconds = 1\n[replicate]\nconcurrency = 1",
     );
     let rep = Replicator::start(&work);
     let count = || {

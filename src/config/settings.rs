@@ -585,11 +585,7 @@ fn resolve_input(r: &mut Reader, name: &str, cwd: &Path) -> Option<InputSettings
                     "is empty; set the queue the filer publishes to",
                 );
             }
-            let access_key_id = r.string(&format!("{p}.aws_access_key_id"), "");
-            let secret_access_key = r.string(&format!("{p}.aws_secret_access_key"), "");
-            if access_key_id.is_empty() != secret_access_key.is_empty() {
-                r.problem(&format!("{p}.aws_access_key_id"), "aws_access_key_id and aws_secret_access_key must be set together (or both left empty for the default credential chain)");
-            }
+            let (access_key_id, secret_access_key) = aws_keys(r, p);
             Some(InputSettings::Sqs(SqsSettings {
                 access_key_id,
                 secret_access_key,
@@ -905,11 +901,7 @@ fn resolve_sink(
                 );
             }
             let directory = object_store_dir(r, "sink.s3");
-            let access_key_id = r.string("sink.s3.aws_access_key_id", "");
-            let secret_access_key = r.string("sink.s3.aws_secret_access_key", "");
-            if access_key_id.is_empty() != secret_access_key.is_empty() {
-                r.problem("sink.s3.aws_access_key_id", "aws_access_key_id and aws_secret_access_key must be set together (or both left empty for the default credential chain)");
-            }
+            let (access_key_id, secret_access_key) = aws_keys(r, "sink.s3");
             // uploader_part_size_mb wins; upstream's code reads only uploader_part_size (MiB).
             let part_mb = if r.is_set("sink.s3.uploader_part_size_mb") {
                 r.count("sink.s3.uploader_part_size_mb", 8)
@@ -1061,6 +1053,17 @@ fn resolve_sink(
             None
         }
     }
+}
+
+/// A section's `aws_access_key_id` and `aws_secret_access_key`: both, or neither (the
+/// default credential chain).
+fn aws_keys(r: &mut Reader, section: &str) -> (String, String) {
+    let id = r.string(&format!("{section}.aws_access_key_id"), "");
+    let secret = r.string(&format!("{section}.aws_secret_access_key"), "");
+    if id.is_empty() != secret.is_empty() {
+        r.problem(&format!("{section}.aws_access_key_id"), "aws_access_key_id and aws_secret_access_key must be set together (or both left empty for the default credential chain)");
+    }
+    (id, secret)
 }
 
 /// An object-store sink's `directory`: absolute, `/` when empty.

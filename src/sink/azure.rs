@@ -295,6 +295,7 @@ impl AzureSink {
             }
         })
         .await
+        .is_some()
     }
 
     fn blob_name(key: &SinkKey) -> String {

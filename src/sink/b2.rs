@@ -73,6 +73,16 @@ struct UploadUrl {
     token: String,
 }
 
+impl UploadUrl {
+    /// From a `b2_get_upload_url` or `b2_get_upload_part_url` answer.
+    fn from_answer(v: &Value) -> Self {
+        UploadUrl {
+            url: v["uploadUrl"].as_str().unwrap_or("").to_string(),
+            token: v["authorizationToken"].as_str().unwrap_or("").to_string(),
+        }
+    }
+}
+
 /// An error answer from B2: `{"status": 400, "code": "bad_request", "message": "..."}`.
 #[derive(Debug)]
 struct B2Error {
@@ -289,6 +299,7 @@ impl B2Sink {
             Ok(())
         })
         .await
+        .is_some()
     }
 
     fn file_name(key: &SinkKey) -> String {
@@ -335,10 +346,7 @@ impl B2Sink {
                 json!({"bucketId": ""}),
             )
             .await?;
-        Ok(UploadUrl {
-            url: v["uploadUrl"].as_str().unwrap_or("").to_string(),
-            token: v["authorizationToken"].as_str().unwrap_or("").to_string(),
-        })
+        Ok(UploadUrl::from_answer(&v))
     }
 
     /// POST `body` to an upload URL, retrying with a fresh URL after a retryable failure.
@@ -484,10 +492,7 @@ impl B2Sink {
                     let v = self
                         .call("b2_get_upload_part_url", name, json!({"fileId": file_id}))
                         .await?;
-                    let url = UploadUrl {
-                        url: v["uploadUrl"].as_str().unwrap_or("").to_string(),
-                        token: v["authorizationToken"].as_str().unwrap_or("").to_string(),
-                    };
+                    let url = UploadUrl::from_answer(&v);
                     let mut headers = reqwest::header::HeaderMap::new();
                     headers.insert("x-bz-part-number", number.into());
                     Ok((url, headers, false))

@@ -153,6 +153,7 @@ impl GcsSink {
             }
         })
         .await
+        .is_some()
     }
 
     fn object_url(&self, name: &str) -> String {

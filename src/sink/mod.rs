@@ -239,26 +239,26 @@ pub async fn read_start(
 }
 
 /// Run `check` until it succeeds, logging why it fails (with `what` it checks) and
-/// backing off up to a minute. `false` if `stop` fires first.
-pub async fn wait_until_healthy<F, Fut>(
+/// backing off up to a minute; its value, or `None` if `stop` fires first.
+pub async fn wait_until_healthy<T, F, Fut>(
     what: &str,
     stop: &tokio_util::sync::CancellationToken,
     mut check: F,
-) -> bool
+) -> Option<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<T, String>>,
 {
     let mut backoff = std::time::Duration::from_secs(1);
     loop {
         match check().await {
-            Ok(()) => return true,
+            Ok(value) => return Some(value),
             Err(why) => {
                 tracing::error!(error = %why, retry_in = ?backoff, "{what} cannot be reached with this configuration; retrying")
             }
         }
         tokio::select! {
-            _ = stop.cancelled() => return false,
+            _ = stop.cancelled() => return None,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(std::time::Duration::from_secs(60));

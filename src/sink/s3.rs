@@ -173,6 +173,7 @@ impl S3Sink {
                 })
         })
         .await
+        .is_some()
     }
 
     /// The object key: the sink key with one leading `/` removed, as upstream.

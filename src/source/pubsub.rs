@@ -62,12 +62,17 @@ impl Client {
     ) -> Result<Value, String> {
         match self.call(method, path, body).await? {
             (s, v) if (200..300).contains(&s) => Ok(v),
-            (s, v) => Err(format!(
-                "HTTP {s}: {}",
-                v["error"]["message"].as_str().unwrap_or("")
-            )),
+            (s, v) => Err(api_error(s, &v)),
         }
     }
+}
+
+/// An error answer: its status and the message Pub/Sub gives.
+fn api_error(status: u16, body: &Value) -> String {
+    format!(
+        "HTTP {status}: {}",
+        body["error"]["message"].as_str().unwrap_or("")
+    )
 }
 
 /// Consume until `stop` fires; in-flight work gets until `hard_stop`.
@@ -272,60 +277,38 @@ async fn ensure_subscription(
     stop: &CancellationToken,
 ) -> bool {
     let topic = format!("projects/{}/topics/{}", cfg.project_id, cfg.topic);
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let result: Result<(), String> = async {
-            match client.call(reqwest::Method::GET, sub, None).await? {
-                (200, _) => return Ok(()),
-                (404, _) => {}
-                (s, v) => {
-                    return Err(format!(
-                        "HTTP {s}: {}",
-                        v["error"]["message"].as_str().unwrap_or("")
-                    ));
-                }
-            }
-            if cfg.topic.is_empty() {
-                return Err(
-                    "the subscription does not exist and no topic is configured to create it on"
-                        .into(),
-                );
-            }
-            match client
-                .call(reqwest::Method::PUT, &topic, Some(json!({})))
-                .await?
-            {
-                (200, _) | (409, _) => {}
-                (s, v) => {
-                    return Err(format!(
-                        "creating {topic}: HTTP {s}: {}",
-                        v["error"]["message"].as_str().unwrap_or("")
-                    ));
-                }
-            }
-            let body = json!({"topic": topic, "ackDeadlineSeconds": ACK_DEADLINE});
-            match client.call(reqwest::Method::PUT, sub, Some(body)).await? {
-                (200, _) | (409, _) => {
-                    tracing::info!(subscription = %sub, topic = %topic, "created the subscription");
-                    Ok(())
-                }
-                (s, v) => Err(format!(
-                    "creating {sub}: HTTP {s}: {}",
-                    v["error"]["message"].as_str().unwrap_or("")
-                )),
+    let what = format!("Pub/Sub subscription {sub}");
+    crate::sink::wait_until_healthy(&what, stop, || async {
+        match client.call(reqwest::Method::GET, sub, None).await? {
+            (200, _) => return Ok(()),
+            (404, _) => {}
+            (s, v) => {
+                return Err(api_error(s, &v));
             }
         }
-        .await;
-        match result {
-            Ok(()) => return true,
-            Err(e) => {
-                tracing::error!(subscription = %sub, error = %e, retry_in = ?backoff, "Pub/Sub subscription not usable; retrying")
+        if cfg.topic.is_empty() {
+            return Err(
+                "the subscription does not exist and no topic is configured to create it on".into(),
+            );
+        }
+        match client
+            .call(reqwest::Method::PUT, &topic, Some(json!({})))
+            .await?
+        {
+            (200, _) | (409, _) => {}
+            (s, v) => {
+                return Err(format!("creating {topic}: {}", api_error(s, &v)));
             }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
+        let body = json!({"topic": topic, "ackDeadlineSeconds": ACK_DEADLINE});
+        match client.call(reqwest::Method::PUT, sub, Some(body)).await? {
+            (200, _) | (409, _) => {
+                tracing::info!(subscription = %sub, topic = %topic, "created the subscription");
+                Ok(())
+            }
+            (s, v) => Err(format!("creating {sub}: {}", api_error(s, &v))),
         }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
-    }
+    })
+    .await
+    .is_some()
 }

@@ -46,12 +46,9 @@ pub async fn run(
         return;
     };
     tracing::info!(queue = %url, "consuming SQS queue");
-    let acks = SqsAcks {
-        client: client.clone(),
-        url: url.clone(),
-    };
+    let acks = SqsAcks { client, url };
     super::run_queue(&pipeline, &acks, &stop, &hard_stop, |tx| {
-        receive(&client, &url, tx, &stop, &hard_stop)
+        receive(&acks, tx, &stop, &hard_stop)
     })
     .await;
 }
@@ -61,6 +58,15 @@ pub async fn run(
 struct SqsMessage {
     receipt: String,
     id: String,
+}
+
+impl SqsMessage {
+    fn of(m: &Message) -> Self {
+        SqsMessage {
+            receipt: m.receipt_handle.clone().unwrap_or_default(),
+            id: m.message_id.clone().unwrap_or_default(),
+        }
+    }
 }
 
 struct SqsAcks {
@@ -105,12 +111,12 @@ impl super::Acks<SqsMessage> for SqsAcks {
 
 /// Receive batches into `tx` until `stop`.
 async fn receive(
-    client: &Client,
-    url: &str,
+    acks: &SqsAcks,
     tx: tokio::sync::mpsc::Sender<(SqsMessage, RawEvent)>,
     stop: &CancellationToken,
     hard_stop: &CancellationToken,
 ) {
+    let (client, url) = (&acks.client, acks.url.as_str());
     let mut backoff = Duration::from_secs(1);
     loop {
         if stop.is_cancelled() {
@@ -145,19 +151,15 @@ async fn receive(
                 continue;
             }
         };
-        let mut pending = messages.into_iter();
-        while let Some(m) = pending.next() {
-            let message = SqsMessage {
-                receipt: m.receipt_handle.clone().unwrap_or_default(),
-                id: m.message_id.clone().unwrap_or_default(),
-            };
-            let event = raw_event(&m);
+        for (i, m) in messages.iter().enumerate() {
             let sent = tokio::select! {
                 _ = stop.cancelled() => false,
-                r = tx.send((message, event)) => r.is_ok(),
+                r = tx.send((SqsMessage::of(m), raw_event(m))) => r.is_ok(),
             };
             if !sent {
-                release(client, url, std::iter::once(m).chain(pending)).await;
+                use super::Acks;
+                acks.release(messages[i..].iter().map(SqsMessage::of).collect())
+                    .await;
                 return;
             }
         }
@@ -170,26 +172,24 @@ async fn queue_url(client: &Client, cfg: &SqsSettings, stop: &CancellationToken)
     if !cfg.queue_url.is_empty() {
         return Some(cfg.queue_url.clone());
     }
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        match client
+    let what = format!(
+        "SQS queue {} (missing, wrong region or credentials?)",
+        cfg.queue_name
+    );
+    crate::sink::wait_until_healthy(&what, stop, || async {
+        let r = client
             .get_queue_url()
             .queue_name(&cfg.queue_name)
             .send()
-            .await
-        {
-            Ok(r) => return r.queue_url,
-            Err(e) => {
-                tracing::error!(queue = %cfg.queue_name, error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
-                retry_in = ?backoff, "cannot find the SQS queue (missing, wrong region or credentials?); retrying")
-            }
+            .await;
+        match r {
+            Ok(r) => r
+                .queue_url
+                .ok_or_else(|| "no queue URL in the answer".to_string()),
+            Err(e) => Err(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()),
         }
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
-    }
+    })
+    .await
 }
 
 /// The message as an event: the `key` attribute, the body decoded.
@@ -256,15 +256,6 @@ async fn delete(client: &Client, url: &str, receipt: &str, origin: &Origin) {
                 tracing::warn!(%origin, attempt, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "deleting a done message failed");
                 tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
             }
-        }
-    }
-}
-
-/// Make messages visible again now, for whoever receives next.
-async fn release(client: &Client, url: &str, messages: impl IntoIterator<Item = Message>) {
-    for m in messages {
-        if let Some(receipt) = m.receipt_handle {
-            set_visibility(client, url, &receipt, 0).await;
         }
     }
 }

@@ -26,6 +26,11 @@ SMALL = int(os.environ.get("SMALL", "5000"))
 BIG = int(os.environ.get("BIG", "4"))
 BIG_SIZE = 64 * 1024 * 1024
 IDLE_SECONDS = int(os.environ.get("IDLE_SECONDS", "20"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+TOOLS = os.environ.get("TOOLS", "upstream replicate").split()
+SINKS = os.environ.get("SINKS", "filer local").split()
+PERF = os.environ.get("PERF", "") not in ("", "0")
+PERF_DIR = os.environ.get("PERF_DIR")  # keep the perf.data files there
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -87,17 +92,22 @@ def proc_stats(pid):
     return peak, cpu
 
 
-def local_state(root):
-    """{relative path: size} under a local directory."""
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            p = os.path.join(dirpath, n)
+def local_done(root, sizes):
+    """A check that every file is in place with its size. It stats only the files not yet
+    seen complete, so that polling costs the machine little (walking all 5,000 files
+    five times a second took an eighth of both cores away from the tools being measured)."""
+    remaining = dict(sizes)
+
+    def done():
+        for rel, size in list(remaining.items()):
             try:
-                out[os.path.relpath(p, root)] = os.path.getsize(p)
-            except FileNotFoundError:  # a temp file renamed meanwhile
+                if os.path.getsize(os.path.join(root, rel)) == size:
+                    del remaining[rel]
+            except FileNotFoundError:
                 pass
-    return out
+        return not remaining
+
+    return done
 
 
 def filer_list(http, path):
@@ -124,7 +134,7 @@ def filer_state(http, root):
     return out
 
 
-def run_tool(name, cmd, workdir, done, verify, env=None):
+def run_tool(name, cmd, workdir, done, verify, env, idle_seconds, perf, perf_roles=None):
     start = time.time()
     proc = subprocess.Popen(
         cmd, cwd=workdir, stdout=open(os.path.join(workdir, "log"), "w"),
@@ -143,7 +153,9 @@ def run_tool(name, cmd, workdir, done, verify, env=None):
         time.sleep(0.2)
     elapsed = time.time() - start
     peak, cpu = proc_stats(proc.pid)
-    time.sleep(IDLE_SECONDS)
+    if perf:
+        perf_stop(*perf, proc.pid, perf_roles)
+    time.sleep(idle_seconds)
     _, cpu_after = proc_stats(proc.pid)
     proc.terminate()
     try:
@@ -151,7 +163,47 @@ def run_tool(name, cmd, workdir, done, verify, env=None):
     except subprocess.TimeoutExpired:
         proc.kill()
     bad = verify()
-    return elapsed, peak, cpu, (cpu_after - cpu) / IDLE_SECONDS, bad
+    return elapsed, peak, cpu, (cpu_after - cpu) / idle_seconds if idle_seconds else 0.0, bad
+
+
+def perf_start(out):
+    """System-wide CPU sampling (software clock; hardware counters may be missing)."""
+    return subprocess.Popen(
+        ["perf", "record", "-a", "-F", "499", "-o", out, "--", "sleep", "3600"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def perf_stop(proc, out, pid, roles):
+    """Stop sampling; print where the machine's CPU went, by process, then replicate's hot spots."""
+    proc.send_signal(2)
+    proc.wait(60)
+    # perf's own "pid" sort key is the thread; count samples per process instead.
+    samples = subprocess.run(["perf", "script", "-i", out, "-F", "pid,comm"],
+                             capture_output=True, text=True).stdout.splitlines()
+    counts, names = {}, {}
+    for line in samples:
+        parts = line.split()
+        if len(parts) >= 2:
+            counts[parts[-1]] = counts.get(parts[-1], 0) + 1
+            names.setdefault(parts[-1], " ".join(parts[:-1]))
+    roles = dict(roles, **{str(pid): "the tool under test", "0": "idle"})
+    total_samples = max(1, sum(counts.values()))
+    lines = [f"    {100 * n / total_samples:5.1f}%  {names[p]:<16} {roles.get(p, '')}"
+             for p, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n / total_samples >= 0.005]
+    top = subprocess.run(
+        ["perf", "report", "-i", out, "--pid", str(pid), "--sort", "dso,sym",
+         "--stdio", "--no-children", "-g", "none", "--percent-limit", "0.7"],
+        capture_output=True, text=True,
+    ).stdout
+    keep = lambda text: "\n".join(l for l in text.splitlines() if l.strip() and not l.startswith("#"))
+    print(f"perf: share of the machine's CPU by process ({out})\n" + "\n".join(lines) + "\n"
+          f"perf: replicate's symbols over 0.7% of all samples\n{keep(top)}\n", file=sys.stderr)
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
 
 
 def main():
@@ -168,58 +220,80 @@ def main():
     print(f"corpus: {SMALL} files of 1-64 KiB + {BIG} x 64 MiB = {total / 1e6:.0f} MB; "
           f"loaded into the source in {load:.1f} s", file=sys.stderr)
 
-    rows = []
-    for sink in ("filer", "local"):
-        for tool in ("upstream", "replicate"):
-            name = f"{tool}-{sink}"
-            work = os.path.join(run, name)
-            os.makedirs(work, exist_ok=True)
-            if sink == "local":
-                target = os.path.join(run, "out-" + name)
-                section = f'[sink.local]\nenabled = true\ndirectory = "{target}"\n'
-                done = lambda t=target: local_state(t) == sizes
-                def verify(t=target):
-                    bad = 0
-                    for rel, h in want.items():
-                        with open(os.path.join(t, rel), "rb") as f:
-                            bad += hashlib.sha256(f.read()).hexdigest() != h
-                    return bad
-            else:
-                target = "/" + name
-                section = (f'[sink.filer]\nenabled = true\ngrpcAddress = "{b["FILER_GRPC"]}"\n'
-                           f'directory = "{target}"\n')
-                done = lambda t=target: filer_state(b["FILER_HTTP"], t) == sizes
-                def verify(t=target):
-                    def one(rel):
-                        data = urllib.request.urlopen(f"http://{b['FILER_HTTP']}{t}/{rel}", timeout=120).read()
-                        return hashlib.sha256(data).hexdigest() != want[rel]
-                    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                        return sum(pool.map(one, want))
-            with open(os.path.join(work, "replication.toml"), "w") as f:
-                f.write(section + f'[source.filer]\nenabled = true\ngrpcAddress = "{a["FILER_GRPC"]}"\n'
-                        'directory = "/bench"\n')
-            with open(os.path.join(work, "notification.toml"), "w") as f:
-                f.write(f'[notification.kafka]\nenabled = true\nhosts = ["{a["KAFKA_ADDR"]}"]\n'
-                        f'topic = "{a["TOPIC"]}"\noffsetFile = "./last.offset"\noffsetSaveIntervalSeconds = 10\n')
-            cmd = [weed_bin, "filer.replicate"] if tool == "upstream" else [replicate_bin]
-            env = dict(os.environ, HOME=work)
-            elapsed, peak, cpu, idle, bad = run_tool(name, cmd, work, done, verify, env)
-            rows.append((sink, tool, elapsed, peak, cpu, idle, bad))
-            print(f"{name}: {elapsed:.1f} s, {bad} files differ", file=sys.stderr)
+    results = {}  # (sink, tool) -> [(elapsed, peak, cpu, idle, bad)]
+    for round_no in range(ROUNDS):
+        for sink in SINKS:
+            # Alternate who goes first: a run can leave the machine slower for the next
+            # (page cache, inode tables), and the median should not favour either tool.
+            for tool in TOOLS if round_no % 2 == 0 else TOOLS[::-1]:
+                name = f"{tool}-{sink}-{round_no}"
+                work = os.path.join(run, name)
+                os.makedirs(work, exist_ok=True)
+                if sink == "local":
+                    target = os.path.join(run, "out-" + name)
+                    section = f'[sink.local]\nenabled = true\ndirectory = "{target}"\n'
+                    done = local_done(target, sizes)
+                    def verify(t=target):
+                        bad = 0
+                        for rel, h in want.items():
+                            with open(os.path.join(t, rel), "rb") as f:
+                                bad += hashlib.sha256(f.read()).hexdigest() != h
+                        return bad
+                else:
+                    target = "/" + name
+                    section = (f'[sink.filer]\nenabled = true\ngrpcAddress = "{b["FILER_GRPC"]}"\n'
+                               f'directory = "{target}"\n')
+                    done = lambda t=target: filer_state(b["FILER_HTTP"], t) == sizes
+                    def verify(t=target):
+                        def one(rel):
+                            data = urllib.request.urlopen(f"http://{b['FILER_HTTP']}{t}/{rel}", timeout=120).read()
+                            return hashlib.sha256(data).hexdigest() != want[rel]
+                        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                            return sum(pool.map(one, want))
+                with open(os.path.join(work, "replication.toml"), "w") as f:
+                    f.write(section + f'[source.filer]\nenabled = true\ngrpcAddress = "{a["FILER_GRPC"]}"\n'
+                            'directory = "/bench"\n')
+                with open(os.path.join(work, "notification.toml"), "w") as f:
+                    f.write(f'[notification.kafka]\nenabled = true\nhosts = ["{a["KAFKA_ADDR"]}"]\n'
+                            f'topic = "{a["TOPIC"]}"\noffsetFile = "./last.offset"\noffsetSaveIntervalSeconds = 10\n')
+                cmd = [weed_bin, "filer.replicate"] if tool == "upstream" else [replicate_bin]
+                env = dict(os.environ, HOME=work)
+                profile = PERF and tool == "replicate"
+                perf_data = os.path.join(PERF_DIR or work, f"{name}.perf.data")
+                perf = (perf_start(perf_data), perf_data) if profile else None
+                # Idle CPU is a property of the tool, not of the round: measure it once.
+                idle_seconds = IDLE_SECONDS if round_no == 0 else 0
+                roles = {a["WEED_PID"]: "source SeaweedFS (A)", b["WEED_PID"]: "target SeaweedFS (B)",
+                         a["BROKER_PID"]: "Kafka broker (A)", b["BROKER_PID"]: "Kafka broker (B; B's filer publishes its own events)"}
+                elapsed, peak, cpu, idle, bad = run_tool(name, cmd, work, done, verify, env,
+                                                         idle_seconds, perf, roles)
+                results.setdefault((sink, tool), []).append((elapsed, peak, cpu, idle, bad))
+                print(f"{name}: {elapsed:.1f} s, {bad} files differ", file=sys.stderr)
+                # Local replicas stay until the run ends: on ext4 without a journal (as
+                # here), every new inode skips over those deleted in the last minutes, so
+                # deleting 5,000 files would slow down whichever run came next.
 
     print(f"Corpus: {SMALL} files of 1-64 KiB and {BIG} files of 64 MiB ({total / 1e6:.0f} MB), "
-          "drained from one Kafka backlog.\n")
+          f"drained from one Kafka backlog; median of {ROUNDS} rounds, range in brackets.\n")
     print("| sink | tool | drain time | files/s | MB/s | peak RSS | CPU seconds | idle CPU (20 s) | wrong files |")
     print("|---|---|---|---|---|---|---|---|---|")
     n = len(sizes)
-    for sink, tool, elapsed, peak, cpu, idle, bad in rows:
-        print(f"| {sink} | {tool} | {elapsed:.1f} s | {n / elapsed:.0f} | {total / 1e6 / elapsed:.0f} | "
+    med = {}
+    for (sink, tool), runs in results.items():
+        elapsed = median([r[0] for r in runs])
+        peak = median([r[1] for r in runs])
+        cpu = median([r[2] for r in runs])
+        idle = runs[0][3]
+        bad = sum(r[4] for r in runs)
+        med[(sink, tool)] = (elapsed, peak)
+        spread = f" [{min(r[0] for r in runs):.1f}–{max(r[0] for r in runs):.1f}]" if len(runs) > 1 else ""
+        print(f"| {sink} | {tool} | {elapsed:.1f} s{spread} | {n / elapsed:.0f} | {total / 1e6 / elapsed:.0f} | "
               f"{peak / 2**20:.0f} MiB | {cpu:.1f} | {idle * 100:.1f}% | {bad} |")
-    by = {(s, t): e for s, t, e, *_ in rows}
-    mem = {(s, t): p for s, t, _, p, *_ in rows}
-    for sink in ("filer", "local"):
-        print(f"\n{sink} sink: replicate is {by[(sink, 'upstream')] / by[(sink, 'replicate')]:.1f}x faster "
-              f"with {mem[(sink, 'replicate')] / mem[(sink, 'upstream')]:.2f}x the peak memory.", end="")
+    for sink in SINKS:
+        if (sink, "upstream") in med and (sink, "replicate") in med:
+            (up, up_mem), (us, us_mem) = med[(sink, "upstream")], med[(sink, "replicate")]
+            print(f"\n{sink} sink: replicate is {up / us:.1f}x faster with {us_mem / up_mem:.2f}x the peak memory.",
+                  end="")
     print(f"\n\nCeiling: the target cluster accepted the same corpus, written directly by 16 HTTP "
           f"clients, in {ceiling:.1f} s ({n / ceiling:.0f} files/s, {total / 1e6 / ceiling:.0f} MB/s).")
 

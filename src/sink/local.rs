@@ -133,21 +133,28 @@ impl LocalSink {
                 source: crate::filer::ReadError::Aborted,
             });
         }
-        let file = tmp.file();
-        file.sync_all().map_err(io_err("fsync", key))?;
-        file.set_permissions(std::fs::Permissions::from_mode(mode::to_unix(
-            attrs.file_mode,
-        )))
-        .map_err(io_err("chmod", key))?;
-        let (atime, mtime) = times(entry);
-        filetime::set_file_handle_times(file, Some(atime), Some(mtime))
-            .map_err(io_err("set times", key))?;
-        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-            std::fs::remove_dir_all(path).map_err(io_err("replace directory by file", key))?;
+        // Syncing waits on the disk: done on the blocking pool, so that many files sync at
+        // once and the runtime threads keep copying data meanwhile.
+        let (mode, (atime, mtime)) = (mode::to_unix(attrs.file_mode), times(entry));
+        let (dir, path) = (dir.to_path_buf(), path.to_path_buf());
+        let finish = move || -> Result<(), (&'static str, std::io::Error)> {
+            let file = tmp.file();
+            file.sync_all().map_err(|e| ("fsync", e))?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| ("chmod", e))?;
+            filetime::set_file_handle_times(file, Some(atime), Some(mtime))
+                .map_err(|e| ("set times", e))?;
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                std::fs::remove_dir_all(&path).map_err(|e| ("replace directory by file", e))?;
+            }
+            tmp.persist(&dir, &path)
+                .map_err(|e| ("rename into place", e))
+        };
+        match tokio::task::spawn_blocking(finish).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((op, e))) => Err(io_err(op, key)(e)),
+            Err(e) => Err(io_err("finish file", key)(std::io::Error::other(e))),
         }
-        tmp.persist(dir, path)
-            .map_err(io_err("rename into place", key))?;
-        Ok(())
     }
 
     fn write_symlink(&self, key: &SinkKey, path: &Path, target: &str) -> Result<(), SinkError> {

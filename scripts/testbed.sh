@@ -16,6 +16,7 @@
 #   SECURITY_TOML            a security.toml to give weed (copied into RUN_DIR, its working directory)
 #   NOTIFICATION_TOML        a notification.toml to give weed instead of the Kafka one
 #   WEED_EXTRA_ARGS          extra `weed server` flags, space-separated (e.g. -filer.encryptVolumeData)
+#   DOWN_SECONDS             restart-weed: seconds weed stays down before it starts again (default 0)
 #
 # weed needs ~15 s to exit on SIGTERM even with -volume.preStopSeconds=0 (its filer's gRPC
 # graceful stop times out after 15 s); without that flag it is ~25 s.
@@ -527,6 +528,7 @@ cmd_restart_weed() {
         local i
         for ((i = 0; i < 100; i++)); do pid_alive "${pid}" || break; sleep 0.1; done
     fi
+    sleep "${DOWN_SECONDS:-0}"
     local args=()
     mapfile -t args <"${run_dir}/weed.args"
     (

@@ -111,6 +111,57 @@ pub struct Pipeline {
     deadline: Duration,
     stop: CancellationToken,
     pub stats: Stats,
+    source_state: Availability,
+    sink_state: Availability,
+}
+
+/// Whether the source or the sink is reachable. An outage is logged when it begins and
+/// when it ends, not once per retry of each event waiting on it (with 64 events in
+/// flight, that would be hundreds of lines a minute).
+struct Availability {
+    what: &'static str,
+    down: std::sync::atomic::AtomicBool,
+    since: Mutex<Option<Instant>>,
+}
+
+impl Availability {
+    fn new(what: &'static str) -> Self {
+        Availability {
+            what,
+            down: false.into(),
+            since: Mutex::new(None),
+        }
+    }
+
+    fn failing(&self, error: &SinkError) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        if since.is_none() {
+            *since = Some(Instant::now());
+            self.down.store(true, Ordering::Release);
+            tracing::warn!(error = %error, "{} unavailable; events wait for it, retrying with backoff", self.what);
+        } else {
+            tracing::debug!(error = %error, "{} still unavailable", self.what);
+        }
+    }
+
+    fn working(&self) {
+        if !self.down.load(Ordering::Acquire) {
+            return;
+        }
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = since.take() {
+            self.down.store(false, Ordering::Release);
+            tracing::info!(down_for = ?t.elapsed(), "{} available again", self.what);
+        }
+    }
+}
+
+/// The next wait before a retry: doubled up to 30 s, each wait jittered to between half
+/// and all of it, so that events (and replicas) failing together do not retry in step.
+fn next_backoff(backoff: &mut Duration) -> Duration {
+    let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+    *backoff = (*backoff * 2).min(Duration::from_secs(30));
+    wait
 }
 
 enum Failure {
@@ -152,6 +203,8 @@ impl Pipeline {
             deadline: policies.deadline,
             stop,
             stats: Stats::default(),
+            source_state: Availability::new("source"),
+            sink_state: Availability::new("sink"),
         }
     }
 
@@ -252,21 +305,30 @@ impl Pipeline {
             match replicate::apply(&plan, self.sink.as_ref(), &ev.signatures).await {
                 Ok(()) => {
                     tracing::debug!(key = %raw.key, "replicated {}", raw.key);
+                    self.sink_state.working();
+                    if plan.reads_source() {
+                        self.source_state.working();
+                    }
                     return Ok(Some(true));
                 }
-                Err(e @ SinkError::Read { .. }) if self.superseded(&raw.key, &ev).await => {
+                // Data that is gone may be stale; data that is malformed is parked.
+                Err(e @ SinkError::Read { .. })
+                    if e.is_retryable() && self.superseded(&raw.key, &ev).await =>
+                {
                     tracing::info!(key = %raw.key, error = %e, "source data unreadable, but the source has moved on since this event; skipping it");
                     return Ok(Some(false));
                 }
                 Err(e) if e.is_outage() => {
                     started = Instant::now();
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(key = %raw.key, error = %e, retry_in = ?backoff, "source or sink unavailable; waiting for it");
+                    match e {
+                        SinkError::Read { .. } => self.source_state.failing(&e),
+                        _ => self.sink_state.failing(&e),
+                    }
                     tokio::select! {
                         _ = self.stop.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(next_backoff(&mut backoff)) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
                 Err(e) if !e.is_retryable() => return Err(Failure::Permanent(e.to_string())),
                 Err(e) if started.elapsed() >= self.deadline => {
@@ -277,12 +339,12 @@ impl Pipeline {
                 }
                 Err(e) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(key = %raw.key, error = %e, retry_in = ?backoff, "replicating failed; will retry");
+                    let wait = next_backoff(&mut backoff);
+                    tracing::warn!(key = %raw.key, error = %e, retry_in = ?wait, "replicating failed; will retry");
                     tokio::select! {
                         _ = self.stop.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }

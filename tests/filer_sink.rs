@@ -349,7 +349,8 @@ async fn target_outage_is_waited_out_not_parked() {
     );
     let log = std::fs::read_to_string(work.log()).unwrap();
     assert!(
-        log.contains("source or sink unavailable; waiting for it"),
+        log.contains("sink unavailable; events wait for it")
+            && log.contains("sink available again"),
         "the outage was not noticed:\n{log}"
     );
     let (status, _) = rep.stop();

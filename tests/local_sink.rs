@@ -320,25 +320,7 @@ async fn hostile_events_write_nothing_outside_the_sink() {
         "[replicate]\nmax_message_bytes = 100000\n",
     );
 
-    let file = |name: &str, content: &[u8]| pb::Entry {
-        name: name.into(),
-        content: content.to_vec(),
-        attributes: Some(pb::FuseAttributes {
-            file_size: content.len() as u64,
-            file_mode: 0o644,
-            mtime: 1_700_000_000,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let create = |parent: &str, e: pb::Entry| {
-        pb::EventNotification {
-            new_entry: Some(e),
-            new_parent_path: parent.into(),
-            ..Default::default()
-        }
-        .encode_to_vec()
-    };
+    let (file, create) = (inline_file, create_event);
     let rename = |old: &str, parent: &str, new: &str| {
         pb::EventNotification {
             old_entry: Some(file(old, b"")),

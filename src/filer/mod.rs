@@ -62,6 +62,14 @@ pub enum ReadError {
         detail: String,
         retryable: bool,
     },
+    /// No volume server holding the chunk could be connected to (or none answered in
+    /// time): an outage of the source, waited out like an unreachable filer.
+    #[error("chunk {fid}: volume server unreachable: {detail}")]
+    Unreachable { fid: String, detail: String },
+    #[error(
+        "chunk manifests under {fid} nest deeper than {MAX_MANIFEST_DEPTH} levels or list more than {MAX_MANIFESTS} manifests (a manifest that lists itself?)"
+    )]
+    ManifestTooDeep { fid: String },
     #[error("chunk manifest {fid} does not decode: {source}")]
     Manifest {
         fid: String,
@@ -78,16 +86,71 @@ pub enum ReadError {
 impl ReadError {
     /// The source filer cannot be reached: nothing is wrong with the event itself.
     pub fn is_outage(&self) -> bool {
-        matches!(self, ReadError::Lookup { status, .. } if status_is_outage(status))
+        match self {
+            ReadError::Lookup { status, .. } => status_is_outage(status),
+            ReadError::Unreachable { .. } => true,
+            _ => false,
+        }
     }
 
     pub fn is_retryable(&self) -> bool {
         match self {
-            ReadError::Lookup { .. } | ReadError::NoLocations { .. } | ReadError::Aborted => true,
+            ReadError::Lookup { .. }
+            | ReadError::NoLocations { .. }
+            | ReadError::Unreachable { .. }
+            | ReadError::Aborted => true,
             ReadError::Chunk { retryable, .. } => *retryable,
-            ReadError::Manifest { .. } | ReadError::RemoteOnly { .. } => false,
+            ReadError::Manifest { .. }
+            | ReadError::ManifestTooDeep { .. }
+            | ReadError::RemoteOnly { .. } => false,
         }
     }
+}
+
+/// How deep manifests may nest. The filer writes one level (a manifest of data chunks,
+/// rarely a manifest of manifests); a deeper tree is a corrupt or hostile entry, such as
+/// a manifest that lists itself, which would otherwise be fetched forever.
+pub const MAX_MANIFEST_DEPTH: usize = 8;
+/// How many manifests one entry may have in all (each lists up to 10,000 chunks, so this
+/// allows a billion), against a manifest listing itself many times over.
+pub const MAX_MANIFESTS: usize = 100_000;
+
+/// Replace manifest chunks by the data chunks they list, recursively, with `fetch`
+/// giving a chunk's clear bytes. Fails on manifests nested deeper than
+/// [`MAX_MANIFEST_DEPTH`].
+pub async fn resolve_manifests_with<F, Fut>(
+    chunks: &[FileChunk],
+    fetch: F,
+) -> Result<Vec<FileChunk>, ReadError>
+where
+    F: Fn(FileChunk) -> Fut,
+    Fut: std::future::Future<Output = Result<Bytes, ReadError>>,
+{
+    // Depth-first, in order, without recursion: (chunks, next index) per level.
+    let mut out = Vec::with_capacity(chunks.len());
+    let mut fetched = 0;
+    let mut stack: Vec<(Vec<FileChunk>, usize)> = vec![(chunks.to_vec(), 0)];
+    while let Some((level, i)) = stack.last_mut() {
+        let Some(c) = level.get(*i).cloned() else {
+            stack.pop();
+            continue;
+        };
+        *i += 1;
+        if !c.is_chunk_manifest {
+            out.push(c);
+            continue;
+        }
+        let fid = chunk_file_id(&c).unwrap_or_default();
+        fetched += 1;
+        if stack.len() > MAX_MANIFEST_DEPTH || fetched > MAX_MANIFESTS {
+            return Err(ReadError::ManifestTooDeep { fid });
+        }
+        let blob = fetch(c).await?;
+        let manifest = FileChunkManifest::decode(blob)
+            .map_err(|source| ReadError::Manifest { fid, source })?;
+        stack.push((manifest.chunks, 0));
+    }
+    Ok(out)
 }
 
 fn chunk_err(fid: &str, detail: impl Into<String>, retryable: bool) -> ReadError {
@@ -143,19 +206,28 @@ pub async fn signature(
     stop: &tokio_util::sync::CancellationToken,
 ) -> Option<i32> {
     let mut backoff = Duration::from_secs(1);
+    let mut down_since = None;
     loop {
         match client
             .get_filer_configuration(crate::pb::GetFilerConfigurationRequest {})
             .await
         {
-            Ok(r) => return Some(r.into_inner().signature),
-            Err(e) => {
-                tracing::warn!(filer = %address, error = %e, retry_in = ?backoff, "filer unavailable; waiting")
+            Ok(r) => {
+                if let Some(t) = down_since {
+                    tracing::info!(filer = %address, down_for = ?std::time::Instant::elapsed(&t), "filer available again");
+                }
+                return Some(r.into_inner().signature);
             }
+            // Once when it starts, not once per retry.
+            Err(e) if down_since.is_none() => {
+                down_since = Some(std::time::Instant::now());
+                tracing::warn!(filer = %address, error = %e, "filer unavailable; waiting for it, retrying with backoff")
+            }
+            Err(e) => tracing::debug!(filer = %address, error = %e, "filer still unavailable"),
         }
         tokio::select! {
             _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64() / 2.0)) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
@@ -340,10 +412,16 @@ impl FilerSource {
         if let Some(signer) = &self.opts.read_jwt {
             req = req.bearer_auth(signer.sign(fid));
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| chunk_err(fid, format!("GET {url}: {e}"), true))?;
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                ReadError::Unreachable {
+                    fid: fid.to_string(),
+                    detail: format!("GET {url}: {e}"),
+                }
+            } else {
+                chunk_err(fid, format!("GET {url}: {e}"), true)
+            }
+        })?;
         let status = resp.status();
         if !status.is_success() {
             // 404 may mean this replica lost it; 401/403 is a key mismatch an operator must fix.
@@ -371,21 +449,7 @@ impl FilerSource {
         &self,
         chunks: &[FileChunk],
     ) -> Result<Vec<FileChunk>, ReadError> {
-        let mut out = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            if !c.is_chunk_manifest {
-                out.push(c.clone());
-                continue;
-            }
-            let blob = self.fetch_chunk(c, false).await?;
-            let manifest =
-                FileChunkManifest::decode(blob).map_err(|source| ReadError::Manifest {
-                    fid: chunk_file_id(c).unwrap_or_default(),
-                    source,
-                })?;
-            out.extend(Box::pin(self.resolve_manifests(&manifest.chunks)).await?);
-        }
-        Ok(out)
+        resolve_manifests_with(chunks, |c| async move { self.fetch_chunk(&c, false).await }).await
     }
 
     /// Stream a file's content in order. The total length equals [`content_size`].

@@ -98,6 +98,18 @@ pub enum Plan {
     },
 }
 
+impl Plan {
+    /// Whether applying it reads file data from the source's volume servers.
+    pub fn reads_source(&self) -> bool {
+        match self {
+            Plan::Create { entry, .. }
+            | Plan::Move { entry, .. }
+            | Plan::Update { new: entry, .. } => !entry.chunks.is_empty(),
+            Plan::Skip(_) | Plan::Delete { .. } => false,
+        }
+    }
+}
+
 /// Why an event was refused. These are permanent: retrying cannot help.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {

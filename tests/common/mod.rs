@@ -275,6 +275,17 @@ impl TestBed {
 
     /// Store `data` as one needle on the volume servers; returns its chunk descriptor.
     pub async fn put_chunk(&self, data: &[u8], offset: i64, ts: i64) -> pb::FileChunk {
+        self.put_chunk_with(|_| data.to_vec(), offset, ts).await
+    }
+
+    /// [`TestBed::put_chunk`] with content made from the chunk's own file id (for a
+    /// manifest that lists itself).
+    pub async fn put_chunk_with(
+        &self,
+        make: impl FnOnce(&str) -> Vec<u8>,
+        offset: i64,
+        ts: i64,
+    ) -> pb::FileChunk {
         let mut grpc = self.grpc().await;
         let a = grpc
             .assign_volume(pb::AssignVolumeRequest {
@@ -287,7 +298,8 @@ impl TestBed {
             .into_inner();
         assert!(a.error.is_empty(), "assign: {}", a.error);
         let loc = a.location.unwrap();
-        let part = reqwest::multipart::Part::bytes(data.to_vec()).file_name("blob");
+        let data = make(&a.file_id);
+        let part = reqwest::multipart::Part::bytes(data.clone()).file_name("blob");
         let mut req = self
             .http
             .post(format!("http://{}/{}", loc.url, a.file_id))
@@ -465,10 +477,17 @@ impl TestBed {
     /// Kill this bed's weed and start it again on the same ports and data (blocks until
     /// the filer answers again, ~15 s).
     pub fn restart_weed_blocking(run_dir: PathBuf) {
+        Self::restart_weed_after(run_dir, Duration::ZERO)
+    }
+
+    /// Kill this bed's weed, keep it down for `down`, then start it again (blocks until
+    /// the filer answers).
+    pub fn restart_weed_after(run_dir: PathBuf, down: Duration) {
         let out = Command::new("bash")
             .arg(script())
             .arg("restart-weed")
             .arg(&run_dir)
+            .env("DOWN_SECONDS", down.as_secs().to_string())
             .output()
             .unwrap();
         assert!(
@@ -948,4 +967,30 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// A file entry with inline content, as a filer publishes small files.
+pub fn inline_file(name: &str, content: &[u8]) -> pb::Entry {
+    pb::Entry {
+        name: name.into(),
+        content: content.to_vec(),
+        attributes: Some(pb::FuseAttributes {
+            file_size: content.len() as u64,
+            file_mode: 0o644,
+            mtime: 1_700_000_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The payload of a create event for `entry` under `parent`.
+pub fn create_event(parent: &str, entry: pb::Entry) -> Vec<u8> {
+    use prost::Message;
+    pb::EventNotification {
+        new_entry: Some(entry),
+        new_parent_path: parent.into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }

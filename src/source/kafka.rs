@@ -142,6 +142,11 @@ pub async fn run(
         .iter()
         .filter_map(|&p| book.resume_at(p).map(|o| (p, o)))
         .collect();
+    // How long without a message counts as idle: short normally, longer right after a
+    // resume, because librdkafka may take more than IDLE_AFTER to deliver the first
+    // fetch after a resume, and pausing again before it does would purge it (a livelock
+    // that delayed new events by minutes).
+    let mut idle_after = IDLE_AFTER;
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
@@ -150,13 +155,15 @@ pub async fn run(
             // answer an empty fetch at once instead of waiting fetch.wait.max.ms (noida-db
             // here) otherwise keep the client's fetch loop spinning; upstream burns most of
             // a core that way.
-            _ = tokio::time::sleep(IDLE_AFTER) => {
+            _ = tokio::time::sleep(idle_after) => {
                 wait_while_idle(&consumer, &tpl, &cfg.topic, &partitions, &next, &stop).await;
+                idle_after = RESUME_GRACE;
                 continue;
             }
         };
         if let Ok(m) = &msg {
             next.insert(m.partition(), m.offset() + 1);
+            idle_after = IDLE_AFTER;
         }
         match msg {
             Ok(m) => {
@@ -203,6 +210,9 @@ pub async fn run(
 
 /// With no message for this long, the consumer counts as idle.
 const IDLE_AFTER: Duration = Duration::from_millis(200);
+/// After a resume, how long the first message may take before the consumer counts as
+/// idle again.
+const RESUME_GRACE: Duration = Duration::from_secs(5);
 /// While idle, the high watermarks are checked this often (at most the added latency of
 /// the first event after a quiet spell).
 const IDLE_CHECK: Duration = Duration::from_millis(500);

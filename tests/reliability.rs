@@ -606,3 +606,39 @@ async fn hostile_and_broken_messages_are_parked_and_nothing_escapes() {
         parked.len()
     );
 }
+
+/// Events that trickle in after quiet spells each arrive promptly. The Kafka input pauses
+/// fetching when idle; it once paused again before the first fetch after a resume could
+/// deliver, so most such events waited minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_events_arrive_promptly_after_idle() {
+    let bed = TestBed::start(BedOptions::default());
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("sink");
+    let work = Workdir::new(&bed, "/data", &root, "");
+    let rep = Replicator::start(&work);
+    bed.upload("/data/first.txt", b"first", "").await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            root.join("first.txt").exists()
+        })
+        .await
+    );
+    let mut rng = fastrand::Rng::with_seed(3);
+    let mut slowest = Duration::ZERO;
+    for i in 0..12 {
+        // Quiet spells around the idle threshold (200 ms) and the watermark checks.
+        tokio::time::sleep(Duration::from_millis(rng.u64(150..1600))).await;
+        let name = format!("t{i}.txt");
+        bed.upload(&format!("/data/{name}"), b"trickle", "").await;
+        let started = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(10), || async { root.join(&name).exists() }).await,
+            "{name} took more than 10 s:\n{}",
+            tail(&work.log(), 20)
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(rep.stop().0.success());
+    eprintln!("12 trickling events, the slowest arrived in {slowest:?}");
+}

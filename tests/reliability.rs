@@ -633,7 +633,10 @@ async fn trickling_events_arrive_promptly_after_idle() {
         bed.upload(&format!("/data/{name}"), b"trickle", "").await;
         let started = Instant::now();
         assert!(
-            eventually(Duration::from_secs(10), || async { root.join(&name).exists() }).await,
+            eventually(Duration::from_secs(10), || async {
+                root.join(&name).exists()
+            })
+            .await,
             "{name} took more than 10 s:\n{}",
             tail(&work.log(), 20)
         );

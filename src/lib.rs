@@ -14,6 +14,7 @@ pub mod gcp;
 pub mod lane;
 pub mod pipeline;
 pub mod replicate;
+pub mod retry;
 pub mod sink;
 pub mod source;
 

@@ -159,7 +159,7 @@ impl Availability {
 /// The next wait before a retry: doubled up to 30 s, each wait jittered to between half
 /// and all of it, so that events (and replicas) failing together do not retry in step.
 fn next_backoff(backoff: &mut Duration) -> Duration {
-    let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+    let wait = crate::retry::jittered(*backoff);
     *backoff = (*backoff * 2).min(Duration::from_secs(30));
     wait
 }

@@ -351,12 +351,12 @@ async fn outages_of_target_and_source_are_waited_out() {
         text[from..].to_string()
     };
     let down = source_log()
-        .matches("filer unavailable; waiting for it")
+        .matches("waiting for it; retrying with backoff")
         .count()
         + source_log()
             .matches("source unavailable; events wait for it")
             .count();
-    let up = source_log().matches("filer available again").count()
+    let up = source_log().matches("working again after: filer").count()
         + source_log().matches("source available again").count();
     assert!(
         (1..=2).contains(&down) && up == down,

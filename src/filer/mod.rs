@@ -205,31 +205,23 @@ pub async fn signature(
     address: &str,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Option<i32> {
-    let mut backoff = Duration::from_secs(1);
-    let mut down_since = None;
+    let mut retry = crate::retry::Retry::default();
     loop {
         match client
             .get_filer_configuration(crate::pb::GetFilerConfigurationRequest {})
             .await
         {
             Ok(r) => {
-                if let Some(t) = down_since {
-                    tracing::info!(filer = %address, down_for = ?std::time::Instant::elapsed(&t), "filer available again");
-                }
+                retry.succeeded();
                 return Some(r.into_inner().signature);
             }
-            // Once when it starts, not once per retry.
-            Err(e) if down_since.is_none() => {
-                down_since = Some(std::time::Instant::now());
-                tracing::warn!(filer = %address, error = %e, "filer unavailable; waiting for it, retrying with backoff")
+            Err(e) => {
+                let what = format!("filer {address} unavailable; waiting for it");
+                if !retry.wait(&what, &e, stop).await {
+                    return None;
+                }
             }
-            Err(e) => tracing::debug!(filer = %address, error = %e, "filer still unavailable"),
         }
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64() / 2.0)) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

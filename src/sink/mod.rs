@@ -250,16 +250,25 @@ where
     Fut: std::future::Future<Output = Result<T, String>>,
 {
     let mut backoff = std::time::Duration::from_secs(1);
+    // Logged when the reason changes, not on every attempt.
+    let mut last: Option<String> = None;
     loop {
         match check().await {
-            Ok(value) => return Some(value),
-            Err(why) => {
-                tracing::error!(error = %why, retry_in = ?backoff, "{what} cannot be reached with this configuration; retrying")
+            Ok(value) => {
+                if last.is_some() {
+                    tracing::info!("{what} reachable now");
+                }
+                return Some(value);
             }
+            Err(why) if last.as_ref() != Some(&why) => {
+                tracing::error!(error = %why, "{what} cannot be reached with this configuration; retrying with backoff");
+                last = Some(why);
+            }
+            Err(why) => tracing::debug!(error = %why, "{what} still cannot be reached"),
         }
         tokio::select! {
             _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(crate::retry::jittered(backoff)) => {}
         }
         backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
     }

@@ -134,9 +134,10 @@ pub async fn run(
         stop.clone(),
     ));
 
-    // librdkafka reconnects on its own; errors it reports are logged (at most every
-    // 10 s per kind) and consumption simply continues.
-    let mut last_logged: HashMap<String, std::time::Instant> = HashMap::new();
+    // librdkafka reconnects on its own; the errors it reports are logged once per kind
+    // until a message arrives again (then once more, as a recovery), and consumption
+    // simply continues.
+    let mut problems: HashMap<String, std::time::Instant> = HashMap::new();
     // The next offset to consume per partition, as far as this loop has seen.
     let mut next: HashMap<i32, i64> = partitions
         .iter()
@@ -164,6 +165,10 @@ pub async fn run(
         if let Ok(m) = &msg {
             next.insert(m.partition(), m.offset() + 1);
             idle_after = IDLE_AFTER;
+            if let Some(since) = problems.values().min() {
+                tracing::info!(down_for = ?since.elapsed(), "kafka working again");
+                problems.clear();
+            }
         }
         match msg {
             Ok(m) => {
@@ -181,13 +186,14 @@ pub async fn run(
             }
             Err(e) => {
                 let kind = format!("{:?}", e.rdkafka_error_code());
-                let now = std::time::Instant::now();
-                if last_logged
-                    .get(&kind)
-                    .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10))
-                {
-                    tracing::warn!(error = %e, "kafka reports a problem; the client keeps reconnecting");
-                    last_logged.insert(kind, now);
+                match problems.entry(kind) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        tracing::debug!(error = %e, "kafka still reports a problem")
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        tracing::warn!(error = %e, "kafka reports a problem; the client keeps reconnecting");
+                        v.insert(std::time::Instant::now());
+                    }
                 }
             }
         }
@@ -263,7 +269,7 @@ async fn wait_for_partitions(
     topic: &str,
     stop: &CancellationToken,
 ) -> Option<Vec<i32>> {
-    let mut backoff = Duration::from_secs(1);
+    let mut retry = crate::retry::Retry::default();
     loop {
         let c = consumer.clone();
         let t = topic.to_string();
@@ -278,24 +284,20 @@ async fn wait_for_partitions(
                 })
         })
         .await;
-        match found {
+        let wait = match found {
             Ok(Ok(mut ps)) if !ps.is_empty() => {
+                retry.succeeded();
                 ps.sort_unstable();
                 return Some(ps);
             }
-            Ok(Ok(_)) => {
-                tracing::warn!(topic, retry_in = ?backoff, "topic has no partitions yet; waiting")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(topic, error = %e, retry_in = ?backoff, "kafka metadata unavailable; waiting")
-            }
-            Err(e) => tracing::warn!(error = %e, "metadata task failed"),
-        }
+            Ok(Ok(_)) => retry.failed(&format!("topic {topic} has no partitions yet"), &"waiting"),
+            Ok(Err(e)) => retry.failed("kafka metadata unavailable", &e),
+            Err(e) => retry.failed("kafka metadata task failed", &e),
+        };
         tokio::select! {
             _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

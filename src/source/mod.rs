@@ -100,22 +100,27 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let mut backoff = std::time::Duration::from_secs(1);
+    let mut retry = crate::retry::Retry::default();
     loop {
+        let started = std::time::Instant::now();
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             r = session() => r,
         };
+        // A session that lasted had connected: this failure is a new outage.
+        if started.elapsed() >= std::time::Duration::from_secs(10) {
+            retry.succeeded();
+        }
         match result {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "{what} unavailable; reconnecting")
+                if !retry
+                    .wait(&format!("{what} unavailable; reconnecting"), &e, stop)
+                    .await
+                {
+                    return;
+                }
             }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
     }
 }

@@ -184,7 +184,7 @@ async fn pull(
 ) {
     let (client, sub) = (&acks.client, &acks.sub);
     let pull = format!("{sub}:pull");
-    let mut backoff = Duration::from_secs(1);
+    let mut retry = crate::retry::Retry::default();
     loop {
         if stop.is_cancelled() {
             return;
@@ -198,19 +198,16 @@ async fn pull(
         };
         let received: Vec<Value> = match pulled {
             Ok(v) => {
-                backoff = Duration::from_secs(1);
+                retry.succeeded();
                 v["receivedMessages"]
                     .as_array()
                     .cloned()
                     .unwrap_or_default()
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "pulling from Pub/Sub failed; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !retry.wait("pulling from Pub/Sub failed", &e, stop).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
         };

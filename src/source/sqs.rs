@@ -117,7 +117,7 @@ async fn receive(
     hard_stop: &CancellationToken,
 ) {
     let (client, url) = (&acks.client, acks.url.as_str());
-    let mut backoff = Duration::from_secs(1);
+    let mut retry = crate::retry::Retry::default();
     loop {
         if stop.is_cancelled() {
             return;
@@ -138,16 +138,14 @@ async fn receive(
         };
         let messages = match received {
             Ok(r) => {
-                backoff = Duration::from_secs(1);
+                retry.succeeded();
                 r.messages.unwrap_or_default()
             }
             Err(e) => {
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), retry_in = ?backoff, "receiving from SQS failed; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                let e = aws_sdk_sqs::error::DisplayErrorContext(&e);
+                if !retry.wait("receiving from SQS failed", &e, stop).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
         };

@@ -15,6 +15,7 @@ use crate::event::RawEvent;
 use crate::filer::{FilerSource, status_is_outage};
 use crate::pb::{self, EventNotification};
 use crate::pipeline::{Disposition, Origin, Pipeline};
+use crate::retry::Retry;
 use prost::Message;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -96,16 +97,6 @@ fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
-/// Sleep for `backoff` (then double it, up to 30 s); `false` if `stop` fired.
-async fn pause(backoff: &mut Duration, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => return false,
-        _ = tokio::time::sleep(*backoff) => {}
-    }
-    *backoff = (*backoff * 2).min(Duration::from_secs(30));
-    true
-}
-
 /// The stored checkpoint (`Some(None)` when there is none), waiting out an unreachable
 /// filer; `None` if `stop` fires first.
 async fn load_checkpoint(
@@ -113,7 +104,7 @@ async fn load_checkpoint(
     key: &[u8],
     stop: &CancellationToken,
 ) -> Option<Option<i64>> {
-    let mut backoff = Duration::from_secs(1);
+    let mut retry = Retry::default();
     loop {
         let r = source
             .client()
@@ -121,6 +112,7 @@ async fn load_checkpoint(
             .await;
         match r.map(|r| r.into_inner()) {
             Ok(r) if r.error.is_empty() => {
+                retry.succeeded();
                 return Some(match <[u8; 8]>::try_from(r.value.as_slice()) {
                     Ok(b) => Some(i64::from_be_bytes(b)),
                     Err(_) if r.value.is_empty() => None,
@@ -134,14 +126,18 @@ async fn load_checkpoint(
                 });
             }
             Ok(r) => {
-                tracing::warn!(error = %r.error, retry_in = ?backoff, "reading the checkpoint failed")
+                if !retry
+                    .wait("reading the checkpoint failed", &r.error, stop)
+                    .await
+                {
+                    return None;
+                }
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "source filer unavailable; waiting")
+                if !retry.wait("source filer unavailable", &e, stop).await {
+                    return None;
+                }
             }
-        }
-        if !pause(&mut backoff, stop).await {
-            return None;
         }
     }
 }
@@ -254,7 +250,7 @@ async fn feed(
 ) {
     let client_id = rand_i32();
     let mut epoch = 0;
-    let mut backoff = Duration::from_secs(1);
+    let mut retry = Retry::default();
     // Resubscribe after the last event handed on (the lane has everything before it).
     let mut fed = since;
     'connect: loop {
@@ -280,8 +276,7 @@ async fn feed(
                 } else {
                     "subscribing failed"
                 };
-                tracing::warn!(error = %e, retry_in = ?backoff, "{what}; retrying");
-                if !pause(&mut backoff, stop).await {
+                if !retry.wait(what, &e, stop).await {
                     return;
                 }
                 continue;
@@ -304,14 +299,16 @@ async fn feed(
                     continue 'connect;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "metadata stream broken; resubscribing");
-                    if !pause(&mut backoff, stop).await {
+                    if !retry
+                        .wait("metadata stream broken; resubscribing", &e, stop)
+                        .await
+                    {
                         return;
                     }
                     continue 'connect;
                 }
             };
-            backoff = Duration::from_secs(1);
+            retry.succeeded();
             for one in flatten(resp) {
                 let ts = one.ts_ns;
                 let Some(event) = raw_event(one) else {
@@ -417,7 +414,7 @@ async fn list_page(
     start: &str,
     stop: &CancellationToken,
 ) -> Option<Vec<pb::Entry>> {
-    let mut backoff = Duration::from_secs(1);
+    let mut retry = Retry::default();
     loop {
         let request = pb::ListEntriesRequest {
             directory: dir.to_string(),
@@ -435,13 +432,15 @@ async fn list_page(
         }
         .await;
         match result {
-            Ok(page) => return Some(page),
-            Err(e) => {
-                tracing::warn!(directory = dir, error = %e, retry_in = ?backoff, "listing failed; retrying")
+            Ok(page) => {
+                retry.succeeded();
+                return Some(page);
             }
-        }
-        if !pause(&mut backoff, stop).await {
-            return None;
+            Err(e) => {
+                if !retry.wait(&format!("listing {dir} failed"), &e, stop).await {
+                    return None;
+                }
+            }
         }
     }
 }

@@ -1,0 +1,97 @@
+//! Retrying something that fails (a filer, a queue, a store): capped exponential backoff
+//! with jitter, and logs that follow its state — one line when it starts failing and one
+//! when it works again — instead of one line per attempt.
+
+use std::fmt::Display;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The first wait, and the cap.
+const FIRST: Duration = Duration::from_secs(1);
+const CAP: Duration = Duration::from_secs(30);
+
+/// `wait` jittered to between half and all of it, so that many clients (or events)
+/// failing together do not retry in step.
+pub fn jittered(wait: Duration) -> Duration {
+    wait.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// The state of one retried dependency.
+#[derive(Debug)]
+pub struct Retry {
+    backoff: Duration,
+    /// Since when, and as what, it has been failing.
+    down: Option<(Instant, String)>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            backoff: FIRST,
+            down: None,
+        }
+    }
+}
+
+impl Retry {
+    /// A failed attempt: logged as a warning if it is the first since the last success
+    /// (at debug level otherwise). Returns how long to wait before the next attempt.
+    pub fn failed(&mut self, what: &str, error: &dyn Display) -> Duration {
+        let wait = jittered(self.backoff);
+        if self.down.is_none() {
+            tracing::warn!(error = %error, "{what}; retrying with backoff until it works");
+            self.down = Some((Instant::now(), what.to_string()));
+        } else {
+            tracing::debug!(error = %error, retry_in = ?wait, "{what}; still retrying");
+        }
+        self.backoff = (self.backoff * 2).min(CAP);
+        wait
+    }
+
+    /// [`Retry::failed`], then the wait; false if `stop` fired meanwhile.
+    pub async fn wait(
+        &mut self,
+        what: &str,
+        error: &dyn Display,
+        stop: &CancellationToken,
+    ) -> bool {
+        let wait = self.failed(what, error);
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    /// A successful attempt: logs the recovery, if there was a failure, and starts the
+    /// backoff over.
+    pub fn succeeded(&mut self) {
+        self.backoff = FIRST;
+        if let Some((since, what)) = self.down.take() {
+            tracing::info!(down_for = ?since.elapsed(), "working again after: {what}");
+        }
+    }
+
+    pub fn is_failing(&self) -> bool {
+        self.down.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_restarts_on_success() {
+        let mut r = Retry::default();
+        let mut nominal = FIRST;
+        for _ in 0..10 {
+            let w = r.failed("x", &"e");
+            assert!(w >= nominal / 2 && w <= nominal, "{w:?} for {nominal:?}");
+            nominal = (nominal * 2).min(CAP);
+        }
+        assert!(r.is_failing());
+        r.succeeded();
+        assert!(!r.is_failing());
+        assert!(r.failed("x", &"e") <= FIRST);
+    }
+}

@@ -253,6 +253,10 @@ async fn replicate(
         stop.clone(),
     ));
 
+    // Start-up is done: the sink and the filers answered. systemd (Type=notify) may now
+    // consider the service started.
+    crate::notify::notify("READY=1");
+    crate::notify::spawn_watchdog();
     match &settings.input {
         InputSettings::Sqs(cfg) => {
             tracing::info!(queue = %cfg.queue_name, region = %cfg.region, "input: SQS");
@@ -343,6 +347,7 @@ fn spawn_signal_handler(stop: CancellationToken, hard_stop: CancellationToken) {
             _ = term.recv() => tracing::info!("SIGTERM: stopping intake, finishing in-flight events"),
             _ = int.recv() => tracing::info!("SIGINT: stopping intake, finishing in-flight events"),
         }
+        crate::notify::notify("STOPPING=1");
         stop.cancel();
         tokio::select! {
             _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}

@@ -12,6 +12,7 @@ pub mod event;
 pub mod filer;
 pub mod gcp;
 pub mod lane;
+pub mod notify;
 pub mod pipeline;
 pub mod replicate;
 pub mod retry;

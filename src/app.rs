@@ -358,9 +358,9 @@ fn spawn_signal_handler(stop: CancellationToken, hard_stop: CancellationToken) {
     });
 }
 
-/// Logs to stderr. `-v=0` info, `-v=1..2` debug (every event), `-v>=3` trace;
-/// `RUST_LOG` overrides.
-pub fn init_logging(verbosity: u8) {
+/// Logs to stderr, as text or JSON lines. `-v=0` info, `-v=1..2` debug (every event),
+/// `-v>=3` trace; `RUST_LOG` overrides.
+pub fn init_logging(verbosity: u8, format: crate::cli::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let level = match verbosity {
         0 => "info",
@@ -369,9 +369,11 @@ pub fn init_logging(verbosity: u8) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        crate::cli::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        crate::cli::LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }

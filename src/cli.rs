@@ -24,6 +24,9 @@ pub struct Cli {
     /// Log verbosity as in glog: 0 is normal, 1 logs every event, 3 and up trace.
     #[arg(long = "v", value_name = "N", default_value_t = 0)]
     pub verbosity: u8,
+    /// Log lines as text for people, or as one JSON object per line for log shippers.
+    #[arg(long = "log-format", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Accepted for compatibility with weed's glog flags; logs always go to stderr.
     #[arg(long = "logtostderr", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub logtostderr: Option<String>,
@@ -37,6 +40,12 @@ pub struct Cli {
     pub log_backtrace_at: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    app::init_logging(cli.verbosity);
+    app::init_logging(cli.verbosity, cli.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(app::run(cli));
     // Do not wait for a blocking call (a Kafka metadata request) still under way.

@@ -147,3 +147,55 @@ fn version_prints() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// `-log-format=json` (Go-style, as every other flag) makes every log line one JSON
+/// object with the level, the message and the fields, for log shippers.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let d = tempfile::tempdir().unwrap();
+    // A broker that is not there: start-up logs, then a warning with an error field.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        d.path().join("replication.toml"),
+        format!(
+            "[source.filer]\ngrpcAddress = \"127.0.0.1:{port}\"\ndirectory = \"/data\"\n\
+             [sink.local]\nenabled = true\ndirectory = \"{}\"\n",
+            d.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("notification.toml"),
+        "[notification.kafka]\nenabled = true\nhosts = [\"127.0.0.1:1\"]\ntopic = \"t\"\n",
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_replicate"))
+        .args(["-log-format=json", "-v=1"])
+        .current_dir(d.path())
+        .env("HOME", d.path())
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("kafka metadata unavailable"))
+            && l["fields"]["error"].is_string()),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().all(|l| l["timestamp"].is_string()));
+}

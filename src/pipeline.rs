@@ -156,14 +156,6 @@ impl Availability {
     }
 }
 
-/// The next wait before a retry: doubled up to 30 s, each wait jittered to between half
-/// and all of it, so that events (and replicas) failing together do not retry in step.
-fn next_backoff(backoff: &mut Duration) -> Duration {
-    let wait = crate::retry::jittered(*backoff);
-    *backoff = (*backoff * 2).min(Duration::from_secs(30));
-    wait
-}
-
 enum Failure {
     /// Not an event at all.
     BadMessage(String),
@@ -300,7 +292,9 @@ impl Pipeline {
         // The deadline runs only while the event itself fails; an outage of the source or
         // the sink restarts it, so an outage never parks events.
         let mut started = Instant::now();
-        let mut backoff = Duration::from_millis(500);
+        // Jittered, so that events (and replicas) failing together do not retry in step.
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             match replicate::apply(&plan, self.sink.as_ref(), &ev.signatures).await {
                 Ok(()) => {
@@ -327,7 +321,7 @@ impl Pipeline {
                     }
                     tokio::select! {
                         _ = self.stop.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(next_backoff(&mut backoff)) => {}
+                        _ = tokio::time::sleep(backoff.next_wait()) => {}
                     }
                 }
                 Err(e) if !e.is_retryable() => return Err(Failure::Permanent(e.to_string())),
@@ -339,7 +333,7 @@ impl Pipeline {
                 }
                 Err(e) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    let wait = next_backoff(&mut backoff);
+                    let wait = backoff.next_wait();
                     tracing::warn!(key = %raw.key, error = %e, retry_in = ?wait, "replicating failed; will retry");
                     tokio::select! {
                         _ = self.stop.cancelled() => return Ok(None),

@@ -6,20 +6,51 @@ use std::fmt::Display;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// The first wait, and the cap.
+/// A [`Retry`]'s first wait, and the cap.
 const FIRST: Duration = Duration::from_secs(1);
 const CAP: Duration = Duration::from_secs(30);
 
 /// `wait` jittered to between half and all of it, so that many clients (or events)
 /// failing together do not retry in step.
-pub fn jittered(wait: Duration) -> Duration {
+fn jittered(wait: Duration) -> Duration {
     wait.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// Waits that double from `first` up to `cap`, each jittered to between half and all
+/// of its nominal length.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    nominal: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, cap: Duration) -> Self {
+        Backoff {
+            first,
+            cap,
+            nominal: first,
+        }
+    }
+
+    /// The next wait; the one after it is twice as long, up to the cap.
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = jittered(self.nominal);
+        self.nominal = (self.nominal * 2).min(self.cap);
+        wait
+    }
+
+    /// Start over from the first wait.
+    pub fn reset(&mut self) {
+        self.nominal = self.first;
+    }
 }
 
 /// The state of one retried dependency.
 #[derive(Debug)]
 pub struct Retry {
-    backoff: Duration,
+    backoff: Backoff,
     /// Since when, and as what, it has been failing.
     down: Option<(Instant, String)>,
 }
@@ -27,7 +58,7 @@ pub struct Retry {
 impl Default for Retry {
     fn default() -> Self {
         Retry {
-            backoff: FIRST,
+            backoff: Backoff::new(FIRST, CAP),
             down: None,
         }
     }
@@ -37,14 +68,13 @@ impl Retry {
     /// A failed attempt: logged as a warning if it is the first since the last success
     /// (at debug level otherwise). Returns how long to wait before the next attempt.
     pub fn failed(&mut self, what: &str, error: &dyn Display) -> Duration {
-        let wait = jittered(self.backoff);
+        let wait = self.backoff.next_wait();
         if self.down.is_none() {
             tracing::warn!(error = %error, "{what}; retrying with backoff until it works");
             self.down = Some((Instant::now(), what.to_string()));
         } else {
             tracing::debug!(error = %error, retry_in = ?wait, "{what}; still retrying");
         }
-        self.backoff = (self.backoff * 2).min(CAP);
         wait
     }
 
@@ -65,7 +95,7 @@ impl Retry {
     /// A successful attempt: logs the recovery, if there was a failure, and starts the
     /// backoff over.
     pub fn succeeded(&mut self) {
-        self.backoff = FIRST;
+        self.backoff.reset();
         if let Some((since, what)) = self.down.take() {
             tracing::info!(down_for = ?since.elapsed(), "working again after: {what}");
         }

@@ -249,7 +249,10 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let mut backoff = std::time::Duration::from_secs(1);
+    let mut backoff = crate::retry::Backoff::new(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
     // Logged when the reason changes, not on every attempt.
     let mut last: Option<String> = None;
     loop {
@@ -268,8 +271,7 @@ where
         }
         tokio::select! {
             _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(crate::retry::jittered(backoff)) => {}
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
         }
-        backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
     }
 }

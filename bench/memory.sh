@@ -7,25 +7,14 @@
 # Uses the release build and the test bed (real SeaweedFS 4.48 + noida-db on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo="$(pwd)"
 size_mib="${1:-1024}"
 chunk_mib="${2:-4}"
 
-cargo build --release --locked --quiet
-bin="${repo}/target/release/replicate"
-bash scripts/testbed.sh install >/dev/null
-run="$(mktemp -d /tmp/replicate-bench.XXXXXX)"
 pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "${p}" 2>/dev/null || true; done
-    STOP_GRACE=0 bash "${repo}/scripts/testbed.sh" stop "${run}/a" >/dev/null 2>&1 || true
-    STOP_GRACE=0 bash "${repo}/scripts/testbed.sh" stop "${run}/b" >/dev/null 2>&1 || true
-    rm -rf "${run}"
-}
-trap cleanup EXIT
-mkdir -p "${run}/a" "${run}/b"
-bash scripts/testbed.sh start "${run}/a" >/dev/null
-bash scripts/testbed.sh start "${run}/b" >/dev/null
+bench_stop_own() { for p in "${pids[@]}"; do kill "${p}" 2>/dev/null || true; done; }
+# shellcheck source=bench/clusters.sh
+source bench/clusters.sh
+bin="${repo}/target/release/replicate"
 # shellcheck disable=SC1091
 env_of() { (source "$1/env"; eval "echo \${$2}"); }
 a_http="$(env_of "${run}/a" FILER_HTTP)"

@@ -1,0 +1,20 @@
+# Sourced by the benchmarks, from the repository root: builds the release binary, installs
+# the test bed and starts two clusters in a fresh run directory (A: source and broker, B:
+# target), stopped and removed on exit. Sets repo, run, weed and python. A benchmark that
+# starts processes of its own defines bench_stop_own, which runs first on exit.
+repo="$(pwd)"
+cargo build --release --locked --quiet
+paths="$(bash scripts/testbed.sh install)"
+weed="$(sed -n 's/^weed=//p' <<<"${paths}")"
+python="$(sed -n 's/^python=//p' <<<"${paths}")"
+run="$(mktemp -d "/tmp/replicate-${BENCH_NAME:-bench}.XXXXXX")"
+bench_cleanup() {
+    if declare -F bench_stop_own >/dev/null; then bench_stop_own; fi
+    STOP_GRACE=0 bash "${repo}/scripts/testbed.sh" stop "${run}/a" >/dev/null 2>&1 || true
+    STOP_GRACE=0 bash "${repo}/scripts/testbed.sh" stop "${run}/b" >/dev/null 2>&1 || true
+    rm -rf "${run}"
+}
+trap bench_cleanup EXIT
+mkdir -p "${run}/a" "${run}/b"
+bash scripts/testbed.sh start "${run}/a" >/dev/null
+bash scripts/testbed.sh start "${run}/b" >/dev/null

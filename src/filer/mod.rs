@@ -126,16 +126,15 @@ where
     F: Fn(FileChunk) -> Fut,
     Fut: std::future::Future<Output = Result<Bytes, ReadError>>,
 {
-    // Depth-first, in order, without recursion: (chunks, next index) per level.
+    // Depth-first, in order, without recursion: the rest of each level being expanded.
     let mut out = Vec::with_capacity(chunks.len());
     let mut fetched = 0;
-    let mut stack: Vec<(Vec<FileChunk>, usize)> = vec![(chunks.to_vec(), 0)];
-    while let Some((level, i)) = stack.last_mut() {
-        let Some(c) = level.get(*i).cloned() else {
+    let mut stack: Vec<std::vec::IntoIter<FileChunk>> = vec![Vec::from(chunks).into_iter()];
+    while let Some(level) = stack.last_mut() {
+        let Some(c) = level.next() else {
             stack.pop();
             continue;
         };
-        *i += 1;
         if !c.is_chunk_manifest {
             out.push(c);
             continue;
@@ -148,7 +147,7 @@ where
         let blob = fetch(c).await?;
         let manifest = FileChunkManifest::decode(blob)
             .map_err(|source| ReadError::Manifest { fid, source })?;
-        stack.push((manifest.chunks, 0));
+        stack.push(manifest.chunks.into_iter());
     }
     Ok(out)
 }

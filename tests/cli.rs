@@ -62,12 +62,13 @@ fn every_config_problem_is_listed_with_file_and_key() {
     let rep = d.path().join("replication.toml").display().to_string();
     let note = d.path().join("notification.toml").display().to_string();
     for want in [
-        format!("{rep}: source.filer.grpcAddress: \"localhost\" is not host:port"),
-        format!("{rep}: source.filer.directory: is empty"),
+        // Each problem names the file and the line the key is on.
+        format!("{rep}:2: source.filer.grpcAddress: \"localhost\" is not host:port"),
+        format!("{rep}:3: source.filer.directory: is empty"),
         format!(
-            "{note}: notification.kafka.enabled: several inputs are enabled (notification.google_pub_sub, notification.kafka)"
+            "{note}:2: notification.kafka.enabled: several inputs are enabled (notification.google_pub_sub, notification.kafka)"
         ),
-        format!("{rep}: sink.local.enabled: several sinks are enabled (sink.filer, sink.local)"),
+        format!("{rep}:5: sink.local.enabled: several sinks are enabled (sink.filer, sink.local)"),
     ] {
         assert!(e.contains(&want), "missing {want:?} in:\n{e}");
     }

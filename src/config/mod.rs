@@ -76,6 +76,8 @@ impl LoadOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     File(PathBuf),
+    /// A key set on this line of the file.
+    Line(PathBuf, usize),
     Env(String),
     /// Not set anywhere; the file it belongs in.
     Missing(String),
@@ -85,6 +87,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Line(p, line) => write!(f, "{}:{line}", p.display()),
             Origin::Env(v) => write!(f, "environment variable {v}"),
             Origin::Missing(file) => write!(f, "{file}"),
         }
@@ -134,6 +137,8 @@ pub struct RawConfig {
     /// Which file each logical name was loaded from.
     pub files: Vec<(String, PathBuf)>,
     values: HashMap<String, (toml::Value, PathBuf)>,
+    /// The line each key was set on, in the file its value came from.
+    lines: HashMap<String, usize>,
     env: HashMap<String, String>,
 }
 
@@ -193,6 +198,8 @@ impl RawConfig {
                 }) {
                 Ok(table) => {
                     flatten("", &toml::Value::Table(table), &path, &mut raw.values);
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    raw.lines.extend(key_lines(&text));
                     raw.files.push((name.to_string(), path));
                 }
                 Err(e) => problems.push(Problem {
@@ -236,8 +243,13 @@ impl RawConfig {
         if let Some(v) = self.env.get(&var) {
             return Some((toml::Value::String(v.clone()), Origin::Env(var)));
         }
-        let (v, path) = self.values.get(&key.to_lowercase())?;
-        Some((v.clone(), Origin::File(path.clone())))
+        let key = key.to_lowercase();
+        let (v, path) = self.values.get(&key)?;
+        let origin = match self.lines.get(&key) {
+            Some(&line) => Origin::Line(path.clone(), line),
+            None => Origin::File(path.clone()),
+        };
+        Some((v.clone(), origin))
     }
 
     /// The file a missing key belongs in, for messages.
@@ -252,6 +264,47 @@ impl RawConfig {
             None => Origin::Missing(format!("{name}.toml")),
         }
     }
+}
+
+/// The line (1-based) each `key = value` of a TOML text is on, by its full dotted key in
+/// lower case, for messages. A plain scan: table headers set the prefix; keys inside
+/// multi-line strings or inline tables are not found (their messages have no line).
+fn key_lines(text: &str) -> HashMap<String, usize> {
+    let unquote = |k: &str| -> String {
+        k.split('.')
+            .map(|p| p.trim().trim_matches('"').trim_matches('\'').to_lowercase())
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let mut out = HashMap::new();
+    let mut prefix = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header.trim_start_matches('[');
+            if let Some((name, _)) = header.split_once(']') {
+                prefix = unquote(name);
+            }
+            continue;
+        }
+        let Some((key, _)) = line.split_once('=') else {
+            continue;
+        };
+        let key = unquote(key);
+        if key.is_empty() || key.contains(' ') {
+            continue;
+        }
+        let full = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
+        out.entry(full).or_insert(i + 1);
+    }
+    out
 }
 
 fn flatten(
@@ -410,6 +463,23 @@ mod tests {
             cwd: cwd.to_path_buf(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn keys_know_their_line() {
+        let text = "# c\n[sink.local]\nenabled = true\n\"Directory\" = \"/x\"\n[source.filer]\nhosts = [\n  \"a=b\",\n]\ngrpcAddress = 'x'\n";
+        let lines = key_lines(text);
+        assert_eq!(lines.get("sink.local.enabled"), Some(&3));
+        assert_eq!(lines.get("sink.local.directory"), Some(&4));
+        assert_eq!(lines.get("source.filer.grpcaddress"), Some(&9));
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "replication", text);
+        let raw = RawConfig::load(&opts(d.path())).unwrap();
+        let (_, origin) = raw.get("sink.local.directory").unwrap();
+        assert_eq!(
+            origin.to_string(),
+            format!("{}:4", d.path().join("replication.toml").display())
+        );
     }
 
     #[test]

@@ -61,8 +61,9 @@ upload /data/media/big.bin "${run}/big.bin" maxMB=1
 upload /data/tmp/scratch.txt "${run}/hello.txt"
 upload /data/docs/draft.txt "${run}/hello.txt"
 
-echo "== starting: replicate (in ${run}/work, no flags)"
-(cd "${run}/work" && exec "${bin}") 2>"${run}/replicate.log" &
+metrics_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+echo "== starting: replicate -metrics.address=127.0.0.1:${metrics_port} (in ${run}/work)"
+(cd "${run}/work" && exec "${bin}" -metrics.address="127.0.0.1:${metrics_port}") 2>"${run}/replicate.log" &
 rep_pid=$!
 
 curl -sf -X POST "${filer}/data/docs/final.txt?mv.from=/data/docs/draft.txt" >/dev/null
@@ -88,6 +89,16 @@ echo "== replica (${run}/replica)"
     printf '   %-38s %s\n' "${f#./}" "$(sha256sum "${f}" | cut -c1-16)"
 done)
 echo "   (docs/hello.txt deleted, media/ renamed to archive/, tmp/ excluded)"
+
+echo
+echo "== metrics (curl http://127.0.0.1:${metrics_port}/metrics, events and bytes)"
+curl -sf "http://127.0.0.1:${metrics_port}/metrics" | grep -E '^replicate_(events_total|copied_bytes_total|kafka_partition_lag)' | sed 's/^/   /'
+echo "== readiness (curl http://127.0.0.1:${metrics_port}/readyz)"
+curl -s "http://127.0.0.1:${metrics_port}/readyz" | sed 's/^/   /'
+
+echo
+echo "== replicate verify: the source tree against the replica, by size and SHA-256"
+(cd "${run}/work" && "${bin}" verify 2>/dev/null) | sed 's/^/   /'
 
 kill -TERM "${rep_pid}"
 wait "${rep_pid}" && echo "== replicate stopped cleanly (exit 0); offsets: $(cat "${run}/work/last.offset")"

@@ -3,18 +3,22 @@
 
 use crate::cli::{Cli, Command};
 use crate::config::settings::{InputSettings, SinkSettings};
-use crate::config::{ConfigErrors, LoadOptions, RawConfig, resolve, scaffold};
+use crate::config::{ConfigErrors, LoadOptions, RawConfig, Settings, resolve, scaffold};
 use crate::filer::{FilerSource, SourceOptions, signature};
+use crate::metrics::Component;
+use crate::pb::seaweed_filer_client::SeaweedFilerClient;
 use crate::pipeline::Pipeline;
 use crate::replicate::Rules;
 use crate::replicate::path::components;
 use crate::sink::Sink;
 use crate::sink::filer::FilerSink;
 use crate::sink::local::LocalSink;
+use crate::sink::wait_until_healthy;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 /// How long in-flight events may run after SIGTERM/SIGINT before they are abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
@@ -49,7 +53,16 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             Ok(())
         }
         Some(Command::Scaffold { config, output }) => scaffold_cmd(&config, output.as_deref()),
-        Some(Command::Run) | None => replicate(cli.config_dir, cli.config).await,
+        Some(Command::Check) => crate::ops::check::run(cli.config_dir, cli.config).await,
+        Some(Command::Verify { repair, size_only }) => {
+            crate::ops::verify::run(cli.config_dir, cli.config, repair, size_only).await
+        }
+        Some(Command::Backfill { state, restart }) => {
+            crate::ops::backfill::run(cli.config_dir, cli.config, &state, restart).await
+        }
+        Some(Command::Run) | None => {
+            replicate(cli.config_dir, cli.config, cli.metrics_address).await
+        }
     }
 }
 
@@ -72,191 +85,283 @@ fn scaffold_cmd(name: &str, output: Option<&std::path::Path>) -> Result<(), AppE
     Ok(())
 }
 
+/// What every command needs from the configuration: the settings, the HTTP and gRPC
+/// clients, and the source cluster.
+pub struct Setup {
+    pub raw: RawConfig,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+    pub grpc_tls: Option<Arc<rustls::ClientConfig>>,
+    pub source: Arc<FilerSource>,
+}
+
+/// A sink, and for a filer sink the target filer's client (for its signature).
+pub struct OpenSink {
+    pub sink: Box<dyn Sink>,
+    pub target: Option<(String, SeaweedFilerClient<Channel>)>,
+}
+
+impl Setup {
+    /// Load and resolve the configuration and build the clients; every configuration
+    /// problem is an `AppError::Config`.
+    pub fn load(
+        config_dir: Option<std::path::PathBuf>,
+        config: Option<std::path::PathBuf>,
+    ) -> Result<Setup, AppError> {
+        let opts = LoadOptions::from_process(config_dir, config);
+        let raw = RawConfig::load(&opts)?;
+        for (name, path) in &raw.files {
+            tracing::info!(file = %path.display(), "loaded {name}");
+        }
+        let settings = resolve(&raw, &opts.cwd)?;
+
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(settings.replicate.read_timeout)
+            .pool_max_idle_per_host(64);
+        if let Some(https) = &settings.security.https_client {
+            http = http.danger_accept_invalid_certs(https.insecure_skip_verify);
+            if !https.ca.is_empty() {
+                let pem = std::fs::read(&https.ca)
+                    .map_err(|e| config_problem(&raw, "https.client.ca", &https.ca, e))?;
+                let cert = reqwest::Certificate::from_pem(&pem)
+                    .map_err(|e| config_problem(&raw, "https.client.ca", &https.ca, e))?;
+                http = http.add_root_certificate(cert);
+            }
+            if !https.cert.is_empty() {
+                let cert = std::fs::read(&https.cert)
+                    .map_err(|e| config_problem(&raw, "https.client.cert", &https.cert, e))?;
+                let key = std::fs::read(&https.key)
+                    .map_err(|e| config_problem(&raw, "https.client.key", &https.key, e))?;
+                let id = reqwest::Identity::from_pkcs8_pem(&cert, &key)
+                    .map_err(|e| config_problem(&raw, "https.client.cert", &https.cert, e))?;
+                http = http.identity(id);
+            }
+        }
+        let http = http
+            .build()
+            .map_err(|e| AppError::Runtime(format!("HTTP client: {e}")))?;
+
+        let grpc_tls = match &settings.security.grpc_tls {
+            None => None,
+            Some(t) => Some(
+                crate::filer::tls::client_config(&t.ca, &t.cert, &t.key)
+                    .map_err(|e| config_problem(&raw, "grpc.ca", &t.ca.display().to_string(), e))?,
+            ),
+        };
+        if grpc_tls.is_some() {
+            tracing::info!("gRPC to filers uses mutual TLS (grpc.ca, grpc.client)");
+        }
+        let source = Arc::new(
+            FilerSource::new(
+                SourceOptions {
+                    grpc_address: settings.source.grpc_address.clone(),
+                    data_center: settings.source.data_center.clone(),
+                    read_jwt: settings.security.read_jwt.clone(),
+                    https: settings.security.https_client.is_some(),
+                    prefetch: settings.replicate.prefetch_chunks,
+                    grpc_tls: grpc_tls.clone(),
+                },
+                http.clone(),
+            )
+            .map_err(|e| {
+                config_problem(
+                    &raw,
+                    "source.filer.grpcAddress",
+                    &settings.source.grpc_address,
+                    e,
+                )
+            })?,
+        );
+        Ok(Setup {
+            raw,
+            settings,
+            http,
+            grpc_tls,
+            source,
+        })
+    }
+
+    /// Build the configured sink (nothing is contacted yet).
+    pub async fn sink(&self) -> Result<OpenSink, AppError> {
+        let (raw, http, source) = (&self.raw, &self.http, &self.source);
+        let sink: Box<dyn Sink> = match &self.settings.sink {
+            SinkSettings::Local {
+                name, directory, ..
+            } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
+            SinkSettings::Azure(opts) => {
+                let sink =
+                    crate::sink::azure::AzureSink::new(opts.clone(), http.clone(), source.clone())
+                        .map_err(|e| {
+                            config_problem(raw, "sink.azure.account_key", "(not shown)", e)
+                        })?;
+                tracing::info!(credential = %sink.credential(), "Azure authorization");
+                Box::new(sink)
+            }
+            SinkSettings::B2(opts) => Box::new(crate::sink::b2::B2Sink::new(
+                opts.clone(),
+                http.clone(),
+                source.clone(),
+            )),
+            SinkSettings::Gcs(opts) => Box::new(
+                crate::sink::gcs::GcsSink::new(opts.clone(), http.clone(), source.clone())
+                    .map_err(|e| {
+                        config_problem(
+                            raw,
+                            "sink.google_cloud_storage.google_application_credentials",
+                            "(not shown)",
+                            e,
+                        )
+                    })?,
+            ),
+            SinkSettings::S3(opts) => {
+                Box::new(crate::sink::s3::S3Sink::new(opts.clone(), source.clone()).await)
+            }
+            SinkSettings::Filer(opts) => {
+                let opts = crate::sink::filer::FilerSinkOptions {
+                    grpc_tls: self.grpc_tls.clone(),
+                    ..opts.clone()
+                };
+                let sink =
+                    FilerSink::new(opts.clone(), source.clone(), http.clone()).map_err(|e| {
+                        config_problem(raw, "sink.filer.grpcAddress", &opts.grpc_address, e)
+                    })?;
+                let target = Some((opts.grpc_address.clone(), sink.client()));
+                return Ok(OpenSink {
+                    sink: Box::new(sink),
+                    target,
+                });
+            }
+        };
+        Ok(OpenSink { sink, target: None })
+    }
+
+    /// The replication rules; `skip_signatures` are the filers whose changes are not
+    /// replicated back (the target filer's).
+    pub fn rules(&self, skip_signatures: Vec<i32>) -> Rules {
+        let settings = &self.settings;
+        Rules {
+            source_dir: components(&settings.source.directory).expect("validated"),
+            excludes: settings
+                .source
+                .exclude_directories
+                .iter()
+                .map(|d| components(d).expect("validated"))
+                .collect(),
+            sink_dir: settings.sink.directory(),
+            incremental: settings.sink.incremental(),
+            skip_other_cluster: matches!(settings.sink, SinkSettings::Filer(_)),
+            skip_signatures,
+        }
+    }
+
+    /// The pipeline events run through.
+    pub fn pipeline(
+        &self,
+        rules: Rules,
+        sink: Box<dyn Sink>,
+        stop: CancellationToken,
+    ) -> Arc<Pipeline> {
+        let r = &self.settings.replicate;
+        Arc::new(Pipeline::new(
+            rules,
+            Some(self.source.clone()),
+            sink,
+            crate::pipeline::Policies {
+                concurrency: r.concurrency,
+                on_failure: r.on_failure,
+                bad_message: r.bad_message,
+                max_message_bytes: r.max_message_bytes,
+                parked_file: r.parked_file.clone(),
+                deadline: r.event_deadline,
+            },
+            stop,
+        ))
+    }
+
+    /// Wait until the sink answers and, for a filer sink, learn which signatures to
+    /// skip; `None` if `stop` fires first.
+    pub async fn connect(&self, open: &OpenSink, stop: &CancellationToken) -> Option<Vec<i32>> {
+        let what = open.sink.describe();
+        wait_until_healthy(&what, stop, || open.sink.probe()).await?;
+        tracing::info!("{what} reachable");
+        let mut skip_signatures = Vec::new();
+        if let Some((address, client)) = &open.target {
+            // Loop avoidance: events that already passed through the target filer are not
+            // sent back to it. When source and target are the same filer (folder to
+            // folder), every event carries that signature, and only is_from_other_cluster
+            // applies.
+            let target_sig = signature(client.clone(), address, stop).await?;
+            let source_sig = signature(
+                self.source.client(),
+                &self.settings.source.grpc_address,
+                stop,
+            )
+            .await?;
+            tracing::info!(target = %address, target_sig, source_sig, "filers reached");
+            if target_sig != source_sig {
+                skip_signatures.push(target_sig);
+            }
+            crate::metrics::get().set_up(Component::Source, true);
+        }
+        crate::metrics::get().set_up(Component::Sink, true);
+        Some(skip_signatures)
+    }
+}
+
 async fn replicate(
     config_dir: Option<std::path::PathBuf>,
     config: Option<std::path::PathBuf>,
+    metrics_address: Option<String>,
 ) -> Result<(), AppError> {
-    let opts = LoadOptions::from_process(config_dir, config);
-    let raw = RawConfig::load(&opts)?;
-    for (name, path) in &raw.files {
-        tracing::info!(file = %path.display(), "loaded {name}");
-    }
-    let settings = resolve(&raw, &opts.cwd)?;
-
-    let mut http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(settings.replicate.read_timeout)
-        .pool_max_idle_per_host(64);
-    if let Some(https) = &settings.security.https_client {
-        http = http.danger_accept_invalid_certs(https.insecure_skip_verify);
-        if !https.ca.is_empty() {
-            let pem = std::fs::read(&https.ca)
-                .map_err(|e| config_problem(&raw, "https.client.ca", &https.ca, e))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| config_problem(&raw, "https.client.ca", &https.ca, e))?;
-            http = http.add_root_certificate(cert);
-        }
-        if !https.cert.is_empty() {
-            let cert = std::fs::read(&https.cert)
-                .map_err(|e| config_problem(&raw, "https.client.cert", &https.cert, e))?;
-            let key = std::fs::read(&https.key)
-                .map_err(|e| config_problem(&raw, "https.client.key", &https.key, e))?;
-            let id = reqwest::Identity::from_pkcs8_pem(&cert, &key)
-                .map_err(|e| config_problem(&raw, "https.client.cert", &https.cert, e))?;
-            http = http.identity(id);
-        }
-    }
-    let http = http
-        .build()
-        .map_err(|e| AppError::Runtime(format!("HTTP client: {e}")))?;
-
-    let grpc_tls = match &settings.security.grpc_tls {
-        None => None,
-        Some(t) => Some(
-            crate::filer::tls::client_config(&t.ca, &t.cert, &t.key)
-                .map_err(|e| config_problem(&raw, "grpc.ca", &t.ca.display().to_string(), e))?,
-        ),
-    };
-    if grpc_tls.is_some() {
-        tracing::info!("gRPC to filers uses mutual TLS (grpc.ca, grpc.client)");
-    }
-    let source = Arc::new(
-        FilerSource::new(
-            SourceOptions {
-                grpc_address: settings.source.grpc_address.clone(),
-                data_center: settings.source.data_center.clone(),
-                read_jwt: settings.security.read_jwt.clone(),
-                https: settings.security.https_client.is_some(),
-                prefetch: settings.replicate.prefetch_chunks,
-                grpc_tls: grpc_tls.clone(),
-            },
-            http.clone(),
-        )
-        .map_err(|e| {
-            config_problem(
-                &raw,
-                "source.filer.grpcAddress",
-                &settings.source.grpc_address,
-                e,
-            )
-        })?,
-    );
-
+    let setup = Setup::load(config_dir, config)?;
+    let settings = &setup.settings;
+    let raw = &setup.raw;
     let stop = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     spawn_signal_handler(stop.clone(), hard_stop.clone());
 
-    let mut skip_signatures = Vec::new();
-    let sink: Box<dyn Sink> = match &settings.sink {
-        SinkSettings::Local {
-            name, directory, ..
-        } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
-        SinkSettings::Azure(opts) => {
-            let sink =
-                crate::sink::azure::AzureSink::new(opts.clone(), http.clone(), source.clone())
-                    .map_err(|e| {
-                        config_problem(&raw, "sink.azure.account_key", "(not shown)", e)
-                    })?;
-            tracing::info!(credential = %sink.credential(), "Azure authorization");
-            if !sink.health_check(&stop).await {
-                return Ok(());
-            }
-            tracing::info!(container = %opts.container, "Azure container reachable");
-            Box::new(sink)
-        }
-        SinkSettings::B2(opts) => {
-            let sink = crate::sink::b2::B2Sink::new(opts.clone(), http.clone(), source.clone());
-            if !sink.health_check(&stop).await {
-                return Ok(());
-            }
-            tracing::info!(bucket = %opts.bucket, "B2 bucket reachable");
-            Box::new(sink)
-        }
-        SinkSettings::Gcs(opts) => {
-            let sink = crate::sink::gcs::GcsSink::new(opts.clone(), http.clone(), source.clone())
-                .map_err(|e| {
-                config_problem(
-                    &raw,
-                    "sink.google_cloud_storage.google_application_credentials",
-                    "(not shown)",
-                    e,
-                )
-            })?;
-            if !sink.health_check(&stop).await {
-                return Ok(());
-            }
-            tracing::info!(bucket = %opts.bucket, "GCS bucket reachable");
-            Box::new(sink)
-        }
-        SinkSettings::S3(opts) => {
-            let sink = crate::sink::s3::S3Sink::new(opts.clone(), source.clone()).await;
-            if !sink.health_check(&stop).await {
-                return Ok(());
-            }
-            tracing::info!(bucket = %opts.bucket, "S3 bucket reachable");
-            Box::new(sink)
-        }
-        SinkSettings::Filer(opts) => {
-            let opts = crate::sink::filer::FilerSinkOptions {
-                grpc_tls: grpc_tls.clone(),
-                ..opts.clone()
+    // The listener comes first, so that /healthz answers while start-up waits.
+    let metrics_server = match metrics_address.or(settings.metrics.address.clone()) {
+        None => None,
+        Some(address) => {
+            let bad = |e: String| {
+                AppError::Config(ConfigErrors(vec![crate::config::Problem {
+                    origin: raw
+                        .get("metrics.address")
+                        .map(|(_, o)| o)
+                        .unwrap_or_else(|| raw.home_of("metrics.address")),
+                    key: "metrics.address".into(),
+                    message: e,
+                }]))
             };
-            let sink = FilerSink::new(opts.clone(), source.clone(), http.clone()).map_err(|e| {
-                config_problem(&raw, "sink.filer.grpcAddress", &opts.grpc_address, e)
-            })?;
-            // Loop avoidance: events that already passed through the target filer are not
-            // sent back to it. When source and target are the same filer (folder to folder),
-            // every event carries that signature, and only is_from_other_cluster applies.
-            let Some(target_sig) = signature(sink.client(), &opts.grpc_address, &stop).await else {
-                return Ok(());
-            };
-            let Some(source_sig) =
-                signature(source.client(), &settings.source.grpc_address, &stop).await
-            else {
-                return Ok(());
-            };
-            tracing::info!(target = %opts.grpc_address, target_sig, source_sig, "filers reached");
-            if target_sig != source_sig {
-                skip_signatures.push(target_sig);
-            }
-            Box::new(sink)
+            crate::config::settings::check_listen_address(&address).map_err(bad)?;
+            let listener = crate::metrics::bind(&address)
+                .await
+                .map_err(|e| bad(format!("{address:?}: cannot listen: {e}")))?;
+            let local = listener.local_addr().map(|a| a.to_string());
+            tracing::info!(address = %local.unwrap_or(address), "serving /metrics, /healthz and /readyz");
+            Some(tokio::spawn(crate::metrics::serve(listener, stop.clone())))
         }
+    };
+
+    let open = setup.sink().await?;
+    let Some(skip_signatures) = setup.connect(&open, &stop).await else {
+        return Ok(());
     };
     tracing::info!(sink = settings.sink.name(), directory = %settings.sink.directory(), "Configure sink to {}", settings.sink.name());
-
-    let rules = Rules {
-        source_dir: components(&settings.source.directory).expect("validated"),
-        excludes: settings
-            .source
-            .exclude_directories
-            .iter()
-            .map(|d| components(d).expect("validated"))
-            .collect(),
-        sink_dir: settings.sink.directory(),
-        incremental: settings.sink.incremental(),
-        skip_other_cluster: matches!(settings.sink, SinkSettings::Filer(_)),
-        skip_signatures,
-    };
-
-    let pipeline = Arc::new(Pipeline::new(
-        rules,
-        Some(source.clone()),
-        sink,
-        crate::pipeline::Policies {
-            concurrency: settings.replicate.concurrency,
-            on_failure: settings.replicate.on_failure,
-            bad_message: settings.replicate.bad_message,
-            max_message_bytes: settings.replicate.max_message_bytes,
-            parked_file: settings.replicate.parked_file.clone(),
-            deadline: settings.replicate.event_deadline,
-        },
-        stop.clone(),
-    ));
+    let pipeline = setup.pipeline(setup.rules(skip_signatures), open.sink, stop.clone());
 
     // Start-up is done: the sink and the filers answered. systemd (Type=notify) may now
     // consider the service started.
     crate::notify::notify("READY=1");
     crate::notify::spawn_watchdog();
+    crate::metrics::get().set_started();
+    if let Some(every) = settings.metrics.progress_interval {
+        tokio::spawn(crate::metrics::progress(every, stop.clone()));
+    }
+    let http = &setup.http;
+    let source = &setup.source;
     match &settings.input {
         InputSettings::Sqs(cfg) => {
             tracing::info!(queue = %cfg.queue_name, region = %cfg.region, "input: SQS");
@@ -268,7 +373,7 @@ async fn replicate(
                 .await
                 .map_err(|e| {
                     config_problem(
-                        &raw,
+                        raw,
                         "notification.google_pub_sub.google_application_credentials",
                         "(not shown)",
                         e,
@@ -309,6 +414,9 @@ async fn replicate(
                 })?;
         }
     }
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     let s = &pipeline.stats;
     tracing::info!(
         replicated = s.replicated.load(Ordering::Relaxed),
@@ -322,7 +430,12 @@ async fn replicate(
     Ok(())
 }
 
-fn config_problem(raw: &RawConfig, key: &str, value: &str, e: impl std::fmt::Display) -> AppError {
+pub fn config_problem(
+    raw: &RawConfig,
+    key: &str,
+    value: &str,
+    e: impl std::fmt::Display,
+) -> AppError {
     AppError::Config(ConfigErrors(vec![crate::config::Problem {
         origin: raw
             .get(key)

@@ -27,6 +27,10 @@ pub struct Cli {
     /// Log lines as text for people, or as one JSON object per line for log shippers.
     #[arg(long = "log-format", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics, /healthz and /readyz on host:port or :port (overrides
+    /// `[metrics] address`).
+    #[arg(long = "metrics.address", value_name = "ADDR")]
+    pub metrics_address: Option<String>,
     /// Accepted for compatibility with weed's glog flags; logs always go to stderr.
     #[arg(long = "logtostderr", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub logtostderr: Option<String>,
@@ -61,6 +65,35 @@ pub enum Command {
         /// Write <DIR>/<NAME>.toml instead of printing.
         #[arg(long = "output", value_name = "DIR")]
         output: Option<PathBuf>,
+    },
+    /// Validate the configuration and test the source filer, the input and the sink;
+    /// print a report. Exits 0 when all is well, 1 when something is unreachable, 2 on
+    /// configuration problems.
+    Check,
+    /// Compare the source directory with the sink: report missing, extra and differing
+    /// files (size and SHA-256). Exits 0 when they match, 1 when they differ.
+    Verify {
+        /// Replicate what is missing or differs, and delete what the source does not have.
+        #[arg(long = "repair")]
+        repair: bool,
+        /// Compare sizes only, without reading file content.
+        #[arg(long = "size-only")]
+        size_only: bool,
+    },
+    /// Replicate every file that already exists under the source directory (what
+    /// `fs.meta.notify` in `weed shell` is used for upstream). Resumable: directories
+    /// finished are recorded in the state file and skipped by the next run.
+    Backfill {
+        /// Where progress is recorded.
+        #[arg(
+            long = "state",
+            value_name = "FILE",
+            default_value = "./replicate.backfill.state"
+        )]
+        state: PathBuf,
+        /// Ignore the state file and start over.
+        #[arg(long = "restart")]
+        restart: bool,
     },
     /// Print the version.
     Version,

@@ -32,6 +32,26 @@ pub fn kind(ev: &EventNotification) -> &'static str {
     }
 }
 
+/// The change an event describes, for metrics: `create`, `update`, `delete` or `rename`
+/// (`key` is the event's key, the old path of a rename).
+pub fn change(key: &str, ev: &EventNotification) -> &'static str {
+    match (&ev.old_entry, &ev.new_entry) {
+        (None, Some(_)) => "create",
+        (Some(_), None) => "delete",
+        (Some(old), Some(new)) => {
+            let parent = key.rsplit_once('/').map_or("", |(d, _)| d);
+            let moved = !ev.new_parent_path.is_empty()
+                && ev.new_parent_path.trim_end_matches('/') != parent.trim_end_matches('/');
+            if moved || old.name != new.name {
+                "rename"
+            } else {
+                "update"
+            }
+        }
+        (None, None) => "invalid",
+    }
+}
+
 /// The string id of a chunk ("vid,keycookie"), derived from `fid` when `file_id` is empty.
 pub fn chunk_file_id(chunk: &FileChunk) -> Option<String> {
     if !chunk.file_id.is_empty() {

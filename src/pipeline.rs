@@ -120,14 +120,16 @@ pub struct Pipeline {
 /// flight, that would be hundreds of lines a minute).
 struct Availability {
     what: &'static str,
+    component: crate::metrics::Component,
     down: std::sync::atomic::AtomicBool,
     since: Mutex<Option<Instant>>,
 }
 
 impl Availability {
-    fn new(what: &'static str) -> Self {
+    fn new(what: &'static str, component: crate::metrics::Component) -> Self {
         Availability {
             what,
+            component,
             down: false.into(),
             since: Mutex::new(None),
         }
@@ -138,6 +140,7 @@ impl Availability {
         if since.is_none() {
             *since = Some(Instant::now());
             self.down.store(true, Ordering::Release);
+            crate::metrics::get().set_up(self.component, false);
             tracing::warn!(error = %error, "{} unavailable; events wait for it, retrying with backoff", self.what);
         } else {
             tracing::debug!(error = %error, "{} still unavailable", self.what);
@@ -146,11 +149,16 @@ impl Availability {
 
     fn working(&self) {
         if !self.down.load(Ordering::Acquire) {
+            let metrics = crate::metrics::get();
+            if metrics.is_up(self.component) != Some(true) {
+                metrics.set_up(self.component, true);
+            }
             return;
         }
         let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = since.take() {
             self.down.store(false, Ordering::Release);
+            crate::metrics::get().set_up(self.component, true);
             tracing::info!(down_for = ?t.elapsed(), "{} available again", self.what);
         }
     }
@@ -195,8 +203,8 @@ impl Pipeline {
             deadline: policies.deadline,
             stop,
             stats: Stats::default(),
-            source_state: Availability::new("source"),
-            sink_state: Availability::new("sink"),
+            source_state: Availability::new("source", crate::metrics::Component::Source),
+            sink_state: Availability::new("sink", crate::metrics::Component::Sink),
         }
     }
 
@@ -206,19 +214,36 @@ impl Pipeline {
     }
 
     pub async fn handle(&self, raw: &RawEvent, origin: &Origin) -> Disposition {
-        let failure = match self.try_handle(raw).await {
+        let metrics = crate::metrics::get();
+        let _pending = metrics.taken();
+        let mut kind = "invalid";
+        let failure = match self.try_handle(raw, &mut kind).await {
             Ok(None) => return Disposition::Abandoned,
             Ok(Some(replicated)) => {
-                let counter = if replicated {
-                    &self.stats.replicated
+                let (counter, outcome) = if replicated {
+                    (&self.stats.replicated, "replicated")
                 } else {
-                    &self.stats.skipped
+                    (&self.stats.skipped, "skipped")
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                metrics.event(kind, outcome);
                 return Disposition::Done;
             }
             Err(f) => f,
         };
+        let disposition = self.failed(raw, origin, failure);
+        let outcome = match disposition {
+            Disposition::Done => "parked",
+            Disposition::Held => "held",
+            Disposition::Stop => "bad_message",
+            Disposition::Abandoned => return disposition,
+        };
+        metrics.event(kind, outcome);
+        disposition
+    }
+
+    /// Apply the failure and bad-message policies to an event that failed.
+    fn failed(&self, raw: &RawEvent, origin: &Origin, failure: Failure) -> Disposition {
         let (why, permanent) = match &failure {
             Failure::BadMessage(w) => {
                 self.stats.bad_messages.fetch_add(1, Ordering::Relaxed);
@@ -261,7 +286,11 @@ impl Pipeline {
     }
 
     /// `Ok(Some(true))` replicated, `Ok(Some(false))` skipped, `Ok(None)` abandoned at shutdown.
-    async fn try_handle(&self, raw: &RawEvent) -> Result<Option<bool>, Failure> {
+    async fn try_handle(
+        &self,
+        raw: &RawEvent,
+        kind: &mut &'static str,
+    ) -> Result<Option<bool>, Failure> {
         if raw.key.is_empty() {
             return Err(Failure::BadMessage("the message has no key".into()));
         }
@@ -280,6 +309,7 @@ impl Pipeline {
                 "payload is not an EventNotification protobuf (no old or new entry)".into(),
             ));
         }
+        *kind = event::change(&raw.key, &ev);
         tracing::debug!(key = %raw.key, "{}: {}", event::kind(&ev), raw.key);
         let plan = self
             .rules
@@ -315,6 +345,7 @@ impl Pipeline {
                 Err(e) if e.is_outage() => {
                     started = Instant::now();
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::get().retried();
                     match e {
                         SinkError::Read { .. } => self.source_state.failing(&e),
                         _ => self.sink_state.failing(&e),
@@ -333,6 +364,7 @@ impl Pipeline {
                 }
                 Err(e) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::get().retried();
                     let wait = backoff.next_wait();
                     tracing::warn!(key = %raw.key, error = %e, retry_in = ?wait, "replicating failed; will retry");
                     tokio::select! {

@@ -53,6 +53,9 @@ pub struct Retry {
     backoff: Backoff,
     /// Since when, and as what, it has been failing.
     down: Option<(Instant, String)>,
+    /// The component whose reachability this retry reports (the `replicate_up` metric
+    /// and `/readyz`).
+    reports: Option<crate::metrics::Component>,
 }
 
 impl Default for Retry {
@@ -60,15 +63,27 @@ impl Default for Retry {
         Retry {
             backoff: Backoff::new(FIRST, CAP),
             down: None,
+            reports: None,
         }
     }
 }
 
 impl Retry {
+    /// A retry whose failures and successes mark the input down and up.
+    pub fn for_input() -> Self {
+        Retry {
+            reports: Some(crate::metrics::Component::Input),
+            ..Retry::default()
+        }
+    }
+
     /// A failed attempt: logged as a warning if it is the first since the last success
     /// (at debug level otherwise). Returns how long to wait before the next attempt.
     pub fn failed(&mut self, what: &str, error: &dyn Display) -> Duration {
         let wait = self.backoff.next_wait();
+        if let Some(c) = self.reports {
+            crate::metrics::get().set_up(c, false);
+        }
         if self.down.is_none() {
             tracing::warn!(error = %error, "{what}; retrying with backoff until it works");
             self.down = Some((Instant::now(), what.to_string()));
@@ -96,6 +111,9 @@ impl Retry {
     /// backoff over.
     pub fn succeeded(&mut self) {
         self.backoff.reset();
+        if let Some(c) = self.reports {
+            crate::metrics::get().set_up(c, true);
+        }
         if let Some((since, what)) = self.down.take() {
             tracing::info!(down_for = ?since.elapsed(), "working again after: {what}");
         }

@@ -148,6 +148,14 @@ event_deadline_seconds = 300
 prefetch_chunks = 4
 # A volume server silent this long during a read is given up for the next replica.
 read_timeout_seconds = 60
+
+[metrics]
+# Serve Prometheus metrics at /metrics, plus /healthz (the process is up) and /readyz (the
+# input and the sink are reachable), on host:port or :port. Empty: no listener.
+# -metrics.address on the command line overrides it.
+address = ""
+# Log a one-line progress summary (events/s, in flight, Kafka lag) this often; 0: never.
+progress_interval_seconds = 60
 "#;
 
 pub const NOTIFICATION: &str = r#"# notification.toml: where the filer publishes its metadata changes, and where

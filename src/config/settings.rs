@@ -32,6 +32,30 @@ pub struct Settings {
     pub sink: SinkSettings,
     pub security: SecuritySettings,
     pub replicate: ReplicateSettings,
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: the metrics listener and the progress line (ours; upstream has neither).
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`host:port` or `:port`).
+    pub address: Option<String>,
+    /// How often the progress line is logged; `None` for never.
+    pub progress_interval: Option<Duration>,
+}
+
+/// Check a listen address: `host:port` or Go-style `:port`.
+pub fn check_listen_address(address: &str) -> Result<(), String> {
+    let port = address
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .ok_or_else(|| format!("{address:?} is not host:port or :port"))?;
+    match port.parse::<u16>() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "{address:?} has no valid port (host:port or :port)"
+        )),
+    }
 }
 
 /// `[source.filer]`.
@@ -550,6 +574,18 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
         prefetch_chunks: prefetch_chunks.clamp(1, 256) as usize,
     };
 
+    let address = r.string("metrics.address", "");
+    if !address.is_empty()
+        && let Err(e) = check_listen_address(&address)
+    {
+        r.problem("metrics.address", e);
+    }
+    let progress = r.count("metrics.progress_interval_seconds", 60);
+    let metrics = MetricsSettings {
+        address: (!address.is_empty()).then_some(address),
+        progress_interval: (progress > 0).then(|| Duration::from_secs(progress)),
+    };
+
     if subscribe && let Some(sink) = &sink {
         use sha2::Digest;
         let identity = format!("{}|{}", source.directory, sink.identity());
@@ -568,6 +604,7 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
             sink,
             security,
             replicate,
+            metrics,
         }),
         _ => Err(ConfigErrors(r.problems)),
     }

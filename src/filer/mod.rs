@@ -267,6 +267,53 @@ impl FilerSource {
         })
     }
 
+    /// A reader for another filer (the target of a filer sink, for `replicate verify`)
+    /// with the same security settings.
+    pub fn at(&self, grpc_address: &str) -> Result<FilerSource, tonic::transport::Error> {
+        FilerSource::new(
+            SourceOptions {
+                grpc_address: grpc_address.to_string(),
+                ..self.opts.clone()
+            },
+            self.http.clone(),
+        )
+    }
+
+    /// Every entry of directory `dir`, all pages.
+    pub async fn list_dir(&self, dir: &str) -> Result<Vec<Entry>, tonic::Status> {
+        let mut out: Vec<Entry> = Vec::new();
+        loop {
+            let request = crate::pb::ListEntriesRequest {
+                directory: dir.to_string(),
+                start_from_file_name: out.last().map(|e| e.name.clone()).unwrap_or_default(),
+                limit: 1024,
+                ..Default::default()
+            };
+            let mut stream = self.client().list_entries(request).await?.into_inner();
+            let before = out.len();
+            while let Some(r) = stream.message().await? {
+                out.extend(r.entry);
+            }
+            if out.len() - before < 1024 {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The SHA-256 of a file's content, and its length, read as a sink would read it.
+    pub async fn digest(self: &Arc<Self>, entry: &Entry) -> Result<(u64, [u8; 32]), ReadError> {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        let mut len = 0u64;
+        let mut rx = self.open(entry);
+        while let Some(piece) = rx.recv().await {
+            let piece = piece?;
+            len += piece.len() as u64;
+            hash.update(&piece);
+        }
+        Ok((len, hash.finalize().into()))
+    }
+
     /// The entry at `path` on the source, `None` if it does not exist.
     pub async fn lookup_entry(&self, path: &str) -> Result<Option<Entry>, tonic::Status> {
         let (directory, name) = match path.rsplit_once('/') {
@@ -473,6 +520,7 @@ impl FilerSource {
             if !content.is_empty() && tx.send(Ok(content.clone())).await.is_err() {
                 return Ok(());
             }
+            crate::metrics::get().copied(content.len() as u64);
             return send_zeros(tx, size - content.len() as u64).await;
         }
         let chunks = self.resolve_manifests(&entry.chunks).await?;
@@ -512,7 +560,9 @@ impl FilerSource {
             send_zeros(tx, v.file_offset - pos).await?;
             let start = v.chunk_offset as usize;
             let piece = data.slice(start..start + v.len as usize);
+            let n = piece.len() as u64;
             tx.send(Ok(piece)).await.map_err(|_| ReadError::Aborted)?;
+            crate::metrics::get().copied(n);
             pos = v.file_offset + v.len;
         }
         send_zeros(tx, size - pos).await

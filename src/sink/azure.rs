@@ -275,27 +275,9 @@ impl AzureSink {
     /// Check the container exists and the key works; retried with backoff until they do,
     /// reporting clearly why not. `false` if `stop` fires first.
     pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
-        let what = format!("Azure container {} at {}", self.opts.container, self.base);
-        wait_until_healthy(&what, stop, || async {
-            let url = format!(
-                "{}/{}?restype=container",
-                self.base,
-                percent_encode_slash(&self.opts.container)
-            );
-            match self
-                .send("check container", &self.opts.container, self.http.get(url))
-                .await
-            {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!(
-                    "HTTP {} (missing container, wrong account or key?)",
-                    r.status()
-                )),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .await
-        .is_some()
+        wait_until_healthy(&self.describe(), stop, || self.probe())
+            .await
+            .is_some()
     }
 
     fn blob_name(key: &SinkKey) -> String {
@@ -467,6 +449,29 @@ impl AzureSink {
 
 #[async_trait]
 impl Sink for AzureSink {
+    fn describe(&self) -> String {
+        format!("Azure container {} at {}", self.opts.container, self.base)
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let url = format!(
+            "{}/{}?restype=container",
+            self.base,
+            percent_encode_slash(&self.opts.container)
+        );
+        match self
+            .send("check container", &self.opts.container, self.http.get(url))
+            .await
+        {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!(
+                "HTTP {} (missing container, wrong account or key?)",
+                r.status()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     fn name(&self) -> &str {
         "azure"
     }

@@ -292,14 +292,9 @@ impl B2Sink {
     /// Check the key works and the bucket exists; retried with backoff until they do,
     /// reporting clearly why not. `false` if `stop` fires first.
     pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
-        let what = format!("B2 bucket {} at {}", self.opts.bucket, self.endpoint);
-        wait_until_healthy(&what, stop, || async {
-            let s = self.authorize().await.map_err(|e| e.to_string())?;
-            *self.session.write().await = Some(Arc::new(s));
-            Ok(())
-        })
-        .await
-        .is_some()
+        wait_until_healthy(&self.describe(), stop, || self.probe())
+            .await
+            .is_some()
     }
 
     fn file_name(key: &SinkKey) -> String {
@@ -553,6 +548,16 @@ impl B2Sink {
 
 #[async_trait]
 impl Sink for B2Sink {
+    fn describe(&self) -> String {
+        format!("B2 bucket {} at {}", self.opts.bucket, self.endpoint)
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let s = self.authorize().await.map_err(|e| e.to_string())?;
+        *self.session.write().await = Some(Arc::new(s));
+        Ok(())
+    }
+
     fn name(&self) -> &str {
         "backblaze"
     }

@@ -50,6 +50,8 @@ pub struct FilerSinkOptions {
 
 pub struct FilerSink {
     target: SeaweedFilerClient<Channel>,
+    /// Reads the target's files back (`replicate verify`).
+    reader: Arc<FilerSource>,
     source: Arc<FilerSource>,
     http: reqwest::Client,
     opts: FilerSinkOptions,
@@ -142,8 +144,10 @@ impl FilerSink {
     ) -> Result<Self, tonic::transport::Error> {
         let target = crate::filer::connect_lazy(&opts.grpc_address, opts.grpc_tls.as_ref())?;
         let permits = Arc::new(Semaphore::new(opts.chunk_concurrency.max(1)));
+        let reader = Arc::new(source.at(&opts.grpc_address)?);
         Ok(FilerSink {
             target,
+            reader,
             source,
             http,
             opts,
@@ -374,6 +378,82 @@ impl FilerSink {
 
 #[async_trait]
 impl Sink for FilerSink {
+    fn describe(&self) -> String {
+        format!(
+            "filer {} directory {}",
+            self.opts.grpc_address, self.opts.directory
+        )
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        self.client()
+            .get_filer_configuration(pb::GetFilerConfigurationRequest {})
+            .await
+            .map(drop)
+            .map_err(|s| s.to_string())
+    }
+
+    async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
+        let root = self.opts.directory.trim_end_matches('/').to_string();
+        let mut out = Vec::new();
+        let mut dirs = vec![(root.clone(), String::new())];
+        while let Some((dir, rel)) = dirs.pop() {
+            let listed = if dir.is_empty() { "/" } else { dir.as_str() };
+            let entries = match self.reader.list_dir(listed).await {
+                Ok(e) => e,
+                Err(s) if is_not_found(&s) && rel.is_empty() => break,
+                Err(s) => {
+                    return Err(SinkError::remote(
+                        "list",
+                        listed,
+                        &s,
+                        retryable_status(&s),
+                        crate::filer::status_is_outage(&s),
+                    ));
+                }
+            };
+            for e in entries {
+                let path = if rel.is_empty() {
+                    e.name.clone()
+                } else {
+                    format!("{rel}/{}", e.name)
+                };
+                if e.is_directory {
+                    dirs.push((format!("{dir}/{}", e.name), path));
+                } else {
+                    out.push((path, crate::filer::content_size(&e)));
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    async fn digest(&self, rel: &str) -> Result<(u64, [u8; 32]), SinkError> {
+        let path = format!("{}/{rel}", self.opts.directory.trim_end_matches('/'));
+        let entry = match self.reader.lookup_entry(&path).await {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                return Err(SinkError::Refused {
+                    key: path,
+                    why: "gone from the target".into(),
+                });
+            }
+            Err(s) => {
+                return Err(SinkError::remote(
+                    "lookup",
+                    &path,
+                    &s,
+                    retryable_status(&s),
+                    crate::filer::status_is_outage(&s),
+                ));
+            }
+        };
+        self.reader
+            .digest(&entry)
+            .await
+            .map_err(|source| SinkError::Read { key: path, source })
+    }
+
     fn name(&self) -> &str {
         "filer"
     }

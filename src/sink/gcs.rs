@@ -131,29 +131,9 @@ impl GcsSink {
     /// Check the bucket exists and the credentials work; retried with backoff until they
     /// do, reporting clearly why not. `false` if `stop` fires first.
     pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
-        let what = format!("GCS bucket {} at {}", self.opts.bucket, self.endpoint);
-        wait_until_healthy(&what, stop, || async {
-            let url = format!(
-                "{}/storage/v1/b/{}",
-                self.endpoint,
-                percent_encode_all(&self.opts.bucket)
-            );
-            let req = self
-                .authed(self.http.get(&url))
-                .await
-                .map_err(|e| e.to_string())?;
-            match req.send().await {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!(
-                    "HTTP {}: {} (missing bucket or wrong credentials?)",
-                    r.status(),
-                    r.text().await.unwrap_or_default()
-                )),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .await
-        .is_some()
+        wait_until_healthy(&self.describe(), stop, || self.probe())
+            .await
+            .is_some()
     }
 
     fn object_url(&self, name: &str) -> String {
@@ -379,6 +359,31 @@ impl GcsSink {
 
 #[async_trait]
 impl Sink for GcsSink {
+    fn describe(&self) -> String {
+        format!("GCS bucket {} at {}", self.opts.bucket, self.endpoint)
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let url = format!(
+            "{}/storage/v1/b/{}",
+            self.endpoint,
+            percent_encode_all(&self.opts.bucket)
+        );
+        let req = self
+            .authed(self.http.get(&url))
+            .await
+            .map_err(|e| e.to_string())?;
+        match req.send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!(
+                "HTTP {}: {} (missing bucket or wrong credentials?)",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     fn name(&self) -> &str {
         "google_cloud_storage"
     }

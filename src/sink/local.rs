@@ -313,8 +313,120 @@ fn is_upload_part(key: &SinkKey) -> bool {
     key.full.ends_with(".part") && key.full.contains("/.uploads/")
 }
 
+/// Every regular file under `root` (symlinks are listed neither as files nor followed),
+/// skipping our own leftover temp files.
+fn walk_files(root: &Path) -> std::io::Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound && rel.is_empty() => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                dirs.push((entry.path(), path));
+            } else if meta.is_file() {
+                out.push((path, meta.len()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Sink for LocalSink {
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root.display())
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&root)?;
+            // Writable: a temp file comes and goes.
+            tempfile::Builder::new()
+                .prefix(TEMP_PREFIX)
+                .tempfile_in(&root)
+                .map(drop)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
+        let root = self.root.clone();
+        let files = tokio::task::spawn_blocking(move || walk_files(&root))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|source| SinkError::Io {
+                op: "list",
+                key: self.root.display().to_string(),
+                source,
+            })?;
+        Ok(Some(files))
+    }
+
+    async fn digest(&self, rel: &str) -> Result<(u64, [u8; 32]), SinkError> {
+        let parts: Vec<&str> = rel.split('/').collect();
+        if parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+        {
+            return Err(SinkError::Refused {
+                key: rel.to_string(),
+                why: "not a plain relative path".into(),
+            });
+        }
+        let path = parts.iter().fold(self.root.clone(), |p, c| p.join(c));
+        let rel = rel.to_string();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?;
+            let mut hash = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut n = 0u64;
+            loop {
+                let k = std::io::Read::read(&mut f, &mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                hash.update(&buf[..k]);
+                n += k as u64;
+            }
+            Ok::<_, std::io::Error>((n, hash.finalize().into()))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(|source| SinkError::Io {
+            op: "read",
+            key: rel,
+            source,
+        })
+    }
+
+    fn stored_name(&self, name: &str) -> String {
+        local_name(name)
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -63,6 +63,31 @@ pub trait Sink: Send + Sync {
     ) -> Result<bool, SinkError> {
         Ok(false)
     }
+    /// What this sink is, for logs and `replicate check` (`S3 bucket b (endpoint …)`).
+    fn describe(&self) -> String {
+        format!("{} sink", self.name())
+    }
+    /// One attempt to reach the sink (its bucket, container or filer); why it failed.
+    async fn probe(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// For `replicate verify`: every file under the sink root, by its path relative to
+    /// the root (`a/b.txt`), with its size. `None` when this sink cannot list itself.
+    async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
+        Ok(None)
+    }
+    /// For `replicate verify`: the length and SHA-256 of the file at `rel` (a path as
+    /// [`Sink::inventory`] gives it).
+    async fn digest(&self, rel: &str) -> Result<(u64, [u8; 32]), SinkError> {
+        Err(SinkError::Refused {
+            key: rel.to_string(),
+            why: format!("the {} sink cannot read back what it stores", self.name()),
+        })
+    }
+    /// The name a source entry is stored under (the local sink shortens long names).
+    fn stored_name(&self, name: &str) -> String {
+        name.to_string()
+    }
 }
 
 /// A failed sink operation.

@@ -154,26 +154,9 @@ impl S3Sink {
     /// Check the bucket is reachable with these credentials; retried with backoff until it
     /// is, reporting clearly why not. `false` if `stop` fires first.
     pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
-        let what = format!(
-            "S3 bucket {} (endpoint {:?})",
-            self.opts.bucket, self.opts.endpoint
-        );
-        wait_until_healthy(&what, stop, || async {
-            self.client
-                .head_bucket()
-                .bucket(&self.opts.bucket)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    format!(
-                        "{} (missing bucket, wrong credentials or endpoint?)",
-                        sdk_text(&e)
-                    )
-                })
-        })
-        .await
-        .is_some()
+        wait_until_healthy(&self.describe(), stop, || self.probe())
+            .await
+            .is_some()
     }
 
     /// The object key: the sink key with one leading `/` removed, as upstream.
@@ -416,6 +399,28 @@ impl S3Sink {
 
 #[async_trait]
 impl Sink for S3Sink {
+    fn describe(&self) -> String {
+        format!(
+            "S3 bucket {} (endpoint {:?})",
+            self.opts.bucket, self.opts.endpoint
+        )
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        self.client
+            .head_bucket()
+            .bucket(&self.opts.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "{} (missing bucket, wrong credentials or endpoint?)",
+                    sdk_text(&e)
+                )
+            })
+    }
+
     fn name(&self) -> &str {
         "s3"
     }

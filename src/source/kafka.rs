@@ -75,6 +75,40 @@ pub fn client_config(cfg: &KafkaSettings) -> ClientConfig {
     c
 }
 
+/// One attempt to reach the brokers and the topic (`replicate check`): what was found.
+pub async fn probe(cfg: &KafkaSettings) -> Result<String, String> {
+    let consumer: rdkafka::consumer::BaseConsumer =
+        client_config(cfg).create().map_err(|e| e.to_string())?;
+    let topic = cfg.topic.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map(|t| (t.error().map(|e| format!("{e:?}")), t.partitions().len()))
+            })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    match found {
+        Some((None, n)) if n > 0 => Ok(format!(
+            "kafka {} topic {} ({n} partition{})",
+            cfg.hosts.join(","),
+            cfg.topic,
+            if n == 1 { "" } else { "s" }
+        )),
+        Some((Some(e), _)) => Err(format!("topic {}: {e}", cfg.topic)),
+        _ => Err(format!(
+            "brokers {} answered, but topic {} does not exist (yet)",
+            cfg.hosts.join(","),
+            cfg.topic
+        )),
+    }
+}
+
 struct Lane {
     tx: mpsc::Sender<(i64, RawEvent)>,
 }
@@ -133,6 +167,18 @@ pub async fn run(
         cfg.offset_save_interval,
         stop.clone(),
     ));
+    let marks = Arc::new(Watermarks::default());
+    {
+        let (marks, book) = (marks.clone(), book.clone());
+        crate::metrics::get().set_lag_source(&cfg.topic, Box::new(move || marks.lag(&book)));
+    }
+    let lag = tokio::spawn(watermark_loop(
+        consumer.clone(),
+        cfg.topic.clone(),
+        partitions.clone(),
+        marks.clone(),
+        stop.clone(),
+    ));
 
     // librdkafka reconnects on its own; the errors it reports are logged once per kind
     // until a message arrives again (then once more, as a recovery), and consumption
@@ -157,17 +203,19 @@ pub async fn run(
             // here) otherwise keep the client's fetch loop spinning; upstream burns most of
             // a core that way.
             _ = tokio::time::sleep(idle_after) => {
-                wait_while_idle(&consumer, &tpl, &cfg.topic, &partitions, &next, &stop).await;
+                wait_while_idle(&consumer, &tpl, &cfg.topic, &partitions, &next, &marks, &stop).await;
                 idle_after = RESUME_GRACE;
                 continue;
             }
         };
         if let Ok(m) = &msg {
             next.insert(m.partition(), m.offset() + 1);
+            marks.seen(m.partition(), m.offset());
             idle_after = IDLE_AFTER;
             if let Some(since) = problems.values().min() {
                 tracing::info!(down_for = ?since.elapsed(), "kafka working again");
                 problems.clear();
+                crate::metrics::get().set_up(crate::metrics::Component::Input, true);
             }
         }
         match msg {
@@ -193,6 +241,7 @@ pub async fn run(
                     std::collections::hash_map::Entry::Vacant(v) => {
                         tracing::warn!(error = %e, "kafka reports a problem; the client keeps reconnecting");
                         v.insert(std::time::Instant::now());
+                        crate::metrics::get().set_up(crate::metrics::Component::Input, false);
                     }
                 }
             }
@@ -203,6 +252,7 @@ pub async fn run(
         let _ = w.await;
     }
     let _ = saver.await;
+    let _ = lag.await;
     match book.save_if_dirty() {
         Ok(_) => {
             tracing::info!(offsets = ?book.snapshot(), file = %cfg.offset_file.display(), "offsets saved")
@@ -231,6 +281,7 @@ async fn wait_while_idle(
     topic: &str,
     partitions: &[i32],
     next: &HashMap<i32, i64>,
+    watermarks: &Watermarks,
     stop: &CancellationToken,
 ) {
     if consumer.pause(tpl).is_err() {
@@ -249,6 +300,11 @@ async fn wait_while_idle(
         })
         .await
         .unwrap_or_default();
+        for (p, m) in &marks {
+            if let Ok((low, high)) = m {
+                watermarks.set(*p, *low, *high);
+            }
+        }
         let news = marks.iter().any(|(p, m)| match m {
             Ok((low, high)) => *high > next.get(p).copied().unwrap_or(*low),
             // Cannot tell (broker away): let the consumer find out.
@@ -269,7 +325,7 @@ async fn wait_for_partitions(
     topic: &str,
     stop: &CancellationToken,
 ) -> Option<Vec<i32>> {
-    let mut retry = crate::retry::Retry::default();
+    let mut retry = crate::retry::Retry::for_input();
     loop {
         let c = consumer.clone();
         let t = topic.to_string();
@@ -335,6 +391,75 @@ async fn worker(
     if end == crate::lane::LaneEnd::Stopped {
         // bad_message = "stop": the partition goes no further; drain without committing.
         while !stop.is_cancelled() && rx.recv().await.is_some() {}
+    }
+}
+
+/// How often the partitions' watermarks are asked for.
+const WATERMARK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Each partition's low and high watermark as last asked for, the high one raised by
+/// every message seen since: with the offset book, the lag at any moment.
+#[derive(Default)]
+struct Watermarks(std::sync::Mutex<HashMap<i32, (i64, i64)>>);
+
+impl Watermarks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, (i64, i64)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn seen(&self, partition: i32, offset: i64) {
+        if let Some((_, high)) = self.lock().get_mut(&partition) {
+            *high = (*high).max(offset + 1);
+        }
+    }
+
+    fn set(&self, partition: i32, low: i64, high: i64) {
+        let mut marks = self.lock();
+        let m = marks.entry(partition).or_insert((low, high));
+        *m = (low, m.1.max(high));
+    }
+
+    /// Messages after the committed offset, per partition.
+    fn lag(&self, book: &OffsetBook) -> Vec<(i32, i64)> {
+        let mut lag: Vec<(i32, i64)> = self
+            .lock()
+            .iter()
+            .map(|(&p, &(low, high))| {
+                let next = book.resume_at(p).unwrap_or(low).max(low);
+                (p, (high - next).max(0))
+            })
+            .collect();
+        lag.sort_unstable();
+        lag
+    }
+}
+
+/// Ask for each partition's watermarks every `WATERMARK_INTERVAL` until `stop`.
+async fn watermark_loop(
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    partitions: Vec<i32>,
+    marks: Arc<Watermarks>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (c, t, ps) = (consumer.clone(), topic.clone(), partitions.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            ps.iter()
+                .map(|&p| (p, c.fetch_watermarks(&t, p, Duration::from_secs(5))))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (p, m) in found {
+            if let Ok((low, high)) = m {
+                marks.set(p, low, high);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(WATERMARK_INTERVAL) => {}
+        }
     }
 }
 

@@ -100,7 +100,7 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let mut retry = crate::retry::Retry::default();
+    let mut retry = crate::retry::Retry::for_input();
     loop {
         let started = std::time::Instant::now();
         let result = tokio::select! {

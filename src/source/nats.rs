@@ -52,6 +52,17 @@ fn key_of(headers: Option<&async_nats::HeaderMap>) -> String {
         .unwrap_or_default()
 }
 
+/// One attempt to connect (`replicate check`): what was found.
+pub async fn probe(cfg: &NatsSettings) -> Result<String, String> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(10))
+        .connect(&cfg.server_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = client.drain().await;
+    Ok(format!("NATS {} (subject {})", cfg.server_url, cfg.subject))
+}
+
 async fn session(
     cfg: &NatsSettings,
     pipeline: &Pipeline,
@@ -112,6 +123,7 @@ async fn session(
         .await?;
     let mut messages = consumer.messages().await?;
     tracing::info!(stream = %stream_name, durable = %cfg.durable, subject = %cfg.subject, "consuming NATS JetStream");
+    crate::metrics::get().set_up(crate::metrics::Component::Input, true);
     let failure: std::sync::Mutex<Option<BoxError>> = std::sync::Mutex::new(None);
     super::run_queue(pipeline, &NatsAcks, stop, hard_stop, |tx| {
         let (failure, messages) = (&failure, &mut messages);
@@ -198,6 +210,7 @@ async fn core(
     hard_stop: &CancellationToken,
 ) -> Result<(), BoxError> {
     let mut sub = client.subscribe(cfg.subject.clone()).await?;
+    crate::metrics::get().set_up(crate::metrics::Component::Input, true);
     let mut n = 0u64;
     loop {
         let next = tokio::select! {

@@ -75,6 +75,33 @@ fn api_error(status: u16, body: &Value) -> String {
     )
 }
 
+/// One attempt to reach the subscription (`replicate check`): what was found.
+pub async fn probe(cfg: &PubSubSettings, http: reqwest::Client) -> Result<String, String> {
+    let emulator = std::env::var("PUBSUB_EMULATOR_HOST")
+        .ok()
+        .filter(|h| !h.is_empty());
+    let base = match &emulator {
+        Some(h) if h.starts_with("http") => h.trim_end_matches('/').to_string(),
+        Some(h) => format!("http://{h}"),
+        None => "https://pubsub.googleapis.com".to_string(),
+    };
+    let auth = GoogleAuth::new(&cfg.credentials, emulator.is_some(), SCOPE, http.clone())
+        .map_err(|e| e.to_string())?;
+    let client = Client { http, base, auth };
+    let sub = format!(
+        "projects/{}/subscriptions/{}",
+        cfg.project_id, cfg.subscription
+    );
+    match client.call(reqwest::Method::GET, &sub, None).await? {
+        (200, _) => Ok(format!("Pub/Sub subscription {sub}")),
+        (404, _) if !cfg.topic.is_empty() => Ok(format!(
+            "Pub/Sub reachable; subscription {sub} does not exist yet and will be created on topic {}",
+            cfg.topic
+        )),
+        (s, v) => Err(api_error(s, &v)),
+    }
+}
+
 /// Consume until `stop` fires; in-flight work gets until `hard_stop`.
 pub async fn run(
     cfg: &PubSubSettings,
@@ -102,6 +129,7 @@ pub async fn run(
         return Ok(());
     }
     tracing::info!(subscription = %sub, "consuming Pub/Sub subscription");
+    crate::metrics::get().set_up(crate::metrics::Component::Input, true);
     let acks = PubSubAcks { client, sub };
     super::run_queue(&pipeline, &acks, &stop, &hard_stop, |tx| {
         pull(&acks, tx, &stop, &hard_stop)
@@ -184,7 +212,7 @@ async fn pull(
 ) {
     let (client, sub) = (&acks.client, &acks.sub);
     let pull = format!("{sub}:pull");
-    let mut retry = crate::retry::Retry::default();
+    let mut retry = crate::retry::Retry::for_input();
     loop {
         if stop.is_cancelled() {
             return;

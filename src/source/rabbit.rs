@@ -40,6 +40,15 @@ pub async fn run(
     .await;
 }
 
+/// One attempt to connect (`replicate check`): what was found.
+pub async fn probe(cfg: &RabbitSettings) -> Result<String, String> {
+    let conn = Connection::connect(&cfg.server_url, ConnectionProperties::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = conn.close(200, "check done").await;
+    Ok(format!("RabbitMQ (queue {})", cfg.queue))
+}
+
 /// One connection: consume until `stop` (`Ok`) or a connection error (`Err`).
 async fn session(
     cfg: &RabbitSettings,
@@ -62,6 +71,7 @@ async fn session(
         )
         .await?;
     tracing::info!(queue = %cfg.queue, "consuming RabbitMQ queue");
+    crate::metrics::get().set_up(crate::metrics::Component::Input, true);
     let failure = std::sync::Mutex::new(None);
     super::run_queue(pipeline, &RabbitAcks, stop, hard_stop, |tx| {
         let (failure, consumer) = (&failure, &mut consumer);

@@ -46,6 +46,7 @@ pub async fn run(
         return;
     };
     tracing::info!(queue = %url, "consuming SQS queue");
+    crate::metrics::get().set_up(crate::metrics::Component::Input, true);
     let acks = SqsAcks { client, url };
     super::run_queue(&pipeline, &acks, &stop, &hard_stop, |tx| {
         receive(&acks, tx, &stop, &hard_stop)
@@ -117,7 +118,7 @@ async fn receive(
     hard_stop: &CancellationToken,
 ) {
     let (client, url) = (&acks.client, acks.url.as_str());
-    let mut retry = crate::retry::Retry::default();
+    let mut retry = crate::retry::Retry::for_input();
     loop {
         if stop.is_cancelled() {
             return;
@@ -166,6 +167,48 @@ async fn receive(
 
 /// The queue URL: known from a gocdk URL, else `GetQueueUrl`, waiting (and saying why)
 /// while the queue is missing or SQS unreachable. `None` if `stop` fires first.
+/// One attempt to reach the queue (`replicate check`): what was found.
+pub async fn probe(cfg: &SqsSettings) -> Result<String, String> {
+    let shared = crate::aws::sdk_config(
+        &cfg.region,
+        &cfg.access_key_id,
+        &cfg.secret_access_key,
+        &cfg.endpoint,
+        "notification.toml",
+    )
+    .await;
+    let client = Client::new(&shared);
+    let url = if cfg.queue_url.is_empty() {
+        client
+            .get_queue_url()
+            .queue_name(&cfg.queue_name)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?
+            .queue_url
+            .unwrap_or_default()
+    } else {
+        cfg.queue_url.clone()
+    };
+    let attrs = client
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+    let waiting = attrs
+        .attributes
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                .cloned()
+        })
+        .unwrap_or_else(|| "?".into());
+    Ok(format!(
+        "SQS queue {url} (about {waiting} messages waiting)"
+    ))
+}
+
 async fn queue_url(client: &Client, cfg: &SqsSettings, stop: &CancellationToken) -> Option<String> {
     if !cfg.queue_url.is_empty() {
         return Some(cfg.queue_url.clone());

@@ -250,7 +250,7 @@ async fn feed(
 ) {
     let client_id = rand_i32();
     let mut epoch = 0;
-    let mut retry = Retry::default();
+    let mut retry = Retry::for_input();
     // Resubscribe after the last event handed on (the lane has everything before it).
     let mut fed = since;
     'connect: loop {
@@ -287,6 +287,7 @@ async fn feed(
             directory,
             "following the source filer's metadata log"
         );
+        crate::metrics::get().set_up(crate::metrics::Component::Input, true);
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -407,8 +408,9 @@ async fn snapshot(
     true
 }
 
-/// One page of a directory listing, waiting out an unreachable filer.
-async fn list_page(
+/// One page (up to 1024 entries, after `start`) of a directory listing, waiting out an
+/// unreachable filer; `None` if `stop` fires first.
+pub async fn list_page(
     source: &FilerSource,
     dir: &str,
     start: &str,

@@ -1,0 +1,500 @@
+//! Metrics, health and progress: one process-wide set of Prometheus metrics, an optional
+//! HTTP listener that serves them with `/healthz` and `/readyz`, and a periodic one-line
+//! progress summary in the log.
+//!
+//! Upstream has none of this (SeaweedFS issues 757 and 1306). The metrics are global, as
+//! a registry usually is, so that any part of the pipeline (a retry loop, a volume-server
+//! read) can count without being handed a handle.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The current lag per partition.
+pub type LagSource = Box<dyn Fn() -> Vec<(i32, i64)> + Send + Sync>;
+
+/// The parts of the process whose reachability is tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// The queue (or metadata log) events come from.
+    Input,
+    /// The source cluster's filer and volume servers (file content).
+    Source,
+    /// Where changes land.
+    Sink,
+}
+
+impl Component {
+    const ALL: [Component; 3] = [Component::Input, Component::Source, Component::Sink];
+
+    fn name(self) -> &'static str {
+        match self {
+            Component::Input => "input",
+            Component::Source => "source",
+            Component::Sink => "sink",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    events: Family<Labels, Counter>,
+    bytes: Counter,
+    retries: Counter,
+    parked: Counter,
+    in_flight: Gauge,
+    oldest_age: Gauge<f64, AtomicU64>,
+    lag: Family<Labels, Gauge>,
+    up: Family<Labels, Gauge>,
+    /// Events taken from the input and not finished, by a rising id, with when each was
+    /// taken: the first is the oldest.
+    pending: Mutex<BTreeMap<u64, Instant>>,
+    next_id: AtomicU64,
+    /// The sum of the per-partition lag, and whether any is known.
+    lag_total: AtomicI64,
+    lag_known: AtomicBool,
+    /// Computes the current per-partition lag of a topic (the Kafka input registers it).
+    lag_source: Mutex<Option<(String, LagSource)>>,
+    /// Start-up finished (the sink and the filers answered; READY was sent).
+    started: AtomicBool,
+    /// Per component: 1 up, 0 down, -1 not known yet.
+    state: [AtomicI64; 3],
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+/// File content bytes read from the source so far.
+pub fn get_copied() -> u64 {
+    METRICS.bytes.get()
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("replicate");
+        let events = Family::<Labels, Counter>::default();
+        registry.register(
+            "events",
+            "Events taken from the input, by kind (create, update, delete, rename, invalid) and outcome (replicated, skipped, parked, held, bad_message)",
+            events.clone(),
+        );
+        let bytes = Counter::default();
+        registry.register(
+            "copied_bytes",
+            "File content read from the source cluster and handed to the sink",
+            bytes.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "retries",
+            "Attempts to apply an event that failed and were retried",
+            retries.clone(),
+        );
+        let parked = Counter::default();
+        registry.register(
+            "parked_messages",
+            "Events and bad messages written to the parked file",
+            parked.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_events",
+            "Events being applied to the sink now",
+            in_flight.clone(),
+        );
+        let oldest_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "oldest_unreplicated_event_age_seconds",
+            "How long the oldest event taken from the input and not yet finished has waited (0 when none is)",
+            oldest_age.clone(),
+        );
+        let lag = Family::<Labels, Gauge>::default();
+        registry.register(
+            "kafka_partition_lag",
+            "Messages in the partition after the committed offset (newest offset minus committed)",
+            lag.clone(),
+        );
+        let up = Family::<Labels, Gauge>::default();
+        registry.register(
+            "up",
+            "Whether the input, the source cluster and the sink are reachable (1) or not (0)",
+            up.clone(),
+        );
+        Metrics {
+            registry,
+            events,
+            bytes,
+            retries,
+            parked,
+            in_flight,
+            oldest_age,
+            lag,
+            up,
+            pending: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+            lag_total: AtomicI64::new(0),
+            lag_known: AtomicBool::new(false),
+            lag_source: Mutex::new(None),
+            started: AtomicBool::new(false),
+            state: [AtomicI64::new(-1), AtomicI64::new(-1), AtomicI64::new(-1)],
+        }
+    }
+
+    /// One event finished with `outcome`.
+    pub fn event(&self, kind: &'static str, outcome: &'static str) {
+        self.events
+            .get_or_create(&vec![
+                ("kind", kind.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+        if outcome == "parked" {
+            self.parked.inc();
+        }
+    }
+
+    pub fn copied(&self, bytes: u64) {
+        self.bytes.inc_by(bytes);
+    }
+
+    /// Events being applied now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    pub fn retried(&self) {
+        self.retries.inc();
+    }
+
+    /// An event was taken from the input; it counts as pending until the guard drops.
+    pub fn taken(&'static self) -> Pending {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+        self.in_flight.inc();
+        Pending { metrics: self, id }
+    }
+
+    /// The wait of the oldest pending event.
+    pub fn oldest_pending(&self) -> Duration {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .values()
+            .next()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    pub fn set_up(&self, component: Component, up: bool) {
+        let i = Component::ALL
+            .iter()
+            .position(|c| *c == component)
+            .unwrap_or(0);
+        self.state[i].store(i64::from(up), Ordering::Relaxed);
+        self.up
+            .get_or_create(&vec![("component", component.name().to_string())])
+            .set(i64::from(up));
+    }
+
+    /// `Some(up)` once the component's state is known.
+    pub fn is_up(&self, component: Component) -> Option<bool> {
+        let i = Component::ALL
+            .iter()
+            .position(|c| *c == component)
+            .unwrap_or(0);
+        match self.state[i].load(Ordering::Relaxed) {
+            -1 => None,
+            v => Some(v == 1),
+        }
+    }
+
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// Kafka lag per partition of `topic`.
+    pub fn set_lag(&self, topic: &str, lag: &[(i32, i64)]) {
+        let mut total = 0;
+        for &(partition, n) in lag {
+            self.lag
+                .get_or_create(&vec![
+                    ("topic", topic.to_string()),
+                    ("partition", partition.to_string()),
+                ])
+                .set(n);
+            total += n;
+        }
+        self.lag_total.store(total, Ordering::Relaxed);
+        self.lag_known.store(true, Ordering::Relaxed);
+    }
+
+    /// Where the lag of `topic` comes from: called at each scrape and progress line.
+    pub fn set_lag_source(&self, topic: &str, source: LagSource) {
+        *self.lag_source.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((topic.to_string(), source));
+    }
+
+    fn refresh_lag(&self) {
+        let guard = self.lag_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((topic, source)) = guard.as_ref() {
+            let lag = source();
+            if !lag.is_empty() {
+                self.set_lag(topic, &lag);
+            }
+        }
+    }
+
+    /// The summed Kafka lag, if known.
+    pub fn lag(&self) -> Option<i64> {
+        self.refresh_lag();
+        self.lag_known
+            .load(Ordering::Relaxed)
+            .then(|| self.lag_total.load(Ordering::Relaxed))
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        self.oldest_age.set(self.oldest_pending().as_secs_f64());
+        self.refresh_lag();
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Whether the process is ready, and a line per component saying why (not).
+    pub fn readiness(&self) -> (bool, String) {
+        let mut text = String::new();
+        let started = self.started.load(Ordering::Relaxed);
+        text.push_str(if started {
+            "started: yes\n"
+        } else {
+            "started: no (waiting for the sink and the filers)\n"
+        });
+        let mut ready = started;
+        for c in Component::ALL {
+            let state = self.is_up(c);
+            let word = match state {
+                Some(true) => "up",
+                Some(false) => "down",
+                None => "not known yet",
+            };
+            text.push_str(&format!("{}: {word}\n", c.name()));
+            // Readiness is the input and the sink; a source outage shows in the text and
+            // the `replicate_up` metric (events wait for it).
+            if c != Component::Source && state == Some(false) {
+                ready = false;
+            }
+            if c == Component::Input && state.is_none() {
+                ready = false;
+            }
+        }
+        (ready, text)
+    }
+
+    fn events_by_outcome(&self, outcome: &str) -> u64 {
+        ["create", "update", "delete", "rename", "invalid"]
+            .iter()
+            .filter_map(|kind| {
+                self.events
+                    .get(&vec![
+                        ("kind", kind.to_string()),
+                        ("outcome", outcome.to_string()),
+                    ])
+                    .map(|c| c.get())
+            })
+            .sum()
+    }
+}
+
+/// An event taken from the input and not finished yet.
+pub struct Pending {
+    metrics: &'static Metrics,
+    id: u64,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.metrics
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        self.metrics.in_flight.dec();
+    }
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
+pub async fn serve(listener: tokio::net::TcpListener, stop: CancellationToken) {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get as route;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            route(|| async {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    get().render(),
+                )
+            }),
+        )
+        .route("/healthz", route(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            route(|| async {
+                let (ready, text) = get().readiness();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, text)
+            }),
+        );
+    let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+    if let Err(e) = served.await {
+        tracing::error!(error = %e, "metrics listener failed");
+    }
+}
+
+/// Bind the metrics listener: `host:port`, or Go-style `:port` for every interface.
+pub async fn bind(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let address = if address.starts_with(':') {
+        format!("0.0.0.0{address}")
+    } else {
+        address.to_string()
+    };
+    tokio::net::TcpListener::bind(address).await
+}
+
+/// Log a one-line summary every `interval` while there is something to tell: events
+/// handled since the last line, their rate, what is in flight, and the Kafka lag.
+pub async fn progress(interval: Duration, stop: CancellationToken) {
+    let m = get();
+    let outcomes = ["replicated", "skipped", "parked", "held", "bad_message"];
+    let mut last: Vec<u64> = outcomes.iter().map(|o| m.events_by_outcome(o)).collect();
+    let mut last_at = Instant::now();
+    let mut quiet = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now: Vec<u64> = outcomes.iter().map(|o| m.events_by_outcome(o)).collect();
+        let delta: Vec<u64> = now.iter().zip(&last).map(|(a, b)| a - b).collect();
+        let total: u64 = delta.iter().sum();
+        let elapsed = last_at.elapsed().as_secs_f64().max(0.001);
+        let (last_now, last_time) = (now, Instant::now());
+        let in_flight = m.in_flight.get();
+        let lag = m.lag();
+        let busy = total > 0 || in_flight > 0 || lag.is_some_and(|l| l > 0);
+        last = last_now;
+        last_at = last_time;
+        if !busy {
+            if !quiet {
+                tracing::info!("progress: idle, nothing waiting");
+                quiet = true;
+            }
+            continue;
+        }
+        quiet = false;
+        let parts: Vec<String> = outcomes
+            .iter()
+            .zip(&delta)
+            .filter(|(_, n)| **n > 0)
+            .map(|(o, n)| format!("{n} {o}"))
+            .collect();
+        let lag = lag.map_or("n/a".to_string(), |l| l.to_string());
+        tracing::info!(
+            events = total,
+            per_second = format!("{:.1}", total as f64 / elapsed),
+            in_flight,
+            oldest_s = format!("{:.1}", m.oldest_pending().as_secs_f64()),
+            lag = %lag,
+            "progress: {total} events in {:.0}s ({:.1}/s{}{}), {in_flight} in flight, lag {lag}",
+            elapsed,
+            total as f64 / elapsed,
+            if parts.is_empty() { "" } else { ": " },
+            parts.join(", "),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_family_and_counts() {
+        let m = Metrics::new();
+        m.event("create", "replicated");
+        m.event("create", "replicated");
+        m.event("delete", "parked");
+        m.copied(1234);
+        m.set_lag("t", &[(0, 5), (1, 2)]);
+        m.set_up(Component::Sink, true);
+        let text = m.render();
+        for want in [
+            r#"replicate_events_total{kind="create",outcome="replicated"} 2"#,
+            r#"replicate_events_total{kind="delete",outcome="parked"} 1"#,
+            "replicate_copied_bytes_total 1234",
+            "replicate_parked_messages_total 1",
+            r#"replicate_kafka_partition_lag{topic="t",partition="1"} 2"#,
+            r#"replicate_up{component="sink"} 1"#,
+            "replicate_oldest_unreplicated_event_age_seconds 0.0",
+            "replicate_in_flight_events 0",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert_eq!(m.lag(), Some(7));
+        assert_eq!(m.events_by_outcome("replicated"), 2);
+    }
+
+    #[test]
+    fn ready_needs_start_a_known_input_and_no_outage() {
+        let m = Metrics::new();
+        assert!(!m.readiness().0);
+        m.set_started();
+        assert!(!m.readiness().0, "input state not known yet");
+        m.set_up(Component::Input, true);
+        assert!(m.readiness().0);
+        m.set_up(Component::Source, false);
+        let (ready, text) = m.readiness();
+        assert!(ready, "a source outage does not make the process unready");
+        assert!(text.contains("source: down"), "{text}");
+        m.set_up(Component::Sink, false);
+        assert!(!m.readiness().0);
+    }
+
+    #[test]
+    fn oldest_pending_is_the_first_taken() {
+        let m: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        let a = m.taken();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = m.taken();
+        assert!(m.oldest_pending() >= Duration::from_millis(20));
+        drop(a);
+        assert!(m.oldest_pending() < Duration::from_millis(20));
+        assert_eq!(m.in_flight.get(), 1);
+        drop(b);
+        assert_eq!(m.oldest_pending(), Duration::ZERO);
+    }
+}

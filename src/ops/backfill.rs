@@ -1,0 +1,263 @@
+//! `replicate backfill`: replicate every file that already exists under the source
+//! directory, as if each had just been created (upstream users run `fs.meta.notify` in
+//! `weed shell` for this, which floods the queue instead).
+//!
+//! Files go through the same pipeline as live events (rules, retries, parking), up to
+//! `[replicate] concurrency` at once. Each directory whose files all reached the sink is
+//! appended to the state file, so an interrupted backfill resumes where it stopped; a
+//! finished one removes the file.
+
+use super::{SourceTree, create_event, full_path, human_bytes};
+use crate::app::{AppError, Setup};
+use crate::pipeline::{Disposition, Origin, Pipeline};
+use futures::StreamExt;
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Counts for the progress line.
+#[derive(Default)]
+struct Progress {
+    dirs: AtomicU64,
+    files: AtomicU64,
+    resumed_dirs: AtomicU64,
+}
+
+pub async fn run(
+    config_dir: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+    state_file: &Path,
+    restart: bool,
+) -> Result<(), AppError> {
+    let setup = Setup::load(config_dir, config)?;
+    let s = &setup.settings;
+    let stop = CancellationToken::new();
+    spawn_interrupt(stop.clone());
+    let open = setup.sink().await?;
+    let header = format!(
+        "# replicate backfill of {} on {} to {}",
+        s.source.directory,
+        s.source.grpc_address,
+        open.sink.describe()
+    );
+    let done: HashSet<String> = if restart {
+        HashSet::new()
+    } else {
+        load_state(state_file, &header)?
+    };
+    let mut state = open_state(state_file, &header, !done.is_empty())?;
+    let Some(skip) = setup.connect(&open, &stop).await else {
+        return Ok(());
+    };
+    let rules = setup.rules(skip);
+    let excludes = rules.excludes.clone();
+    let pipeline = setup.pipeline(rules, open.sink, stop.clone());
+    let progress = Arc::new(Progress::default());
+    let reporter = tokio::spawn(report_loop(
+        pipeline.clone(),
+        progress.clone(),
+        stop.clone(),
+    ));
+    if !done.is_empty() {
+        eprintln!(
+            "resuming: {} directories already done (from {})",
+            done.len(),
+            state_file.display()
+        );
+    }
+
+    let started = Instant::now();
+    let mut tree = SourceTree::new(&setup.source, &s.source.directory, &excludes, true);
+    let mut complete = true;
+    loop {
+        let next = tree
+            .next(&stop)
+            .await
+            .expect("a patient walk waits out errors");
+        let Some((dir, entries)) = next else { break };
+        if stop.is_cancelled() {
+            complete = false;
+            break;
+        }
+        if done.contains(&dir) {
+            progress.resumed_dirs.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let parked_before = pipeline.stats.parked.load(Ordering::Relaxed);
+        let jobs = entries
+            .iter()
+            .map(|entry| {
+                let event = create_event(&dir, entry);
+                let origin = Origin::Message {
+                    input: "backfill",
+                    id: full_path(&dir, entry),
+                };
+                let (pipeline, progress) = (pipeline.clone(), progress.clone());
+                let is_file = !entry.is_directory;
+                async move {
+                    let d = pipeline.handle(&event, &origin).await;
+                    if is_file && d == Disposition::Done {
+                        progress.files.fetch_add(1, Ordering::Relaxed);
+                    }
+                    d
+                }
+            })
+            .collect::<Vec<_>>();
+        let results: Vec<Disposition> = futures::stream::iter(jobs)
+            .buffer_unordered(s.replicate.concurrency)
+            .collect()
+            .await;
+        let all_done = results.iter().all(|d| *d == Disposition::Done)
+            && pipeline.stats.parked.load(Ordering::Relaxed) == parked_before;
+        if all_done {
+            writeln!(state, "done {dir}")
+                .and_then(|()| state.sync_data())
+                .map_err(|e| AppError::Runtime(format!("writing {}: {e}", state_file.display())))?;
+            progress.dirs.fetch_add(1, Ordering::Relaxed);
+        } else {
+            complete = false;
+        }
+    }
+    let interrupted = stop.is_cancelled();
+    stop.cancel();
+    let _ = reporter.await;
+    let stats = &pipeline.stats;
+    let parked = stats.parked.load(Ordering::Relaxed);
+    println!(
+        "backfill: {} files in {} directories ({} replicated, {} skipped by the rules, {parked} parked), {} read in {:.1}s{}",
+        progress.files.load(Ordering::Relaxed),
+        progress.dirs.load(Ordering::Relaxed),
+        stats.replicated.load(Ordering::Relaxed),
+        stats.skipped.load(Ordering::Relaxed),
+        human_bytes(crate::metrics::get_copied()),
+        started.elapsed().as_secs_f64(),
+        match progress.resumed_dirs.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!("; {n} directories were done by an earlier run"),
+        }
+    );
+    if interrupted {
+        println!(
+            "interrupted; run the same command again to resume (progress is in {})",
+            state_file.display()
+        );
+        return Ok(());
+    }
+    if complete {
+        drop(state);
+        let _ = std::fs::remove_file(state_file);
+        println!("complete");
+        return Ok(());
+    }
+    Err(AppError::Runtime(format!(
+        "{parked} file{} could not be replicated (see {}); run backfill again to retry their directories",
+        if parked == 1 { "" } else { "s" },
+        s.replicate.parked_file.display()
+    )))
+}
+
+/// The directories an earlier run finished, if the state file is for this backfill.
+fn load_state(path: &Path, header: &str) -> Result<HashSet<String>, AppError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) => return Err(AppError::Usage(format!("reading {}: {e}", path.display()))),
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some(header) {
+        return Err(AppError::Usage(format!(
+            "{} was written by a backfill with another source or sink; use -restart to start over, or -state to pick another file",
+            path.display()
+        )));
+    }
+    // A line cut short by a crash has no newline; it is ignored (that directory is redone).
+    let complete = if text.ends_with('\n') {
+        text.as_str()
+    } else {
+        text.rsplit_once('\n').map_or("", |(a, _)| a)
+    };
+    Ok(complete
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.strip_prefix("done "))
+        .map(str::to_string)
+        .collect())
+}
+
+fn open_state(path: &Path, header: &str, resume: bool) -> Result<std::fs::File, AppError> {
+    let fail = |e: std::io::Error| AppError::Usage(format!("writing {}: {e}", path.display()));
+    if resume {
+        return std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(fail);
+    }
+    let mut f = std::fs::File::create(path).map_err(fail)?;
+    writeln!(f, "{header}").map_err(fail)?;
+    Ok(f)
+}
+
+/// SIGINT/SIGTERM: stop taking new files; what is in flight finishes.
+fn spawn_interrupt(stop: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = stop.cancelled() => return,
+        }
+        eprintln!("\nstopping: finishing the files in flight");
+        stop.cancel();
+    });
+}
+
+/// A progress line on stderr: redrawn in place on a terminal, a log line every 10 s
+/// otherwise.
+async fn report_loop(pipeline: Arc<Pipeline>, progress: Arc<Progress>, stop: CancellationToken) {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(10)
+    };
+    let started = Instant::now();
+    loop {
+        let stopped = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tokio::time::sleep(every) => false,
+        };
+        let bytes = crate::metrics::get_copied();
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        let line = format!(
+            "backfill: {} directories, {} files, {} ({}/s), {} parked, {} in flight",
+            progress.dirs.load(Ordering::Relaxed),
+            progress.files.load(Ordering::Relaxed),
+            human_bytes(bytes),
+            human_bytes((bytes as f64 / secs) as u64),
+            pipeline.stats.parked.load(Ordering::Relaxed),
+            crate::metrics::get().in_flight(),
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+            if stopped {
+                eprintln!();
+            }
+        } else if !stopped {
+            tracing::info!("{line}");
+        }
+        if stopped {
+            return;
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `replicate check`: validate the configuration, then try the source filer, the input
+//! and the sink once each, and print a report.
+//!
+//! Exit status: 0 all well, 1 something could not be reached, 2 configuration problems.
+
+use crate::app::{AppError, Setup};
+use crate::config::settings::InputSettings;
+use std::future::Future;
+use std::time::Duration;
+
+/// How long each connectivity test may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn probe<F: Future<Output = Result<String, String>>>(what: &str, f: F) -> bool {
+    let result = match tokio::time::timeout(PROBE_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+    };
+    match result {
+        Ok(found) => {
+            println!("  ok    {what}: {found}");
+            true
+        }
+        Err(why) => {
+            println!("  FAIL  {what}: {why}");
+            false
+        }
+    }
+}
+
+pub async fn run(
+    config_dir: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+) -> Result<(), AppError> {
+    println!("configuration");
+    let setup = match Setup::load(config_dir, config) {
+        Ok(s) => s,
+        Err(AppError::Config(problems)) => {
+            for p in &problems.0 {
+                println!("  FAIL  {p}");
+            }
+            println!(
+                "{} configuration problem{}; nothing was contacted",
+                problems.0.len(),
+                if problems.0.len() == 1 { "" } else { "s" }
+            );
+            return Err(AppError::Config(problems));
+        }
+        Err(e) => return Err(e),
+    };
+    for name in crate::config::FILES {
+        match setup.raw.files.iter().find(|(n, _)| n == name) {
+            Some((_, path)) => println!("  ok    {name}.toml: {}", path.display()),
+            None => println!("  ok    {name}.toml: not found; defaults apply"),
+        }
+    }
+    let s = &setup.settings;
+    println!(
+        "  ok    replicating {} (excluding {}) to the {} sink at {}",
+        s.source.directory,
+        if s.source.exclude_directories.is_empty() {
+            "nothing".to_string()
+        } else {
+            s.source.exclude_directories.join(", ")
+        },
+        s.sink.name(),
+        s.sink.directory()
+    );
+
+    println!("connectivity");
+    let mut failed = 0;
+    let source = setup.source.clone();
+    let address = s.source.grpc_address.clone();
+    if !probe("source filer", async {
+        let c = source
+            .client()
+            .get_filer_configuration(crate::pb::GetFilerConfigurationRequest {})
+            .await
+            .map_err(|e| format!("{address}: {}", e.message()))?
+            .into_inner();
+        Ok(format!(
+            "{address} (SeaweedFS {}, signature {})",
+            c.version, c.signature
+        ))
+    })
+    .await
+    {
+        failed += 1;
+    }
+    let input_ok = match &s.input {
+        InputSettings::Kafka(k) => probe("input", crate::source::kafka::probe(k)).await,
+        InputSettings::Sqs(q) => probe("input", crate::source::sqs::probe(q)).await,
+        InputSettings::PubSub(p) => {
+            probe("input", crate::source::pubsub::probe(p, setup.http.clone())).await
+        }
+        InputSettings::Rabbit(r) => probe("input", crate::source::rabbit::probe(r)).await,
+        InputSettings::Nats(n) => probe("input", crate::source::nats::probe(n)).await,
+        InputSettings::Subscribe(_) => {
+            println!("  ok    input: the source filer's metadata log (tested above)");
+            true
+        }
+    };
+    if !input_ok {
+        failed += 1;
+    }
+    let open = setup.sink().await?;
+    let what = open.sink.describe();
+    if !probe("sink", async {
+        open.sink.probe().await.map(|()| what.clone())
+    })
+    .await
+    {
+        failed += 1;
+    }
+    if failed == 0 {
+        println!("all checks passed");
+        Ok(())
+    } else {
+        println!(
+            "{failed} check{} failed",
+            if failed == 1 { "" } else { "s" }
+        );
+        Err(AppError::Runtime(format!(
+            "{failed} check{} failed",
+            if failed == 1 { "" } else { "s" }
+        )))
+    }
+}

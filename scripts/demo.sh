@@ -5,13 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
-for tool in cargo curl python3 sha256sum; do
+for tool in curl python3 sha256sum; do
     command -v "${tool}" >/dev/null || { echo "demo needs ${tool} (e.g. apt-get install curl)" >&2; exit 1; }
 done
 
-echo "== building replicate"
-cargo build --locked --quiet
-bin="${repo}/target/debug/replicate"
+# REPLICATE_BIN: use this binary instead of building one (the test suite runs the demo
+# with the binary it built).
+if [[ -n "${REPLICATE_BIN:-}" ]]; then
+    bin="${REPLICATE_BIN}"
+else
+    echo "== building replicate"
+    cargo build --locked --quiet
+    bin="${repo}/target/debug/replicate"
+fi
 
 echo "== starting a throwaway SeaweedFS (master+volume+filer) publishing to a Kafka broker"
 run="$(mktemp -d /tmp/replicate-demo.XXXXXX)"
@@ -101,5 +107,12 @@ echo "== replicate verify: the source tree against the replica, by size and SHA-
 (cd "${run}/work" && "${bin}" verify 2>/dev/null) | sed 's/^/   /'
 
 kill -TERM "${rep_pid}"
-wait "${rep_pid}" && echo "== replicate stopped cleanly (exit 0); offsets: $(cat "${run}/work/last.offset")"
+status=0
+wait "${rep_pid}" || status=$?
 rep_pid=""
+if ((status != 0)); then
+    echo "== replicate exited with status ${status}; its log:" >&2
+    tail -20 "${run}/replicate.log" >&2
+    exit 1
+fi
+echo "== replicate stopped cleanly (exit 0); offsets: $(cat "${run}/work/last.offset")"

@@ -22,8 +22,11 @@ use tokio_util::sync::CancellationToken;
 /// Counts for the progress line.
 #[derive(Default)]
 struct Progress {
+    /// Directories walked whose entries all reached the sink.
     dirs: AtomicU64,
+    /// Files and directories that reached the sink (or were skipped by the rules).
     files: AtomicU64,
+    subdirs: AtomicU64,
     resumed_dirs: AtomicU64,
 }
 
@@ -100,8 +103,13 @@ pub async fn run(
                 let is_file = !entry.is_directory;
                 async move {
                     let d = pipeline.handle(&event, &origin).await;
-                    if is_file && d == Disposition::Done {
-                        progress.files.fetch_add(1, Ordering::Relaxed);
+                    if d == Disposition::Done {
+                        let counter = if is_file {
+                            &progress.files
+                        } else {
+                            &progress.subdirs
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
                     }
                     d
                 }
@@ -128,10 +136,10 @@ pub async fn run(
     let stats = &pipeline.stats;
     let parked = stats.parked.load(Ordering::Relaxed);
     println!(
-        "backfill: {} files in {} directories ({} replicated, {} skipped by the rules, {parked} parked), {} read in {:.1}s{}",
+        "backfill: {} files and {} directories done in {} directories walked ({} skipped by the rules, {parked} parked); {} read in {:.1}s{}",
         progress.files.load(Ordering::Relaxed),
+        progress.subdirs.load(Ordering::Relaxed),
         progress.dirs.load(Ordering::Relaxed),
-        stats.replicated.load(Ordering::Relaxed),
         stats.skipped.load(Ordering::Relaxed),
         human_bytes(crate::metrics::get_copied()),
         started.elapsed().as_secs_f64(),

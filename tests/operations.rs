@@ -5,32 +5,11 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-/// Run `replicate ARGS` in `work` as an operator would, to completion.
-fn run_in(work: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_replicate"))
-        .args(args)
-        .current_dir(work)
-        .env("HOME", work)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn both(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The value of the sample `series` (name with labels, exactly as exposed).
@@ -200,9 +179,9 @@ async fn check_reports_good_unreachable_and_broken_configs() {
     let bed = TestBed::start(BedOptions::default());
     let area = tempfile::tempdir().unwrap();
     let work = Workdir::new(&bed, "/data", &area.path().join("sink"), "");
-    let o = run_in(work.path(), &["check"]);
+    let o = replicate_in(work.path(), &["check"]);
     let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
     for want in [
         "  ok    replication.toml: ",
         "  ok    security.toml: not found; defaults apply",
@@ -218,7 +197,7 @@ async fn check_reports_good_unreachable_and_broken_configs() {
         "  ok    sink: local directory ",
         "all checks passed",
     ] {
-        assert!(out.contains(want), "missing {want:?}:\n{}", both(&o));
+        assert!(out.contains(want), "missing {want:?}:\n{}", output(&o));
     }
 
     // Nothing listens on these ports: the filer and the broker are reported unreachable.
@@ -233,16 +212,16 @@ async fn check_reports_good_unreachable_and_broken_configs() {
         .unwrap()
         .replace(bed.var("KAFKA_ADDR"), &format!("127.0.0.1:{}", dead + 1));
     std::fs::write(&note, text).unwrap();
-    let o = run_in(work.path(), &["-config_dir=.", "check"]);
+    let o = replicate_in(work.path(), &["-config_dir=.", "check"]);
     let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output(&o));
     for want in [
         "  FAIL  source filer: ",
         "  FAIL  input: ",
         "  ok    sink: local directory ",
         "2 checks failed",
     ] {
-        assert!(out.contains(want), "missing {want:?}:\n{}", both(&o));
+        assert!(out.contains(want), "missing {want:?}:\n{}", output(&o));
     }
 
     // Broken values: every problem, with its line, and nothing contacted.
@@ -251,9 +230,9 @@ async fn check_reports_good_unreachable_and_broken_configs() {
         "[sink.local]\nenabled = true\ndirectory = \"/x\"\n\n[source.filer]\nenabled = true\ngrpcAddress = \"nohost\"\ndirectory = \"/data\"\n\n[replicate]\nconcurrency = 0\n\n[metrics]\naddress = \"localhost:http\"\n",
     )
     .unwrap();
-    let o = run_in(work.path(), &["check"]);
+    let o = replicate_in(work.path(), &["check"]);
     let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", output(&o));
     let rep = rep.display().to_string();
     for want in [
         format!("  FAIL  {rep}:7: source.filer.grpcAddress: \"nohost\" is not host:port"),
@@ -261,7 +240,7 @@ async fn check_reports_good_unreachable_and_broken_configs() {
         format!("  FAIL  {rep}:14: metrics.address: \"localhost:http\" has no valid port"),
         "3 configuration problems; nothing was contacted".to_string(),
     ] {
-        assert!(out.contains(&want), "missing {want:?}:\n{}", both(&o));
+        assert!(out.contains(&want), "missing {want:?}:\n{}", output(&o));
     }
     assert!(!out.contains("connectivity"), "{out}");
 }
@@ -289,23 +268,23 @@ async fn backfill_copies_a_tree_and_verify_finds_and_repairs_differences() {
     let work = Workdir::new(&bed, "/data", &root, "excludeDirectories = \"/data/skip\"");
 
     // Before anything ran, every source file is missing.
-    let o = run_in(work.path(), &["verify"]);
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let o = replicate_in(work.path(), &["verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output(&o));
     assert!(
         stdout(&o).contains("checked 26 source files (3.0 MiB): 26 missing, 0 extra, 0 differing"),
         "{}",
-        both(&o)
+        output(&o)
     );
 
-    let o = run_in(work.path(), &["backfill"]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = replicate_in(work.path(), &["backfill"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
     let out = stdout(&o);
     assert!(
         out.contains("backfill: 26 files and 11 directories done in 11 directories walked (1 skipped by the rules, 0 parked)"),
         "{}",
-        both(&o)
+        output(&o)
     );
-    assert!(out.contains("complete"), "{}", both(&o));
+    assert!(out.contains("complete"), "{}", output(&o));
     assert!(
         !work.path().join("replicate.backfill.state").exists(),
         "a finished backfill removes its state file"
@@ -318,12 +297,12 @@ async fn backfill_copies_a_tree_and_verify_finds_and_repairs_differences() {
         .collect();
     assert_eq!(diff(&want, &files), "", "backfilled tree differs");
 
-    let o = run_in(work.path(), &["verify"]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = replicate_in(work.path(), &["verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
     assert!(
         stdout(&o).contains("checked 26 source files (3.0 MiB): the sink matches"),
         "{}",
-        both(&o)
+        output(&o)
     );
 
     // Plant one difference of each kind.
@@ -338,8 +317,8 @@ async fn backfill_copies_a_tree_and_verify_finds_and_repairs_differences() {
     std::fs::write(&flipped, &data).unwrap();
     std::fs::write(root.join("d2/stray.txt"), b"not on the source").unwrap();
 
-    let o = run_in(work.path(), &["verify"]);
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let o = replicate_in(work.path(), &["verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output(&o));
     let out = stdout(&o);
     for want in [
         "  missing   (500 B)  d0/sub0/file0.txt".to_string(),
@@ -351,26 +330,26 @@ async fn backfill_copies_a_tree_and_verify_finds_and_repairs_differences() {
         "  extra     (17 B)  d2/stray.txt".to_string(),
         "1 missing, 1 extra, 2 differing".to_string(),
     ] {
-        assert!(out.contains(&want), "missing {want:?}:\n{}", both(&o));
+        assert!(out.contains(&want), "missing {want:?}:\n{}", output(&o));
     }
-    let o = run_in(work.path(), &["verify", "-size-only"]);
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let o = replicate_in(work.path(), &["verify", "-size-only"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output(&o));
     assert!(
         !stdout(&o).contains("big/multi.bin")
             && stdout(&o).contains("1 missing, 1 extra, 1 differing"),
         "{}",
-        both(&o)
+        output(&o)
     );
 
-    let o = run_in(work.path(), &["verify", "-repair"]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = replicate_in(work.path(), &["verify", "-repair"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
     assert!(
         stdout(&o).contains("repaired 4 of 4 differences"),
         "{}",
-        both(&o)
+        output(&o)
     );
-    let o = run_in(work.path(), &["verify"]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = replicate_in(work.path(), &["verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
     assert!(!root.join("d2/stray.txt").exists());
     assert_eq!(std::fs::read(root.join("big/multi.bin")).unwrap(), big);
 }
@@ -398,12 +377,12 @@ async fn backfill_resumes_and_verify_reads_a_filer_sink() {
     // An earlier run finished /data/b (it did not: the resumed run must skip it anyway).
     let state = work.path().join("replicate.backfill.state");
     std::fs::write(&state, format!("{header}\ndone /data/b\n")).unwrap();
-    let o = run_in(work.path(), &["backfill"]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = replicate_in(work.path(), &["backfill"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
     assert!(
         stdout(&o).contains("1 directories were done by an earlier run"),
         "{}",
-        both(&o)
+        output(&o)
     );
     assert_eq!(
         bed.get("/mirror/a/two.bin").await,
@@ -417,32 +396,32 @@ async fn backfill_resumes_and_verify_reads_a_filer_sink() {
         "a directory recorded as done was copied again"
     );
 
-    let o = run_in(work.path(), &["verify"]);
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let o = replicate_in(work.path(), &["verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output(&o));
     assert!(
         stdout(&o).contains("  missing   (300 B)  b/three.txt")
             && stdout(&o).contains("checked 4 source files"),
         "{}",
-        both(&o)
+        output(&o)
     );
-    let o = run_in(work.path(), &["verify", "-repair"]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = replicate_in(work.path(), &["verify", "-repair"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
     assert_eq!(bed.get("/mirror/b/three.txt").await, bytes(3, 300));
-    let o = run_in(work.path(), &["verify"]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    assert!(stdout(&o).contains("the sink matches"), "{}", both(&o));
+    let o = replicate_in(work.path(), &["verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
+    assert!(stdout(&o).contains("the sink matches"), "{}", output(&o));
 
     // A state file from another source or sink is not trusted.
     std::fs::write(&state, "# replicate backfill of /elsewhere\ndone /data/a\n").unwrap();
-    let o = run_in(work.path(), &["backfill"]);
-    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    let o = replicate_in(work.path(), &["backfill"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("use -restart to start over"),
         "{}",
-        both(&o)
+        output(&o)
     );
-    let o = run_in(work.path(), &["backfill", "-restart"]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = replicate_in(work.path(), &["backfill", "-restart"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
 }
 
 /// The README's demo command, start to finish, with the binary under test.
@@ -453,7 +432,7 @@ fn the_demo_runs_end_to_end() {
         .env("REPLICATE_BIN", env!("CARGO_BIN_EXE_replicate"))
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
     let out = stdout(&o);
     for want in [
         "replicate_events_total{kind=\"rename\",outcome=\"replicated\"}",
@@ -461,6 +440,6 @@ fn the_demo_runs_end_to_end() {
         "checked 2 source files (4.8 MiB): the sink matches",
         "replicate stopped cleanly (exit 0)",
     ] {
-        assert!(out.contains(want), "missing {want:?}:\n{}", both(&o));
+        assert!(out.contains(want), "missing {want:?}:\n{}", output(&o));
     }
 }

@@ -91,7 +91,7 @@ pub async fn run(
         .map_err(|e| AppError::Runtime(format!("verify: listing {what}: {e}")))?
     else {
         return Err(AppError::Usage(format!(
-            "verify: the {} sink cannot list what it holds yet; verify supports the local and filer sinks",
+            "verify: the {} sink cannot list what it holds",
             s.sink.name()
         )));
     };

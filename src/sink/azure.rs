@@ -417,6 +417,17 @@ impl AzureSink {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
+        Ok(self
+            .list_sized(prefix)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Every blob under `prefix`, with its size (each `<Blob>` has one name and one
+    /// `Content-Length`, in order).
+    async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, SinkError> {
         let mut names = Vec::new();
         let mut marker = String::new();
         loop {
@@ -435,7 +446,12 @@ impl AzureSink {
                 .text()
                 .await
                 .map_err(|e| SinkError::http("list blobs", prefix, e))?;
-            names.extend(xml_all(&xml, "Name"));
+            let sizes = xml_all(&xml, "Content-Length");
+            names.extend(
+                xml_all(&xml, "Name")
+                    .into_iter()
+                    .zip(sizes.into_iter().map(|s| s.parse().unwrap_or(0))),
+            );
             marker = xml_all(&xml, "NextMarker")
                 .into_iter()
                 .next()
@@ -449,6 +465,20 @@ impl AzureSink {
 
 #[async_trait]
 impl Sink for AzureSink {
+    async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
+        let prefix = super::object_prefix(&self.opts.directory);
+        let blobs = self.list_sized(&prefix).await?;
+        Ok(Some(super::relative_files(&prefix, blobs)))
+    }
+
+    async fn digest(&self, rel: &str) -> Result<(u64, [u8; 32]), SinkError> {
+        let name = format!("{}{rel}", super::object_prefix(&self.opts.directory));
+        let resp = self
+            .send("get blob", &name, self.http.get(self.blob_url(&name)))
+            .await?;
+        super::digest_download("get blob", &name, resp).await
+    }
+
     fn describe(&self) -> String {
         format!("Azure container {} at {}", self.opts.container, self.base)
     }

@@ -63,6 +63,7 @@ impl std::fmt::Debug for B2SinkOptions {
 struct Session {
     token: String,
     api_url: String,
+    download_url: String,
     bucket_id: String,
     min_part: u64,
 }
@@ -186,6 +187,7 @@ impl B2Sink {
         let mut session = Session {
             token: v["authorizationToken"].as_str().unwrap_or("").to_string(),
             api_url: storage["apiUrl"].as_str().unwrap_or("").to_string(),
+            download_url: storage["downloadUrl"].as_str().unwrap_or("").to_string(),
             bucket_id: String::new(),
             min_part: storage["absoluteMinimumPartSize"]
                 .as_u64()
@@ -548,6 +550,48 @@ impl B2Sink {
 
 #[async_trait]
 impl Sink for B2Sink {
+    async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
+        let prefix = super::object_prefix(&self.opts.directory);
+        let mut files = Vec::new();
+        let mut start = Value::Null;
+        loop {
+            let body = json!({
+                "bucketId": "", "prefix": prefix, "maxFileCount": 1000, "startFileName": start,
+            });
+            let v = self.call("b2_list_file_names", &prefix, body).await?;
+            for f in v["files"].as_array().into_iter().flatten() {
+                if f["action"].as_str() == Some("upload")
+                    && let Some(name) = f["fileName"].as_str()
+                {
+                    files.push((name.to_string(), f["contentLength"].as_u64().unwrap_or(0)));
+                }
+            }
+            start = v["nextFileName"].clone();
+            if start.is_null() {
+                return Ok(Some(super::relative_files(&prefix, files)));
+            }
+        }
+    }
+
+    async fn digest(&self, rel: &str) -> Result<(u64, [u8; 32]), SinkError> {
+        let name = format!("{}{rel}", super::object_prefix(&self.opts.directory));
+        let s = self.session().await?;
+        let url = format!(
+            "{}/file/{}/{}",
+            s.download_url,
+            encode_name(&self.opts.bucket),
+            encode_name(&name)
+        );
+        let resp = self
+            .http
+            .get(url)
+            .header("authorization", &s.token)
+            .send()
+            .await
+            .map_err(|e| SinkError::http("download", &name, e))?;
+        super::digest_download("download", &name, resp).await
+    }
+
     fn describe(&self) -> String {
         format!("B2 bucket {} at {}", self.opts.bucket, self.endpoint)
     }

@@ -322,8 +322,24 @@ impl GcsSink {
         }
     }
 
+    /// The name prefix of everything under the sink directory. Object names are the sink
+    /// keys whole, leading `/` included, as upstream's GCS sink names them.
+    fn prefix(&self) -> String {
+        format!("{}/", self.opts.directory.trim_end_matches('/'))
+    }
+
     /// Names of every object under `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
+        Ok(self
+            .list_sized(prefix)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Every object under `prefix`, with its size.
+    async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, SinkError> {
         let mut names = Vec::new();
         let mut page: Option<String> = None;
         loop {
@@ -342,13 +358,10 @@ impl GcsSink {
                 .json()
                 .await
                 .map_err(|e| SinkError::http("list", prefix, e))?;
-            names.extend(
-                v["items"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i["name"].as_str().map(String::from)),
-            );
+            names.extend(v["items"].as_array().into_iter().flatten().filter_map(|i| {
+                let size = i["size"].as_str().and_then(|s| s.parse().ok());
+                Some((i["name"].as_str()?.to_string(), size.unwrap_or(0)))
+            }));
             match v["nextPageToken"].as_str() {
                 Some(t) if !t.is_empty() => page = Some(t.to_string()),
                 _ => return Ok(names),
@@ -359,6 +372,24 @@ impl GcsSink {
 
 #[async_trait]
 impl Sink for GcsSink {
+    async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
+        let prefix = self.prefix();
+        let objects = self.list_sized(&prefix).await?;
+        Ok(Some(super::relative_files(&prefix, objects)))
+    }
+
+    async fn digest(&self, rel: &str) -> Result<(u64, [u8; 32]), SinkError> {
+        let name = format!("{}{rel}", self.prefix());
+        let url = format!(
+            "{}/storage/v1/b/{}/o/{}?alt=media",
+            self.endpoint,
+            percent_encode_all(&self.opts.bucket),
+            percent_encode_all(&name)
+        );
+        let resp = self.send("download", &name, self.http.get(url)).await?;
+        super::digest_download("download", &name, resp).await
+    }
+
     fn describe(&self) -> String {
         format!("GCS bucket {} at {}", self.opts.bucket, self.endpoint)
     }

@@ -206,6 +206,53 @@ pub async fn ok_status(
     ))
 }
 
+/// The object-name prefix of an object sink's `directory`: one leading `/` removed, as
+/// object keys are made, and a trailing `/` (empty for the bucket's root).
+pub fn object_prefix(directory: &str) -> String {
+    let d = directory.strip_prefix('/').unwrap_or(directory);
+    let d = d.trim_end_matches('/');
+    if d.is_empty() {
+        String::new()
+    } else {
+        format!("{d}/")
+    }
+}
+
+/// Objects listed under `prefix`, as paths relative to it with their sizes; directory
+/// markers (names ending in `/`) are left out.
+pub fn relative_files(
+    prefix: &str,
+    objects: impl IntoIterator<Item = (String, u64)>,
+) -> Vec<(String, u64)> {
+    objects
+        .into_iter()
+        .filter_map(|(name, size)| {
+            let rel = name.strip_prefix(prefix)?;
+            (!rel.is_empty() && !rel.ends_with('/')).then(|| (rel.to_string(), size))
+        })
+        .collect()
+}
+
+/// The length and SHA-256 of a download, streamed (a successful status is checked).
+pub async fn digest_download(
+    op: &'static str,
+    key: &str,
+    resp: reqwest::Response,
+) -> Result<(u64, [u8; 32]), SinkError> {
+    use futures::StreamExt;
+    use sha2::Digest;
+    let resp = ok_status(op, key, resp).await?;
+    let mut hash = sha2::Sha256::new();
+    let mut len = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(|e| SinkError::http(op, key, e))?;
+        len += piece.len() as u64;
+        hash.update(&piece);
+    }
+    Ok((len, hash.finalize().into()))
+}
+
 /// Percent-encode `s` for a URL path or query, leaving unreserved characters (and `/`
 /// when `keep_slash`) as they are.
 pub fn percent_encode(s: &str, keep_slash: bool) -> String {

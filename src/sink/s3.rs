@@ -399,6 +399,52 @@ impl S3Sink {
 
 #[async_trait]
 impl Sink for S3Sink {
+    async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
+        let prefix = super::object_prefix(&self.opts.directory);
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.opts.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        let mut objects = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err("list objects", &prefix, e))?;
+            objects.extend(
+                page.contents().iter().filter_map(|o| {
+                    Some((o.key()?.to_string(), o.size().unwrap_or(0).max(0) as u64))
+                }),
+            );
+        }
+        Ok(Some(super::relative_files(&prefix, objects)))
+    }
+
+    async fn digest(&self, rel: &str) -> Result<(u64, [u8; 32]), SinkError> {
+        use sha2::Digest;
+        let key = format!("{}{rel}", super::object_prefix(&self.opts.directory));
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.opts.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| sdk_err("get object", &key, e))?;
+        let mut body = object.body;
+        let mut hash = sha2::Sha256::new();
+        let mut len = 0u64;
+        while let Some(piece) = body
+            .try_next()
+            .await
+            .map_err(|e| SinkError::remote("get object", &key, e, true, false))?
+        {
+            len += piece.len() as u64;
+            hash.update(&piece);
+        }
+        Ok((len, hash.finalize().into()))
+    }
+
     fn describe(&self) -> String {
         format!(
             "S3 bucket {} (endpoint {:?})",

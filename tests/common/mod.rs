@@ -994,3 +994,24 @@ pub fn create_event(parent: &str, entry: pb::Entry) -> Vec<u8> {
     }
     .encode_to_vec()
 }
+
+/// Run `replicate ARGS` in `dir` to completion.
+pub fn replicate_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_replicate"))
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// Exit status, stdout and stderr, for assertion messages.
+pub fn output(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

@@ -151,10 +151,16 @@ async fn metrics_health_and_progress_follow_replication() {
     assert!(text.contains("# TYPE replicate_retries counter"), "{text}");
 
     // The progress line reports what happened, then says once that all is quiet.
-    let log = std::fs::read_to_string(work.log()).unwrap();
     assert!(
-        log.lines()
-            .any(|l| l.contains("progress: ") && l.contains("replicated") && l.contains("lag ")),
+        eventually(Duration::from_secs(10), || async {
+            std::fs::read_to_string(work.log())
+                .unwrap()
+                .lines()
+                .any(|l| {
+                    l.contains("progress: ") && l.contains(" replicated") && l.contains("lag ")
+                })
+        })
+        .await,
         "no progress line:\n{}",
         tail(&work.log(), 40)
     );
@@ -368,6 +374,14 @@ async fn backfill_resumes_and_verify_reads_a_filer_sink() {
     ] {
         bed.upload(path, &data, "maxMB=1").await;
     }
+    // More entries than one listing page (1024) in one directory.
+    for i in 0..1030 {
+        bed.create_entry(
+            "/data/many",
+            inline_file(&format!("f{i:04}"), format!("n{i}").as_bytes()),
+        )
+        .await;
+    }
     let work = Workdir::filer(&bed, "/data", &bed, "/mirror", "");
     let header = format!(
         "# replicate backfill of /data on {} to filer {} directory /mirror",
@@ -389,6 +403,8 @@ async fn backfill_resumes_and_verify_reads_a_filer_sink() {
         bytes(2, 1024 * 1024 + 5)
     );
     assert_eq!(bed.get("/mirror/b/c/four.txt").await, bytes(4, 400));
+    assert_eq!(bed.get("/mirror/many/f1029").await, b"n1029");
+    assert_eq!(bed.list("/mirror/many").await.len(), 1030);
     assert!(
         bed.try_get("/mirror/b/three.txt")
             .await
@@ -400,7 +416,7 @@ async fn backfill_resumes_and_verify_reads_a_filer_sink() {
     assert_eq!(o.status.code(), Some(1), "{}", output(&o));
     assert!(
         stdout(&o).contains("  missing   (300 B)  b/three.txt")
-            && stdout(&o).contains("checked 4 source files"),
+            && stdout(&o).contains("checked 1034 source files"),
         "{}",
         output(&o)
     );

@@ -279,22 +279,31 @@ impl FilerSource {
         )
     }
 
+    /// Up to [`LIST_PAGE`] entries of directory `dir`, in name order, after `start`.
+    pub async fn list_page(&self, dir: &str, start: &str) -> Result<Vec<Entry>, tonic::Status> {
+        let request = crate::pb::ListEntriesRequest {
+            directory: dir.to_string(),
+            start_from_file_name: start.to_string(),
+            limit: LIST_PAGE as u32,
+            ..Default::default()
+        };
+        let mut stream = self.client().list_entries(request).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = stream.message().await? {
+            out.extend(r.entry);
+        }
+        Ok(out)
+    }
+
     /// Every entry of directory `dir`, all pages.
     pub async fn list_dir(&self, dir: &str) -> Result<Vec<Entry>, tonic::Status> {
         let mut out: Vec<Entry> = Vec::new();
         loop {
-            let request = crate::pb::ListEntriesRequest {
-                directory: dir.to_string(),
-                start_from_file_name: out.last().map(|e| e.name.clone()).unwrap_or_default(),
-                limit: 1024,
-                ..Default::default()
-            };
-            let mut stream = self.client().list_entries(request).await?.into_inner();
-            let before = out.len();
-            while let Some(r) = stream.message().await? {
-                out.extend(r.entry);
-            }
-            if out.len() - before < 1024 {
+            let start = out.last().map(|e| e.name.clone()).unwrap_or_default();
+            let page = self.list_page(dir, &start).await?;
+            let n = page.len();
+            out.extend(page);
+            if n < LIST_PAGE {
                 return Ok(out);
             }
         }
@@ -568,6 +577,9 @@ impl FilerSource {
         send_zeros(tx, size - pos).await
     }
 }
+
+/// Entries asked for per directory listing call.
+pub const LIST_PAGE: usize = 1024;
 
 /// How many files' worth of read-ahead all reads share.
 const READ_AHEAD_FILES: usize = 2;

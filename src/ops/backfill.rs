@@ -76,21 +76,27 @@ pub async fn run(
     let started = Instant::now();
     let mut tree = SourceTree::new(&setup.source, &s.source.directory, &excludes, true);
     let mut complete = true;
+    // Whether every entry of the directory being listed reached the sink so far.
+    let mut dir_ok = true;
+    let mut parked_before = 0;
     loop {
-        let next = tree
-            .next(&stop)
-            .await
-            .expect("a patient walk waits out errors");
-        let Some((dir, entries)) = next else { break };
+        // A patient walk waits out listing errors; it ends only at the end or on `stop`.
+        let next = tree.next(&stop).await.map_err(|e| {
+            AppError::Runtime(format!("backfill: listing the source: {}", e.message()))
+        })?;
+        let Some(super::Page { dir, entries, last }) = next else {
+            break;
+        };
         if stop.is_cancelled() {
             complete = false;
             break;
         }
         if done.contains(&dir) {
-            progress.resumed_dirs.fetch_add(1, Ordering::Relaxed);
+            if last {
+                progress.resumed_dirs.fetch_add(1, Ordering::Relaxed);
+            }
             continue;
         }
-        let parked_before = pipeline.stats.parked.load(Ordering::Relaxed);
         let jobs = entries
             .iter()
             .map(|entry| {
@@ -119,8 +125,13 @@ pub async fn run(
             .buffer_unordered(s.replicate.concurrency)
             .collect()
             .await;
-        let all_done = results.iter().all(|d| *d == Disposition::Done)
-            && pipeline.stats.parked.load(Ordering::Relaxed) == parked_before;
+        dir_ok &= results.iter().all(|d| *d == Disposition::Done);
+        if !last {
+            continue;
+        }
+        let parked = pipeline.stats.parked.load(Ordering::Relaxed);
+        let all_done = std::mem::replace(&mut dir_ok, true) && parked == parked_before;
+        parked_before = parked;
         if all_done {
             writeln!(state, "done {dir}")
                 .and_then(|()| state.sync_data())

@@ -14,14 +14,25 @@ use prost::Message;
 use std::collections::VecDeque;
 use tokio_util::sync::CancellationToken;
 
-/// The source tree under a directory, breadth first, one directory at a time, leaving
-/// out excluded directories.
+/// The source tree under a directory, breadth first, one listing page at a time (so
+/// memory stays bounded by a page and the queue of directory names, however large a
+/// directory is), leaving out excluded directories.
 pub struct SourceTree<'a> {
     source: &'a FilerSource,
     excludes: &'a [Vec<String>],
     queue: VecDeque<String>,
+    /// The directory being listed, and the last name listed in it.
+    current: Option<(String, String)>,
     /// Wait out an unreachable filer (backfill) instead of failing (verify).
     patient: bool,
+}
+
+/// One page of one directory's listing.
+pub struct Page {
+    pub dir: String,
+    pub entries: Vec<Entry>,
+    /// The directory's last page.
+    pub last: bool,
 }
 
 impl<'a> SourceTree<'a> {
@@ -35,41 +46,37 @@ impl<'a> SourceTree<'a> {
             source,
             excludes,
             queue: VecDeque::from([root.to_string()]),
+            current: None,
             patient,
         }
     }
 
-    /// The next directory and its entries; `Ok(None)` at the end, or when `stop` fired.
-    pub async fn next(
-        &mut self,
-        stop: &CancellationToken,
-    ) -> Result<Option<(String, Vec<Entry>)>, tonic::Status> {
-        let Some(dir) = self.queue.pop_front() else {
-            return Ok(None);
+    /// The next page; `Ok(None)` at the end, or when `stop` fired.
+    pub async fn next(&mut self, stop: &CancellationToken) -> Result<Option<Page>, tonic::Status> {
+        let (dir, start) = match self.current.take() {
+            Some(c) => c,
+            None => match self.queue.pop_front() {
+                Some(dir) => (dir, String::new()),
+                None => return Ok(None),
+            },
         };
         let entries = if self.patient {
-            let mut all: Vec<Entry> = Vec::new();
-            loop {
-                let start = all.last().map(|e| e.name.clone()).unwrap_or_default();
-                let Some(page) =
-                    crate::source::subscribe::list_page(self.source, &dir, &start, stop).await
-                else {
-                    return Ok(None);
-                };
-                let n = page.len();
-                all.extend(page);
-                if n < 1024 {
-                    break all;
-                }
+            match crate::source::subscribe::list_page(self.source, &dir, &start, stop).await {
+                Some(page) => page,
+                None => return Ok(None),
             }
         } else {
-            match self.source.list_dir(&dir).await {
+            match self.source.list_page(&dir, &start).await {
                 Ok(e) => e,
                 // The source directory itself may not exist yet: an empty tree.
                 Err(s) if crate::filer::is_not_found(&s) => Vec::new(),
                 Err(s) => return Err(s),
             }
         };
+        let last = entries.len() < crate::filer::LIST_PAGE;
+        if !last && let Some(e) = entries.last() {
+            self.current = Some((dir.clone(), e.name.clone()));
+        }
         let base = dir.trim_end_matches('/');
         for e in entries.iter().filter(|e| e.is_directory) {
             let path = format!("{base}/{}", e.name);
@@ -78,13 +85,7 @@ impl<'a> SourceTree<'a> {
                 self.queue.push_back(path);
             }
         }
-        Ok(Some((dir, entries)))
-    }
-
-    /// Whether `path` (a file's full path) is under an excluded directory.
-    pub fn excluded(&self, path: &str) -> bool {
-        let parts = crate::replicate::path::components(path).unwrap_or_default();
-        self.excludes.iter().any(|ex| is_equal_or_under(&parts, ex))
+        Ok(Some(Page { dir, entries, last }))
     }
 }
 

@@ -111,7 +111,7 @@ pub async fn run(
     let (mut files, mut bytes) = (0u64, 0u64);
     let mut tree = SourceTree::new(&setup.source, &s.source.directory, &rules.excludes, false);
     let sink = open.sink.as_ref();
-    while let Some((dir, entries)) = tree
+    while let Some(super::Page { dir, entries, .. }) = tree
         .next(&stop)
         .await
         .map_err(|e| AppError::Runtime(format!("verify: listing the source: {}", e.message())))?

@@ -377,7 +377,7 @@ async fn snapshot(
             };
             let Some(last) = page.last() else { break };
             start = last.name.clone();
-            let full = page.len() == 1024;
+            let full = page.len() == crate::filer::LIST_PAGE;
             for entry in page {
                 let path = format!("{}/{}", dir.trim_end_matches('/'), entry.name);
                 if entry.is_directory {
@@ -418,22 +418,7 @@ pub async fn list_page(
 ) -> Option<Vec<pb::Entry>> {
     let mut retry = Retry::default();
     loop {
-        let request = pb::ListEntriesRequest {
-            directory: dir.to_string(),
-            start_from_file_name: start.to_string(),
-            limit: 1024,
-            ..Default::default()
-        };
-        let result = async {
-            let mut stream = source.client().list_entries(request).await?.into_inner();
-            let mut out = Vec::new();
-            while let Some(r) = stream.message().await? {
-                out.extend(r.entry);
-            }
-            Ok::<_, tonic::Status>(out)
-        }
-        .await;
-        match result {
+        match source.list_page(dir, start).await {
             Ok(page) => {
                 retry.succeeded();
                 return Some(page);

@@ -31,13 +31,21 @@ pub enum AppError {
     Usage(String),
     #[error("{0}")]
     Runtime(String),
+    /// A command could not do its work (`verify` could not list the source or the sink).
+    #[error("{0}")]
+    Trouble(String),
+    /// A command was stopped by a signal before it finished.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl AppError {
-    /// 2 for configuration and usage errors, 1 otherwise.
+    /// 2 for configuration and usage errors and for trouble (as `diff` and `cmp` use
+    /// it: the comparison could not be made), 130 when interrupted, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AppError::Config(_) | AppError::Usage(_) => 2,
+            AppError::Config(_) | AppError::Usage(_) | AppError::Trouble(_) => 2,
+            AppError::Interrupted(_) => 130,
             AppError::Runtime(_) => 1,
         }
     }
@@ -54,8 +62,17 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         }
         Some(Command::Scaffold { config, output }) => scaffold_cmd(&config, output.as_deref()),
         Some(Command::Check) => crate::ops::check::run(cli.config_dir, cli.config).await,
-        Some(Command::Verify { repair, size_only }) => {
-            crate::ops::verify::run(cli.config_dir, cli.config, repair, size_only).await
+        Some(Command::Verify {
+            repair,
+            delete,
+            size_only,
+        }) => {
+            let mode = crate::ops::verify::Mode {
+                repair,
+                delete,
+                size_only,
+            };
+            crate::ops::verify::run(cli.config_dir, cli.config, mode).await
         }
         Some(Command::Backfill { state, restart }) => {
             crate::ops::backfill::run(cli.config_dir, cli.config, &state, restart).await
@@ -415,7 +432,8 @@ async fn replicate(
         }
     }
     if let Some(server) = metrics_server {
-        let _ = server.await;
+        // It stops with `stop`; a scraper holding a connection open does not delay exit.
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     }
     let s = &pipeline.stats;
     tracing::info!(

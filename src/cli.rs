@@ -71,11 +71,15 @@ pub enum Command {
     /// configuration problems.
     Check,
     /// Compare the source directory with the sink: report missing, extra and differing
-    /// files (size and SHA-256). Exits 0 when they match, 1 when they differ.
+    /// files (size and SHA-256). Exits 0 when they match, 1 when they differ, 2 when
+    /// they cannot be compared.
     Verify {
-        /// Replicate what is missing or differs, and delete what the source does not have.
+        /// Replicate what is missing or differs.
         #[arg(long = "repair")]
         repair: bool,
+        /// With -repair, also delete from the sink what the source does not have.
+        #[arg(long = "delete", requires = "repair")]
+        delete: bool,
         /// Compare sizes only, without reading file content.
         #[arg(long = "size-only")]
         size_only: bool,

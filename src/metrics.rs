@@ -94,7 +94,7 @@ impl Metrics {
         let bytes = Counter::default();
         registry.register(
             "copied_bytes",
-            "File content read from the source cluster and handed to the sink",
+            "Chunk bytes read from the source cluster's volume servers (as stored: compressed or encrypted chunks count as such), plus inline content",
             bytes.clone(),
         );
         let retries = Counter::default();

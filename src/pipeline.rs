@@ -136,11 +136,13 @@ impl Availability {
     }
 
     fn failing(&self, error: &SinkError) {
+        // Set on every failure, not only the first: a success racing with the start of
+        // an outage may have set it back to up.
+        crate::metrics::get().set_up(self.component, false);
         let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
         if since.is_none() {
             *since = Some(Instant::now());
             self.down.store(true, Ordering::Release);
-            crate::metrics::get().set_up(self.component, false);
             tracing::warn!(error = %error, "{} unavailable; events wait for it, retrying with backoff", self.what);
         } else {
             tracing::debug!(error = %error, "{} still unavailable", self.what);

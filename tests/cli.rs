@@ -200,3 +200,41 @@ fn json_logs_are_one_object_per_line() {
     );
     assert!(lines.iter().all(|l| l["timestamp"].is_string()));
 }
+
+/// The packaged example configs are valid: `check` finds no configuration problem (exit
+/// 1, not 2: the example hosts do not exist here).
+#[test]
+fn the_example_configs_pass_check_validation() {
+    let d = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for name in ["replication.toml", "notification.toml"] {
+        std::fs::copy(examples.join(name), d.path().join(name)).unwrap();
+    }
+    let replica = d.path().join("replica");
+    // The example's CA file path must exist for the configuration to be valid.
+    let ca = d.path().join("kafka-ca.pem");
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_replicate"))
+        .arg("check")
+        .current_dir(d.path())
+        .env("HOME", d.path())
+        .env("WEED_SINK_LOCAL_DIRECTORY", &replica)
+        // Nothing listens on port 1: no DNS or network is needed to fail.
+        .env("WEED_SOURCE_FILER_GRPCADDRESS", "127.0.0.1:1")
+        .env("WEED_NOTIFICATION_KAFKA_HOSTS", "127.0.0.1:1")
+        .env("WEED_NOTIFICATION_KAFKA_TLS_CA_CERT", &ca)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{}", stderr(&o));
+    for want in [
+        "  ok    replicating /buckets (excluding /buckets/tmp, /buckets/.uploads) to the local sink at ",
+        "  FAIL  source filer: 127.0.0.1:1",
+        "  FAIL  input: ",
+        "  ok    sink: local directory ",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(!replica.exists(), "check creates nothing");
+}

@@ -148,7 +148,11 @@ async fn metrics_health_and_progress_follow_replication() {
         Some(0.0),
         "{text}"
     );
-    assert!(text.contains("# TYPE replicate_retries counter"), "{text}");
+    assert_eq!(
+        sample(&text, "replicate_retries_total"),
+        Some(0.0),
+        "nothing failed, so nothing was retried:\n{text}"
+    );
 
     // The progress line reports what happened, then says once that all is quiet.
     assert!(
@@ -173,6 +177,30 @@ async fn metrics_health_and_progress_follow_replication() {
         .await,
         "{}",
         tail(&work.log(), 20)
+    );
+
+    // The broker going away later, on a quiet topic, makes the process unready; its
+    // return makes it ready again, though no message arrives to say so.
+    bed.stop_broker();
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            matches!(get(&http, &format!("{base}/readyz")).await,
+                Some((503, body)) if body.contains("input: down"))
+        })
+        .await,
+        "/readyz did not notice the broker leaving: {:?}\n{}",
+        get(&http, &format!("{base}/readyz")).await,
+        tail(&work.log(), 20)
+    );
+    bed.start_broker();
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            matches!(get(&http, &format!("{base}/readyz")).await, Some((200, _)))
+        })
+        .await,
+        "/readyz not ready again on a quiet topic: {:?}\n{}",
+        get(&http, &format!("{base}/readyz")).await,
+        tail(&work.log(), 30)
     );
     let (status, _) = rep.stop();
     assert!(status.success());
@@ -347,16 +375,47 @@ async fn backfill_copies_a_tree_and_verify_finds_and_repairs_differences() {
         output(&o)
     );
 
+    // -repair fixes what is missing or differs; an extra file is deleted only with
+    // -delete.
     let o = replicate_in(work.path(), &["verify", "-repair"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output(&o));
+    assert!(
+        stdout(&o).contains("repaired 3 of 4 differences")
+            && stdout(&o).contains(
+                "  extra     (17 B)  d2/stray.txt  [not repaired: extra; -delete removes it]"
+            ),
+        "{}",
+        output(&o)
+    );
+    assert!(root.join("d2/stray.txt").exists());
+    let o = replicate_in(work.path(), &["verify", "-repair", "-delete"]);
     assert_eq!(o.status.code(), Some(0), "{}", output(&o));
     assert!(
-        stdout(&o).contains("repaired 4 of 4 differences"),
+        stdout(&o).contains("repaired 1 of 1 difference"),
         "{}",
         output(&o)
     );
     let o = replicate_in(work.path(), &["verify"]);
     assert_eq!(o.status.code(), Some(0), "{}", output(&o));
     assert!(!root.join("d2/stray.txt").exists());
+
+    // A source directory that is not there is trouble (exit 2), not "everything extra".
+    let o = Command::new(env!("CARGO_BIN_EXE_replicate"))
+        .args(["verify", "-repair", "-delete"])
+        .current_dir(work.path())
+        .env("HOME", work.path())
+        .env("WEED_SOURCE_FILER_DIRECTORY", "/no/such/dir")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", output(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("verify: /no/such/dir is not a directory on filer"),
+        "{}",
+        output(&o)
+    );
+    assert!(root.join("big/multi.bin").exists(), "nothing was deleted");
     assert_eq!(std::fs::read(root.join("big/multi.bin")).unwrap(), big);
 }
 

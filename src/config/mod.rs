@@ -197,9 +197,18 @@ impl RawConfig {
                         .map_err(|e| e.to_string().trim_end().replace('\n', " "))
                 }) {
                 Ok(table) => {
-                    flatten("", &toml::Value::Table(table), &path, &mut raw.values);
+                    let mut values = HashMap::new();
+                    flatten("", &toml::Value::Table(table), &path, &mut values);
                     let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    raw.lines.extend(key_lines(&text));
+                    let lines = key_lines(&text);
+                    // A line number always belongs to the file the value came from.
+                    for (key, value) in values {
+                        match lines.get(&key) {
+                            Some(&line) => raw.lines.insert(key.clone(), line),
+                            None => raw.lines.remove(&key),
+                        };
+                        raw.values.insert(key, value);
+                    }
                     raw.files.push((name.to_string(), path));
                 }
                 Err(e) => problems.push(Problem {

@@ -7,6 +7,7 @@
 pub mod fileid;
 pub mod jwt;
 pub mod tls;
+pub mod tree;
 pub mod views;
 
 use crate::event::chunk_file_id;
@@ -295,32 +296,14 @@ impl FilerSource {
         Ok(out)
     }
 
-    /// Every entry of directory `dir`, all pages.
-    pub async fn list_dir(&self, dir: &str) -> Result<Vec<Entry>, tonic::Status> {
-        let mut out: Vec<Entry> = Vec::new();
-        loop {
-            let start = out.last().map(|e| e.name.clone()).unwrap_or_default();
-            let page = self.list_page(dir, &start).await?;
-            let n = page.len();
-            out.extend(page);
-            if n < LIST_PAGE {
-                return Ok(out);
-            }
-        }
-    }
-
     /// The SHA-256 of a file's content, and its length, read as a sink would read it.
     pub async fn digest(self: &Arc<Self>, entry: &Entry) -> Result<(u64, [u8; 32]), ReadError> {
-        use sha2::Digest;
-        let mut hash = sha2::Sha256::new();
-        let mut len = 0u64;
+        let mut hash = ContentHash::default();
         let mut rx = self.open(entry);
         while let Some(piece) = rx.recv().await {
-            let piece = piece?;
-            len += piece.len() as u64;
-            hash.update(&piece);
+            hash.update(&piece?);
         }
-        Ok((len, hash.finalize().into()))
+        Ok(hash.finish())
     }
 
     /// The entry at `path` on the source, `None` if it does not exist.
@@ -433,7 +416,10 @@ impl FilerSource {
             let locs = self.lookup(vid, refresh).await?;
             for loc in &locs {
                 let result = match self.get(&loc.url, &fid).await {
-                    Ok((body, gzipped)) => decode(&fid, body, gzipped),
+                    Ok((body, gzipped)) => {
+                        crate::metrics::get().copied(body.len() as u64);
+                        decode(&fid, body, gzipped)
+                    }
                     Err(e) => Err(e),
                 };
                 match result {
@@ -569,12 +555,31 @@ impl FilerSource {
             send_zeros(tx, v.file_offset - pos).await?;
             let start = v.chunk_offset as usize;
             let piece = data.slice(start..start + v.len as usize);
-            let n = piece.len() as u64;
             tx.send(Ok(piece)).await.map_err(|_| ReadError::Aborted)?;
-            crate::metrics::get().copied(n);
             pos = v.file_offset + v.len;
         }
         send_zeros(tx, size - pos).await
+    }
+}
+
+/// The length and SHA-256 of content read piece by piece (`replicate verify` compares
+/// source and sink this way).
+#[derive(Default)]
+pub struct ContentHash {
+    hash: sha2::Sha256,
+    len: u64,
+}
+
+impl ContentHash {
+    pub fn update(&mut self, piece: &[u8]) {
+        use sha2::Digest;
+        self.hash.update(piece);
+        self.len += piece.len() as u64;
+    }
+
+    pub fn finish(self) -> (u64, [u8; 32]) {
+        use sha2::Digest;
+        (self.len, self.hash.finalize().into())
     }
 }
 

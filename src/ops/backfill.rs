@@ -54,7 +54,7 @@ pub async fn run(
     };
     let mut state = open_state(state_file, &header, !done.is_empty())?;
     let Some(skip) = setup.connect(&open, &stop).await else {
-        return Ok(());
+        return Err(AppError::Interrupted("backfill: interrupted".into()));
     };
     let rules = setup.rules(skip);
     let excludes = rules.excludes.clone();
@@ -98,16 +98,33 @@ pub async fn run(
             continue;
         }
         let jobs = entries
-            .iter()
+            .into_iter()
             .map(|entry| {
-                let event = create_event(&dir, entry);
-                let origin = Origin::Message {
-                    input: "backfill",
-                    id: full_path(&dir, entry),
-                };
+                let path = full_path(&dir, &entry);
                 let (pipeline, progress) = (pipeline.clone(), progress.clone());
-                let is_file = !entry.is_directory;
+                let (source, dir) = (setup.source.clone(), dir.clone());
                 async move {
+                    let is_file = !entry.is_directory;
+                    // A file is copied as the source has it now, not as listed: the
+                    // daemon may have written a newer version meanwhile, which an old
+                    // copy must not overwrite. One that is gone is left to its delete.
+                    let entry = if is_file {
+                        match source.lookup_entry(&path).await {
+                            Ok(Some(current)) => current,
+                            Ok(None) => return true,
+                            Err(e) => {
+                                tracing::warn!(path, error = %e.message(), "looking up a file failed; its directory will be done again");
+                                return false;
+                            }
+                        }
+                    } else {
+                        entry
+                    };
+                    let event = create_event(&dir, &entry);
+                    let origin = Origin::Message {
+                        input: "backfill",
+                        id: path,
+                    };
                     let d = pipeline.handle(&event, &origin).await;
                     if d == Disposition::Done {
                         let counter = if is_file {
@@ -117,15 +134,15 @@ pub async fn run(
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
-                    d
+                    d == Disposition::Done
                 }
             })
             .collect::<Vec<_>>();
-        let results: Vec<Disposition> = futures::stream::iter(jobs)
+        let results: Vec<bool> = futures::stream::iter(jobs)
             .buffer_unordered(s.replicate.concurrency)
             .collect()
             .await;
-        dir_ok &= results.iter().all(|d| *d == Disposition::Done);
+        dir_ok &= results.iter().all(|ok| *ok);
         if !last {
             continue;
         }
@@ -160,11 +177,10 @@ pub async fn run(
         }
     );
     if interrupted {
-        println!(
-            "interrupted; run the same command again to resume (progress is in {})",
+        return Err(AppError::Interrupted(format!(
+            "backfill interrupted; run the same command again to resume (progress is in {})",
             state_file.display()
-        );
-        return Ok(());
+        )));
     }
     if complete {
         drop(state);
@@ -235,8 +251,14 @@ fn spawn_interrupt(stop: CancellationToken) {
             _ = int.recv() => {}
             _ = stop.cancelled() => return,
         }
-        eprintln!("\nstopping: finishing the files in flight");
+        eprintln!("\nstopping: finishing the files in flight (again to stop at once)");
         stop.cancel();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("stopped; the directories recorded as done are kept");
+        std::process::exit(130);
     });
 }
 

@@ -71,7 +71,7 @@ pub async fn run(
     let mut failed = 0;
     let source = setup.source.clone();
     let address = s.source.grpc_address.clone();
-    if !probe("source filer", async {
+    let source_ok = probe("source filer", async {
         let c = source
             .client()
             .get_filer_configuration(crate::pb::GetFilerConfigurationRequest {})
@@ -83,8 +83,8 @@ pub async fn run(
             c.version, c.signature
         ))
     })
-    .await
-    {
+    .await;
+    if !source_ok {
         failed += 1;
     }
     let input_ok = match &s.input {
@@ -96,7 +96,9 @@ pub async fn run(
         InputSettings::Rabbit(r) => probe("input", crate::source::rabbit::probe(r)).await,
         InputSettings::Nats(n) => probe("input", crate::source::nats::probe(n)).await,
         InputSettings::Subscribe(_) => {
-            println!("  ok    input: the source filer's metadata log (tested above)");
+            let word = if source_ok { "ok  " } else { "FAIL" };
+            println!("  {word}  input: the source filer's metadata log (tested above)");
+            // Not counted twice: it is the source filer.
             true
         }
     };

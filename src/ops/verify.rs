@@ -2,8 +2,9 @@
 //! extra and differing files (size, then SHA-256 of the content); with `-repair`, replay
 //! what differs through the replication pipeline and check those files again.
 //!
-//! Exit status: 0 the sink matches (or was repaired), 1 differences remain, 2 the
-//! configuration is wrong or the sink cannot be listed.
+//! Exit status, as `diff` has it: 0 the sink matches (or was repaired), 1 differences
+//! remain, 2 trouble (the configuration is wrong, or the source or the sink cannot be
+//! listed).
 
 use super::{SourceTree, create_event, delete_event, full_path, human_bytes};
 use crate::app::{AppError, Setup};
@@ -61,17 +62,27 @@ impl std::fmt::Display for Difference {
     }
 }
 
-/// A source file, with what verify needs to compare and repair it.
+/// A source file, with what verify needs to repair it.
 struct SourceFile {
     dir: String,
-    entry: Entry,
+    name: String,
+}
+
+/// What `replicate verify` was asked to do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    /// Replicate what is missing or differs.
+    pub repair: bool,
+    /// With `repair`, also delete what the source does not have.
+    pub delete: bool,
+    /// Compare sizes only.
+    pub size_only: bool,
 }
 
 pub async fn run(
     config_dir: Option<std::path::PathBuf>,
     config: Option<std::path::PathBuf>,
-    repair: bool,
-    size_only: bool,
+    mode: Mode,
 ) -> Result<(), AppError> {
     let setup = Setup::load(config_dir, config)?;
     let s = &setup.settings;
@@ -81,64 +92,104 @@ pub async fn run(
             s.sink.name()
         )));
     }
+    let trouble =
+        |what: &str, e: &dyn std::fmt::Display| AppError::Trouble(format!("verify: {what}: {e}"));
     let stop = CancellationToken::new();
+    let root = s.source.directory.trim_end_matches('/').to_string();
+    // A source directory that is not there (a typo, the wrong filer) would make every
+    // sink file look extra: refuse instead of comparing against nothing.
+    if !root.is_empty() {
+        match setup.source.lookup_entry(&root).await {
+            Ok(Some(e)) if e.is_directory => {}
+            Ok(_) => {
+                return Err(AppError::Trouble(format!(
+                    "verify: {root} is not a directory on filer {}",
+                    s.source.grpc_address
+                )));
+            }
+            Err(e) => return Err(trouble("looking up the source directory", &e.message())),
+        }
+    }
     let open = setup.sink().await?;
     let what = open.sink.describe();
     let Some(inventory) = open
         .sink
         .inventory()
         .await
-        .map_err(|e| AppError::Runtime(format!("verify: listing {what}: {e}")))?
+        .map_err(|e| trouble(&format!("listing {what}"), &e))?
     else {
         return Err(AppError::Usage(format!(
             "verify: the {} sink cannot list what it holds",
             s.sink.name()
         )));
     };
-    let mut sink_files: BTreeMap<String, u64> = inventory.into_iter().collect();
     let rules = setup.rules(Vec::new());
-    let root = s.source.directory.trim_end_matches('/').to_string();
+    // Files under excluded directories are not the mirror's business.
+    let mut sink_files: BTreeMap<String, u64> = inventory
+        .into_iter()
+        .filter(|(rel, _)| {
+            let parts =
+                crate::replicate::path::components(&format!("{root}/{rel}")).unwrap_or_default();
+            !rules
+                .excludes
+                .iter()
+                .any(|ex| crate::replicate::path::is_equal_or_under(&parts, ex))
+        })
+        .collect();
     println!(
         "verify: {} on filer {} against {what}{}",
         if root.is_empty() { "/" } else { &root },
         s.source.grpc_address,
-        if size_only { " (sizes only)" } else { "" }
+        if mode.size_only { " (sizes only)" } else { "" }
     );
 
-    // Walk the source, comparing each directory's files as it comes.
+    // Walk the source, comparing each page of files as it comes.
     let mut differences: BTreeMap<String, Difference> = BTreeMap::new();
     let mut to_repair: BTreeMap<String, SourceFile> = BTreeMap::new();
-    let (mut files, mut bytes) = (0u64, 0u64);
+    let (mut files, mut bytes, mut links) = (0u64, 0u64, 0u64);
     let mut tree = SourceTree::new(&setup.source, &s.source.directory, &rules.excludes, false);
     let sink = open.sink.as_ref();
     while let Some(super::Page { dir, entries, .. }) = tree
         .next(&stop)
         .await
-        .map_err(|e| AppError::Runtime(format!("verify: listing the source: {}", e.message())))?
+        .map_err(|e| trouble("listing the source", &e.message()))?
     {
-        let checks = entries
-            .into_iter()
-            .filter(|e| !e.is_directory)
-            .map(|entry| {
-                let path = full_path(&dir, &entry);
-                let rel = relative(&root, &path, sink);
-                let on_sink = sink_files.remove(&rel);
-                let dir = dir.clone();
-                let source = setup.source.clone();
-                async move {
-                    let size = crate::filer::content_size(&entry);
-                    let diff = compare(&source, sink, &entry, &rel, size, on_sink, size_only).await;
-                    (rel, SourceFile { dir, entry }, size, diff)
-                }
-            })
-            .collect::<Vec<_>>();
+        let mut checks = Vec::new();
+        for entry in entries.into_iter().filter(|e| !e.is_directory) {
+            let path = full_path(&dir, &entry);
+            let rel = relative(&root, &path, sink);
+            let on_sink = sink_files.remove(&rel);
+            if entry
+                .attributes
+                .as_ref()
+                .is_some_and(|a| !a.symlink_target.is_empty())
+            {
+                // Sinks store links as links (or not at all); there is no content to compare.
+                links += 1;
+                continue;
+            }
+            let source = setup.source.clone();
+            let dir = dir.clone();
+            checks.push(async move {
+                let size = crate::filer::content_size(&entry);
+                let diff =
+                    compare(&source, sink, &entry, &rel, size, on_sink, mode.size_only).await;
+                let file = SourceFile {
+                    dir,
+                    name: entry.name,
+                };
+                (rel, file, size, diff)
+            });
+        }
         let mut results = futures::stream::iter(checks).buffer_unordered(PARALLEL);
         while let Some((rel, file, size, diff)) = results.next().await {
             files += 1;
             bytes += size;
             if let Some(d) = diff {
                 differences.insert(rel.clone(), d);
-                to_repair.insert(rel, file);
+                if mode.repair {
+                    to_repair.insert(rel, file);
+                }
             }
         }
     }
@@ -148,83 +199,166 @@ pub async fn run(
     }
     report(&differences);
     println!(
-        "checked {files} source files ({}): {}",
+        "checked {files} source files ({}): {}{}",
         human_bytes(bytes),
-        summary(&differences)
+        summary(&differences),
+        if links > 0 {
+            format!("; {links} symlinks not compared")
+        } else {
+            String::new()
+        }
     );
     if differences.is_empty() {
         return Ok(());
     }
-    if !repair {
+    if !mode.repair {
         return Err(AppError::Runtime(format!(
             "{} difference{} (run with -repair to fix them)",
             differences.len(),
-            if differences.len() == 1 { "" } else { "s" }
+            plural(differences.len())
         )));
     }
+    repair(&setup, &root, mode, &differences, &to_repair, &stop).await
+}
 
-    // Repair: replay creates for what is missing or differs, deletes for what is extra,
-    // through the same pipeline (rules, retries, parking) as live events.
+/// Replay creates for what is missing or differs, deletes for what is extra (with
+/// `-delete`), through the same pipeline (rules, retries, parking) as live events, then
+/// check those files again.
+async fn repair(
+    setup: &Setup,
+    root: &str,
+    mode: Mode,
+    differences: &BTreeMap<String, Difference>,
+    to_repair: &BTreeMap<String, SourceFile>,
+    stop: &CancellationToken,
+) -> Result<(), AppError> {
+    let s = &setup.settings;
     let open = setup.sink().await?;
-    let Some(skip) = setup.connect(&open, &stop).await else {
-        return Ok(());
+    let Some(skip) = setup.connect(&open, stop).await else {
+        return Err(AppError::Interrupted("verify: interrupted".into()));
     };
     let pipeline = setup.pipeline(setup.rules(skip), open.sink, stop.clone());
-    let jobs = differences
-        .iter()
-        .map(|(rel, d)| {
-            let event = match (d, to_repair.get(rel)) {
-                (Difference::Extra { .. }, _) => delete_event(&format!("{root}/{rel}")),
-                (_, Some(f)) => create_event(&f.dir, &f.entry),
-                (_, None) => unreachable!("every other difference has its source file"),
-            };
-            let pipeline = pipeline.clone();
-            let rel = rel.clone();
-            async move {
-                let origin = Origin::Message {
-                    input: "verify",
-                    id: event.key.clone(),
-                };
-                (rel, pipeline.handle(&event, &origin).await)
+    let mut not_repaired: BTreeMap<String, String> = BTreeMap::new();
+    let origin = |key: &str| Origin::Message {
+        input: "verify",
+        id: key.to_string(),
+    };
+
+    // Deletes first: a create that puts a directory where an extra file was must not be
+    // undone by that file's delete.
+    let mut deletes = Vec::new();
+    for (rel, d) in differences {
+        if !matches!(d, Difference::Extra { .. }) {
+            continue;
+        }
+        if !mode.delete {
+            not_repaired.insert(rel.clone(), "extra; -delete removes it".into());
+            continue;
+        }
+        let path = format!("{root}/{rel}");
+        // Only a name that maps back onto itself: `a//b` on an object store would be
+        // read as `a/b`, a different (legitimate) file.
+        if crate::replicate::path::components(&path)
+            .map(|c| crate::replicate::path::join(&c))
+            .ok()
+            .as_deref()
+            != Some(path.as_str())
+        {
+            not_repaired.insert(rel.clone(), "its name is not a plain path".into());
+            continue;
+        }
+        // The source may have it by now (created since the walk).
+        match setup.source.lookup_entry(&path).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                not_repaired.insert(rel.clone(), "the source has it now".into());
+                continue;
             }
-        })
-        .collect::<Vec<_>>();
-    let mut done = futures::stream::iter(jobs).buffer_unordered(s.replicate.concurrency);
-    let mut replayed = Vec::new();
-    while let Some((rel, disposition)) = done.next().await {
-        if disposition == Disposition::Done {
-            replayed.push(rel);
+            Err(e) => {
+                not_repaired.insert(rel.clone(), format!("source lookup: {}", e.message()));
+                continue;
+            }
+        }
+        let pipeline = pipeline.clone();
+        let rel = rel.clone();
+        deletes.push(async move {
+            let event = delete_event(&path);
+            (rel, pipeline.handle(&event, &origin(&path)).await)
+        });
+    }
+    let concurrency = s.replicate.concurrency;
+    let mut done = futures::stream::iter(deletes).buffer_unordered(concurrency);
+    while let Some((rel, d)) = done.next().await {
+        if d != Disposition::Done {
+            not_repaired.insert(rel, format!("{d:?}"));
         }
     }
     drop(done);
-    // Check the repaired files again, from the sink's point of view.
+
+    // Creates, from the entry as the source has it now (it may have changed or gone
+    // since the walk; an old copy must not overwrite what the daemon wrote meanwhile).
+    let creates = to_repair.iter().map(|(rel, f)| {
+        let pipeline = pipeline.clone();
+        async move {
+            let path = format!("{}/{}", f.dir.trim_end_matches('/'), f.name);
+            let current = match setup.source.lookup_entry(&path).await {
+                Ok(Some(e)) => e,
+                Ok(None) => return (rel.clone(), Some("gone from the source".to_string())),
+                Err(e) => return (rel.clone(), Some(format!("source lookup: {}", e.message()))),
+            };
+            let event = create_event(&f.dir, &current);
+            match pipeline.handle(&event, &origin(&path)).await {
+                Disposition::Done => (rel.clone(), None),
+                d => (rel.clone(), Some(format!("{d:?}"))),
+            }
+        }
+    });
+    let mut done = futures::stream::iter(creates).buffer_unordered(concurrency);
+    while let Some((rel, why)) = done.next().await {
+        if let Some(why) = why {
+            not_repaired.insert(rel, why);
+        }
+    }
+    drop(done);
+
+    // Check the repaired files again, as the sink has them now.
     let open = setup.sink().await?;
     let listed: BTreeMap<String, u64> = open
         .sink
         .inventory()
         .await
-        .map_err(|e| AppError::Runtime(format!("verify: listing {what}: {e}")))?
+        .map_err(|e| AppError::Trouble(format!("verify: listing {}: {e}", open.sink.describe())))?
         .unwrap_or_default()
         .into_iter()
         .collect();
     let mut left = BTreeMap::new();
-    for (rel, d) in &differences {
+    for (rel, d) in differences {
         let now = match (d, to_repair.get(rel)) {
             (Difference::Extra { .. }, _) => {
                 listed.get(rel).map(|&size| Difference::Extra { size })
             }
             (_, Some(f)) => {
-                let size = crate::filer::content_size(&f.entry);
-                compare(
-                    &setup.source,
-                    open.sink.as_ref(),
-                    &f.entry,
-                    rel,
-                    size,
-                    listed.get(rel).copied(),
-                    size_only,
-                )
-                .await
+                let path = format!("{}/{}", f.dir.trim_end_matches('/'), f.name);
+                match setup.source.lookup_entry(&path).await {
+                    Ok(Some(entry)) => {
+                        let size = crate::filer::content_size(&entry);
+                        compare(
+                            &setup.source,
+                            open.sink.as_ref(),
+                            &entry,
+                            rel,
+                            size,
+                            listed.get(rel).copied(),
+                            mode.size_only,
+                        )
+                        .await
+                    }
+                    // Gone from the source since: a delete event will follow it.
+                    Ok(None) => None,
+                    Err(e) => Some(Difference::Unreadable {
+                        why: format!("source: {}", e.message()),
+                    }),
+                }
             }
             (_, None) => None,
         };
@@ -240,7 +374,7 @@ pub async fn run(
         "repaired {} of {} difference{}{}",
         differences.len() - left.len(),
         differences.len(),
-        if differences.len() == 1 { "" } else { "s" },
+        plural(differences.len()),
         if parked > 0 {
             format!("; {parked} parked in {}", s.replicate.parked_file.display())
         } else {
@@ -250,12 +384,21 @@ pub async fn run(
     if left.is_empty() {
         return Ok(());
     }
-    report(&left);
+    for (rel, d) in &left {
+        match not_repaired.get(rel) {
+            Some(why) => println!("  {d}  {rel}  [not repaired: {why}]"),
+            None => println!("  {d}  {rel}"),
+        }
+    }
     Err(AppError::Runtime(format!(
         "{} difference{} remain after repair",
         left.len(),
-        if left.len() == 1 { "" } else { "s" }
+        plural(left.len())
     )))
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 /// `path` (under `root`) as the sink names it, relative to the sink root.

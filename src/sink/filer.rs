@@ -399,29 +399,43 @@ impl Sink for FilerSink {
         let mut dirs = vec![(root.clone(), String::new())];
         while let Some((dir, rel)) = dirs.pop() {
             let listed = if dir.is_empty() { "/" } else { dir.as_str() };
-            let entries = match self.reader.list_dir(listed).await {
-                Ok(e) => e,
-                Err(s) if is_not_found(&s) && rel.is_empty() => break,
-                Err(s) => {
-                    return Err(SinkError::remote(
-                        "list",
-                        listed,
-                        &s,
-                        retryable_status(&s),
-                        crate::filer::status_is_outage(&s),
-                    ));
-                }
-            };
-            for e in entries {
-                let path = if rel.is_empty() {
-                    e.name.clone()
-                } else {
-                    format!("{rel}/{}", e.name)
+            // A page at a time: only names and sizes are kept, not whole entries.
+            let mut start = String::new();
+            loop {
+                let page = match self.reader.list_page(listed, &start).await {
+                    Ok(e) => e,
+                    // Not there (yet), or removed while the walk runs.
+                    Err(s) if is_not_found(&s) => Vec::new(),
+                    Err(s) => {
+                        return Err(SinkError::remote(
+                            "list",
+                            listed,
+                            &s,
+                            retryable_status(&s),
+                            crate::filer::status_is_outage(&s),
+                        ));
+                    }
                 };
-                if e.is_directory {
-                    dirs.push((format!("{dir}/{}", e.name), path));
-                } else {
-                    out.push((path, crate::filer::content_size(&e)));
+                let full = page.len() >= crate::filer::LIST_PAGE;
+                for e in page {
+                    let path = if rel.is_empty() {
+                        e.name.clone()
+                    } else {
+                        format!("{rel}/{}", e.name)
+                    };
+                    if e.is_directory {
+                        dirs.push((format!("{dir}/{}", e.name), path));
+                    } else if e
+                        .attributes
+                        .as_ref()
+                        .is_none_or(|a| a.symlink_target.is_empty())
+                    {
+                        out.push((path, crate::filer::content_size(&e)));
+                    }
+                    start = e.name;
+                }
+                if !full {
+                    break;
                 }
             }
         }

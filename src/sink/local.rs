@@ -319,9 +319,10 @@ fn walk_files(root: &Path) -> std::io::Result<Vec<(String, u64)>> {
     let mut out = Vec::new();
     let mut dirs = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, rel)) = dirs.pop() {
+        // Something removed while the walk runs (the daemon deleting it) is not there.
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound && rel.is_empty() => return Ok(out),
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
         for entry in entries {
@@ -335,7 +336,11 @@ fn walk_files(root: &Path) -> std::io::Result<Vec<(String, u64)>> {
             } else {
                 format!("{rel}/{name}")
             };
-            let meta = entry.metadata()?;
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             if meta.is_dir() {
                 dirs.push((entry.path(), path));
             } else if meta.is_file() {
@@ -352,19 +357,37 @@ impl Sink for LocalSink {
         format!("local directory {}", self.root.display())
     }
 
+    /// Creates nothing (a `check` against an unmounted mount point must not create the
+    /// directory on the root filesystem): the root, or the nearest directory above it
+    /// where it will be created, must be a writable directory.
     async fn probe(&self) -> Result<(), String> {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&root)?;
-            // Writable: a temp file comes and goes.
-            tempfile::Builder::new()
-                .prefix(TEMP_PREFIX)
-                .tempfile_in(&root)
-                .map(drop)
+            let mut dir = root.as_path();
+            loop {
+                match std::fs::metadata(dir) {
+                    Ok(m) if m.is_dir() => break,
+                    Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        dir = dir
+                            .parent()
+                            .ok_or_else(|| format!("no directory above {}", root.display()))?;
+                    }
+                    Err(e) => return Err(format!("{}: {e}", dir.display())),
+                }
+            }
+            use std::os::unix::ffi::OsStrExt;
+            let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+                .map_err(|_| format!("{} contains NUL", dir.display()))?;
+            // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(format!("{} is not writable: {e}", dir.display()));
+            }
+            Ok(())
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
     }
 
     async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
@@ -400,18 +423,16 @@ impl Sink for LocalSink {
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)?;
-            let mut hash = Sha256::new();
+            let mut hash = crate::filer::ContentHash::default();
             let mut buf = vec![0u8; 256 * 1024];
-            let mut n = 0u64;
             loop {
                 let k = std::io::Read::read(&mut f, &mut buf)?;
                 if k == 0 {
                     break;
                 }
                 hash.update(&buf[..k]);
-                n += k as u64;
             }
-            Ok::<_, std::io::Error>((n, hash.finalize().into()))
+            Ok::<_, std::io::Error>(hash.finish())
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))

@@ -240,17 +240,13 @@ pub async fn digest_download(
     resp: reqwest::Response,
 ) -> Result<(u64, [u8; 32]), SinkError> {
     use futures::StreamExt;
-    use sha2::Digest;
     let resp = ok_status(op, key, resp).await?;
-    let mut hash = sha2::Sha256::new();
-    let mut len = 0u64;
+    let mut hash = crate::filer::ContentHash::default();
     let mut body = resp.bytes_stream();
     while let Some(piece) = body.next().await {
-        let piece = piece.map_err(|e| SinkError::http(op, key, e))?;
-        len += piece.len() as u64;
-        hash.update(&piece);
+        hash.update(&piece.map_err(|e| SinkError::http(op, key, e))?);
     }
-    Ok((len, hash.finalize().into()))
+    Ok(hash.finish())
 }
 
 /// Percent-encode `s` for a URL path or query, leaving unreserved characters (and `/`

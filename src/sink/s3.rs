@@ -421,7 +421,6 @@ impl Sink for S3Sink {
     }
 
     async fn digest(&self, rel: &str) -> Result<(u64, [u8; 32]), SinkError> {
-        use sha2::Digest;
         let key = format!("{}{rel}", super::object_prefix(&self.opts.directory));
         let object = self
             .client
@@ -432,17 +431,15 @@ impl Sink for S3Sink {
             .await
             .map_err(|e| sdk_err("get object", &key, e))?;
         let mut body = object.body;
-        let mut hash = sha2::Sha256::new();
-        let mut len = 0u64;
+        let mut hash = crate::filer::ContentHash::default();
         while let Some(piece) = body
             .try_next()
             .await
             .map_err(|e| SinkError::remote("get object", &key, e, true, false))?
         {
-            len += piece.len() as u64;
             hash.update(&piece);
         }
-        Ok((len, hash.finalize().into()))
+        Ok(hash.finish())
     }
 
     fn describe(&self) -> String {

@@ -205,6 +205,11 @@ pub async fn run(
             _ = tokio::time::sleep(idle_after) => {
                 wait_while_idle(&consumer, &tpl, &cfg.topic, &partitions, &next, &marks, &stop).await;
                 idle_after = RESUME_GRACE;
+                let answered = crate::metrics::get().is_up(crate::metrics::Component::Input);
+                if answered == Some(true) && let Some(since) = problems.values().min() {
+                    tracing::info!(down_for = ?since.elapsed(), "kafka working again");
+                    problems.clear();
+                }
                 continue;
             }
         };
@@ -252,7 +257,8 @@ pub async fn run(
         let _ = w.await;
     }
     let _ = saver.await;
-    let _ = lag.await;
+    // Its watermark requests may wait seconds on a broker that is away; shutdown does not.
+    lag.abort();
     match book.save_if_dirty() {
         Ok(_) => {
             tracing::info!(offsets = ?book.snapshot(), file = %cfg.offset_file.display(), "offsets saved")
@@ -292,18 +298,16 @@ async fn wait_while_idle(
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(IDLE_CHECK) => {}
         }
-        let (c, t, ps) = (consumer.clone(), topic.to_string(), partitions.to_vec());
-        let marks = tokio::task::spawn_blocking(move || {
-            ps.iter()
-                .map(|&p| (p, c.fetch_watermarks(&t, p, Duration::from_secs(5))))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
+        let marks = fetch_watermarks(consumer, topic, partitions).await;
         for (p, m) in &marks {
             if let Ok((low, high)) = m {
                 watermarks.set(*p, *low, *high);
             }
+        }
+        // The broker answers: the input is up, even on a topic too quiet for a message
+        // to say so.
+        if marks.iter().any(|(_, m)| m.is_ok()) {
+            crate::metrics::get().set_up(crate::metrics::Component::Input, true);
         }
         let news = marks.iter().any(|(p, m)| match m {
             Ok((low, high)) => *high > next.get(p).copied().unwrap_or(*low),
@@ -434,6 +438,22 @@ impl Watermarks {
     }
 }
 
+/// Each partition's (low, high) watermarks, asked of the broker (off the runtime threads).
+async fn fetch_watermarks(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    partitions: &[i32],
+) -> Vec<(i32, rdkafka::error::KafkaResult<(i64, i64)>)> {
+    let (c, t, ps) = (consumer.clone(), topic.to_string(), partitions.to_vec());
+    tokio::task::spawn_blocking(move || {
+        ps.iter()
+            .map(|&p| (p, c.fetch_watermarks(&t, p, Duration::from_secs(5))))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// Ask for each partition's watermarks every `WATERMARK_INTERVAL` until `stop`.
 async fn watermark_loop(
     consumer: Arc<StreamConsumer>,
@@ -443,15 +463,7 @@ async fn watermark_loop(
     stop: CancellationToken,
 ) {
     loop {
-        let (c, t, ps) = (consumer.clone(), topic.clone(), partitions.clone());
-        let found = tokio::task::spawn_blocking(move || {
-            ps.iter()
-                .map(|&p| (p, c.fetch_watermarks(&t, p, Duration::from_secs(5))))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (p, m) in found {
+        for (p, m) in fetch_watermarks(&consumer, &topic, &partitions).await {
             if let Ok((low, high)) = m {
                 marks.set(p, low, high);
             }

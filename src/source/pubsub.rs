@@ -75,8 +75,9 @@ fn api_error(status: u16, body: &Value) -> String {
     )
 }
 
-/// One attempt to reach the subscription (`replicate check`): what was found.
-pub async fn probe(cfg: &PubSubSettings, http: reqwest::Client) -> Result<String, String> {
+/// The API client (the emulator's when `PUBSUB_EMULATOR_HOST` is set) and the
+/// subscription's resource name.
+fn connect(cfg: &PubSubSettings, http: reqwest::Client) -> Result<(Client, String), String> {
     let emulator = std::env::var("PUBSUB_EMULATOR_HOST")
         .ok()
         .filter(|h| !h.is_empty());
@@ -92,6 +93,12 @@ pub async fn probe(cfg: &PubSubSettings, http: reqwest::Client) -> Result<String
         "projects/{}/subscriptions/{}",
         cfg.project_id, cfg.subscription
     );
+    Ok((client, sub))
+}
+
+/// One attempt to reach the subscription (`replicate check`): what was found.
+pub async fn probe(cfg: &PubSubSettings, http: reqwest::Client) -> Result<String, String> {
+    let (client, sub) = connect(cfg, http)?;
     match client.call(reqwest::Method::GET, &sub, None).await? {
         (200, _) => Ok(format!("Pub/Sub subscription {sub}")),
         (404, _) if !cfg.topic.is_empty() => Ok(format!(
@@ -110,21 +117,7 @@ pub async fn run(
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) -> Result<(), String> {
-    let emulator = std::env::var("PUBSUB_EMULATOR_HOST")
-        .ok()
-        .filter(|h| !h.is_empty());
-    let base = match &emulator {
-        Some(h) if h.starts_with("http") => h.trim_end_matches('/').to_string(),
-        Some(h) => format!("http://{h}"),
-        None => "https://pubsub.googleapis.com".to_string(),
-    };
-    let auth = GoogleAuth::new(&cfg.credentials, emulator.is_some(), SCOPE, http.clone())
-        .map_err(|e| e.to_string())?;
-    let client = Client { http, base, auth };
-    let sub = format!(
-        "projects/{}/subscriptions/{}",
-        cfg.project_id, cfg.subscription
-    );
+    let (client, sub) = connect(cfg, http)?;
     if !ensure_subscription(&client, cfg, &sub, &stop).await {
         return Ok(());
     }

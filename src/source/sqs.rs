@@ -165,8 +165,6 @@ async fn receive(
     }
 }
 
-/// The queue URL: known from a gocdk URL, else `GetQueueUrl`, waiting (and saying why)
-/// while the queue is missing or SQS unreachable. `None` if `stop` fires first.
 /// One attempt to reach the queue (`replicate check`): what was found.
 pub async fn probe(cfg: &SqsSettings) -> Result<String, String> {
     let shared = crate::aws::sdk_config(
@@ -209,6 +207,8 @@ pub async fn probe(cfg: &SqsSettings) -> Result<String, String> {
     ))
 }
 
+/// The queue URL: known from a gocdk URL, else `GetQueueUrl`, waiting (and saying why)
+/// while the queue is missing or SQS unreachable. `None` if `stop` fires first.
 async fn queue_url(client: &Client, cfg: &SqsSettings, stop: &CancellationToken) -> Option<String> {
     if !cfg.queue_url.is_empty() {
         return Some(cfg.queue_url.clone());

@@ -13,7 +13,7 @@ use super::process;
 use crate::config::settings::SubscribeSettings;
 use crate::event::RawEvent;
 use crate::filer::{FilerSource, status_is_outage};
-use crate::pb::{self, EventNotification};
+use crate::pb;
 use crate::pipeline::{Disposition, Origin, Pipeline};
 use crate::retry::Retry;
 use prost::Message;
@@ -367,74 +367,31 @@ async fn snapshot(
     stop: &CancellationToken,
     hard_stop: &CancellationToken,
 ) -> bool {
-    let mut queue = std::collections::VecDeque::from([directory.to_string()]);
+    // Excluded directories are walked too: the rules skip their entries, as for events.
+    let mut tree = crate::filer::tree::SourceTree::new(source, directory, &[], true);
     let mut count = 0u64;
-    while let Some(dir) = queue.pop_front() {
-        let mut start = String::new();
-        loop {
-            let Some(page) = list_page(source, &dir, &start, stop).await else {
-                return false;
-            };
-            let Some(last) = page.last() else { break };
-            start = last.name.clone();
-            let full = page.len() == crate::filer::LIST_PAGE;
-            for entry in page {
-                let path = format!("{}/{}", dir.trim_end_matches('/'), entry.name);
-                if entry.is_directory {
-                    queue.push_back(path.clone());
-                }
-                let event = RawEvent {
-                    key: path,
-                    payload: EventNotification {
-                        new_entry: Some(entry),
-                        new_parent_path: dir.clone(),
-                        ..Default::default()
-                    }
-                    .encode_to_vec()
-                    .into(),
-                };
-                let origin = Origin::Log { ts_ns: 0 };
-                match process(pipeline, &event, &origin, hard_stop).await {
-                    Some(Disposition::Done | Disposition::Held) => count += 1,
-                    Some(Disposition::Stop | Disposition::Abandoned) | None => return false,
-                }
-            }
-            if !full {
-                break;
+    // A patient walk ends only at its end or when stopped.
+    while let Ok(Some(page)) = tree.next(stop).await {
+        for entry in page.entries {
+            let event = crate::ops::create_event(&page.dir, &entry);
+            let origin = Origin::Log { ts_ns: 0 };
+            match process(pipeline, &event, &origin, hard_stop).await {
+                Some(Disposition::Done | Disposition::Held) => count += 1,
+                Some(Disposition::Stop | Disposition::Abandoned) | None => return false,
             }
         }
+    }
+    if stop.is_cancelled() {
+        return false;
     }
     tracing::info!(entries = count, "initial snapshot done");
     true
 }
 
-/// One page (up to 1024 entries, after `start`) of a directory listing, waiting out an
-/// unreachable filer; `None` if `stop` fires first.
-pub async fn list_page(
-    source: &FilerSource,
-    dir: &str,
-    start: &str,
-    stop: &CancellationToken,
-) -> Option<Vec<pb::Entry>> {
-    let mut retry = Retry::default();
-    loop {
-        match source.list_page(dir, start).await {
-            Ok(page) => {
-                retry.succeeded();
-                return Some(page);
-            }
-            Err(e) => {
-                if !retry.wait(&format!("listing {dir} failed"), &e, stop).await {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pb::EventNotification;
 
     #[test]
     fn keys_and_batches() {

@@ -199,9 +199,19 @@ pub async fn queue_suite(bed: &TestBed, queue: &dyn Queue) {
         &held_root,
         "[replicate]\non_failure = \"hold\"\nevent_deadline_seconds = 1\n",
     );
-    // The sink root is a file for now, so every write fails (retryably).
-    std::fs::write(&held_root, b"in the way").unwrap();
     let rep = Replicator::start_with_env(&held, &env);
+    // Once it has started (start-up waits for a usable sink root), the root becomes a
+    // file, so every write fails (retryably).
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            std::fs::read_to_string(held.log()).is_ok_and(|l| l.contains("reachable"))
+        })
+        .await,
+        "{}",
+        tail(&held.log(), 20)
+    );
+    let _ = std::fs::remove_dir_all(&held_root);
+    std::fs::write(&held_root, b"in the way").unwrap();
     bed.upload("/data/blocked/x.txt", b"delivered again", "")
         .await;
     relay.forward().await;

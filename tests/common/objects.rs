@@ -239,7 +239,7 @@ pub async fn conformance(bed: &TestBed, stores: Vec<StoreUnderTest>) {
             "{}: {out}",
             s.label
         );
-        let o = replicate_in(w.path(), &["verify", "-repair", "-size-only"]);
+        let o = replicate_in(w.path(), &["verify", "-repair", "-delete", "-size-only"]);
         assert!(
             o.status.success() && output(&o).contains("repaired 2 of 2 differences"),
             "{}: {}",

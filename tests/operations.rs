@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -17,6 +18,21 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Wait until `/readyz` answers `status` with a body containing `says`.
+async fn readyz_becomes(base: &str, status: u16, says: &str, timeout: Duration, log: &Path) {
+    let http = reqwest::Client::new();
+    let url = format!("{base}/readyz");
+    assert!(
+        eventually(timeout, || async {
+            matches!(get(&http, &url).await, Some((s, body)) if s == status && body.contains(says))
+        })
+        .await,
+        "/readyz never answered {status} with {says:?}: {:?}\n{}",
+        get(&http, &url).await,
+        tail(log, 30)
+    );
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, String)> {
@@ -68,26 +84,10 @@ async fn metrics_health_and_progress_follow_replication() {
         "/healthz never answered: {}",
         tail(&work.log(), 20)
     );
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            matches!(get(&http, &format!("{base}/readyz")).await,
-                Some((503, body)) if body.contains("input: down") && body.contains("started: yes"))
-        })
-        .await,
-        "/readyz did not report the input down: {:?}\n{}",
-        get(&http, &format!("{base}/readyz")).await,
-        tail(&work.log(), 20)
-    );
+    let minute = Duration::from_secs(60);
+    readyz_becomes(&base, 503, "started: yes\ninput: down", minute, &work.log()).await;
     bed.start_broker();
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            matches!(get(&http, &format!("{base}/readyz")).await, Some((200, _)))
-        })
-        .await,
-        "/readyz not ready after the broker came back: {:?}\n{}",
-        get(&http, &format!("{base}/readyz")).await,
-        tail(&work.log(), 30)
-    );
+    readyz_becomes(&base, 200, "input: up", minute, &work.log()).await;
     assert_converges(&bed, "/data", &[], &root, &work.log()).await;
 
     // A message that is not an event is parked and counted as such.
@@ -182,26 +182,9 @@ async fn metrics_health_and_progress_follow_replication() {
     // The broker going away later, on a quiet topic, makes the process unready; its
     // return makes it ready again, though no message arrives to say so.
     bed.stop_broker();
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            matches!(get(&http, &format!("{base}/readyz")).await,
-                Some((503, body)) if body.contains("input: down"))
-        })
-        .await,
-        "/readyz did not notice the broker leaving: {:?}\n{}",
-        get(&http, &format!("{base}/readyz")).await,
-        tail(&work.log(), 20)
-    );
+    readyz_becomes(&base, 503, "input: down", minute, &work.log()).await;
     bed.start_broker();
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            matches!(get(&http, &format!("{base}/readyz")).await, Some((200, _)))
-        })
-        .await,
-        "/readyz not ready again on a quiet topic: {:?}\n{}",
-        get(&http, &format!("{base}/readyz")).await,
-        tail(&work.log(), 30)
-    );
+    readyz_becomes(&base, 200, "input: up", minute, &work.log()).await;
     let (status, _) = rep.stop();
     assert!(status.success());
 }

@@ -33,15 +33,7 @@ pub async fn run(
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) {
-    let shared = crate::aws::sdk_config(
-        &cfg.region,
-        &cfg.access_key_id,
-        &cfg.secret_access_key,
-        &cfg.endpoint,
-        "notification.toml",
-    )
-    .await;
-    let client = Client::new(&shared);
+    let client = client(cfg).await;
     let Some(url) = queue_url(&client, cfg, &stop).await else {
         return;
     };
@@ -165,8 +157,8 @@ async fn receive(
     }
 }
 
-/// One attempt to reach the queue (`replicate check`): what was found.
-pub async fn probe(cfg: &SqsSettings) -> Result<String, String> {
+/// The SQS client for `[notification.aws_sqs]`.
+async fn client(cfg: &SqsSettings) -> Client {
     let shared = crate::aws::sdk_config(
         &cfg.region,
         &cfg.access_key_id,
@@ -175,7 +167,12 @@ pub async fn probe(cfg: &SqsSettings) -> Result<String, String> {
         "notification.toml",
     )
     .await;
-    let client = Client::new(&shared);
+    Client::new(&shared)
+}
+
+/// One attempt to reach the queue (`replicate check`): what was found.
+pub async fn probe(cfg: &SqsSettings) -> Result<String, String> {
+    let client = client(cfg).await;
     let url = if cfg.queue_url.is_empty() {
         client
             .get_queue_url()

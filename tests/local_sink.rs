@@ -721,3 +721,48 @@ async fn older_formats_long_names_replays_and_incremental_sink() {
     assert!(inc_root.join(&day).join("new-name.bin").exists());
     inc_rep.stop();
 }
+
+/// The same kind of tree through the second Kafka-protocol broker (tansu), on three
+/// partitions: a backlog, then changes while it runs (renames of files and directories,
+/// deletes), converging byte for byte, with an offset saved for every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_through_the_second_broker_on_three_partitions() {
+    let bed = TestBed::start(BedOptions {
+        partitions: 3,
+        broker: "tansu",
+        ..Default::default()
+    });
+    for i in 0..30u64 {
+        bed.upload(
+            &format!("/data/d{}/f{i}.bin", i % 4),
+            &bytes(200 + i, 1000 + i as usize * 50),
+            "",
+        )
+        .await;
+    }
+    bed.upload(
+        "/data/big/multi.bin",
+        &bytes(9, 3 * 1024 * 1024 + 1),
+        "maxMB=1",
+    )
+    .await;
+    let sink = tempfile::tempdir().unwrap();
+    let root = sink.path().join("root");
+    let work = Workdir::new(&bed, "/data", &root, "");
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+
+    bed.mv("/data/d1", "/data/moved").await;
+    bed.mv("/data/d2/f2.bin", "/data/d3/renamed.bin").await;
+    bed.delete("/data/d0", true).await;
+    bed.upload("/data/d3/f3.bin", b"overwritten", "").await;
+    bed.upload("/data/late.txt", b"after the renames", "").await;
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    assert!(!root.join("d1").exists() && root.join("moved").is_dir());
+
+    let (status, _) = rep.stop();
+    assert!(status.success(), "{}", tail(&work.log(), 20));
+    let offsets = work.offsets();
+    let saved = offsets["partitionOffsets"].as_object().unwrap();
+    assert_eq!(saved.len(), 3, "an offset per partition: {offsets}");
+}

@@ -313,6 +313,35 @@ fn is_upload_part(key: &SinkKey) -> bool {
     key.full.ends_with(".part") && key.full.contains("/.uploads/")
 }
 
+/// Move everything in directory `from` into directory `to`, then remove `from`. Where
+/// both hold a name, directories are merged the same way and otherwise the newer entry
+/// (by mtime) stays, the target on a tie: what is already at the target was written by
+/// an event at least as recent. Symlinks are moved or replaced, never followed.
+fn merge_into(from: &Path, to: &Path) -> std::io::Result<()> {
+    for child in std::fs::read_dir(from)? {
+        let child = child?;
+        let src = child.path();
+        let dst = to.join(child.file_name());
+        let src_meta = std::fs::symlink_metadata(&src)?;
+        match std::fs::symlink_metadata(&dst) {
+            Err(e) if e.kind() == ErrorKind::NotFound => std::fs::rename(&src, &dst)?,
+            Err(e) => return Err(e),
+            Ok(dst_meta) if dst_meta.is_dir() && src_meta.is_dir() => merge_into(&src, &dst)?,
+            Ok(dst_meta) => {
+                if src_meta.modified()? > dst_meta.modified()? {
+                    if dst_meta.is_dir() {
+                        std::fs::remove_dir_all(&dst)?;
+                    } else {
+                        std::fs::remove_file(&dst)?;
+                    }
+                    std::fs::rename(&src, &dst)?;
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(from)
+}
+
 /// Every regular file under `root` (symlinks are listed neither as files nor followed),
 /// skipping our own leftover temp files.
 fn walk_files(root: &Path) -> std::io::Result<Vec<(String, u64)>> {
@@ -542,6 +571,15 @@ impl Sink for LocalSink {
         // rename(2) replaces a file by a file atomically, but cannot replace a non-empty
         // directory, nor a file by a directory; the source has replaced whatever was there.
         match std::fs::symlink_metadata(&to) {
+            // A directory renamed onto one the sink already has: on a topic with several
+            // partitions its children's own rename events (keyed by their paths, so on other
+            // partitions) may have been applied first and built the target. Replacing it
+            // would lose them; the two are merged instead.
+            Ok(m) if m.is_dir() && from_meta.is_dir() => {
+                merge_into(&from, &to).map_err(io_err("merge directory", new))?;
+                self.create_entry(new, entry, &[]).await?;
+                return Ok(true);
+            }
             Ok(m) if m.is_dir() => {
                 std::fs::remove_dir_all(&to).map_err(io_err("replace directory", new))?
             }
@@ -560,6 +598,33 @@ impl Sink for LocalSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_moved_onto_one_merges_keeping_the_newer_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let (from, to) = (d.path().join("from"), d.path().join("to"));
+        std::fs::create_dir_all(from.join("sub")).unwrap();
+        std::fs::create_dir_all(to.join("sub")).unwrap();
+        std::fs::write(from.join("only-old"), "a").unwrap();
+        std::fs::write(from.join("sub/deep"), "b").unwrap();
+        std::fs::write(from.join("both"), "stale").unwrap();
+        std::fs::write(to.join("both"), "current").unwrap();
+        std::fs::write(to.join("only-new"), "c").unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        std::fs::File::options()
+            .write(true)
+            .open(from.join("both"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        merge_into(&from, &to).unwrap();
+        assert!(!from.exists());
+        let read = |p: &str| std::fs::read_to_string(to.join(p)).unwrap();
+        assert_eq!(read("only-old"), "a");
+        assert_eq!(read("sub/deep"), "b");
+        assert_eq!(read("both"), "current");
+        assert_eq!(read("only-new"), "c");
+    }
 
     #[test]
     fn long_names_map_deterministically_within_limit() {

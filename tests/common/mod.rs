@@ -35,6 +35,8 @@ pub struct BedOptions {
     pub notification_toml: Option<String>,
     /// Environment for weed (e.g. `PUBSUB_EMULATOR_HOST`).
     pub env: Vec<(String, String)>,
+    /// The Kafka-protocol broker: `noida` (the default) or `tansu`.
+    pub broker: &'static str,
 }
 
 impl Default for BedOptions {
@@ -45,6 +47,7 @@ impl Default for BedOptions {
             weed_args: String::new(),
             notification_toml: None,
             env: Vec::new(),
+            broker: "noida",
         }
     }
 }
@@ -66,7 +69,8 @@ impl TestBed {
         cmd.arg(script())
             .arg("start")
             .arg(dir.path())
-            .env("PARTITIONS", opts.partitions.to_string());
+            .env("PARTITIONS", opts.partitions.to_string())
+            .env("BROKER", opts.broker);
         if let Some(sec) = &opts.security_toml {
             let p = dir.path().join("weed-security.toml");
             std::fs::write(&p, sec).unwrap();

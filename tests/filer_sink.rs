@@ -356,3 +356,40 @@ async fn target_outage_is_waited_out_not_parked() {
     let (status, _) = rep.stop();
     assert!(status.success());
 }
+
+/// Folder to folder through tansu on three partitions: a directory's rename and its
+/// children's renames land on different partitions and may apply in either order; the
+/// target converges either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_renames_converge_across_partitions() {
+    let a = TestBed::start(BedOptions {
+        partitions: 3,
+        broker: "tansu",
+        ..Default::default()
+    });
+    for i in 0..24u64 {
+        a.upload(
+            &format!("/data/d{}/f{i}.bin", i % 3),
+            &bytes(300 + i, 700),
+            "",
+        )
+        .await;
+    }
+    let work = Workdir::filer(&a, "/data", &a, "/backup", "");
+    let rep = Replicator::start(&work);
+    a.assert_same_tree("/data", &a, "/backup", &[], &work.log())
+        .await;
+    a.mv("/data/d1", "/data/moved").await;
+    a.mv("/data/d2", "/data/d0/inner").await;
+    a.upload("/data/moved/f1.bin", b"rewritten after the move", "")
+        .await;
+    a.assert_same_tree("/data", &a, "/backup", &[], &work.log())
+        .await;
+    let (status, _) = rep.stop();
+    assert!(status.success(), "{}", tail(&work.log(), 20));
+    assert!(
+        !work.path().join("replicate.parked.jsonl").exists(),
+        "{}",
+        tail(&work.log(), 20)
+    );
+}

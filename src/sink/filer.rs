@@ -376,6 +376,93 @@ impl FilerSink {
     }
 }
 
+impl FilerSink {
+    /// Move what directory `old` holds into directory `new` on the target, then delete
+    /// `old`. Where both hold a name, directories merge the same way and otherwise the
+    /// entry with the newer mtime stays (the target's on a tie: it was written by an event
+    /// at least as recent).
+    fn merge_into<'a>(
+        &'a self,
+        old: String,
+        new: String,
+        signatures: &'a [i32],
+    ) -> futures::future::BoxFuture<'a, Result<(), tonic::Status>> {
+        Box::pin(async move {
+            let mut start = String::new();
+            loop {
+                let page = self.reader.list_page(&old, &start).await?;
+                let full = page.len() >= crate::filer::LIST_PAGE;
+                for child in page {
+                    start = child.name.clone();
+                    let target = format!("{new}/{}", child.name);
+                    let existing = self.reader.lookup_entry(&target).await?;
+                    let replace = match &existing {
+                        None => true,
+                        Some(e) if e.is_directory && child.is_directory => {
+                            self.merge_into(format!("{old}/{}", child.name), target, signatures)
+                                .await?;
+                            continue;
+                        }
+                        Some(e) => mtime_ns(&child) > mtime_ns(e),
+                    };
+                    if !replace {
+                        continue;
+                    }
+                    if existing.is_some() {
+                        self.remove(&new, &child.name, signatures).await?;
+                    }
+                    let request = pb::AtomicRenameEntryRequest {
+                        old_directory: old.clone(),
+                        old_name: child.name.clone(),
+                        new_directory: new.clone(),
+                        new_name: child.name.clone(),
+                        signatures: signatures.to_vec(),
+                    };
+                    self.target.clone().atomic_rename_entry(request).await?;
+                }
+                if !full {
+                    break;
+                }
+            }
+            let (directory, name) = split(&old);
+            self.remove(&directory, &name, signatures).await
+        })
+    }
+
+    /// Delete `directory/name` and everything under it on the target, with its data (the
+    /// data of a replicated entry belongs to this sink). An error the filer reports in its
+    /// answer comes back as an `Internal` status.
+    async fn remove(
+        &self,
+        directory: &str,
+        name: &str,
+        signatures: &[i32],
+    ) -> Result<(), tonic::Status> {
+        let request = pb::DeleteEntryRequest {
+            directory: directory.to_string(),
+            name: name.to_string(),
+            is_delete_data: true,
+            is_recursive: true,
+            ignore_recursive_error: true,
+            is_from_other_cluster: true,
+            signatures: signatures.to_vec(),
+            ..Default::default()
+        };
+        let error = self
+            .target
+            .clone()
+            .delete_entry(request)
+            .await?
+            .into_inner()
+            .error;
+        if error.is_empty() || is_not_found_text(&error) {
+            Ok(())
+        } else {
+            Err(tonic::Status::internal(error))
+        }
+    }
+}
+
 #[async_trait]
 impl Sink for FilerSink {
     fn describe(&self) -> String {
@@ -593,26 +680,8 @@ impl Sink for FilerSink {
     ) -> Result<(), SinkError> {
         super::refuse_root(key, "delete")?;
         let (directory, name) = split(&key.full);
-        // The data of a replicated entry belongs to this sink: always delete it.
-        let request = pb::DeleteEntryRequest {
-            directory,
-            name,
-            is_delete_data: true,
-            is_recursive: true,
-            ignore_recursive_error: true,
-            is_from_other_cluster: true,
-            signatures: signatures.to_vec(),
-            ..Default::default()
-        };
-        match self.target.clone().delete_entry(request).await {
-            Ok(r) => {
-                let error = r.into_inner().error;
-                if error.is_empty() || is_not_found_text(&error) {
-                    Ok(())
-                } else {
-                    Err(remote_err("delete entry", key, error, true))
-                }
-            }
+        match self.remove(&directory, &name, signatures).await {
+            Ok(()) => Ok(()),
             Err(s) if is_not_found(&s) => Ok(()),
             Err(s) => Err(rpc_err("delete entry", key, s)),
         }
@@ -636,15 +705,27 @@ impl Sink for FilerSink {
             new_name,
             signatures: signatures.to_vec(),
         };
-        match self.target.clone().atomic_rename_entry(request).await {
-            Ok(_) => Ok(true),
+        let refused = match self.target.clone().atomic_rename_entry(request).await {
+            Ok(_) => return Ok(true),
+            Err(s) => s,
+        };
+        let Some(from) = self.lookup(old).await? else {
             // Already moved (a directory rename moved this child), or never replicated:
             // the caller creates the new path, which is skipped if it is already current.
-            Err(s) if self.lookup(old).await?.is_none() => {
-                tracing::debug!(key = %old.full, error = %s, "rename source gone on the target; creating instead");
-                Ok(false)
+            tracing::debug!(key = %old.full, error = %refused, "rename source gone on the target; creating instead");
+            return Ok(false);
+        };
+        // A directory renamed onto one the target already has (the filer refuses: "fail to
+        // delete non-empty folder"): on a topic with several partitions the children's own
+        // renames, keyed by their paths, may have been applied first. Merge the two.
+        match self.lookup(new).await? {
+            Some(to) if to.is_directory && from.is_directory => {
+                self.merge_into(old.full.clone(), new.full.clone(), signatures)
+                    .await
+                    .map_err(|s| rpc_err("merge directory", new, s))?;
+                Ok(true)
             }
-            Err(s) => Err(rpc_err("rename", old, s)),
+            _ => Err(rpc_err("rename", old, refused)),
         }
     }
 }

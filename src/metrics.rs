@@ -17,7 +17,9 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-type Labels = Vec<(&'static str, String)>;
+/// Label sets: fixed names and values (no allocation per event), or a topic and partition.
+type Static<const N: usize> = [(&'static str, &'static str); N];
+type PartitionLabels = [(&'static str, String); 2];
 
 /// The current lag per partition.
 pub type LagSource = Box<dyn Fn() -> Vec<(i32, i64)> + Send + Sync>;
@@ -43,25 +45,27 @@ impl Component {
             Component::Sink => "sink",
         }
     }
+
+    /// Its slot in [`Metrics::state`].
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 pub struct Metrics {
     registry: Registry,
-    events: Family<Labels, Counter>,
+    events: Family<Static<2>, Counter>,
     bytes: Counter,
     retries: Counter,
     parked: Counter,
     in_flight: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
-    lag: Family<Labels, Gauge>,
-    up: Family<Labels, Gauge>,
+    lag: Family<PartitionLabels, Gauge>,
+    up: Family<Static<1>, Gauge>,
     /// Events taken from the input and not finished, by a rising id, with when each was
     /// taken: the first is the oldest.
     pending: Mutex<BTreeMap<u64, Instant>>,
     next_id: AtomicU64,
-    /// The sum of the per-partition lag, and whether any is known.
-    lag_total: AtomicI64,
-    lag_known: AtomicBool,
     /// Computes the current per-partition lag of a topic (the Kafka input registers it).
     lag_source: Mutex<Option<(String, LagSource)>>,
     /// Start-up finished (the sink and the filers answered; READY was sent).
@@ -85,7 +89,7 @@ pub fn get_copied() -> u64 {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("replicate");
-        let events = Family::<Labels, Counter>::default();
+        let events = Family::<Static<2>, Counter>::default();
         registry.register(
             "events",
             "Events taken from the input, by kind (create, update, delete, rename, invalid) and outcome (replicated, skipped, parked, held, bad_message)",
@@ -121,13 +125,13 @@ impl Metrics {
             "How long the oldest event taken from the input and not yet finished has waited (0 when none is)",
             oldest_age.clone(),
         );
-        let lag = Family::<Labels, Gauge>::default();
+        let lag = Family::<PartitionLabels, Gauge>::default();
         registry.register(
             "kafka_partition_lag",
             "Messages in the partition after the committed offset (newest offset minus committed)",
             lag.clone(),
         );
-        let up = Family::<Labels, Gauge>::default();
+        let up = Family::<Static<1>, Gauge>::default();
         registry.register(
             "up",
             "Whether the input, the source cluster and the sink are reachable (1) or not (0)",
@@ -145,8 +149,6 @@ impl Metrics {
             up,
             pending: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
-            lag_total: AtomicI64::new(0),
-            lag_known: AtomicBool::new(false),
             lag_source: Mutex::new(None),
             started: AtomicBool::new(false),
             state: [AtomicI64::new(-1), AtomicI64::new(-1), AtomicI64::new(-1)],
@@ -156,10 +158,7 @@ impl Metrics {
     /// One event finished with `outcome`.
     pub fn event(&self, kind: &'static str, outcome: &'static str) {
         self.events
-            .get_or_create(&vec![
-                ("kind", kind.to_string()),
-                ("outcome", outcome.to_string()),
-            ])
+            .get_or_create(&[("kind", kind), ("outcome", outcome)])
             .inc();
         if outcome == "parked" {
             self.parked.inc();
@@ -201,23 +200,15 @@ impl Metrics {
     }
 
     pub fn set_up(&self, component: Component, up: bool) {
-        let i = Component::ALL
-            .iter()
-            .position(|c| *c == component)
-            .unwrap_or(0);
-        self.state[i].store(i64::from(up), Ordering::Relaxed);
+        self.state[component.index()].store(i64::from(up), Ordering::Relaxed);
         self.up
-            .get_or_create(&vec![("component", component.name().to_string())])
+            .get_or_create(&[("component", component.name())])
             .set(i64::from(up));
     }
 
     /// `Some(up)` once the component's state is known.
     pub fn is_up(&self, component: Component) -> Option<bool> {
-        let i = Component::ALL
-            .iter()
-            .position(|c| *c == component)
-            .unwrap_or(0);
-        match self.state[i].load(Ordering::Relaxed) {
+        match self.state[component.index()].load(Ordering::Relaxed) {
             -1 => None,
             v => Some(v == 1),
         }
@@ -228,19 +219,15 @@ impl Metrics {
     }
 
     /// Kafka lag per partition of `topic`.
-    pub fn set_lag(&self, topic: &str, lag: &[(i32, i64)]) {
-        let mut total = 0;
+    fn set_lag(&self, topic: &str, lag: &[(i32, i64)]) {
         for &(partition, n) in lag {
             self.lag
-                .get_or_create(&vec![
+                .get_or_create(&[
                     ("topic", topic.to_string()),
                     ("partition", partition.to_string()),
                 ])
                 .set(n);
-            total += n;
         }
-        self.lag_total.store(total, Ordering::Relaxed);
-        self.lag_known.store(true, Ordering::Relaxed);
     }
 
     /// Where the lag of `topic` comes from: called at each scrape and progress line.
@@ -249,28 +236,23 @@ impl Metrics {
             Some((topic.to_string(), source));
     }
 
-    fn refresh_lag(&self) {
-        let guard = self.lag_source.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((topic, source)) = guard.as_ref() {
-            let lag = source();
-            if !lag.is_empty() {
-                self.set_lag(topic, &lag);
-            }
-        }
-    }
-
-    /// The summed Kafka lag, if known.
+    /// The summed Kafka lag, if known, after updating the per-partition gauges from the
+    /// registered source.
     pub fn lag(&self) -> Option<i64> {
-        self.refresh_lag();
-        self.lag_known
-            .load(Ordering::Relaxed)
-            .then(|| self.lag_total.load(Ordering::Relaxed))
+        let guard = self.lag_source.lock().unwrap_or_else(|p| p.into_inner());
+        let (topic, source) = guard.as_ref()?;
+        let lag = source();
+        if lag.is_empty() {
+            return None;
+        }
+        self.set_lag(topic, &lag);
+        Some(lag.iter().map(|(_, n)| n).sum())
     }
 
     /// The exposition text.
     pub fn render(&self) -> String {
         self.oldest_age.set(self.oldest_pending().as_secs_f64());
-        self.refresh_lag();
+        self.lag();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -307,15 +289,12 @@ impl Metrics {
         (ready, text)
     }
 
-    fn events_by_outcome(&self, outcome: &str) -> u64 {
+    fn events_by_outcome(&self, outcome: &'static str) -> u64 {
         ["create", "update", "delete", "rename", "invalid"]
             .iter()
             .filter_map(|kind| {
                 self.events
-                    .get(&vec![
-                        ("kind", kind.to_string()),
-                        ("outcome", outcome.to_string()),
-                    ])
+                    .get(&[("kind", *kind), ("outcome", outcome)])
                     .map(|c| c.get())
             })
             .sum()
@@ -402,12 +381,11 @@ pub async fn progress(interval: Duration, stop: CancellationToken) {
         let delta: Vec<u64> = now.iter().zip(&last).map(|(a, b)| a - b).collect();
         let total: u64 = delta.iter().sum();
         let elapsed = last_at.elapsed().as_secs_f64().max(0.001);
-        let (last_now, last_time) = (now, Instant::now());
+        last = now;
+        last_at = Instant::now();
         let in_flight = m.in_flight.get();
         let lag = m.lag();
         let busy = total > 0 || in_flight > 0 || lag.is_some_and(|l| l > 0);
-        last = last_now;
-        last_at = last_time;
         if !busy {
             if !quiet {
                 tracing::info!("progress: idle, nothing waiting");
@@ -449,7 +427,7 @@ mod tests {
         m.event("create", "replicated");
         m.event("delete", "parked");
         m.copied(1234);
-        m.set_lag("t", &[(0, 5), (1, 2)]);
+        m.set_lag_source("t", Box::new(|| vec![(0, 5), (1, 2)]));
         m.set_up(Component::Sink, true);
         let text = m.render();
         for want in [

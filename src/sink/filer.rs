@@ -481,49 +481,40 @@ impl Sink for FilerSink {
     }
 
     async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
-        let root = self.opts.directory.trim_end_matches('/').to_string();
+        let root = self.opts.directory.trim_end_matches('/');
+        // A page at a time: only names and sizes are kept, not whole entries. What is not
+        // there (yet), or is removed while the walk runs, is empty.
+        let mut tree =
+            crate::filer::tree::SourceTree::new(&self.reader, &self.opts.directory, &[], false);
+        let never = tokio_util::sync::CancellationToken::new();
         let mut out = Vec::new();
-        let mut dirs = vec![(root.clone(), String::new())];
-        while let Some((dir, rel)) = dirs.pop() {
-            let listed = if dir.is_empty() { "/" } else { dir.as_str() };
-            // A page at a time: only names and sizes are kept, not whole entries.
-            let mut start = String::new();
-            loop {
-                let page = match self.reader.list_page(listed, &start).await {
-                    Ok(e) => e,
-                    // Not there (yet), or removed while the walk runs.
-                    Err(s) if is_not_found(&s) => Vec::new(),
-                    Err(s) => {
-                        return Err(SinkError::remote(
-                            "list",
-                            listed,
-                            &s,
-                            retryable_status(&s),
-                            crate::filer::status_is_outage(&s),
-                        ));
-                    }
+        while let Some(page) = tree.next(&never).await.map_err(|s| {
+            SinkError::remote(
+                "list",
+                &self.opts.directory,
+                &s,
+                retryable_status(&s),
+                crate::filer::status_is_outage(&s),
+            )
+        })? {
+            let rel_dir = page.dir.trim_end_matches('/');
+            let rel_dir = rel_dir.strip_prefix(root).unwrap_or(rel_dir);
+            let rel_dir = rel_dir.trim_start_matches('/');
+            for e in page.entries {
+                let symlink = e
+                    .attributes
+                    .as_ref()
+                    .is_some_and(|a| !a.symlink_target.is_empty());
+                if e.is_directory || symlink {
+                    continue;
+                }
+                let size = crate::filer::content_size(&e);
+                let path = if rel_dir.is_empty() {
+                    e.name
+                } else {
+                    format!("{rel_dir}/{}", e.name)
                 };
-                let full = page.len() >= crate::filer::LIST_PAGE;
-                for e in page {
-                    let path = if rel.is_empty() {
-                        e.name.clone()
-                    } else {
-                        format!("{rel}/{}", e.name)
-                    };
-                    if e.is_directory {
-                        dirs.push((format!("{dir}/{}", e.name), path));
-                    } else if e
-                        .attributes
-                        .as_ref()
-                        .is_none_or(|a| a.symlink_target.is_empty())
-                    {
-                        out.push((path, crate::filer::content_size(&e)));
-                    }
-                    start = e.name;
-                }
-                if !full {
-                    break;
-                }
+                out.push((path, size));
             }
         }
         Ok(Some(out))

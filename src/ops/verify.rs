@@ -68,6 +68,12 @@ struct SourceFile {
     name: String,
 }
 
+impl SourceFile {
+    fn path(&self) -> String {
+        format!("{}/{}", self.dir.trim_end_matches('/'), self.name)
+    }
+}
+
 /// What `replicate verify` was asked to do.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Mode {
@@ -300,7 +306,7 @@ async fn repair(
     let creates = to_repair.iter().map(|(rel, f)| {
         let pipeline = pipeline.clone();
         async move {
-            let path = format!("{}/{}", f.dir.trim_end_matches('/'), f.name);
+            let path = f.path();
             let current = match setup.source.lookup_entry(&path).await {
                 Ok(Some(e)) => e,
                 Ok(None) => return (rel.clone(), Some("gone from the source".to_string())),
@@ -338,7 +344,7 @@ async fn repair(
                 listed.get(rel).map(|&size| Difference::Extra { size })
             }
             (_, Some(f)) => {
-                let path = format!("{}/{}", f.dir.trim_end_matches('/'), f.name);
+                let path = f.path();
                 match setup.source.lookup_entry(&path).await {
                     Ok(Some(entry)) => {
                         let size = crate::filer::content_size(&entry);

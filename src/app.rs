@@ -342,16 +342,7 @@ async fn replicate(
     let metrics_server = match metrics_address.or(settings.metrics.address.clone()) {
         None => None,
         Some(address) => {
-            let bad = |e: String| {
-                AppError::Config(ConfigErrors(vec![crate::config::Problem {
-                    origin: raw
-                        .get("metrics.address")
-                        .map(|(_, o)| o)
-                        .unwrap_or_else(|| raw.home_of("metrics.address")),
-                    key: "metrics.address".into(),
-                    message: e,
-                }]))
-            };
+            let bad = |e: String| config_error(raw, "metrics.address", e);
             crate::config::settings::check_listen_address(&address).map_err(bad)?;
             let listener = crate::metrics::bind(&address)
                 .await
@@ -422,13 +413,7 @@ async fn replicate(
             tracing::info!(topic = %k.topic, hosts = ?k.hosts, "Configure notification input to kafka");
             crate::source::kafka::run(k, pipeline.clone(), stop, hard_stop)
                 .await
-                .map_err(|e| {
-                    AppError::Config(ConfigErrors(vec![crate::config::Problem {
-                        origin: raw.home_of("notification.kafka"),
-                        key: "notification.kafka".into(),
-                        message: e.to_string(),
-                    }]))
-                })?;
+                .map_err(|e| config_error(raw, "notification.kafka", e.to_string()))?;
         }
     }
     if let Some(server) = metrics_server {
@@ -454,13 +439,18 @@ pub fn config_problem(
     value: &str,
     e: impl std::fmt::Display,
 ) -> AppError {
+    config_error(raw, key, format!("{value:?}: {e}"))
+}
+
+/// A configuration error about `key`, naming where it was set (or the file it belongs in).
+fn config_error(raw: &RawConfig, key: &str, message: String) -> AppError {
     AppError::Config(ConfigErrors(vec![crate::config::Problem {
         origin: raw
             .get(key)
             .map(|(_, o)| o)
             .unwrap_or_else(|| raw.home_of(key)),
         key: key.into(),
-        message: format!("{value:?}: {e}"),
+        message,
     }]))
 }
 

@@ -1,17 +1,10 @@
 //! The command line as an operator meets it: configuration errors, scaffold, version.
 
+mod common;
+
+use common::replicate_in as replicate;
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn replicate(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_replicate"))
-        .args(args)
-        .current_dir(dir)
-        .env("HOME", dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -10,7 +10,7 @@
 use crate::config::settings::{BadMessagePolicy, FailurePolicy};
 use crate::event::{self, RawEvent};
 use crate::filer::{FilerSource, mtime_ns};
-use crate::pb::EventNotification;
+use crate::pb::{Entry, EventNotification};
 use crate::replicate::{self, Plan, Rules};
 use crate::sink::{Sink, SinkError};
 use base64::Engine;
@@ -113,7 +113,17 @@ pub struct Pipeline {
     pub stats: Stats,
     source_state: Availability,
     sink_state: Availability,
+    /// Volumes without locations are waited for as an outage until then (see
+    /// [`Pipeline::waiting_for_volumes`]).
+    settling_until: Instant,
+    /// The source filer itself was unreachable, and no read has worked since.
+    source_filer_down: std::sync::atomic::AtomicBool,
 }
+
+/// How long after start-up volumes without locations count as an outage of the source:
+/// a cluster that has just (re)started registers its volume servers with the master a
+/// few heartbeats after its filer answers.
+const SETTLING: Duration = Duration::from_secs(20);
 
 /// Whether the source or the sink is reachable. An outage is logged when it begins and
 /// when it ends, not once per retry of each event waiting on it (with 64 events in
@@ -207,7 +217,18 @@ impl Pipeline {
             stats: Stats::default(),
             source_state: Availability::new("source", crate::metrics::Component::Source),
             sink_state: Availability::new("sink", crate::metrics::Component::Sink),
+            settling_until: Instant::now() + SETTLING,
+            source_filer_down: false.into(),
         }
+    }
+
+    /// Whether a volume without locations is an outage of the source rather than the
+    /// event's own problem: just after start-up, or while the source is coming back from
+    /// its filer being unreachable (the filer answers before the volume servers have
+    /// registered again). Otherwise the event retries to its deadline: the volume may be
+    /// gone for good, and waiting for it forever would hold its partition.
+    fn waiting_for_volumes(&self) -> bool {
+        Instant::now() < self.settling_until || self.source_filer_down.load(Ordering::Acquire)
     }
 
     /// Events in flight per ordered stream (`[replicate] concurrency`).
@@ -321,6 +342,7 @@ impl Pipeline {
             tracing::debug!(key = %raw.key, why, "skipped");
             return Ok(Some(false));
         }
+        let plan = self.unless_overtaken(plan, &raw.key, &ev).await;
         // The deadline runs only while the event itself fails; an outage of the source or
         // the sink restarts it, so an outage never parks events.
         let mut started = Instant::now();
@@ -333,6 +355,7 @@ impl Pipeline {
                     tracing::debug!(key = %raw.key, "replicated {}", raw.key);
                     self.sink_state.working();
                     if plan.reads_source() {
+                        self.source_filer_down.store(false, Ordering::Release);
                         self.source_state.working();
                     }
                     return Ok(Some(true));
@@ -344,7 +367,10 @@ impl Pipeline {
                     tracing::info!(key = %raw.key, error = %e, "source data unreadable, but the source has moved on since this event; skipping it");
                     return Ok(Some(false));
                 }
-                Err(e) if e.is_outage() => {
+                Err(e) if e.is_outage() || (e.is_unlocated() && self.waiting_for_volumes()) => {
+                    if e.is_outage() && matches!(e, SinkError::Read { .. }) {
+                        self.source_filer_down.store(true, Ordering::Release);
+                    }
                     started = Instant::now();
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::get().retried();
@@ -378,11 +404,49 @@ impl Pipeline {
         }
     }
 
+    /// A file renamed onto a path the source has rewritten since: the event carrying the
+    /// newer version is keyed by the new path, so on a topic with several partitions it
+    /// may already have been applied, and moving this older file there would undo it.
+    /// Only the old name goes; the newer version's own event brings the new path. (The
+    /// target's mtime alone cannot tell this from `mv` over a newer file, which must win.)
+    async fn unless_overtaken(&self, plan: Plan, key: &str, ev: &EventNotification) -> Plan {
+        let Plan::Move { old, entry, .. } = &plan else {
+            return plan;
+        };
+        if entry.is_directory {
+            return plan;
+        }
+        match self.at_source(key, ev).await {
+            Some(Some(current)) if mtime_ns(&current) > mtime_ns(entry) => {
+                tracing::debug!(
+                    key,
+                    "the source has rewritten the new path since this rename; removing the old name only"
+                );
+                Plan::Delete {
+                    key: old.clone(),
+                    is_directory: false,
+                    delete_chunks: false,
+                }
+            }
+            _ => plan,
+        }
+    }
+
     /// The source no longer has this event's version of the entry: it was deleted or
     /// replaced by a newer one since, and a later event carries that change.
     async fn superseded(&self, key: &str, ev: &EventNotification) -> bool {
+        match (self.at_source(key, ev).await, &ev.new_entry) {
+            (Some(None), _) => true,
+            (Some(Some(current)), Some(new)) => mtime_ns(&current) > mtime_ns(new),
+            _ => false,
+        }
+    }
+
+    /// What the source holds now at this event's new path: `Some(None)` if nothing,
+    /// `None` if that cannot be told (no source, no new entry, or the lookup failed).
+    async fn at_source(&self, key: &str, ev: &EventNotification) -> Option<Option<Entry>> {
         let (Some(source), Some(new)) = (&self.source, &ev.new_entry) else {
-            return false;
+            return None;
         };
         let path = if ev.old_entry.is_some() {
             let parent = if ev.new_parent_path.is_empty() {
@@ -394,11 +458,7 @@ impl Pipeline {
         } else {
             key.to_string()
         };
-        match source.lookup_entry(&path).await {
-            Ok(None) => true,
-            Ok(Some(current)) => mtime_ns(&current) > mtime_ns(new),
-            Err(_) => false,
-        }
+        source.lookup_entry(&path).await.ok()
     }
 
     /// Append the event to the parked file (one JSON object per line) and fsync it.

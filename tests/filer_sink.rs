@@ -357,6 +357,72 @@ async fn target_outage_is_waited_out_not_parked() {
     assert!(status.success());
 }
 
+/// A file renamed and then rewritten under its new name, the two events applied the other
+/// way round (as they may be when they sit on two partitions: each is keyed by its own
+/// path): the rename must not put the older file back over the rewrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_applied_after_a_later_rewrite_does_not_undo_it() {
+    let a = TestBed::start(BedOptions::default());
+    a.upload("/data/old.bin", &bytes(9, 700), "").await;
+    a.upload("/data/other.bin", &bytes(10, 500), "").await;
+    let work = Workdir::filer(&a, "/data", &a, "/backup", "");
+    let rep = Replicator::start(&work);
+    a.assert_same_tree("/data", &a, "/backup", &[], &work.log())
+        .await;
+    let (status, _) = rep.stop();
+    assert!(status.success());
+    let published = a.high_watermarks()[&0] as usize;
+    a.mv("/data/old.bin", "/data/new.bin").await;
+    a.upload("/data/new.bin", b"rewritten after the move", "")
+        .await;
+    // A plain rename onto an existing, newer file still replaces it, as on the source.
+    a.upload("/data/newer.bin", b"newer, then renamed over", "")
+        .await;
+    a.mv("/data/other.bin", "/data/newer.bin").await;
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = a.records_from(published);
+        if records.iter().any(|(k, _)| k == "/data/other.bin") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+    let rename = keys.iter().position(|k| *k == "/data/old.bin");
+    let rewrite = keys.iter().rposition(|k| *k == "/data/new.bin");
+    assert!(rename < rewrite && rename.is_some(), "published: {keys:?}");
+    // Replay the rename and the rewrite swapped, and resume after the originals.
+    for i in [rewrite.unwrap(), rename.unwrap()] {
+        a.produce(&records[i].0, &records[i].1).await;
+    }
+    for (key, payload) in records
+        .iter()
+        .filter(|(k, _)| !k.ends_with("old.bin") && !k.ends_with("/new.bin"))
+    {
+        a.produce(key, payload).await;
+    }
+    let last = published + records.len() - 1;
+    std::fs::write(
+        work.path().join("last.offset"),
+        format!(
+            r#"{{"topic":"{}","partitionOffsets":{{"0":{last}}}}}"#,
+            a.var("TOPIC")
+        ),
+    )
+    .unwrap();
+    let rep = Replicator::start(&work);
+    a.assert_same_tree("/data", &a, "/backup", &[], &work.log())
+        .await;
+    assert_eq!(
+        a.get("/backup/newer.bin").await,
+        bytes(10, 500),
+        "the rename over a newer file replaced it"
+    );
+    let (status, _) = rep.stop();
+    assert!(status.success(), "{}", tail(&work.log(), 20));
+    assert!(!work.path().join("replicate.parked.jsonl").exists());
+}
+
 /// Folder to folder through tansu on three partitions: a directory's rename and its
 /// children's renames land on different partitions and may apply in either order; the
 /// target converges either way.

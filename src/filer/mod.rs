@@ -94,6 +94,18 @@ impl ReadError {
         }
     }
 
+    /// The master knows no live server for the chunk's volume ("volume id 7 not found"):
+    /// its servers are down or, after a restart, not yet registered; or the volume is gone.
+    pub fn is_unlocated(&self) -> bool {
+        match self {
+            ReadError::NoLocations { .. } => true,
+            ReadError::Lookup { status, .. } => {
+                !status_is_outage(status) && status.message().contains("not found")
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             ReadError::Lookup { .. }
@@ -680,6 +692,20 @@ fn decrypt(fid: &str, key: &[u8], data: &[u8]) -> Result<Vec<u8>, ReadError> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_volume_the_master_cannot_place_is_unlocated_not_unreachable() {
+        let lookup = |status| ReadError::Lookup {
+            vid: "7".into(),
+            status: Box::new(status),
+        };
+        let unknown = lookup(tonic::Status::unknown("volume id 7 not found"));
+        assert!(unknown.is_unlocated() && !unknown.is_outage() && unknown.is_retryable());
+        assert!(ReadError::NoLocations { vid: "7".into() }.is_unlocated());
+        let down = lookup(tonic::Status::unavailable("connection refused"));
+        assert!(!down.is_unlocated() && down.is_outage());
+        assert!(!lookup(tonic::Status::unknown("permission denied")).is_unlocated());
+    }
 
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

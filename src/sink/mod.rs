@@ -132,6 +132,11 @@ impl SinkError {
         }
     }
 
+    /// Source data on a volume no live server holds (see [`ReadError::is_unlocated`]).
+    pub fn is_unlocated(&self) -> bool {
+        matches!(self, SinkError::Read { source, .. } if source.is_unlocated())
+    }
+
     /// Whether retrying the same operation later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {

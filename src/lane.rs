@@ -67,6 +67,9 @@ struct Slot<T> {
     /// Not yet started: the event itself.
     event: Option<RawEvent>,
     finished: bool,
+    /// Finished without reaching the sink (abandoned, or a bad message that stops the
+    /// lane): not progress, and nothing after it is either.
+    unfinished_work: bool,
 }
 
 /// Run the events from `rx` through `start` (at most `concurrency` at once, in order where
@@ -134,15 +137,20 @@ where
                         }
                     }
                 }
+                window[i].unfinished_work =
+                    !matches!(disposition, Some(Disposition::Done | Disposition::Held));
+                // Events that finished while others were abandoned (at a shutdown, or when
+                // a partition moves to another consumer) still count, up to the first one
+                // that did not reach the sink.
                 let mut last = None;
-                while window.front().is_some_and(|s| s.finished) {
+                while window
+                    .front()
+                    .is_some_and(|s| s.finished && !s.unfinished_work)
+                {
                     last = window.pop_front();
                     base += 1;
                 }
-                // A stopped or abandoned event is not progress.
-                if let Some(slot) = last
-                    && end == LaneEnd::Closed
-                {
+                if let Some(slot) = last {
                     prefix(&slot.token);
                 }
             }
@@ -152,6 +160,7 @@ where
                     token,
                     event: Some(event),
                     finished: false,
+                    unfinished_work: false,
                 }),
                 None => open = false,
             },
@@ -286,6 +295,35 @@ mod tests {
         );
         assert!(prefixes.windows(2).all(|w| w[0] < w[1]), "{prefixes:?}");
         assert_eq!(prefixes.last(), Some(&6));
+    }
+
+    #[tokio::test]
+    async fn work_that_finishes_after_an_abandoned_event_counts_up_to_it() {
+        let (tx, rx) = mpsc::channel(16);
+        for i in 0..4usize {
+            tx.send((i, create(&format!("/d{i}/f")))).await.unwrap();
+        }
+        drop(tx);
+        let mut prefixes = Vec::new();
+        let mut rx = rx;
+        let (end, _) = run(
+            &mut rx,
+            4,
+            |i: usize, _| async move {
+                if i == 2 {
+                    // Abandoned at once (a revoke or shutdown), while 0, 1 and 3 still run.
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Some(Disposition::Done)
+            },
+            |i| prefixes.push(*i),
+        )
+        .await;
+        assert_eq!(end, LaneEnd::Abandoned);
+        // 0 and 1 finished (in either order); 2 did not, so 3 does not count either.
+        assert_eq!(prefixes.last(), Some(&1), "{prefixes:?}");
+        assert!(prefixes.iter().all(|p| *p <= 1), "{prefixes:?}");
     }
 
     #[tokio::test]

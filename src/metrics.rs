@@ -220,6 +220,8 @@ impl Metrics {
 
     /// Kafka lag per partition of `topic`.
     fn set_lag(&self, topic: &str, lag: &[(i32, i64)]) {
+        // Only the partitions consumed here now: in a consumer group they come and go.
+        self.lag.clear();
         for &(partition, n) in lag {
             self.lag
                 .get_or_create(&[

@@ -250,6 +250,10 @@ impl Pipeline {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 metrics.event(kind, outcome);
+                // One line per finished event, key last (it may hold anything): with
+                // several processes in a consumer group, their logs together say which
+                // process applied what, and when.
+                tracing::debug!("{outcome} at {origin}: {}", raw.key);
                 return Disposition::Done;
             }
             Err(f) => f,
@@ -352,7 +356,6 @@ impl Pipeline {
         loop {
             match replicate::apply(&plan, self.sink.as_ref(), &ev.signatures).await {
                 Ok(()) => {
-                    tracing::debug!(key = %raw.key, "replicated {}", raw.key);
                     self.sink_state.working();
                     if plan.reads_source() {
                         self.source_filer_down.store(false, Ordering::Release);

@@ -176,6 +176,24 @@ topic = "seaweedfs_filer"
 # (and every earlier one of their partition) reached the sink are stored.
 offsetFile = "./last.offset"
 offsetSaveIntervalSeconds = 10
+# [better] Scale out: set a consumer group and run several replicate processes with the
+# same configuration; the partitions are shared among them and move when one comes or goes.
+# Offsets are then committed to the broker (every offsetSaveIntervalSeconds, and whenever
+# a partition moves), only for events the sink has; the offset file is not used.
+group_id = ""
+# Where a partition the group has never committed starts: "earliest" or "latest".
+auto_offset_reset = "earliest"
+# Start a group that has committed nothing from offsetFile, once (the file is then
+# renamed to <offsetFile>.imported). For moving from one process to a group.
+import_offset_file = false
+# A member silent this long (killed, hung, cut off) loses its partitions to the others.
+session_timeout_seconds = 45
+# When a partition moves away, its events in flight get this long to finish; the rest are
+# left to the next owner, which starts after the last one finished.
+revoke_grace_seconds = 30
+# cooperative-sticky moves only the partitions that must move; roundrobin or range stop
+# every member at each change (for brokers without incremental rebalancing).
+partition_assignment_strategy = "cooperative-sticky"
 sasl_enabled = false
 # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
 sasl_mechanism = "PLAIN"

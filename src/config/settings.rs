@@ -177,9 +177,30 @@ pub struct KafkaSettings {
     pub hosts: Vec<String>,
     pub topic: String,
     pub offset_file: PathBuf,
+    /// In offset-file mode how often the file is written; in group mode how often
+    /// finished offsets are committed to the broker.
     pub offset_save_interval: Duration,
     pub sasl: Option<Sasl>,
     pub tls: Option<KafkaTls>,
+    /// `group_id` set: a consumer group with broker-side offsets instead of the file.
+    pub group: Option<Box<GroupSettings>>,
+}
+
+/// `[notification.kafka]` keys of consumer-group mode.
+#[derive(Debug, Clone)]
+pub struct GroupSettings {
+    pub id: String,
+    /// Where a partition without a committed offset starts: "earliest" or "latest".
+    pub auto_offset_reset: String,
+    /// Start a group that has no committed offsets from the offset file (then renamed).
+    pub import_offset_file: bool,
+    /// After this long without a heartbeat, a member's partitions go to the others.
+    pub session_timeout: Duration,
+    /// How long in-flight events of a partition taken away may finish before they are
+    /// abandoned (the next owner delivers them again).
+    pub revoke_grace: Duration,
+    /// librdkafka's `partition.assignment.strategy`.
+    pub assignment: String,
 }
 
 #[derive(Debug, Clone)]
@@ -843,6 +864,7 @@ fn resolve_kafka(r: &mut Reader, cwd: &Path) -> Option<InputSettings> {
     } else {
         None
     };
+    let group = resolve_group(r, p);
     Some(InputSettings::Kafka(KafkaSettings {
         hosts,
         topic,
@@ -850,6 +872,67 @@ fn resolve_kafka(r: &mut Reader, cwd: &Path) -> Option<InputSettings> {
         offset_save_interval: Duration::from_secs(interval),
         sasl,
         tls,
+        group,
+    }))
+}
+
+fn resolve_group(r: &mut Reader, p: &str) -> Option<Box<GroupSettings>> {
+    let id = r.string(&format!("{p}.group_id"), "");
+    let auto_offset_reset = r
+        .string(&format!("{p}.auto_offset_reset"), "earliest")
+        .to_lowercase();
+    if !matches!(auto_offset_reset.as_str(), "earliest" | "latest") {
+        r.problem(
+            &format!("{p}.auto_offset_reset"),
+            format!("must be \"earliest\" or \"latest\", got {auto_offset_reset:?}"),
+        );
+    }
+    let import_offset_file = r.bool(&format!("{p}.import_offset_file"), false);
+    let session = r.count(&format!("{p}.session_timeout_seconds"), 45);
+    if !(6..=1800).contains(&session) {
+        r.problem(
+            &format!("{p}.session_timeout_seconds"),
+            format!("must be between 6 and 1800 (what brokers accept by default), got {session}"),
+        );
+    }
+    let grace = r.count(&format!("{p}.revoke_grace_seconds"), 30);
+    if grace > 240 {
+        r.problem(
+            &format!("{p}.revoke_grace_seconds"),
+            format!("must be at most 240 (a rebalance waits for it), got {grace}"),
+        );
+    }
+    let assignment = r
+        .string(
+            &format!("{p}.partition_assignment_strategy"),
+            "cooperative-sticky",
+        )
+        .to_lowercase();
+    if !matches!(
+        assignment.as_str(),
+        "cooperative-sticky" | "roundrobin" | "range"
+    ) {
+        r.problem(
+            &format!("{p}.partition_assignment_strategy"),
+            format!("must be cooperative-sticky, roundrobin or range, got {assignment:?}"),
+        );
+    }
+    if id.is_empty() {
+        if import_offset_file {
+            r.problem(
+                &format!("{p}.import_offset_file"),
+                "is true but group_id is empty; the offset file is imported into a group",
+            );
+        }
+        return None;
+    }
+    Some(Box::new(GroupSettings {
+        id,
+        auto_offset_reset,
+        import_offset_file,
+        session_timeout: Duration::from_secs(session),
+        revoke_grace: Duration::from_secs(grace),
+        assignment,
     }))
 }
 
@@ -1268,6 +1351,50 @@ offsetSaveIntervalSeconds = 10
         assert_eq!(k.offset_save_interval, Duration::from_secs(10));
         assert_eq!(s.sink.name(), "local");
         assert_eq!(s.replicate.on_failure, FailurePolicy::Park);
+    }
+
+    #[test]
+    fn group_mode_keys() {
+        let s = resolve_text(GOOD).unwrap();
+        let InputSettings::Kafka(k) = &s.input else {
+            panic!("kafka input expected")
+        };
+        assert!(k.group.is_none(), "the offset file stays the default");
+        let s = resolve_text(&GOOD.replace(
+            "offsetSaveIntervalSeconds = 10",
+            "group_id = \"replicas\"\nauto_offset_reset = \"Latest\"\nimport_offset_file = true\nsession_timeout_seconds = 10",
+        ))
+        .unwrap();
+        let InputSettings::Kafka(k) = &s.input else {
+            panic!("kafka input expected")
+        };
+        let g = k.group.as_ref().unwrap();
+        assert_eq!(
+            (
+                g.id.as_str(),
+                g.auto_offset_reset.as_str(),
+                g.import_offset_file
+            ),
+            ("replicas", "latest", true)
+        );
+        assert_eq!(g.session_timeout, Duration::from_secs(10));
+        assert_eq!(g.assignment, "cooperative-sticky");
+        let errs = resolve_text(&GOOD.replace(
+            "offsetSaveIntervalSeconds = 10",
+            "auto_offset_reset = \"newest\"\nimport_offset_file = true\nsession_timeout_seconds = 2\npartition_assignment_strategy = \"sticky\"",
+        ))
+        .unwrap_err()
+        .0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "notification.kafka.auto_offset_reset",
+                "notification.kafka.session_timeout_seconds",
+                "notification.kafka.partition_assignment_strategy",
+                "notification.kafka.import_offset_file",
+            ]
+        );
     }
 
     #[test]

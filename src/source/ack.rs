@@ -76,6 +76,22 @@ impl OffsetBook {
         (book, warning)
     }
 
+    /// Progress kept in memory only (consumer-group mode commits it to the broker).
+    pub fn in_memory(topic: &str) -> OffsetBook {
+        OffsetBook {
+            path: PathBuf::new(),
+            topic: topic.to_string(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Forget a partition's progress and holds (it moved to another consumer).
+    pub fn forget(&self, partition: i32) {
+        let mut s = self.lock();
+        s.last.remove(&partition);
+        s.held.remove(&partition);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

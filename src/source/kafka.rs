@@ -1,4 +1,5 @@
-//! `[notification.kafka]`: upstream-compatible partition consumer.
+//! `[notification.kafka]`: upstream-compatible partition consumer (and, with `group_id`,
+//! the consumer-group mode of [`super::kafka_group`]).
 //!
 //! Partitions are assigned directly (no consumer group), each resumes after the
 //! offset recorded in the offset file or at the oldest retained offset, and each is
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Events buffered per partition ahead of its worker.
-const LANE_DEPTH: usize = 16;
+pub(super) const LANE_DEPTH: usize = 16;
 
 /// A Kafka setting the client library rejected.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +198,9 @@ pub async fn run(
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) -> Result<(), KafkaConfigError> {
+    if let Some(group) = &cfg.group {
+        return super::kafka_group::run(cfg, group, pipeline, stop, hard_stop).await;
+    }
     let consumer: Kafka = client_config(cfg).create_with_context(KafkaLogs::default())?;
     let consumer = Arc::new(consumer);
     let (book, warning) = OffsetBook::load(&cfg.offset_file, &cfg.topic);
@@ -400,11 +404,15 @@ async fn wait_while_idle(
 }
 
 /// The topic's partitions, waiting (with backoff) for the broker and the topic.
-async fn wait_for_partitions(
-    consumer: &Arc<Kafka>,
+pub(super) async fn wait_for_partitions<C, X>(
+    consumer: &Arc<C>,
     topic: &str,
     stop: &CancellationToken,
-) -> Option<Vec<i32>> {
+) -> Option<Vec<i32>>
+where
+    C: Consumer<X> + Send + Sync + 'static,
+    X: ConsumerContext + 'static,
+{
     let mut retry = crate::retry::Retry::for_input();
     loop {
         let c = consumer.clone();
@@ -437,7 +445,7 @@ async fn wait_for_partitions(
     }
 }
 
-async fn worker(
+pub(super) async fn worker(
     partition: i32,
     mut rx: mpsc::Receiver<(i64, RawEvent)>,
     pipeline: Arc<Pipeline>,
@@ -480,27 +488,32 @@ const WATERMARK_INTERVAL: Duration = Duration::from_secs(10);
 /// Each partition's low and high watermark as last asked for, the high one raised by
 /// every message seen since: with the offset book, the lag at any moment.
 #[derive(Default)]
-struct Watermarks(std::sync::Mutex<HashMap<i32, (i64, i64)>>);
+pub(super) struct Watermarks(std::sync::Mutex<HashMap<i32, (i64, i64)>>);
 
 impl Watermarks {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, (i64, i64)>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn seen(&self, partition: i32, offset: i64) {
+    /// A partition no longer consumed here.
+    pub(super) fn forget(&self, partition: i32) {
+        self.lock().remove(&partition);
+    }
+
+    pub(super) fn seen(&self, partition: i32, offset: i64) {
         if let Some((_, high)) = self.lock().get_mut(&partition) {
             *high = (*high).max(offset + 1);
         }
     }
 
-    fn set(&self, partition: i32, low: i64, high: i64) {
+    pub(super) fn set(&self, partition: i32, low: i64, high: i64) {
         let mut marks = self.lock();
         let m = marks.entry(partition).or_insert((low, high));
         *m = (low, m.1.max(high));
     }
 
     /// Messages after the committed offset, per partition.
-    fn lag(&self, book: &OffsetBook) -> Vec<(i32, i64)> {
+    pub(super) fn lag(&self, book: &OffsetBook) -> Vec<(i32, i64)> {
         let mut lag: Vec<(i32, i64)> = self
             .lock()
             .iter()
@@ -515,11 +528,15 @@ impl Watermarks {
 }
 
 /// Each partition's (low, high) watermarks, asked of the broker (off the runtime threads).
-async fn fetch_watermarks(
-    consumer: &Arc<Kafka>,
+pub(super) async fn fetch_watermarks<C, X>(
+    consumer: &Arc<C>,
     topic: &str,
     partitions: &[i32],
-) -> Vec<(i32, rdkafka::error::KafkaResult<(i64, i64)>)> {
+) -> Vec<(i32, rdkafka::error::KafkaResult<(i64, i64)>)>
+where
+    C: Consumer<X> + Send + Sync + 'static,
+    X: ConsumerContext + 'static,
+{
     let (c, t, ps) = (consumer.clone(), topic.to_string(), partitions.to_vec());
     tokio::task::spawn_blocking(move || {
         ps.iter()
@@ -578,6 +595,7 @@ mod tests {
             offset_save_interval: Duration::from_secs(10),
             sasl: None,
             tls: None,
+            group: None,
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod ack;
 pub mod kafka;
+pub mod kafka_group;
 pub mod nats;
 pub mod pubsub;
 pub mod rabbit;
@@ -25,7 +26,7 @@ pub async fn process(
     tokio::select! {
         d = pipeline.handle(event, origin) => Some(d),
         _ = hard_stop.cancelled() => {
-            tracing::warn!(%origin, key = %event.key, "shutdown grace over; abandoning event (it will be delivered again)");
+            tracing::warn!(%origin, key = %event.key, "abandoning event in flight (shutdown grace over, or its partition moved); it will be delivered again");
             None
         }
     }

@@ -351,18 +351,24 @@ impl TestBed {
 
     /// Publish a raw record to the topic, as a filer (or anyone) could.
     pub async fn produce(&self, key: &str, payload: &[u8]) {
+        self.produce_to(None, key, payload).await
+    }
+
+    /// [`TestBed::produce`] into this partition (else the key's).
+    pub async fn produce_to(&self, partition: Option<i32>, key: &str, payload: &[u8]) {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", self.var("KAFKA_ADDR"))
             .set("message.timeout.ms", "10000")
             .create()
             .unwrap();
+        let mut record = FutureRecord::to(self.var("TOPIC"))
+            .key(key)
+            .payload(payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         producer
-            .send(
-                FutureRecord::to(self.var("TOPIC"))
-                    .key(key)
-                    .payload(payload),
-                Duration::from_secs(10),
-            )
+            .send(record, Duration::from_secs(10))
             .await
             .map_err(|(e, _)| e)
             .unwrap();

@@ -1,0 +1,665 @@
+//! `[notification.kafka] group_id`: several `replicate` processes share a topic as one
+//! Kafka consumer group.
+//!
+//! The broker hands out the partitions and moves them as members come and go
+//! (cooperative-sticky by default: only the partitions that must move stop). Progress is
+//! committed to the broker, only for events that finished together with every earlier
+//! event of their partition: every `offsetSaveIntervalSeconds`, when a partition is
+//! taken away, and at shutdown.
+//!
+//! When a partition is taken away, nothing new of it starts, the events in flight get
+//! `revoke_grace_seconds` to finish (the rest are abandoned), what finished is committed,
+//! and only then is the partition released. Its next owner starts right after the last
+//! event finished here, so the events of a path are never applied out of order by two
+//! processes at once. A member that dies without leaving loses its partitions after
+//! `session_timeout_seconds`; its uncommitted events are delivered again.
+//!
+//! librdkafka calls the rebalance callback from inside `poll`, so the consumer runs on a
+//! thread of its own, where waiting for the partition workers (tokio tasks) is allowed.
+//! Backpressure pauses a partition instead of blocking that thread, so rebalances and
+//! commits are served while the sink is slow or away.
+
+use super::ack::OffsetBook;
+use super::kafka::{
+    KafkaConfigError, KafkaLogs, LANE_DEPTH, Watermarks, client_config, fetch_watermarks,
+    wait_for_partitions, worker,
+};
+use crate::config::settings::{GroupSettings, KafkaSettings};
+use crate::event::RawEvent;
+use crate::metrics::Component;
+use crate::pipeline::Pipeline;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList, config::RDKafkaLogLevel};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+type Group = BaseConsumer<GroupContext>;
+
+/// How long one `poll` waits for a message (and so the longest a paused partition with
+/// room again waits to be resumed).
+const POLL: Duration = Duration::from_millis(100);
+/// How often the owned partitions' watermarks are asked for (the lag metric).
+const WATERMARK_INTERVAL: Duration = Duration::from_secs(10);
+/// librdkafka looks for new partitions of the topic this often.
+const METADATA_REFRESH_MS: &str = "10000";
+
+/// Consume as a member of the group until `stop` fires; in-flight events get until
+/// `hard_stop`. What finished is committed before the process leaves the group.
+pub async fn run(
+    cfg: &KafkaSettings,
+    group: &GroupSettings,
+    pipeline: Arc<Pipeline>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+) -> Result<(), KafkaConfigError> {
+    let session_ms = group.session_timeout.as_millis();
+    let mut config = client_config(cfg);
+    config
+        .set("group.id", &group.id)
+        .set("partition.assignment.strategy", &group.assignment)
+        .set("auto.offset.reset", &group.auto_offset_reset)
+        .set("session.timeout.ms", session_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (session_ms / 3).min(3000).to_string(),
+        )
+        .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
+    let shared = Arc::new(Shared {
+        topic: cfg.topic.clone(),
+        pipeline,
+        book: Arc::new(OffsetBook::in_memory(&cfg.topic)),
+        runtime: tokio::runtime::Handle::current(),
+        stop: stop.clone(),
+        hard_stop,
+        revoke_grace: group.revoke_grace,
+        owned: Mutex::new(BTreeMap::new()),
+        committed: Mutex::new(HashMap::new()),
+        marks: Arc::new(Watermarks::default()),
+        commit_trouble: Mutex::new(None),
+    });
+    let consumer: Arc<Group> = Arc::new(config.create_with_context(GroupContext {
+        logs: KafkaLogs::default(),
+        shared: shared.clone(),
+    })?);
+
+    if !import_offset_file(&consumer, cfg, group, &stop).await {
+        return Ok(());
+    }
+    consumer.subscribe(&[&cfg.topic])?;
+    tracing::info!(hosts = ?cfg.hosts, topic = %cfg.topic, group = %group.id,
+        strategy = %group.assignment, "joining the consumer group");
+    {
+        let shared = shared.clone();
+        // Partitions whose position is not known yet (no message since they came, no
+        // committed offset read) are left out rather than shown with a made-up lag.
+        crate::metrics::get().set_lag_source(
+            &cfg.topic,
+            Box::new(move || {
+                let mut lag = shared.marks.lag(&shared.book);
+                lag.retain(|(p, _)| shared.book.resume_at(*p).is_some());
+                lag
+            }),
+        );
+    }
+    let lag = tokio::spawn(watermark_loop(Arc::downgrade(&consumer), shared.clone()));
+    let commit_every = cfg.offset_save_interval.max(Duration::from_secs(1));
+    // A thread of its own, outside the runtime: the rebalance callback blocks on the
+    // partition workers there.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-group".into())
+        .spawn(move || {
+            poll_loop(consumer, shared, commit_every);
+            let _ = done_tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = done_rx.await;
+        }
+        Err(e) => tracing::error!(error = %e, "starting the consumer thread failed"),
+    }
+    lag.abort();
+    Ok(())
+}
+
+/// What one member shares between its consumer thread, the rebalance callback (on the
+/// same thread) and the partition workers.
+struct Shared {
+    topic: String,
+    pipeline: Arc<Pipeline>,
+    /// What finished, per owned partition (the prefix of its offsets).
+    book: Arc<OffsetBook>,
+    runtime: tokio::runtime::Handle,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+    revoke_grace: Duration,
+    owned: Mutex<BTreeMap<i32, Owned>>,
+    /// The next offset this member last committed, per partition.
+    committed: Mutex<HashMap<i32, i64>>,
+    marks: Arc<Watermarks>,
+    /// When commits started failing (logged once until one works again).
+    commit_trouble: Mutex<Option<Instant>>,
+}
+
+/// A partition this member consumes now.
+struct Owned {
+    tx: mpsc::Sender<(i64, RawEvent)>,
+    /// Delivered while the worker's lane was full; the partition is paused meanwhile.
+    pending: VecDeque<(i64, RawEvent)>,
+    paused: bool,
+    /// Whether a message of it arrived since it was assigned.
+    started: bool,
+    worker: tokio::task::JoinHandle<()>,
+    /// Cancelled when the partition goes: nothing new of it starts.
+    no_new: CancellationToken,
+    /// Cancelled when its grace is over: events in flight are abandoned.
+    abandon: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn partitions(&self) -> Vec<i32> {
+        lock(&self.owned).keys().copied().collect()
+    }
+
+    /// Partitions given to this member: a worker each, starting from the group's
+    /// committed offset (or `auto_offset_reset`).
+    fn assign(&self, partitions: &[i32]) {
+        let mut owned = lock(&self.owned);
+        for &p in partitions {
+            if owned.contains_key(&p) {
+                continue;
+            }
+            self.book.forget(p);
+            lock(&self.committed).remove(&p);
+            let (tx, rx) = mpsc::channel(LANE_DEPTH);
+            let no_new = self.stop.child_token();
+            let abandon = self.hard_stop.child_token();
+            let worker = self.runtime.spawn(worker(
+                p,
+                rx,
+                self.pipeline.clone(),
+                self.book.clone(),
+                no_new.clone(),
+                abandon.clone(),
+            ));
+            owned.insert(
+                p,
+                Owned {
+                    tx,
+                    pending: VecDeque::new(),
+                    paused: false,
+                    started: false,
+                    worker,
+                    no_new,
+                    abandon,
+                },
+            );
+        }
+        // A cooperative rebalance ends with an assignment of nothing new for most members.
+        if !partitions.is_empty() {
+            tracing::info!(topic = %self.topic, assigned = ?partitions, now = ?owned.keys().collect::<Vec<_>>(), "partitions assigned");
+        }
+    }
+
+    /// Partitions taken away: stop them, let what runs finish (up to the grace, or
+    /// `hard_stop` at shutdown), and return the offsets to commit before releasing them.
+    /// `lost`: the group already gave them to another member; abandon at once.
+    fn revoke(
+        &self,
+        partitions: &[i32],
+        lost: bool,
+        grace: Option<Duration>,
+    ) -> TopicPartitionList {
+        let mut going = Vec::new();
+        {
+            let mut owned = lock(&self.owned);
+            for p in partitions {
+                if let Some(o) = owned.remove(p) {
+                    o.no_new.cancel();
+                    if lost {
+                        o.abandon.cancel();
+                    }
+                    // Dropping the sender (and what was pending) ends the worker's lane
+                    // once what runs has finished.
+                    going.push((*p, o.worker, o.abandon));
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        if going.is_empty() {
+            return tpl;
+        }
+        let started = Instant::now();
+        let abandons: Vec<CancellationToken> = going.iter().map(|g| g.2.clone()).collect();
+        let workers: Vec<_> = going.into_iter().map(|g| g.1).collect();
+        // The rebalance callback runs on the consumer thread, outside the runtime; if
+        // librdkafka calls it from a runtime thread (a consumer dropped there), waiting
+        // there is not possible.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            abandons.iter().for_each(CancellationToken::cancel);
+        } else {
+            self.runtime.block_on(async {
+                let all = futures::future::join_all(workers);
+                tokio::pin!(all);
+                let waited = match grace {
+                    Some(g) => tokio::time::timeout(g, &mut all).await.is_ok(),
+                    None => {
+                        (&mut all).await;
+                        true
+                    }
+                };
+                if !waited {
+                    tracing::warn!(partitions = ?partitions, grace = ?grace,
+                        "events of revoked partitions still running after the grace; abandoning them");
+                    abandons.iter().for_each(CancellationToken::cancel);
+                    let _ = tokio::time::timeout(Duration::from_secs(10), all).await;
+                }
+            });
+        }
+        for &p in partitions {
+            if !lost && let Some(next) = self.book.resume_at(p) {
+                let committed = lock(&self.committed).get(&p).copied();
+                if committed.is_none_or(|c| c < next) {
+                    tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                        .expect("fresh partition list");
+                }
+            }
+            self.book.forget(p);
+            self.marks.forget(p);
+            lock(&self.committed).remove(&p);
+        }
+        tracing::info!(topic = %self.topic, revoked = ?partitions, lost, took = ?started.elapsed(),
+            commit = ?offsets_of(&tpl), "partitions released");
+        tpl
+    }
+
+    /// Hand a message to its partition's worker, or keep it and pause the partition if
+    /// the worker's queue is full.
+    fn dispatch(&self, consumer: &Group, partition: i32, offset: i64, event: RawEvent) {
+        let mut owned = lock(&self.owned);
+        let Some(o) = owned.get_mut(&partition) else {
+            return;
+        };
+        if !o.started {
+            // The first message after an assignment sits at the group's position:
+            // everything before it is done, as far as this member's commits go.
+            o.started = true;
+            if self.book.resume_at(partition).is_none() {
+                self.book.done(partition, offset - 1);
+                lock(&self.committed).insert(partition, offset);
+            }
+        }
+        if !o.pending.is_empty() {
+            o.pending.push_back((offset, event));
+            return;
+        }
+        match o.tx.try_send((offset, event)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                o.pending.push_back(item);
+                if !o.paused {
+                    o.paused = consumer.pause(&self.one(partition)).is_ok();
+                }
+            }
+            // The worker stopped (bad_message = "stop"): the partition goes no further.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Move kept messages on to workers with room again; resume emptied partitions.
+    fn feed(&self, consumer: &Group) {
+        let mut owned = lock(&self.owned);
+        for (&p, o) in owned.iter_mut() {
+            while let Some(item) = o.pending.pop_front() {
+                match o.tx.try_send(item) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(item)) => {
+                        o.pending.push_front(item);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => o.pending.clear(),
+                }
+            }
+            if o.pending.is_empty() && o.paused {
+                match consumer.resume(&self.one(p)) {
+                    Ok(()) => o.paused = false,
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "resuming a partition failed")
+                    }
+                }
+            }
+        }
+    }
+
+    fn one(&self, partition: i32) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        tpl
+    }
+
+    /// What finished since the last commit, for the partitions owned now.
+    fn finished(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        let committed = lock(&self.committed);
+        for p in self.partitions() {
+            if let Some(next) = self.book.resume_at(p)
+                && committed.get(&p).is_none_or(|c| *c < next)
+            {
+                tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                    .expect("fresh partition list");
+            }
+        }
+        tpl
+    }
+
+    /// Commit `tpl` and remember it; a failure is logged (once until commits work again)
+    /// and the same offsets, or later ones, are tried at the next commit.
+    fn commit(&self, consumer: &Group, tpl: &TopicPartitionList) {
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(tpl, CommitMode::Sync) {
+            Ok(()) => {
+                let mut committed = lock(&self.committed);
+                for (p, next) in offsets_of(tpl) {
+                    committed.insert(p, next);
+                }
+                if let Some(since) = lock(&self.commit_trouble).take() {
+                    tracing::info!(down_for = ?since.elapsed(), "committing offsets works again");
+                }
+                tracing::debug!(offsets = ?offsets_of(tpl), "offsets committed");
+            }
+            Err(e) => {
+                let mut trouble = lock(&self.commit_trouble);
+                if trouble.is_none() {
+                    *trouble = Some(Instant::now());
+                    tracing::warn!(error = %e, offsets = ?offsets_of(tpl), "committing offsets failed; will retry");
+                } else {
+                    tracing::debug!(error = %e, "committing offsets still fails");
+                }
+            }
+        }
+    }
+}
+
+fn offsets_of(tpl: &TopicPartitionList) -> Vec<(i32, i64)> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect()
+}
+
+/// librdkafka's logs (as in offset-file mode) and the group's rebalances.
+struct GroupContext {
+    logs: KafkaLogs,
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.logs.log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.logs.error(error, reason);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(&self, consumer: &Group, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let partitions = partitions_of(tpl, &self.shared.topic);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.shared.assign(&partitions);
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                // librdkafka keeps a partition's pause across its revocation: one paused
+                // here for backpressure and later given back would never fetch again.
+                assigned.and_then(|()| consumer.resume(tpl))
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                let done = self
+                    .shared
+                    .revoke(&partitions, lost, Some(self.shared.revoke_grace));
+                self.shared.commit(consumer, &done);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed; releasing the partitions");
+                let done = self.shared.revoke(&partitions, true, Some(Duration::ZERO));
+                drop(done);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "applying the new assignment failed");
+        }
+    }
+}
+
+/// The consumer thread: poll, hand messages on, commit on the interval; at `stop`,
+/// finish (until `hard_stop`), commit and leave the group.
+fn poll_loop(consumer: Arc<Group>, shared: Arc<Shared>, commit_every: Duration) {
+    let mut last_commit = Instant::now();
+    let mut problems: HashMap<String, Instant> = HashMap::new();
+    while !shared.stop.is_cancelled() {
+        shared.feed(&consumer);
+        match consumer.poll(POLL) {
+            None => {}
+            Some(Ok(m)) => {
+                if let Some(since) = problems.values().min() {
+                    tracing::info!(down_for = ?since.elapsed(), "kafka working again");
+                    problems.clear();
+                }
+                crate::metrics::get().set_up(Component::Input, true);
+                shared.marks.seen(m.partition(), m.offset());
+                let event = RawEvent {
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                };
+                let (partition, offset) = (m.partition(), m.offset());
+                drop(m);
+                shared.dispatch(&consumer, partition, offset, event);
+            }
+            Some(Err(e)) => {
+                let kind = format!("{:?}", e.rdkafka_error_code());
+                if let std::collections::hash_map::Entry::Vacant(v) = problems.entry(kind) {
+                    tracing::warn!(error = %e, "kafka reports a problem; the client keeps reconnecting");
+                    v.insert(Instant::now());
+                    crate::metrics::get().set_up(Component::Input, false);
+                } else {
+                    tracing::debug!(error = %e, "kafka still reports a problem");
+                }
+            }
+        }
+        if last_commit.elapsed() >= commit_every {
+            shared.commit(&consumer, &shared.finished());
+            last_commit = Instant::now();
+        }
+    }
+    // Shutdown: what runs finishes (until hard_stop), what finished is committed, and the
+    // group is left at once instead of after the session timeout.
+    let done = shared.revoke(&shared.partitions(), false, None);
+    shared.commit(&consumer, &done);
+    consumer.unsubscribe();
+    tracing::info!(committed = ?offsets_of(&done), "left the consumer group");
+}
+
+/// Ask for the owned partitions' watermarks every `WATERMARK_INTERVAL` (the lag metric);
+/// ends with the consumer.
+async fn watermark_loop(consumer: Weak<Group>, shared: Arc<Shared>) {
+    loop {
+        let partitions = shared.partitions();
+        let Some(c) = consumer.upgrade() else {
+            return;
+        };
+        let marks = fetch_watermarks(&c, &shared.topic, &partitions).await;
+        drop(c);
+        if marks.iter().any(|(_, m)| m.is_ok()) {
+            crate::metrics::get().set_up(Component::Input, true);
+        }
+        // Where idle partitions stand: their committed offsets (a busy one learns it
+        // from its first message).
+        let unknown: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| shared.book.resume_at(*p).is_none())
+            .collect();
+        if !unknown.is_empty()
+            && let Some(c) = consumer.upgrade()
+        {
+            let mut tpl = TopicPartitionList::new();
+            for &p in &unknown {
+                tpl.add_partition(&shared.topic, p);
+            }
+            let asked = tokio::task::spawn_blocking(move || {
+                c.committed_offsets(tpl, Duration::from_secs(5))
+            })
+            .await;
+            if let Ok(Ok(tpl)) = asked {
+                let owned = shared.partitions();
+                for (p, next) in offsets_of(&tpl) {
+                    if owned.contains(&p) {
+                        shared.book.done(p, next - 1);
+                    }
+                }
+            }
+        }
+        let owned = shared.partitions();
+        for (p, m) in marks {
+            if let Ok((low, high)) = m
+                && owned.contains(&p)
+            {
+                shared.marks.set(p, low, high);
+            }
+        }
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tokio::time::sleep(WATERMARK_INTERVAL) => {}
+        }
+    }
+}
+
+/// `import_offset_file`: a group that has committed nothing for the topic starts where
+/// the offset file says, once; the file is then renamed `<file>.imported`. Without the
+/// option an existing file is only mentioned. False if `stop` fired meanwhile.
+async fn import_offset_file(
+    consumer: &Arc<Group>,
+    cfg: &KafkaSettings,
+    group: &GroupSettings,
+    stop: &CancellationToken,
+) -> bool {
+    let file = &cfg.offset_file;
+    if !file.exists() {
+        return true;
+    }
+    if !group.import_offset_file {
+        tracing::warn!(file = %file.display(), group = %group.id,
+            "an offset file exists but consumer-group mode does not use it; set import_offset_file = true to start a new group from it");
+        return true;
+    }
+    let (book, warning) = OffsetBook::load(file, &cfg.topic);
+    if let Some(w) = warning {
+        tracing::error!("{w}; not imported into group {}", group.id);
+        return true;
+    }
+    let Some(partitions) = wait_for_partitions(consumer, &cfg.topic, stop).await else {
+        return false;
+    };
+    let mut retry = crate::retry::Retry::for_input();
+    loop {
+        let (c, topic, ps) = (consumer.clone(), cfg.topic.clone(), partitions.clone());
+        let committed = tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for p in ps {
+                tpl.add_partition(&topic, p);
+            }
+            c.committed_offsets(tpl, Duration::from_secs(10))
+        })
+        .await;
+        let wait = match committed {
+            Ok(Ok(tpl)) => {
+                retry.succeeded();
+                if !offsets_of(&tpl).is_empty() {
+                    tracing::warn!(file = %file.display(), group = %group.id, committed = ?offsets_of(&tpl),
+                        "the group has committed offsets already; the offset file is not imported");
+                    return true;
+                }
+                break;
+            }
+            Ok(Err(e)) => retry.failed("reading the group's committed offsets failed", &e),
+            Err(e) => retry.failed("reading the group's committed offsets failed", &e),
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, last) in book.snapshot() {
+        if partitions.contains(&p) {
+            tpl.add_partition_offset(&cfg.topic, p, Offset::Offset(last + 1))
+                .expect("fresh partition list");
+        }
+    }
+    let c = consumer.clone();
+    let commit_tpl = tpl.clone();
+    let result = tokio::task::spawn_blocking(move || c.commit(&commit_tpl, CommitMode::Sync)).await;
+    match result {
+        Ok(Ok(())) => {
+            let imported = file.with_file_name(format!(
+                "{}.imported",
+                file.file_name()
+                    .map_or("last.offset".into(), |n| n.to_string_lossy())
+            ));
+            match std::fs::rename(file, &imported) {
+                Ok(()) => {
+                    tracing::info!(group = %group.id, offsets = ?offsets_of(&tpl), file = %imported.display(),
+                    "offset file imported into the group")
+                }
+                Err(e) => tracing::error!(error = %e, file = %file.display(),
+                    "offset file imported, but renaming it failed; set import_offset_file = false"),
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, group = %group.id,
+            "importing the offset file into the group failed; starting from the group's own position"),
+        Err(e) => tracing::error!(error = %e, "importing the offset file failed"),
+    }
+    true
+}

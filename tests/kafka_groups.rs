@@ -483,3 +483,53 @@ async fn added_partitions_are_picked_up_with_an_eager_strategy() {
     let (status, _) = rep_b.stop();
     assert!(status.success());
 }
+
+/// A member with nothing to do pauses fetching (noida-db answers empty fetches at once,
+/// which would keep the client spinning) and still picks up each event that trickles in
+/// after a quiet spell, on whichever partition it lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_member_wakes_for_each_trickling_event() {
+    let bed = TestBed::start(BedOptions {
+        partitions: 3,
+        ..Default::default()
+    });
+    let area = tempfile::tempdir().unwrap();
+    let sink = area.path().join("sink");
+    let work = member(
+        &bed,
+        &sink,
+        "quiet",
+        "partition_assignment_strategy = \"roundrobin\"\n",
+    );
+    let rep = Replicator::start(&work);
+    bed.upload("/data/first.txt", b"first", "").await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            sink.join("first.txt").exists()
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut slowest = Duration::ZERO;
+    for i in 0..10 {
+        // Quiet spells around the idle threshold (200 ms), the watermark checks (500 ms)
+        // and the grace after a resume (5 s).
+        tokio::time::sleep(Duration::from_millis(rng.u64(150..6000))).await;
+        let name = format!("t{i}.txt");
+        bed.upload(&format!("/data/{name}"), b"trickle", "").await;
+        let started = std::time::Instant::now();
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                sink.join(&name).exists()
+            })
+            .await,
+            "{name} took more than 10 s:\n{}",
+            tail(&work.log(), 20)
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(rep.stop().0.success());
+    eprintln!("10 trickling events, the slowest arrived in {slowest:?}");
+}

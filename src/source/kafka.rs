@@ -351,13 +351,13 @@ pub async fn run(
 }
 
 /// With no message for this long, the consumer counts as idle.
-const IDLE_AFTER: Duration = Duration::from_millis(200);
+pub(super) const IDLE_AFTER: Duration = Duration::from_millis(200);
 /// After a resume, how long the first message may take before the consumer counts as
 /// idle again.
-const RESUME_GRACE: Duration = Duration::from_secs(5);
+pub(super) const RESUME_GRACE: Duration = Duration::from_secs(5);
 /// While idle, the high watermarks are checked this often (at most the added latency of
 /// the first event after a quiet spell).
-const IDLE_CHECK: Duration = Duration::from_millis(500);
+pub(super) const IDLE_CHECK: Duration = Duration::from_millis(500);
 
 /// Pause fetching until some partition has a message past `next` (or its low watermark
 /// where nothing was consumed yet), checking the watermarks every `IDLE_CHECK`.

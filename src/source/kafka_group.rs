@@ -21,8 +21,8 @@
 
 use super::ack::OffsetBook;
 use super::kafka::{
-    KafkaConfigError, KafkaLogs, LANE_DEPTH, Watermarks, client_config, fetch_watermarks,
-    wait_for_partitions, worker,
+    IDLE_AFTER, IDLE_CHECK, KafkaConfigError, KafkaLogs, LANE_DEPTH, RESUME_GRACE, Watermarks,
+    client_config, fetch_watermarks, wait_for_partitions, worker,
 };
 use crate::config::settings::{GroupSettings, KafkaSettings};
 use crate::event::RawEvent;
@@ -43,6 +43,11 @@ type Group = BaseConsumer<GroupContext>;
 /// How long one `poll` waits for a message (and so the longest a paused partition with
 /// room again waits to be resumed).
 const POLL: Duration = Duration::from_millis(100);
+/// How long one `poll` waits while messages are kept for full workers.
+const FEED_POLL: Duration = Duration::from_millis(5);
+/// Messages kept per partition while its worker's queue is full, before the partition is
+/// paused (resumed again at half).
+const PENDING_MAX: usize = 256;
 /// How often the owned partitions' watermarks are asked for (the lag metric).
 const WATERMARK_INTERVAL: Duration = Duration::from_secs(10);
 /// librdkafka looks for new partitions of the topic this often.
@@ -81,6 +86,7 @@ pub async fn run(
         committed: Mutex::new(HashMap::new()),
         marks: Arc::new(Watermarks::default()),
         commit_trouble: Mutex::new(None),
+        newly_assigned: false.into(),
     });
     let consumer: Arc<Group> = Arc::new(config.create_with_context(GroupContext {
         logs: KafkaLogs::default(),
@@ -144,12 +150,15 @@ struct Shared {
     marks: Arc<Watermarks>,
     /// When commits started failing (logged once until one works again).
     commit_trouble: Mutex<Option<Instant>>,
+    /// Partitions were assigned since the consumer thread last looked.
+    newly_assigned: std::sync::atomic::AtomicBool,
 }
 
 /// A partition this member consumes now.
 struct Owned {
     tx: mpsc::Sender<(i64, RawEvent)>,
-    /// Delivered while the worker's lane was full; the partition is paused meanwhile.
+    /// Delivered while the worker's lane was full; past `PENDING_MAX` the partition is
+    /// paused.
     pending: VecDeque<(i64, RawEvent)>,
     paused: bool,
     /// Whether a message of it arrived since it was assigned.
@@ -206,6 +215,8 @@ impl Shared {
         }
         // A cooperative rebalance ends with an assignment of nothing new for most members.
         if !partitions.is_empty() {
+            self.newly_assigned
+                .store(true, std::sync::atomic::Ordering::Release);
             tracing::info!(topic = %self.topic, assigned = ?partitions, now = ?owned.keys().collect::<Vec<_>>(), "partitions assigned");
         }
     }
@@ -298,20 +309,20 @@ impl Shared {
                 lock(&self.committed).insert(partition, offset);
             }
         }
-        if !o.pending.is_empty() {
-            o.pending.push_back((offset, event));
-            return;
-        }
-        match o.tx.try_send((offset, event)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(item)) => {
-                o.pending.push_back(item);
-                if !o.paused {
-                    o.paused = consumer.pause(&self.one(partition)).is_ok();
-                }
+        if o.pending.is_empty() {
+            match o.tx.try_send((offset, event)) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(item)) => o.pending.push_back(item),
+                // The worker stopped (bad_message = "stop"): the partition goes no further.
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
-            // The worker stopped (bad_message = "stop"): the partition goes no further.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        } else {
+            o.pending.push_back((offset, event));
+        }
+        // Pausing makes librdkafka drop what it fetched ahead and fetch it again after the
+        // resume, so it waits until a good batch is kept.
+        if o.pending.len() >= PENDING_MAX && !o.paused {
+            o.paused = consumer.pause(&self.one(partition)).is_ok();
         }
     }
 
@@ -329,7 +340,7 @@ impl Shared {
                     Err(mpsc::error::TrySendError::Closed(_)) => o.pending.clear(),
                 }
             }
-            if o.pending.is_empty() && o.paused {
+            if o.pending.len() <= PENDING_MAX / 2 && o.paused {
                 match consumer.resume(&self.one(p)) {
                     Ok(()) => o.paused = false,
                     Err(e) => {
@@ -338,6 +349,22 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether no partition holds messages waiting for room.
+    fn nothing_pending(&self) -> bool {
+        lock(&self.owned).values().all(|o| o.pending.is_empty())
+    }
+
+    /// Every owned partition not paused for backpressure.
+    fn flowing(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (&p, o) in lock(&self.owned).iter() {
+            if !o.paused {
+                tpl.add_partition(&self.topic, p);
+            }
+        }
+        tpl
     }
 
     fn one(&self, partition: i32) -> TopicPartitionList {
@@ -478,11 +505,34 @@ impl ConsumerContext for GroupContext {
 fn poll_loop(consumer: Arc<Group>, shared: Arc<Shared>, commit_every: Duration) {
     let mut last_commit = Instant::now();
     let mut problems: HashMap<String, Instant> = HashMap::new();
+    let mut idle = Idle::new();
     while !shared.stop.is_cancelled() {
         shared.feed(&consumer);
-        match consumer.poll(POLL) {
+        // Kept messages go on as soon as their worker has room.
+        let wait = if idle.paused {
+            IDLE_CHECK
+        } else if shared.nothing_pending() {
+            POLL
+        } else {
+            FEED_POLL
+        };
+        let polled = consumer.poll(wait);
+        if shared
+            .newly_assigned
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            // New partitions need their first fetch before quiet means idle.
+            idle.woken(&consumer, &shared);
+        }
+        if polled.as_ref().is_some_and(|m| m.is_ok()) {
+            idle.woken(&consumer, &shared);
+        } else {
+            idle.quiet(&consumer, &shared);
+        }
+        match polled {
             None => {}
             Some(Ok(m)) => {
+                idle.delivered.insert(m.partition(), m.offset() + 1);
                 if let Some(since) = problems.values().min() {
                     tracing::info!(down_for = ?since.elapsed(), "kafka working again");
                     problems.clear();
@@ -519,6 +569,104 @@ fn poll_loop(consumer: Arc<Group>, shared: Arc<Shared>, commit_every: Duration) 
     shared.commit(&consumer, &done);
     consumer.unsubscribe();
     tracing::info!(committed = ?offsets_of(&done), "left the consumer group");
+}
+
+/// Fetching pauses while nothing arrives, as in offset-file mode: brokers that answer an
+/// empty fetch at once (noida-db) would otherwise keep librdkafka's fetch loop spinning,
+/// a core between the member and the broker. While paused, the high watermarks are
+/// checked every `IDLE_CHECK`, and fetching resumes when one moves past what was seen.
+struct Idle {
+    paused: bool,
+    /// The last message (or resume).
+    since: Instant,
+    /// How long without a message counts as idle: longer right after a resume, since
+    /// the first fetch after it may take a while (pausing again would purge it).
+    after: Duration,
+    /// The next offset per partition, as far as this member has been handed messages.
+    delivered: HashMap<i32, i64>,
+    /// High watermarks when fetching paused, for partitions whose position is unknown
+    /// (no message yet, nothing committed): only growth past them is news.
+    at_pause: HashMap<i32, i64>,
+}
+
+impl Idle {
+    fn new() -> Idle {
+        Idle {
+            paused: false,
+            since: Instant::now(),
+            after: RESUME_GRACE,
+            delivered: HashMap::new(),
+            at_pause: HashMap::new(),
+        }
+    }
+
+    /// A message arrived.
+    fn woken(&mut self, consumer: &Group, shared: &Shared) {
+        self.since = Instant::now();
+        self.after = IDLE_AFTER;
+        if self.paused {
+            self.resume(consumer, shared);
+        }
+    }
+
+    /// No message this poll: pause once quiet long enough; while paused, look for news.
+    fn quiet(&mut self, consumer: &Group, shared: &Shared) {
+        if !self.paused {
+            if self.since.elapsed() >= self.after && shared.nothing_pending() {
+                let flowing = shared.flowing();
+                if flowing.count() > 0 && consumer.pause(&flowing).is_ok() {
+                    self.paused = true;
+                    self.at_pause.clear();
+                    for p in shared.partitions() {
+                        if let Ok((_, high)) =
+                            consumer.fetch_watermarks(&shared.topic, p, Duration::from_secs(1))
+                        {
+                            self.at_pause.insert(p, high);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        let owned = shared.partitions();
+        let mut news = false;
+        for &p in &owned {
+            match consumer.fetch_watermarks(&shared.topic, p, Duration::from_secs(1)) {
+                Ok((low, high)) => {
+                    shared.marks.set(p, low, high);
+                    crate::metrics::get().set_up(Component::Input, true);
+                    let at = self
+                        .delivered
+                        .get(&p)
+                        .copied()
+                        .into_iter()
+                        .chain(shared.book.resume_at(p))
+                        .max()
+                        .or_else(|| self.at_pause.get(&p).copied());
+                    // Nothing known at all (the watermarks were not answered at the
+                    // pause): only fetching can tell.
+                    news |= at.is_none_or(|at| high > at);
+                }
+                // The broker cannot say (it is away): let the consumer find out.
+                Err(_) => news = true,
+            }
+        }
+        if news {
+            self.resume(consumer, shared);
+        } else {
+            // Partitions assigned meanwhile came unpaused.
+            let _ = consumer.pause(&shared.flowing());
+        }
+    }
+
+    fn resume(&mut self, consumer: &Group, shared: &Shared) {
+        self.paused = false;
+        self.since = Instant::now();
+        self.after = RESUME_GRACE;
+        if let Err(e) = consumer.resume(&shared.flowing()) {
+            tracing::warn!(error = %e, "resuming fetches failed");
+        }
+    }
 }
 
 /// Ask for the owned partitions' watermarks every `WATERMARK_INTERVAL` (the lag metric);

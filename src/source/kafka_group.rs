@@ -16,8 +16,9 @@
 //!
 //! librdkafka calls the rebalance callback from inside `poll`, so the consumer runs on a
 //! thread of its own, where waiting for the partition workers (tokio tasks) is allowed.
-//! Backpressure pauses a partition instead of blocking that thread, so rebalances and
-//! commits are served while the sink is slow or away.
+//! Each partition's messages come through a queue of its own, read only while its worker
+//! has room: a slow or unavailable sink stops fetching for that partition alone, and the
+//! thread keeps serving rebalances and commits.
 
 use super::ack::OffsetBook;
 use super::kafka::{
@@ -40,14 +41,12 @@ use tokio_util::sync::CancellationToken;
 
 type Group = BaseConsumer<GroupContext>;
 
-/// How long one `poll` waits for a message (and so the longest a paused partition with
-/// room again waits to be resumed).
-const POLL: Duration = Duration::from_millis(100);
-/// How long one `poll` waits while messages are kept for full workers.
-const FEED_POLL: Duration = Duration::from_millis(5);
-/// Messages kept per partition while its worker's queue is full, before the partition is
-/// paused (resumed again at half).
-const PENDING_MAX: usize = 256;
+/// How long one wait on the main queue lasts when nothing moved. Messages in the partition
+/// queues do not end it, so this is also the most a message (or a worker with room
+/// again) waits to be noticed; 100 wakeups a second cost nothing measurable.
+const POLL: Duration = Duration::from_millis(10);
+/// Messages taken from one partition's queue in a row, before the next partition's turn.
+const PARTITION_BATCH: usize = 64;
 /// How often the owned partitions' watermarks are asked for (the lag metric).
 const WATERMARK_INTERVAL: Duration = Duration::from_secs(10);
 /// librdkafka looks for new partitions of the topic this often.
@@ -73,7 +72,11 @@ pub async fn run(
             "heartbeat.interval.ms",
             (session_ms / 3).min(3000).to_string(),
         )
-        .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
+        .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS)
+        // With a queue per partition this limit applies per partition, not to the whole
+        // consumer: 1 MiB each (about a thousand events) keeps a member with many
+        // partitions bounded.
+        .set("queued.max.messages.kbytes", "1024");
     let shared = Arc::new(Shared {
         topic: cfg.topic.clone(),
         pipeline,
@@ -87,11 +90,14 @@ pub async fn run(
         marks: Arc::new(Watermarks::default()),
         commit_trouble: Mutex::new(None),
         newly_assigned: false.into(),
+        consumer: std::sync::OnceLock::new(),
+        reset_latest: group.auto_offset_reset == "latest",
     });
     let consumer: Arc<Group> = Arc::new(config.create_with_context(GroupContext {
         logs: KafkaLogs::default(),
         shared: shared.clone(),
     })?);
+    let _ = shared.consumer.set(Arc::downgrade(&consumer));
 
     if !import_offset_file(&consumer, cfg, group, &stop).await {
         return Ok(());
@@ -152,15 +158,26 @@ struct Shared {
     commit_trouble: Mutex<Option<Instant>>,
     /// Partitions were assigned since the consumer thread last looked.
     newly_assigned: std::sync::atomic::AtomicBool,
+    /// The consumer, to split the queue of each partition assigned.
+    consumer: std::sync::OnceLock<Weak<Group>>,
+    /// `auto_offset_reset = "latest"`.
+    reset_latest: bool,
 }
+
+/// A partition's own queue of fetched messages.
+type Queue = rdkafka::consumer::base_consumer::PartitionQueue<GroupContext>;
+/// Where a partition's messages go: its worker.
+type Lane = mpsc::Sender<(i64, RawEvent)>;
 
 /// A partition this member consumes now.
 struct Owned {
-    tx: mpsc::Sender<(i64, RawEvent)>,
-    /// Delivered while the worker's lane was full; past `PENDING_MAX` the partition is
-    /// paused.
+    tx: Lane,
+    /// Its messages, taken only while its worker has room: backpressure stops librdkafka
+    /// fetching for this partition alone, with nothing dropped or fetched twice.
+    queue: Option<Arc<Queue>>,
+    /// Messages that reached the consumer's main queue before the partition's own queue
+    /// was split off; they go to the worker first.
     pending: VecDeque<(i64, RawEvent)>,
-    paused: bool,
     /// Whether a message of it arrived since it was assigned.
     started: bool,
     worker: tokio::task::JoinHandle<()>,
@@ -204,8 +221,8 @@ impl Shared {
                 p,
                 Owned {
                     tx,
+                    queue: None,
                     pending: VecDeque::new(),
-                    paused: false,
                     started: false,
                     worker,
                     no_new,
@@ -218,6 +235,28 @@ impl Shared {
             self.newly_assigned
                 .store(true, std::sync::atomic::Ordering::Release);
             tracing::info!(topic = %self.topic, assigned = ?partitions, now = ?owned.keys().collect::<Vec<_>>(), "partitions assigned");
+        }
+    }
+
+    /// Give each newly assigned partition its own queue (after the assignment: an eager
+    /// `assign` resets the split queues).
+    fn split_queues(&self, partitions: &[i32]) {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let mut owned = lock(&self.owned);
+        for p in partitions {
+            if let Some(o) = owned.get_mut(p) {
+                o.queue = consumer
+                    .split_partition_queue(&self.topic, *p)
+                    .map(Arc::new);
+                if o.queue.is_none() {
+                    tracing::warn!(
+                        partition = p,
+                        "no queue of its own for this partition; its messages come through the main queue"
+                    );
+                }
+            }
         }
     }
 
@@ -293,13 +332,8 @@ impl Shared {
         tpl
     }
 
-    /// Hand a message to its partition's worker, or keep it and pause the partition if
-    /// the worker's queue is full.
-    fn dispatch(&self, consumer: &Group, partition: i32, offset: i64, event: RawEvent) {
-        let mut owned = lock(&self.owned);
-        let Some(o) = owned.get_mut(&partition) else {
-            return;
-        };
+    /// A message delivered: note the partition's starting point at its first one.
+    fn arrived(&self, o: &mut Owned, partition: i32, offset: i64) {
         if !o.started {
             // The first message after an assignment sits at the group's position:
             // everything before it is done, as far as this member's commits go.
@@ -309,27 +343,36 @@ impl Shared {
                 lock(&self.committed).insert(partition, offset);
             }
         }
-        if o.pending.is_empty() {
-            match o.tx.try_send((offset, event)) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(item)) => o.pending.push_back(item),
-                // The worker stopped (bad_message = "stop"): the partition goes no further.
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-            }
-        } else {
-            o.pending.push_back((offset, event));
-        }
-        // Pausing makes librdkafka drop what it fetched ahead and fetch it again after the
-        // resume, so it waits until a good batch is kept.
-        if o.pending.len() >= PENDING_MAX && !o.paused {
-            o.paused = consumer.pause(&self.one(partition)).is_ok();
+    }
+
+    /// Whether a message of this owned partition arrived since it was assigned.
+    fn started(&self, partition: i32) -> bool {
+        lock(&self.owned).get(&partition).is_some_and(|o| o.started)
+    }
+
+    /// A message from the partition's own queue, about to go to its worker.
+    fn arrived_on(&self, partition: i32, offset: i64) {
+        if let Some(o) = lock(&self.owned).get_mut(&partition) {
+            self.arrived(o, partition, offset);
         }
     }
 
-    /// Move kept messages on to workers with room again; resume emptied partitions.
-    fn feed(&self, consumer: &Group) {
+    /// A message from the main queue (fetched before its partition's queue was split
+    /// off): it goes to the worker before anything from the partition's own queue.
+    fn early(&self, partition: i32, offset: i64, event: RawEvent) {
         let mut owned = lock(&self.owned);
-        for (&p, o) in owned.iter_mut() {
+        if let Some(o) = owned.get_mut(&partition) {
+            self.arrived(o, partition, offset);
+            o.pending.push_back((offset, event));
+        }
+    }
+
+    /// Move kept messages on to workers with room; returns whether every partition is
+    /// free of them (only then are partition queues read).
+    fn feed(&self) -> bool {
+        let mut owned = lock(&self.owned);
+        let mut clear = true;
+        for o in owned.values_mut() {
             while let Some(item) = o.pending.pop_front() {
                 match o.tx.try_send(item) {
                     Ok(()) => {}
@@ -337,39 +380,37 @@ impl Shared {
                         o.pending.push_front(item);
                         break;
                     }
+                    // The worker stopped (bad_message = "stop"): the partition goes no
+                    // further.
                     Err(mpsc::error::TrySendError::Closed(_)) => o.pending.clear(),
                 }
             }
-            if o.pending.len() <= PENDING_MAX / 2 && o.paused {
-                match consumer.resume(&self.one(p)) {
-                    Ok(()) => o.paused = false,
-                    Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "resuming a partition failed")
-                    }
-                }
-            }
+            clear &= o.pending.is_empty();
         }
+        clear
     }
 
-    /// Whether no partition holds messages waiting for room.
-    fn nothing_pending(&self) -> bool {
-        lock(&self.owned).values().all(|o| o.pending.is_empty())
+    /// The owned partitions' queues and workers, to read outside the lock.
+    fn queues(&self) -> Vec<(i32, Arc<Queue>, Lane)> {
+        lock(&self.owned)
+            .iter()
+            .filter(|(_, o)| o.pending.is_empty())
+            .filter_map(|(&p, o)| Some((p, o.queue.clone()?, o.tx.clone())))
+            .collect()
     }
 
-    /// Every owned partition not paused for backpressure.
-    fn flowing(&self) -> TopicPartitionList {
+    /// Whether every worker could take a message now (else quiet is not idleness).
+    fn room_everywhere(&self) -> bool {
+        lock(&self.owned)
+            .values()
+            .all(|o| o.pending.is_empty() && o.tx.capacity() > 0)
+    }
+
+    fn all_owned(&self) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
-        for (&p, o) in lock(&self.owned).iter() {
-            if !o.paused {
-                tpl.add_partition(&self.topic, p);
-            }
+        for p in self.partitions() {
+            tpl.add_partition(&self.topic, p);
         }
-        tpl
-    }
-
-    fn one(&self, partition: i32) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, partition);
         tpl
     }
 
@@ -467,8 +508,9 @@ impl ConsumerContext for GroupContext {
                 } else {
                     consumer.assign(tpl)
                 };
+                self.shared.split_queues(&partitions);
                 // librdkafka keeps a partition's pause across its revocation: one paused
-                // here for backpressure and later given back would never fetch again.
+                // here while idle and later given back would never fetch again.
                 assigned.and_then(|()| consumer.resume(tpl))
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -504,59 +546,70 @@ impl ConsumerContext for GroupContext {
 /// finish (until `hard_stop`), commit and leave the group.
 fn poll_loop(consumer: Arc<Group>, shared: Arc<Shared>, commit_every: Duration) {
     let mut last_commit = Instant::now();
-    let mut problems: HashMap<String, Instant> = HashMap::new();
+    let mut input = InputState::default();
     let mut idle = Idle::new();
+    let mut moved = false;
     while !shared.stop.is_cancelled() {
-        shared.feed(&consumer);
-        // Kept messages go on as soon as their worker has room.
-        let wait = if idle.paused {
+        // The main queue: rebalances (the callback runs in here), errors, and messages
+        // fetched before a partition's own queue was split off. Drained before the
+        // partition queues, whose messages are later ones.
+        let mut wait = if moved {
+            Duration::ZERO
+        } else if idle.paused {
             IDLE_CHECK
-        } else if shared.nothing_pending() {
-            POLL
         } else {
-            FEED_POLL
+            POLL
         };
-        let polled = consumer.poll(wait);
+        let mut got = false;
+        while let Some(polled) = consumer.poll(wait) {
+            wait = Duration::ZERO;
+            match polled {
+                Ok(m) => {
+                    got = true;
+                    let (partition, offset, event) = input.message(&m, &shared, &mut idle);
+                    drop(m);
+                    shared.early(partition, offset, event);
+                }
+                Err(e) => input.problem(&e),
+            }
+        }
         if shared
             .newly_assigned
             .swap(false, std::sync::atomic::Ordering::AcqRel)
         {
-            // New partitions need their first fetch before quiet means idle.
+            // New partitions need their first fetch before quiet means idle, and what
+            // this member knew of them from an earlier turn is stale.
+            idle.delivered.retain(|p, _| shared.started(*p));
+            idle.asked.clear();
             idle.woken(&consumer, &shared);
         }
-        if polled.as_ref().is_some_and(|m| m.is_ok()) {
+        // Each partition's own queue, while its worker has room.
+        moved = false;
+        if shared.feed() {
+            for (partition, queue, tx) in shared.queues() {
+                for _ in 0..PARTITION_BATCH {
+                    let Ok(permit) = tx.try_reserve() else {
+                        break;
+                    };
+                    match queue.poll(Duration::ZERO) {
+                        None => break,
+                        Some(Ok(m)) => {
+                            let (p, offset, event) = input.message(&m, &shared, &mut idle);
+                            drop(m);
+                            debug_assert_eq!(p, partition);
+                            shared.arrived_on(partition, offset);
+                            permit.send((offset, event));
+                            moved = true;
+                        }
+                        Some(Err(e)) => input.problem(&e),
+                    }
+                }
+            }
+        }
+        if got || moved {
             idle.woken(&consumer, &shared);
         } else {
             idle.quiet(&consumer, &shared);
-        }
-        match polled {
-            None => {}
-            Some(Ok(m)) => {
-                idle.delivered.insert(m.partition(), m.offset() + 1);
-                if let Some(since) = problems.values().min() {
-                    tracing::info!(down_for = ?since.elapsed(), "kafka working again");
-                    problems.clear();
-                }
-                crate::metrics::get().set_up(Component::Input, true);
-                shared.marks.seen(m.partition(), m.offset());
-                let event = RawEvent {
-                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                    payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-                };
-                let (partition, offset) = (m.partition(), m.offset());
-                drop(m);
-                shared.dispatch(&consumer, partition, offset, event);
-            }
-            Some(Err(e)) => {
-                let kind = format!("{:?}", e.rdkafka_error_code());
-                if let std::collections::hash_map::Entry::Vacant(v) = problems.entry(kind) {
-                    tracing::warn!(error = %e, "kafka reports a problem; the client keeps reconnecting");
-                    v.insert(Instant::now());
-                    crate::metrics::get().set_up(Component::Input, false);
-                } else {
-                    tracing::debug!(error = %e, "kafka still reports a problem");
-                }
-            }
         }
         if last_commit.elapsed() >= commit_every {
             shared.commit(&consumer, &shared.finished());
@@ -569,6 +622,46 @@ fn poll_loop(consumer: Arc<Group>, shared: Arc<Shared>, commit_every: Duration) 
     shared.commit(&consumer, &done);
     consumer.unsubscribe();
     tracing::info!(committed = ?offsets_of(&done), "left the consumer group");
+}
+
+/// Messages and errors as they reach the consumer thread: the input's health for the
+/// metrics and the log (a kind of error is logged once until messages flow again).
+#[derive(Default)]
+struct InputState {
+    problems: HashMap<String, Instant>,
+}
+
+impl InputState {
+    fn message(
+        &mut self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        shared: &Shared,
+        idle: &mut Idle,
+    ) -> (i32, i64, RawEvent) {
+        if let Some(since) = self.problems.values().min() {
+            tracing::info!(down_for = ?since.elapsed(), "kafka working again");
+            self.problems.clear();
+        }
+        crate::metrics::get().set_up(Component::Input, true);
+        shared.marks.seen(m.partition(), m.offset());
+        idle.delivered.insert(m.partition(), m.offset() + 1);
+        let event = RawEvent {
+            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        };
+        (m.partition(), m.offset(), event)
+    }
+
+    fn problem(&mut self, e: &rdkafka::error::KafkaError) {
+        let kind = format!("{:?}", e.rdkafka_error_code());
+        if let std::collections::hash_map::Entry::Vacant(v) = self.problems.entry(kind) {
+            tracing::warn!(error = %e, "kafka reports a problem; the client keeps reconnecting");
+            v.insert(Instant::now());
+            crate::metrics::get().set_up(Component::Input, false);
+        } else {
+            tracing::debug!(error = %e, "kafka still reports a problem");
+        }
+    }
 }
 
 /// Fetching pauses while nothing arrives, as in offset-file mode: brokers that answer an
@@ -584,9 +677,11 @@ struct Idle {
     after: Duration,
     /// The next offset per partition, as far as this member has been handed messages.
     delivered: HashMap<i32, i64>,
-    /// High watermarks when fetching paused, for partitions whose position is unknown
-    /// (no message yet, nothing committed): only growth past them is news.
+    /// High watermarks when fetching paused: where a partition of a new group starts
+    /// under `auto_offset_reset = "latest"` (only growth past them is news).
     at_pause: HashMap<i32, i64>,
+    /// Partitions whose committed offset was asked for since they were assigned.
+    asked: std::collections::HashSet<i32>,
 }
 
 impl Idle {
@@ -597,6 +692,7 @@ impl Idle {
             after: RESUME_GRACE,
             delivered: HashMap::new(),
             at_pause: HashMap::new(),
+            asked: std::collections::HashSet::new(),
         }
     }
 
@@ -612,9 +708,10 @@ impl Idle {
     /// No message this poll: pause once quiet long enough; while paused, look for news.
     fn quiet(&mut self, consumer: &Group, shared: &Shared) {
         if !self.paused {
-            if self.since.elapsed() >= self.after && shared.nothing_pending() {
-                let flowing = shared.flowing();
+            if self.since.elapsed() >= self.after && shared.room_everywhere() {
+                let flowing = shared.all_owned();
                 if flowing.count() > 0 && consumer.pause(&flowing).is_ok() {
+                    tracing::debug!("idle: fetching paused until a high watermark moves");
                     self.paused = true;
                     self.at_pause.clear();
                     for p in shared.partitions() {
@@ -629,22 +726,27 @@ impl Idle {
             return;
         }
         let owned = shared.partitions();
+        self.learn_positions(consumer, shared, &owned);
         let mut news = false;
         for &p in &owned {
             match consumer.fetch_watermarks(&shared.topic, p, Duration::from_secs(1)) {
                 Ok((low, high)) => {
                     shared.marks.set(p, low, high);
                     crate::metrics::get().set_up(Component::Input, true);
-                    let at = self
+                    let known = self
                         .delivered
                         .get(&p)
                         .copied()
                         .into_iter()
                         .chain(shared.book.resume_at(p))
-                        .max()
-                        .or_else(|| self.at_pause.get(&p).copied());
-                    // Nothing known at all (the watermarks were not answered at the
-                    // pause): only fetching can tell.
+                        .max();
+                    // Nothing delivered and nothing committed: the partition starts at
+                    // its oldest offset, or (latest) where its end was at the pause.
+                    let at = known.or(if shared.reset_latest {
+                        self.at_pause.get(&p).copied()
+                    } else {
+                        Some(low)
+                    });
                     news |= at.is_none_or(|at| high > at);
                 }
                 // The broker cannot say (it is away): let the consumer find out.
@@ -652,10 +754,40 @@ impl Idle {
             }
         }
         if news {
+            tracing::debug!("news in the topic: fetching resumed");
             self.resume(consumer, shared);
         } else {
             // Partitions assigned meanwhile came unpaused.
-            let _ = consumer.pause(&shared.flowing());
+            let _ = consumer.pause(&shared.all_owned());
+        }
+    }
+
+    /// Read the committed offsets of partitions with no known position, once per
+    /// assignment: a partition that has its backlog still to fetch is news.
+    fn learn_positions(&mut self, consumer: &Group, shared: &Shared, owned: &[i32]) {
+        self.asked.retain(|p| owned.contains(p));
+        let mut tpl = TopicPartitionList::new();
+        for &p in owned {
+            if !self.delivered.contains_key(&p)
+                && shared.book.resume_at(p).is_none()
+                && self.asked.insert(p)
+            {
+                tpl.add_partition(&shared.topic, p);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.committed_offsets(tpl, Duration::from_secs(2)) {
+            Ok(committed) => {
+                for (p, next) in offsets_of(&committed) {
+                    shared.book.done(p, next - 1);
+                }
+            }
+            Err(_) => {
+                // Ask again at the next check.
+                self.asked.clear();
+            }
         }
     }
 
@@ -663,7 +795,7 @@ impl Idle {
         self.paused = false;
         self.since = Instant::now();
         self.after = RESUME_GRACE;
-        if let Err(e) = consumer.resume(&shared.flowing()) {
+        if let Err(e) = consumer.resume(&shared.all_owned()) {
             tracing::warn!(error = %e, "resuming fetches failed");
         }
     }

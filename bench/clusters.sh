@@ -1,6 +1,7 @@
 # Sourced by the benchmarks, from the repository root: builds the release binary, installs
 # the test bed and starts two clusters in a fresh run directory (A: source and broker, B:
-# target), stopped and removed on exit. Sets repo, run, weed and python. A benchmark that
+# target; BENCH_CLUSTERS="a" starts A only), stopped and removed on exit. Sets repo, run,
+# weed and python. BROKER and PARTITIONS pass on to scripts/testbed.sh. A benchmark that
 # starts processes of its own defines bench_stop_own, which runs first on exit.
 repo="$(pwd)"
 cargo build --release --locked --quiet
@@ -15,6 +16,7 @@ bench_cleanup() {
     rm -rf "${run}"
 }
 trap bench_cleanup EXIT
-mkdir -p "${run}/a" "${run}/b"
-bash scripts/testbed.sh start "${run}/a" >/dev/null
-bash scripts/testbed.sh start "${run}/b" >/dev/null
+for cluster in ${BENCH_CLUSTERS:-a b}; do
+    mkdir -p "${run}/${cluster}"
+    bash scripts/testbed.sh start "${run}/${cluster}" >/dev/null
+done

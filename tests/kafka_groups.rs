@@ -511,25 +511,9 @@ async fn a_quiet_member_wakes_for_each_trickling_event() {
         "{}",
         tail(&work.log(), 20)
     );
-    let mut rng = fastrand::Rng::with_seed(5);
-    let mut slowest = Duration::ZERO;
-    for i in 0..10 {
-        // Quiet spells around the idle threshold (200 ms), the watermark checks (500 ms)
-        // and the grace after a resume (5 s).
-        tokio::time::sleep(Duration::from_millis(rng.u64(150..6000))).await;
-        let name = format!("t{i}.txt");
-        bed.upload(&format!("/data/{name}"), b"trickle", "").await;
-        let started = std::time::Instant::now();
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                sink.join(&name).exists()
-            })
-            .await,
-            "{name} took more than 10 s:\n{}",
-            tail(&work.log(), 20)
-        );
-        slowest = slowest.max(started.elapsed());
-    }
+    // Quiet spells around the idle threshold (200 ms), the watermark checks (500 ms)
+    // and the grace after a resume (5 s).
+    let slowest = trickle(&bed, &sink, &work.log(), 10, 150..6000, 5).await;
     assert!(rep.stop().0.success());
     eprintln!("10 trickling events, the slowest arrived in {slowest:?}");
 }

@@ -624,24 +624,8 @@ async fn trickling_events_arrive_promptly_after_idle() {
         })
         .await
     );
-    let mut rng = fastrand::Rng::with_seed(3);
-    let mut slowest = Duration::ZERO;
-    for i in 0..12 {
-        // Quiet spells around the idle threshold (200 ms) and the watermark checks.
-        tokio::time::sleep(Duration::from_millis(rng.u64(150..1600))).await;
-        let name = format!("t{i}.txt");
-        bed.upload(&format!("/data/{name}"), b"trickle", "").await;
-        let started = Instant::now();
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                root.join(&name).exists()
-            })
-            .await,
-            "{name} took more than 10 s:\n{}",
-            tail(&work.log(), 20)
-        );
-        slowest = slowest.max(started.elapsed());
-    }
+    // Quiet spells around the idle threshold (200 ms) and the watermark checks.
+    let slowest = trickle(&bed, &root, &work.log(), 12, 150..1600, 3).await;
     assert!(rep.stop().0.success());
     eprintln!("12 trickling events, the slowest arrived in {slowest:?}");
 }

@@ -678,6 +678,37 @@ where
     }
 }
 
+/// Upload `count` small files, `/data/t0.txt` and on, each after a quiet spell drawn from
+/// `spells_ms` (seeded), and wait for each in the local sink `sink` for at most 10 s.
+/// Returns the slowest arrival.
+pub async fn trickle(
+    bed: &TestBed,
+    sink: &Path,
+    log: &Path,
+    count: usize,
+    spells_ms: std::ops::Range<u64>,
+    seed: u64,
+) -> Duration {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut slowest = Duration::ZERO;
+    for i in 0..count {
+        tokio::time::sleep(Duration::from_millis(rng.u64(spells_ms.clone()))).await;
+        let name = format!("t{i}.txt");
+        bed.upload(&format!("/data/{name}"), b"trickle", "").await;
+        let started = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                sink.join(&name).exists()
+            })
+            .await,
+            "{name} took more than 10 s:\n{}",
+            tail(log, 20)
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest
+}
+
 /// Wait until the sink under `sink` equals the source tree under `root` (minus `skip`).
 pub async fn assert_converges(bed: &TestBed, root: &str, skip: &[&str], sink: &Path, log: &Path) {
     wait_for_match("sink", log, || async {

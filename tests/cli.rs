@@ -231,3 +231,46 @@ fn the_example_configs_pass_check_validation() {
     }
     assert!(!replica.exists(), "check creates nothing");
 }
+
+/// The environment may hold any bytes. A variable that is not UTF-8 and means nothing to
+/// `replicate` is no concern; a `WEED_*` one is a configuration problem, named, exit 2.
+/// Neither may panic (it did: exit 101 from the environment reader).
+#[test]
+fn non_utf8_environment_variables_never_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = tempfile::tempdir().unwrap();
+    let sink = d.path().join("sink");
+    std::fs::write(
+        d.path().join("replication.toml"),
+        format!(
+            "[source.filer]\ngrpcAddress = \"127.0.0.1:1\"\ndirectory = \"/data\"\nsubscribe = true\n\
+             [sink.local]\nenabled = true\ndirectory = \"{}\"\n",
+            sink.display()
+        ),
+    )
+    .unwrap();
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let run = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_replicate"))
+            .arg("check")
+            .current_dir(d.path())
+            .env("HOME", d.path())
+            .env(name, latin1)
+            .output()
+            .unwrap()
+    };
+    // Unrelated: the check runs and reports the unreachable filer (exit 1), not a panic.
+    let o = run("SOME_VAR");
+    assert_ne!(o.status.code(), Some(101), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("SOME_VAR"), "{}", stderr(&o));
+    // A WEED_ override that cannot be read: exit 2, the variable named.
+    let o = run("WEED_SINK_LOCAL_DIRECTORY");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("environment variable WEED_SINK_LOCAL_DIRECTORY")
+            && stderr(&o).contains("not valid UTF-8"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -35,6 +35,9 @@ pub struct LoadOptions {
     pub system_dirs: Vec<PathBuf>,
     /// The environment, for `WEED_*` overrides.
     pub env: HashMap<String, String>,
+    /// `WEED_*` variables whose name or value is not UTF-8 (names shown lossily): each
+    /// is a configuration problem. Other variables that are not UTF-8 are no concern.
+    pub bad_env: Vec<String>,
 }
 
 impl LoadOptions {
@@ -45,13 +48,15 @@ impl LoadOptions {
             (Ok(rest), Some(h)) => h.join(rest),
             _ => p,
         };
+        let (env, bad_env) = utf8_env(std::env::vars_os());
         LoadOptions {
             config_dir: config_dir.map(expand),
             replication_file: replication_file.map(expand),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             home: home.clone(),
             system_dirs: vec!["/usr/local/etc/seaweedfs".into(), "/etc/seaweedfs".into()],
-            env: std::env::vars().collect(),
+            env,
+            bad_env,
         }
     }
 
@@ -70,6 +75,34 @@ impl LoadOptions {
         dirs.extend(self.system_dirs.iter().cloned());
         dirs
     }
+}
+
+/// The environment as text. A variable that is not UTF-8 (any byte string is allowed)
+/// is left out; if it is a `WEED_*` one, its lossy name is returned as a problem instead
+/// of being read wrongly or silently ignored.
+pub fn utf8_env(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> (HashMap<String, String>, Vec<String>) {
+    let mut env = HashMap::new();
+    let mut bad = Vec::new();
+    for (k, v) in vars {
+        match (k.into_string(), v.into_string()) {
+            (Ok(k), Ok(v)) => {
+                env.insert(k, v);
+            }
+            (k, _) => {
+                let name = match k {
+                    Ok(k) => k,
+                    Err(k) => k.to_string_lossy().into_owned(),
+                };
+                if name.to_ascii_uppercase().starts_with("WEED_") {
+                    bad.push(name);
+                }
+            }
+        }
+    }
+    bad.sort();
+    (env, bad)
 }
 
 /// Where a value came from.
@@ -149,7 +182,15 @@ impl RawConfig {
             env: opts.env.clone(),
             ..Default::default()
         };
-        let mut problems = Vec::new();
+        let mut problems: Vec<Problem> = opts
+            .bad_env
+            .iter()
+            .map(|name| Problem {
+                origin: Origin::Env(name.clone()),
+                key: String::new(),
+                message: "is not valid UTF-8, so it cannot be read as a setting".into(),
+            })
+            .collect();
         for name in FILES {
             let given = opts
                 .replication_file

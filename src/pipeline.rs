@@ -346,7 +346,7 @@ impl Pipeline {
             tracing::debug!(key = %raw.key, why, "skipped");
             return Ok(Some(false));
         }
-        let plan = self.unless_overtaken(plan, &raw.key, &ev).await;
+        let paths = replicate::converge::Paths::of(&raw.key, &ev);
         // The deadline runs only while the event itself fails; an outage of the source or
         // the sink restarts it, so an outage never parks events.
         let mut started = Instant::now();
@@ -354,7 +354,7 @@ impl Pipeline {
         let mut backoff =
             crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
-            match replicate::apply(&plan, self.sink.as_ref(), &ev.signatures).await {
+            match self.apply(&plan, &paths, &ev.signatures).await {
                 Ok(()) => {
                     self.sink_state.working();
                     if plan.reads_source() {
@@ -407,31 +407,32 @@ impl Pipeline {
         }
     }
 
-    /// A file renamed onto a path the source has rewritten since: the event carrying the
-    /// newer version is keyed by the new path, so on a topic with several partitions it
-    /// may already have been applied, and moving this older file there would undo it.
-    /// Only the old name goes; the newer version's own event brings the new path. (The
-    /// target's mtime alone cannot tell this from `mv` over a newer file, which must win.)
-    async fn unless_overtaken(&self, plan: Plan, key: &str, ev: &EventNotification) -> Plan {
-        let Plan::Move { old, entry, .. } = &plan else {
-            return plan;
-        };
-        if entry.is_directory {
-            return plan;
-        }
-        match self.at_source(key, ev).await {
-            Some(Some(current)) if mtime_ns(&current) > mtime_ns(entry) => {
-                tracing::debug!(
-                    key,
-                    "the source has rewritten the new path since this rename; removing the old name only"
-                );
-                Plan::Delete {
-                    key: old.clone(),
-                    is_directory: false,
-                    delete_chunks: false,
+    /// Apply a plan: converging to what the source holds now, or, for an incremental
+    /// sink (which keeps history) or without a source to ask, as the event says.
+    async fn apply(
+        &self,
+        plan: &Plan,
+        paths: &replicate::converge::Paths,
+        signatures: &[i32],
+    ) -> Result<(), SinkError> {
+        let sink = self.sink.as_ref();
+        match &self.source {
+            Some(source) if !self.rules.incremental => {
+                let applied = replicate::converge::apply(
+                    plan,
+                    paths,
+                    &self.rules,
+                    source.as_ref(),
+                    sink,
+                    signatures,
+                )
+                .await?;
+                if applied == replicate::converge::Applied::Overtaken {
+                    tracing::debug!(path = %paths.new, "the source has moved on since this event; a later event brings what it holds now");
                 }
+                Ok(())
             }
-            _ => plan,
+            _ => replicate::apply(plan, sink, signatures).await,
         }
     }
 

@@ -436,9 +436,15 @@ async fn added_partitions_are_picked_up_with_an_eager_strategy() {
         .unwrap();
     assert!(made.iter().all(|r| r.is_ok()), "{made:?}");
     // The filer's producer learns of new partitions only every ten minutes: publish into
-    // them directly what it would.
+    // them directly what it would (the entries are made on the source too, since only
+    // what the source holds is replicated; their own events go to the old partitions).
     for p in [2, 3] {
         let name = format!("in-partition-{p}.txt");
+        bed.create_entry(
+            "/data",
+            inline_file(&name, format!("partition {p}").as_bytes()),
+        )
+        .await;
         bed.produce_to(
             Some(p),
             &format!("/data/{name}"),
@@ -449,9 +455,18 @@ async fn added_partitions_are_picked_up_with_an_eager_strategy() {
         )
         .await;
     }
+    let consumed = |p: i32| {
+        let line = format!("at partition {p} offset 0: /data/in-partition-{p}.txt");
+        [a.log(), b.log()]
+            .iter()
+            .any(|l| std::fs::read_to_string(l).is_ok_and(|t| t.contains(&line)))
+    };
     assert!(
         eventually(Duration::from_secs(60), || async {
-            sink.join("in-partition-2.txt").exists() && sink.join("in-partition-3.txt").exists()
+            sink.join("in-partition-2.txt").exists()
+                && sink.join("in-partition-3.txt").exists()
+                && consumed(2)
+                && consumed(3)
         })
         .await,
         "A:\n{}\nB:\n{}",

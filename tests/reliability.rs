@@ -384,7 +384,11 @@ async fn outages_of_target_and_source_are_waited_out() {
 async fn hostile_and_broken_messages_are_parked_and_nothing_escapes() {
     use prost::Message;
     use seaweed_replicate::pb;
-    let bed = TestBed::start(BedOptions::default());
+    let bed = TestBed::start(BedOptions {
+        // Names over 255 bytes are legal on a filer once its limit is raised.
+        env: long_names(),
+        ..Default::default()
+    });
     let area = tempfile::tempdir().unwrap();
     let root = area.path().join("sink");
     let work = Workdir::new(
@@ -437,12 +441,6 @@ async fn hostile_and_broken_messages_are_parked_and_nothing_escapes() {
         (
             "/elsewhere/x".into(),
             create("/elsewhere", file("x", b"pwned")),
-            false,
-        ),
-        // A 4 KiB name is legal on a filer; the local sink maps it to a short name.
-        (
-            format!("/data/{long}"),
-            create("/data", file(&long, b"long name")),
             false,
         ),
     ];
@@ -502,8 +500,11 @@ async fn hostile_and_broken_messages_are_parked_and_nothing_escapes() {
             1,
         )
         .await;
+    // A 4 KiB name is legal on a filer; the local sink maps it to a short name.
+    bed.create_entry("/data", file(&long, b"long name")).await;
     // SeaweedFS's own filer cannot store this one (it recurses until it dies), so it
-    // comes as a message.
+    // comes as a message, for an entry the source does not have: it is not even read
+    // (manifest loops are refused by `resolve_manifests`, see tests/properties.rs).
     bed.produce(
         "/data/self-manifest.bin",
         &create(
@@ -527,7 +528,7 @@ async fn hostile_and_broken_messages_are_parked_and_nothing_escapes() {
     assert!(
         eventually(Duration::from_secs(60), || async {
             root.join("ok.txt").exists()
-                && count(&work.path().join("replicate.parked.jsonl"), "\"key\"") >= 11
+                && count(&work.path().join("replicate.parked.jsonl"), "\"key\"") >= 10
         })
         .await,
         "the pipeline did not get past the hostile messages:\n{}",
@@ -548,11 +549,7 @@ async fn hostile_and_broken_messages_are_parked_and_nothing_escapes() {
         .filter(|m| m.2)
         .map(|m| m.0.as_str())
         .collect();
-    want.extend([
-        "/data/missing-volume.bin",
-        "/data/size-disagrees.bin",
-        "/data/self-manifest.bin",
-    ]);
+    want.extend(["/data/missing-volume.bin", "/data/size-disagrees.bin"]);
     assert_eq!(parked_keys, want, "{parked:#?}");
     let error_of = |key: &str| {
         parked.iter().find(|p| p["key"] == key).unwrap()["error"]
@@ -560,7 +557,6 @@ async fn hostile_and_broken_messages_are_parked_and_nothing_escapes() {
             .unwrap()
             .to_string()
     };
-    assert!(error_of("/data/self-manifest.bin").contains("nest deeper"));
     assert!(error_of("/data/missing-volume.bin").contains("9999"));
     assert!(
         error_of("/data/abs").contains("unsafe"),

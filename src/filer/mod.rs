@@ -57,6 +57,12 @@ pub enum ReadError {
     },
     #[error("volume {vid} has no locations on the source filer")]
     NoLocations { vid: String },
+    /// Asking the source filer what it holds at a path failed.
+    #[error("looking up {path} on the source filer: {status}")]
+    Entry {
+        path: String,
+        status: Box<tonic::Status>,
+    },
     #[error("chunk {fid}: {detail}")]
     Chunk {
         fid: String,
@@ -88,7 +94,9 @@ impl ReadError {
     /// The source filer cannot be reached: nothing is wrong with the event itself.
     pub fn is_outage(&self) -> bool {
         match self {
-            ReadError::Lookup { status, .. } => status_is_outage(status),
+            ReadError::Lookup { status, .. } | ReadError::Entry { status, .. } => {
+                status_is_outage(status)
+            }
             ReadError::Unreachable { .. } => true,
             _ => false,
         }
@@ -109,6 +117,7 @@ impl ReadError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ReadError::Lookup { .. }
+            | ReadError::Entry { .. }
             | ReadError::NoLocations { .. }
             | ReadError::Unreachable { .. }
             | ReadError::Aborted => true,

@@ -7,6 +7,7 @@
 //! path is validated (no `..`, `/` in names or NUL can reach a sink), and an event
 //! that would delete or move the sink root is refused.
 
+pub mod converge;
 pub mod path;
 
 use crate::pb::{Entry, EventNotification};
@@ -200,6 +201,11 @@ impl Rules {
                         let date = self.date_dir(Some(new));
                         let old_key = self.map(&key_parts, &date);
                         let new_key = self.map(&target, &date);
+                        if self.incremental {
+                            // A dated copy is history: the rename adds the new name's copy
+                            // and keeps the old one.
+                            return self.create(&join(&target), target, new);
+                        }
                         if old_key != new_key {
                             if key_parts == self.source_dir || target == self.source_dir {
                                 return Err(PlanError::SinkRoot {
@@ -260,6 +266,11 @@ impl Rules {
                 op: "delete",
                 key: key.into(),
             });
+        }
+        if self.incremental {
+            return Ok(Plan::Skip(
+                "incremental sinks keep every dated copy; deletes are not replicated",
+            ));
         }
         let date = self.date_dir(Some(old));
         Ok(Plan::Delete {

@@ -100,14 +100,13 @@ fn split(full: &str) -> (String, String) {
     }
 }
 
-/// The target already holds this version of the source entry: it is newer, or it has the
-/// same mode and maps every source chunk 1:1 (by `source_file_id`, offset and size).
+/// The target already holds this version of the source entry: the same mode and time,
+/// and every source chunk mapped 1:1 (by `source_file_id`, offset and size). A newer
+/// target is not kept for being newer: the pipeline writes only what the source holds
+/// now, and `mv` of an older file over a newer one must replace it on the target too.
 fn satisfies(existing: &Entry, src: &Entry) -> bool {
     if existing.is_directory != src.is_directory || src.is_directory {
         return false;
-    }
-    if mtime_ns(existing) > mtime_ns(src) {
-        return true;
     }
     let mode = |e: &Entry| e.attributes.as_ref().map_or(0, |a| a.file_mode);
     let same_content = if src.chunks.is_empty() {
@@ -120,7 +119,7 @@ fn satisfies(existing: &Entry, src: &Entry) -> bool {
                     && e.size == s.size
             })
     };
-    same_content && mode(existing) == mode(src) && mtime_ns(existing) >= mtime_ns(src)
+    same_content && mode(existing) == mode(src) && mtime_ns(existing) == mtime_ns(src)
 }
 
 /// Chunks ids as manifests store them: structured `fid`/`source_fid`, strings cleared.
@@ -616,10 +615,6 @@ impl Sink for FilerSink {
         if existing.is_directory != new.is_directory {
             return Ok(false);
         }
-        if mtime_ns(&existing) > mtime_ns(new) {
-            tracing::debug!(key = %key.full, "target is newer than this update, skipping");
-            return Ok(true);
-        }
         let reuse = Self::reusable(Some(&existing));
         let mut chunks = self
             .replicate_chunks(key, &existing.name, &new.chunks, &reuse)
@@ -675,6 +670,38 @@ impl Sink for FilerSink {
             Ok(()) => Ok(()),
             Err(s) if is_not_found(&s) => Ok(()),
             Err(s) => Err(rpc_err("delete entry", key, s)),
+        }
+    }
+
+    async fn remove_empty_dir(&self, key: &SinkKey) -> Result<bool, SinkError> {
+        if key.is_root() {
+            return Ok(false);
+        }
+        match self.lookup(key).await? {
+            None => return Ok(true),
+            Some(e) if !e.is_directory => return Ok(false),
+            Some(_) => {}
+        }
+        let (directory, name) = split(&key.full);
+        // Not recursive: the filer refuses to delete a directory that holds anything,
+        // so a child that arrives between a look and the delete is never lost.
+        let request = pb::DeleteEntryRequest {
+            directory,
+            name,
+            is_delete_data: true,
+            is_recursive: false,
+            ignore_recursive_error: false,
+            is_from_other_cluster: true,
+            ..Default::default()
+        };
+        match self.target.clone().delete_entry(request).await {
+            Ok(r) => {
+                let error = r.into_inner().error;
+                Ok(error.is_empty() || is_not_found_text(&error))
+            }
+            Err(s) if is_not_found(&s) => Ok(true),
+            Err(s) if s.message().contains("non-empty") => Ok(false),
+            Err(s) => Err(rpc_err("remove empty directory", key, s)),
         }
     }
 
@@ -750,7 +777,7 @@ mod tests {
     }
 
     #[test]
-    fn satisfied_by_newer_or_same_mapped_chunks() {
+    fn satisfied_only_by_the_same_mapped_chunks_and_time() {
         let src = entry(
             100,
             vec![
@@ -768,7 +795,10 @@ mod tests {
         assert!(satisfies(&same, &src));
         let partial = entry(100, vec![chunk("9,0a0a0a0a0a", "1,0101010101", 0, 10)]);
         assert!(!satisfies(&partial, &src));
-        assert!(satisfies(&entry(200, vec![]), &src), "a newer target wins");
+        assert!(
+            !satisfies(&entry(200, same.chunks.clone()), &src),
+            "a newer target is replaced: the source holds this version now (mv over a newer file)"
+        );
         let older_same = entry(50, same.chunks.clone());
         assert!(!satisfies(&older_same, &src));
         let mut chmod = same.clone();

@@ -552,6 +552,27 @@ impl Sink for LocalSink {
         }
     }
 
+    async fn remove_empty_dir(&self, key: &SinkKey) -> Result<bool, SinkError> {
+        if key.is_root() {
+            return Ok(false);
+        }
+        let Some(path) = self.target(key, false)? else {
+            return Ok(true);
+        };
+        match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(io_err("inspect directory", key)(e)),
+            Ok(m) if !m.is_dir() => return Ok(false),
+            Ok(_) => {}
+        }
+        match std::fs::remove_dir(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+            Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => Ok(false),
+            Err(e) => Err(io_err("remove empty directory", key)(e)),
+        }
+    }
+
     async fn move_entry(
         &self,
         old: &SinkKey,
@@ -598,6 +619,54 @@ impl Sink for LocalSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sink(root: &Path) -> LocalSink {
+        let source = FilerSource::new(
+            crate::filer::SourceOptions {
+                grpc_address: "127.0.0.1:9".into(),
+                data_center: String::new(),
+                read_jwt: None,
+                https: false,
+                prefetch: 1,
+                grpc_tls: None,
+            },
+            reqwest::Client::new(),
+        )
+        .unwrap();
+        LocalSink::new("local", root.to_path_buf(), Arc::new(source))
+    }
+
+    /// A symlink in the sink (planted, or left by the source) is never followed: a
+    /// write under it is refused and nothing lands where it points.
+    #[tokio::test]
+    async fn a_write_under_a_symlink_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, outside) = (d.path().join("sink"), d.path().join("outside"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let key = crate::replicate::SinkKey {
+            rel: vec!["link".into(), "through.txt".into()],
+            full: "/link/through.txt".into(),
+        };
+        let entry = Entry {
+            name: "through.txt".into(),
+            content: b"pwned".to_vec(),
+            attributes: Some(crate::pb::FuseAttributes {
+                file_size: 5,
+                file_mode: 0o644,
+                mtime: 1_700_000_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = sink(&root)
+            .create_entry(&key, &entry, &[])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
 
     #[test]
     fn a_directory_moved_onto_one_merges_keeping_the_newer_entries() {

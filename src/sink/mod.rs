@@ -7,7 +7,15 @@
 //! - `delete_entry` succeeds when the target is already gone.
 //! - `move_entry` returns `false` when the sink has no native move or the old path
 //!   is gone; the caller then creates the new path and deletes the old one.
+//! - `remove_empty_dir` removes a directory only if it holds nothing.
 //! - No operation writes, deletes or follows a link outside the sink's root.
+//!
+//! What a sink is asked to do converges to the source's current state, not to a replay
+//! of its history: the pipeline asks the source what it holds now at each path an event
+//! touches, and a create, move or delete that a later event has overtaken is narrowed
+//! to what is still true (see [`crate::replicate::converge`]). So any suffix of the
+//! stream may be applied again, after any prefix and in any interleaving of partitions,
+//! and the sink still ends equal to the source.
 
 pub mod azure;
 pub mod b2;
@@ -61,6 +69,11 @@ pub trait Sink: Send + Sync {
         _entry: &Entry,
         _signatures: &[i32],
     ) -> Result<bool, SinkError> {
+        Ok(false)
+    }
+    /// Remove the directory at `key` if it is empty. `Ok(true)` when it is gone (or was
+    /// never there), `Ok(false)` when it holds something or the sink has no directories.
+    async fn remove_empty_dir(&self, _key: &SinkKey) -> Result<bool, SinkError> {
         Ok(false)
     }
     /// What this sink is, for logs and `replicate check` (`S3 bucket b (endpoint …)`).

@@ -331,7 +331,7 @@ async fn replicate(
     config: Option<std::path::PathBuf>,
     metrics_address: Option<String>,
 ) -> Result<(), AppError> {
-    let setup = Setup::load(config_dir, config)?;
+    let setup = Arc::new(Setup::load(config_dir, config)?);
     let settings = &setup.settings;
     let raw = &setup.raw;
     let stop = CancellationToken::new();
@@ -359,6 +359,19 @@ async fn replicate(
     };
     tracing::info!(sink = settings.sink.name(), directory = %settings.sink.directory(), "Configure sink to {}", settings.sink.name());
     let pipeline = setup.pipeline(setup.rules(skip_signatures), open.sink, stop.clone());
+    crate::metrics::get().set_max_event_age(settings.metrics.ready_max_event_age);
+    let marker = settings
+        .replicate
+        .parked_file
+        .with_file_name("replicate.reconcile-pending");
+    let reconciler = crate::gaps::init(settings.replicate.on_gap, marker).map(|gaps| {
+        tokio::spawn(crate::ops::reconcile::serve(
+            setup.clone(),
+            pipeline.clone(),
+            gaps,
+            stop.clone(),
+        ))
+    });
 
     // Start-up is done: the sink and the filers answered. systemd (Type=notify) may now
     // consider the service started.
@@ -415,6 +428,10 @@ async fn replicate(
                 .await
                 .map_err(|e| config_error(raw, "notification.kafka", e.to_string()))?;
         }
+    }
+    if let Some(r) = reconciler {
+        // It stops with `stop` (its events are abandoned like any in flight).
+        let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
     }
     if let Some(server) = metrics_server {
         // It stops with `stop`; a scraper holding a connection open does not delay exit.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod filer;
+pub mod gaps;
 pub mod gcp;
 pub mod lane;
 pub mod metrics;

@@ -62,6 +62,11 @@ pub struct Metrics {
     oldest_age: Gauge<f64, AtomicU64>,
     lag: Family<PartitionLabels, Gauge>,
     up: Family<Static<1>, Gauge>,
+    gaps: Family<Static<1>, Counter>,
+    /// Why the input went no further, if it did (a gap under `on_gap = "stop"`).
+    halted: Mutex<Option<String>>,
+    /// `/readyz` fails while the oldest unfinished event is older than this.
+    max_event_age: Mutex<Option<Duration>>,
     /// Events taken from the input and not finished, by a rising id, with when each was
     /// taken: the first is the oldest.
     pending: Mutex<BTreeMap<u64, Instant>>,
@@ -137,7 +142,16 @@ impl Metrics {
             "Whether the input, the source cluster and the sink are reachable (1) or not (0)",
             up.clone(),
         );
+        let gaps = Family::<Static<1>, Counter>::default();
+        registry.register(
+            "gaps",
+            "Times the input found it had missed events, by reason (offset_ahead_of_topic, offset_before_oldest, checkpoint_too_old)",
+            gaps.clone(),
+        );
         Metrics {
+            gaps,
+            halted: Mutex::new(None),
+            max_event_age: Mutex::new(None),
             registry,
             events,
             bytes,
@@ -153,6 +167,26 @@ impl Metrics {
             started: AtomicBool::new(false),
             state: [AtomicI64::new(-1), AtomicI64::new(-1), AtomicI64::new(-1)],
         }
+    }
+
+    /// The input found it had missed events.
+    pub fn gap(&self, reason: &'static str) {
+        self.gaps.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Times the input found it had missed events, for one reason.
+    pub fn gaps(&self, reason: &'static str) -> u64 {
+        self.gaps.get(&[("reason", reason)]).map_or(0, |c| c.get())
+    }
+
+    /// The input goes no further, for this reason (shown by `/readyz`).
+    pub fn halt(&self, why: String) {
+        *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// `/readyz` fails while the oldest unfinished event has waited longer than `age`.
+    pub fn set_max_event_age(&self, age: Option<Duration>) {
+        *self.max_event_age.lock().unwrap_or_else(|p| p.into_inner()) = age;
     }
 
     /// One event finished with `outcome`.
@@ -285,6 +319,27 @@ impl Metrics {
                 ready = false;
             }
             if c == Component::Input && state.is_none() {
+                ready = false;
+            }
+        }
+        if let Some(why) = self
+            .halted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            text.push_str(&format!("input: {why}\n"));
+            ready = false;
+        }
+        let limit = *self.max_event_age.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(limit) = limit {
+            let age = self.oldest_pending();
+            if age > limit {
+                text.push_str(&format!(
+                    "oldest event: waiting for {}s, more than {}s (ready_max_event_age_seconds)\n",
+                    age.as_secs(),
+                    limit.as_secs()
+                ));
                 ready = false;
             }
         }

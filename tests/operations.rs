@@ -5,40 +5,11 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The value of the sample `series` (name with labels, exactly as exposed).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Wait until `/readyz` answers `status` with a body containing `says`.
-async fn readyz_becomes(base: &str, status: u16, says: &str, timeout: Duration, log: &Path) {
-    let http = reqwest::Client::new();
-    let url = format!("{base}/readyz");
-    assert!(
-        eventually(timeout, || async {
-            matches!(get(&http, &url).await, Some((s, body)) if s == status && body.contains(says))
-        })
-        .await,
-        "/readyz never answered {status} with {says:?}: {:?}\n{}",
-        get(&http, &url).await,
-        tail(log, 30)
-    );
-}
-
-async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, String)> {
-    let r = http.get(url).send().await.ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.text().await.ok()?))
 }
 
 /// Metrics, health and readiness follow what the daemon does: readiness waits for the

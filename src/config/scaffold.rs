@@ -148,6 +148,13 @@ event_deadline_seconds = 300
 prefetch_chunks = 4
 # A volume server silent this long during a read is given up for the next replica.
 read_timeout_seconds = 60
+# When the input can tell it missed events (a Kafka offset out of range: retention deleted
+# unread messages, or the topic was re-created; a metadata-log checkpoint older than the
+# oldest log the filer keeps), it logs an ERROR and counts replicate_gaps_total, then:
+#   "reconcile": goes on, and makes the sink equal to the source in the background;
+#   "stop": goes no further (/readyz says why) until an operator acts;
+#   "ignore": goes on.
+on_gap = "reconcile"
 
 [metrics]
 # Serve Prometheus metrics at /metrics, plus /healthz (the process is up) and /readyz (the
@@ -156,6 +163,9 @@ read_timeout_seconds = 60
 address = ""
 # Log a one-line progress summary (events/s, in flight, Kafka lag) this often; 0: never.
 progress_interval_seconds = 60
+# /readyz fails while the oldest event taken from the input and not finished has waited
+# longer than this (a stuck sink or source is an outage an orchestrator should see); 0: never.
+ready_max_event_age_seconds = 900
 "#;
 
 pub const NOTIFICATION: &str = r#"# notification.toml: where the filer publishes its metadata changes, and where

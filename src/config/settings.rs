@@ -42,6 +42,8 @@ pub struct MetricsSettings {
     pub address: Option<String>,
     /// How often the progress line is logged; `None` for never.
     pub progress_interval: Option<Duration>,
+    /// `/readyz` fails while the oldest unfinished event has waited longer than this.
+    pub ready_max_event_age: Option<Duration>,
 }
 
 /// Check a listen address: `host:port` or Go-style `:port`.
@@ -329,9 +331,26 @@ pub enum BadMessagePolicy {
     Stop,
 }
 
+/// What happens when the input can tell that it missed events: a Kafka offset out of
+/// range (retention deleted unread messages, the topic was re-created), a metadata-log
+/// checkpoint older than the oldest log the filer keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapPolicy {
+    /// Go on, and make the sink equal to the source again in the background: every
+    /// source entry is replicated (what is already current is skipped cheaply) and what
+    /// the sink holds that the source does not is removed.
+    Reconcile,
+    /// The input goes no further; `/readyz` says why. An operator decides.
+    Stop,
+    /// Go on as if nothing was missed (logged and counted all the same).
+    Ignore,
+}
+
 /// `[replicate]`: our own settings (upstream has none of these).
 #[derive(Debug, Clone)]
 pub struct ReplicateSettings {
+    /// What a gap in the input leads to.
+    pub on_gap: GapPolicy,
     /// Events in flight per ordered stream (partition, queue, log).
     pub concurrency: usize,
     pub on_failure: FailurePolicy,
@@ -560,6 +579,22 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
             BadMessagePolicy::Park
         }
     };
+    let on_gap = match r
+        .string("replicate.on_gap", "reconcile")
+        .to_lowercase()
+        .as_str()
+    {
+        "reconcile" => GapPolicy::Reconcile,
+        "stop" => GapPolicy::Stop,
+        "ignore" => GapPolicy::Ignore,
+        other => {
+            r.problem(
+                "replicate.on_gap",
+                format!("must be \"reconcile\", \"stop\" or \"ignore\", got {other:?}"),
+            );
+            GapPolicy::Reconcile
+        }
+    };
     let concurrency = r.count("replicate.concurrency", 64);
     if concurrency == 0 || concurrency > 4096 {
         r.problem(
@@ -585,6 +620,7 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
         r.problem("replicate.read_timeout_seconds", "must be at least 1");
     }
     let replicate = ReplicateSettings {
+        on_gap,
         read_timeout: Duration::from_secs(read_timeout.max(1)),
         concurrency: concurrency.clamp(1, 4096) as usize,
         on_failure,
@@ -602,9 +638,11 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
         r.problem("metrics.address", e);
     }
     let progress = r.count("metrics.progress_interval_seconds", 60);
+    let max_age = r.count("metrics.ready_max_event_age_seconds", 900);
     let metrics = MetricsSettings {
         address: (!address.is_empty()).then_some(address),
         progress_interval: (progress > 0).then(|| Duration::from_secs(progress)),
+        ready_max_event_age: (max_age > 0).then(|| Duration::from_secs(max_age)),
     };
 
     if subscribe && let Some(sink) = &sink {

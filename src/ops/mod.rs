@@ -4,6 +4,7 @@
 
 pub mod backfill;
 pub mod check;
+pub mod reconcile;
 pub mod verify;
 
 use crate::event::RawEvent;

@@ -408,7 +408,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// `path` (under `root`) as the sink names it, relative to the sink root.
-fn relative(root: &str, path: &str, sink: &dyn Sink) -> String {
+pub(super) fn relative(root: &str, path: &str, sink: &dyn Sink) -> String {
     path.strip_prefix(root)
         .unwrap_or(path)
         .trim_start_matches('/')

@@ -42,7 +42,26 @@ impl OffsetBook {
         let mut last = BTreeMap::new();
         match std::fs::read(path) {
             Ok(bytes) => match serde_json::from_slice::<OffsetFile>(&bytes) {
-                Ok(f) if f.topic == topic => last = f.partition_offsets,
+                Ok(f) if f.topic == topic => {
+                    // The last processed offset: -1 (nothing yet) up to just below the
+                    // largest offset there is. Anything else is damage, and that
+                    // partition starts from its oldest message rather than nowhere.
+                    let (good, bad): (BTreeMap<i32, i64>, BTreeMap<i32, i64>) = f
+                        .partition_offsets
+                        .into_iter()
+                        .partition(|(p, o)| *p >= 0 && (-1..i64::MAX - 1).contains(o));
+                    if !bad.is_empty() {
+                        warning = Some(format!(
+                            "offset file {} holds offsets no partition can have ({}); those partitions start from their oldest messages",
+                            path.display(),
+                            bad.iter()
+                                .map(|(p, o)| format!("partition {p}: {o}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                    }
+                    last = good;
+                }
                 Ok(f) => {
                     warning = Some(format!(
                         "offset file {} is for topic {:?}, not {topic:?}; starting from the oldest offsets",
@@ -85,10 +104,13 @@ impl OffsetBook {
         }
     }
 
-    /// Forget a partition's progress and holds (it moved to another consumer).
+    /// Forget a partition's progress and holds (it moved to another consumer, or its
+    /// offset was out of the topic's range).
     pub fn forget(&self, partition: i32) {
         let mut s = self.lock();
-        s.last.remove(&partition);
+        if s.last.remove(&partition).is_some() {
+            s.dirty = true;
+        }
         s.held.remove(&partition);
     }
 
@@ -104,9 +126,11 @@ impl OffsetBook {
     /// The event at `offset` and every earlier one of its partition are finished.
     pub fn done(&self, partition: i32, offset: i64) {
         let mut s = self.lock();
-        if s.held.get(&partition).is_some_and(|h| offset >= *h) {
-            return;
-        }
+        // Past a held event, everything before it is still finished.
+        let offset = match s.held.get(&partition) {
+            Some(h) if offset >= *h => h - 1,
+            _ => offset,
+        };
         if s.last.get(&partition).is_none_or(|o| *o < offset) {
             s.last.insert(partition, offset);
             s.dirty = true;
@@ -199,6 +223,48 @@ mod tests {
         book.done(0, 3);
         book.done(1, 9);
         assert_eq!(book.snapshot(), BTreeMap::from([(0, 1), (1, 9)]));
+        // A prefix reported past the held event at once still counts up to it.
+        book.hold(1, 12);
+        book.done(1, 15);
+        assert_eq!(book.snapshot(), BTreeMap::from([(0, 1), (1, 11)]));
+    }
+
+    /// A damaged offset file never panics (it did: exit 101 at the partition list) and
+    /// loses nothing: each impossible offset restarts its partition from the oldest.
+    #[test]
+    fn impossible_offsets_restart_their_partitions() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("o");
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"topic":"t","partitionOffsets":{{"0":-5,"1":{},"2":7,"3":-1,"-4":3}}}}"#,
+                i64::MAX
+            ),
+        )
+        .unwrap();
+        let (book, warn) = OffsetBook::load(&path, "t");
+        let warn = warn.unwrap();
+        assert!(
+            warn.contains("partition 0: -5") && warn.contains("partition 1"),
+            "{warn}"
+        );
+        assert_eq!(book.resume_at(0), None);
+        assert_eq!(book.resume_at(1), None);
+        assert_eq!(book.resume_at(2), Some(8));
+        assert_eq!(book.resume_at(3), Some(0));
+        for garbage in [
+            r#"{"topic":"t","partitionOffsets":{"x":1}}"#,
+            r#"{"topic":"t","partitionOffsets":{"0":1e99}}"#,
+            r#"{"topic":"t","partitionOffsets":{"0":99999999999999999999}}"#,
+            r#"{"topic":"t","partitionOffsets":[]}"#,
+            "\u{0}\u{ff}",
+        ] {
+            std::fs::write(&path, garbage).unwrap();
+            let (book, warn) = OffsetBook::load(&path, "t");
+            assert!(warn.is_some(), "{garbage}");
+            assert!(book.snapshot().is_empty(), "{garbage}");
+        }
     }
 
     #[test]

@@ -212,6 +212,10 @@ pub async fn run(
     let Some(partitions) = wait_for_partitions(&consumer, &cfg.topic, &stop).await else {
         return Ok(());
     };
+    if check_offsets(&consumer, cfg, &partitions, &book).await == crate::gaps::Then::Stop {
+        stop.cancelled().await;
+        return Ok(());
+    }
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
         let offset = book
@@ -348,6 +352,60 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Offsets from the offset file that the topic cannot serve are gaps: past the end of a
+/// partition (the topic was re-created, or the broker lost its log) or before its oldest
+/// message (retention deleted what was never replicated). Each is reported, and the
+/// partition starts again from its oldest message; without this, librdkafka would
+/// silently reset the fetch position while the idle check and the offset file kept the
+/// stale offset, and nothing would ever be replicated again.
+async fn check_offsets(
+    consumer: &Arc<Kafka>,
+    cfg: &KafkaSettings,
+    partitions: &[i32],
+    book: &OffsetBook,
+) -> crate::gaps::Then {
+    let mut then = crate::gaps::Then::GoOn;
+    for (p, marks) in fetch_watermarks(consumer, &cfg.topic, partitions).await {
+        let Some(at) = book.resume_at(p) else {
+            continue;
+        };
+        let (low, high) = match marks {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(partition = p, error = %e, "watermarks unknown; the offset is not checked");
+                continue;
+            }
+        };
+        let (reason, detail) = if at > high {
+            (
+                crate::gaps::Reason::OffsetAheadOfTopic,
+                format!(
+                    "offset file {} resumes partition {p} of topic {} at {at}, past its end ({high}): the topic was re-created or the broker lost its log; starting from its oldest message",
+                    cfg.offset_file.display(),
+                    cfg.topic
+                ),
+            )
+        } else if at < low {
+            (
+                crate::gaps::Reason::OffsetBeforeOldest,
+                format!(
+                    "offset file {} resumes partition {p} of topic {} at {at}, but its oldest message is {low}: retention deleted {} messages that were never replicated",
+                    cfg.offset_file.display(),
+                    cfg.topic,
+                    low - at
+                ),
+            )
+        } else {
+            continue;
+        };
+        book.forget(p);
+        if crate::gaps::report(reason, &detail) == crate::gaps::Then::Stop {
+            then = crate::gaps::Then::Stop;
+        }
+    }
+    then
 }
 
 /// With no message for this long, the consumer counts as idle.

@@ -39,6 +39,15 @@ pub struct BedOptions {
     pub broker: &'static str,
 }
 
+/// The environment that lets the filer store names longer than 255 bytes (its
+/// `[filer.options] max_file_name_length`, read through viper's `WEED_` variables).
+pub fn long_names() -> Vec<(String, String)> {
+    vec![(
+        "WEED_FILER_OPTIONS_MAX_FILE_NAME_LENGTH".to_string(),
+        "8192".to_string(),
+    )]
+}
+
 impl Default for BedOptions {
     fn default() -> Self {
         BedOptions {
@@ -707,6 +716,34 @@ pub async fn trickle(
         slowest = slowest.max(started.elapsed());
     }
     slowest
+}
+
+/// The value of the sample `series` (name with labels, exactly as exposed).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Wait until `/readyz` answers `status` with a body containing `says`.
+pub async fn readyz_becomes(base: &str, status: u16, says: &str, timeout: Duration, log: &Path) {
+    let http = reqwest::Client::new();
+    let url = format!("{base}/readyz");
+    assert!(
+        eventually(timeout, || async {
+            matches!(get(&http, &url).await, Some((s, body)) if s == status && body.contains(says))
+        })
+        .await,
+        "/readyz never answered {status} with {says:?}: {:?}\n{}",
+        get(&http, &url).await,
+        tail(log, 30)
+    );
+}
+
+pub async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, String)> {
+    let r = http.get(url).send().await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.ok()?))
 }
 
 /// Wait until the sink under `sink` equals the source tree under `root` (minus `skip`).

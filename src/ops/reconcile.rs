@@ -1,0 +1,171 @@
+//! Healing a gap in the running daemon (`[replicate] on_gap = "reconcile"`): make the
+//! sink equal to the source again, through the live pipeline, while events go on.
+//!
+//! Every entry under the source directory goes through the pipeline as if it had just
+//! been created, so a sink that already holds it skips it cheaply (a stat, a lookup:
+//! no data is read), and every file the sink holds that the source does not is deleted.
+//! Both run through the same convergence rules as live events, so a live event and the
+//! reconciliation can never undo each other: each writes or removes only what the
+//! source holds (or lacks) at that moment.
+
+use super::{SourceTree, create_event, delete_event, full_path};
+use crate::app::Setup;
+use crate::pipeline::{Disposition, Origin, Pipeline};
+use futures::StreamExt;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What one reconciliation did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Source entries replayed (most already current on the sink).
+    pub entries: u64,
+    /// Sink files the source did not have, deleted.
+    pub deleted: u64,
+    /// Entries that did not reach the sink (parked or held by the failure policy).
+    pub failed: u64,
+}
+
+fn origin(path: &str) -> Origin {
+    Origin::Message {
+        input: "reconcile",
+        id: path.to_string(),
+    }
+}
+
+/// Reconcile once; `Err` when the source or the sink cannot be listed.
+pub async fn run(
+    setup: &Setup,
+    pipeline: Arc<Pipeline>,
+    stop: &CancellationToken,
+) -> Result<Summary, String> {
+    let s = &setup.settings;
+    let rules = setup.rules(Vec::new());
+    let root = s.source.directory.trim_end_matches('/').to_string();
+    let open = setup.sink().await.map_err(|e| e.to_string())?;
+    let sink = open.sink.as_ref();
+    let concurrency = s.replicate.concurrency;
+    let mut summary = Summary::default();
+    // The sink's name of every source file seen, to find the sink's extras after.
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut tree = SourceTree::new(&setup.source, &s.source.directory, &rules.excludes, true);
+    while let Some(page) = tree
+        .next(stop)
+        .await
+        .map_err(|e| format!("listing the source: {}", e.message()))?
+    {
+        let dir = page.dir;
+        let mut replays = Vec::new();
+        for entry in page.entries {
+            if !entry.is_directory {
+                seen.insert(super::verify::relative(
+                    &root,
+                    &full_path(&dir, &entry),
+                    sink,
+                ));
+            }
+            let event = create_event(&dir, &entry);
+            let pipeline = pipeline.clone();
+            replays.push(async move {
+                let path = event.key.clone();
+                pipeline.handle(&event, &origin(&path)).await
+            });
+        }
+        let mut done = futures::stream::iter(replays).buffer_unordered(concurrency);
+        while let Some(d) = done.next().await {
+            summary.entries += 1;
+            if d != Disposition::Done {
+                summary.failed += 1;
+            }
+        }
+    }
+    if stop.is_cancelled() {
+        return Ok(summary);
+    }
+    let Some(inventory) = sink
+        .inventory()
+        .await
+        .map_err(|e| format!("listing {}: {e}", sink.describe()))?
+    else {
+        tracing::warn!(sink = %sink.describe(), "this sink cannot list what it holds, so files the source no longer has stay on it");
+        return Ok(summary);
+    };
+    let mut deletes = Vec::new();
+    for (rel, _) in inventory {
+        if seen.contains(&rel) {
+            continue;
+        }
+        let path = format!("{root}/{rel}");
+        // Only a name that maps back onto itself (see verify's repair).
+        let plain = crate::replicate::path::components(&path)
+            .map(|c| crate::replicate::path::join(&c))
+            .ok();
+        let under_exclude = crate::replicate::path::components(&path).is_ok_and(|parts| {
+            rules
+                .excludes
+                .iter()
+                .any(|ex| crate::replicate::path::is_equal_or_under(&parts, ex))
+        });
+        if plain.as_deref() != Some(path.as_str()) || under_exclude {
+            continue;
+        }
+        let pipeline = pipeline.clone();
+        deletes.push(async move {
+            let event = delete_event(&path);
+            pipeline.handle(&event, &origin(&path)).await
+        });
+    }
+    let mut done = futures::stream::iter(deletes).buffer_unordered(concurrency);
+    while let Some(d) = done.next().await {
+        if d == Disposition::Done {
+            summary.deleted += 1;
+        } else {
+            summary.failed += 1;
+        }
+    }
+    Ok(summary)
+}
+
+/// Run a reconciliation for each gap reported, one at a time (gaps reported while one
+/// runs lead to one more run after it), until `stop`.
+pub async fn serve(
+    setup: Arc<Setup>,
+    pipeline: Arc<Pipeline>,
+    mut gaps: tokio::sync::mpsc::UnboundedReceiver<crate::gaps::Reason>,
+    stop: CancellationToken,
+) {
+    loop {
+        let reason = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = gaps.recv() => match r { Some(r) => r, None => return },
+        };
+        while gaps.try_recv().is_ok() {}
+        tracing::warn!(
+            reason = reason.label(),
+            "reconciling the sink with the source"
+        );
+        let started = std::time::Instant::now();
+        match run(&setup, pipeline.clone(), &stop).await {
+            Ok(s) if stop.is_cancelled() => {
+                tracing::warn!(
+                    entries = s.entries,
+                    "reconciliation interrupted by shutdown; it runs again at the next gap"
+                )
+            }
+            Ok(s) => {
+                crate::gaps::reconciled();
+                tracing::warn!(
+                    entries = s.entries,
+                    deleted = s.deleted,
+                    failed = s.failed,
+                    took = ?started.elapsed(),
+                    "reconciliation finished"
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reconciliation failed; run `replicate verify -repair -delete`")
+            }
+        }
+    }
+}

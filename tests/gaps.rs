@@ -1,0 +1,140 @@
+//! Gaps: when the input can tell that it missed events, it says so (an ERROR, a metric)
+//! and heals them; a damaged offset file never stops or panics replication.
+//!
+//! Finding 2 of the reliability issue: an offset file ahead of the topic (a re-created
+//! topic, a broker that lost its log) stalled replication silently, forever. Finding 3:
+//! a negative or huge offset in it panicked the process.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// Write the offset file for partition 0.
+fn offset_file(work: &Workdir, bed: &TestBed, offset: &str) {
+    std::fs::write(
+        work.path().join("last.offset"),
+        format!(
+            r#"{{"topic":"{}","partitionOffsets":{{"0":{offset}}}}}"#,
+            bed.var("TOPIC")
+        ),
+    )
+    .unwrap();
+}
+
+fn metrics_config(port: u16, on_gap: &str) -> String {
+    format!("\n[replicate]\non_gap = \"{on_gap}\"\n\n[metrics]\naddress = \"127.0.0.1:{port}\"\n")
+}
+
+/// An offset file far past the end of the topic: everything is replicated from the
+/// oldest message, the gap is logged and counted, and the reconciliation removes what
+/// the sink held that the source never had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_past_the_topic_is_a_gap_that_is_healed() {
+    let bed = TestBed::start(BedOptions::default());
+    for i in 0..20u64 {
+        bed.upload(&format!("/data/d{}/f{i}.bin", i % 3), &bytes(i, 2000), "")
+            .await;
+    }
+    let area = tempfile::tempdir().unwrap();
+    let sink = area.path().join("sink");
+    // What an earlier life of the sink left that the source never had.
+    std::fs::create_dir_all(sink.join("d1")).unwrap();
+    std::fs::write(sink.join("d1/stray.bin"), b"not on the source").unwrap();
+    let port = free_port_pair();
+    let work = Workdir::new(&bed, "/data", &sink, &metrics_config(port, "reconcile"));
+    offset_file(&work, &bed, "999999");
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &sink, &work.log()).await;
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(
+        log.contains("ERROR")
+            && log.contains("past its end (")
+            && log.contains("events were missed"),
+        "{}",
+        tail(&work.log(), 30)
+    );
+    let http = reqwest::Client::new();
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            get(&http, &metrics).await.is_some_and(|(_, text)| {
+                sample(
+                    &text,
+                    "replicate_gaps_total{reason=\"offset_ahead_of_topic\"}",
+                ) == Some(1.0)
+            })
+        })
+        .await,
+        "{:?}",
+        get(&http, &metrics).await
+    );
+    // The reconciliation finished, so no marker is left for the next start.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            std::fs::read_to_string(work.log()).is_ok_and(|l| l.contains("reconciliation finished"))
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 30)
+    );
+    assert!(!work.path().join("replicate.reconcile-pending").exists());
+    let (status, _) = rep.stop();
+    assert!(status.success());
+    // The offset saved is one the topic has.
+    let high = bed.high_watermarks()[&0];
+    let saved = work.offsets()["partitionOffsets"]["0"].as_i64().unwrap();
+    assert_eq!(saved, high - 1, "{}", work.offsets());
+}
+
+/// Offsets no partition can have: no panic, a warning, everything replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_offsets_restart_from_the_oldest_message() {
+    let bed = TestBed::start(BedOptions::default());
+    for i in 0..6u64 {
+        bed.upload(&format!("/data/f{i}.bin"), &bytes(i, 500), "")
+            .await;
+    }
+    for bad in ["-5", &i64::MAX.to_string(), "-9223372036854775808"] {
+        let area = tempfile::tempdir().unwrap();
+        let sink = area.path().join("sink");
+        let work = Workdir::new(&bed, "/data", &sink, "");
+        offset_file(&work, &bed, bad);
+        let rep = Replicator::start(&work);
+        assert_converges(&bed, "/data", &[], &sink, &work.log()).await;
+        let (status, _) = rep.stop();
+        assert!(status.success(), "offset {bad}: {}", tail(&work.log(), 20));
+        assert!(
+            std::fs::read_to_string(work.log())
+                .unwrap()
+                .contains("offsets no partition can have"),
+            "offset {bad}: {}",
+            tail(&work.log(), 20)
+        );
+    }
+}
+
+/// `on_gap = "stop"`: nothing is consumed past the gap, `/readyz` says why, and SIGTERM
+/// still ends the process cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_gap_stop_goes_no_further_and_says_why() {
+    let bed = TestBed::start(BedOptions::default());
+    bed.upload("/data/a.bin", &bytes(1, 100), "").await;
+    let area = tempfile::tempdir().unwrap();
+    let sink = area.path().join("sink");
+    let port = free_port_pair();
+    let work = Workdir::new(&bed, "/data", &sink, &metrics_config(port, "stop"));
+    offset_file(&work, &bed, "999999");
+    let rep = Replicator::start(&work);
+    readyz_becomes(
+        &format!("http://127.0.0.1:{port}"),
+        503,
+        "stopped at a gap (offset_ahead_of_topic)",
+        Duration::from_secs(60),
+        &work.log(),
+    )
+    .await;
+    assert!(!sink.join("a.bin").exists());
+    let (status, _) = rep.stop();
+    assert!(status.success(), "{}", tail(&work.log(), 20));
+}

@@ -135,6 +135,7 @@ impl Setup {
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(settings.replicate.read_timeout)
+            .timeout(crate::retry::attempt_limit(settings.replicate.read_timeout))
             .pool_max_idle_per_host(64);
         if let Some(https) = &settings.security.https_client {
             http = http.danger_accept_invalid_certs(https.insecure_skip_verify);
@@ -231,9 +232,14 @@ impl Setup {
                         )
                     })?,
             ),
-            SinkSettings::S3(opts) => {
-                Box::new(crate::sink::s3::S3Sink::new(opts.clone(), source.clone()).await)
-            }
+            SinkSettings::S3(opts) => Box::new(
+                crate::sink::s3::S3Sink::new(
+                    opts.clone(),
+                    source.clone(),
+                    self.settings.replicate.read_timeout,
+                )
+                .await,
+            ),
             SinkSettings::Filer(opts) => {
                 let opts = crate::sink::filer::FilerSinkOptions {
                     grpc_tls: self.grpc_tls.clone(),

@@ -127,6 +127,14 @@ impl Retry {
     }
 }
 
+/// The longest one attempt of a remote call may take, however busy: a request whose
+/// peer stalls while it is still sending (a large upload to a frozen server, which no
+/// read timeout sees) fails after this and is retried like any outage. Generous, as a
+/// part of a large file on a slow link may take minutes.
+pub fn attempt_limit(stall: std::time::Duration) -> std::time::Duration {
+    (stall * 5).max(std::time::Duration::from_secs(300))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

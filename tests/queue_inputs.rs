@@ -62,9 +62,15 @@ impl Queue for Sqs {
 async fn sqs_on_moto() {
     let bed = TestBed::start(BedOptions::default());
     let moto = start_moto();
-    let config =
-        seaweed_replicate::aws::sdk_config("us-east-2", "test", "test", &moto.endpoint(), "test")
-            .await;
+    let config = seaweed_replicate::aws::sdk_config(
+        "us-east-2",
+        "test",
+        "test",
+        &moto.endpoint(),
+        "test",
+        Duration::from_secs(60),
+    )
+    .await;
     let client = aws_sdk_sqs::Client::new(&config);
     let url = client
         .create_queue()

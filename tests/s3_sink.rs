@@ -237,3 +237,92 @@ async fn s3_conformance_on_seaweedfs_gateway_and_moto() {
         assert!(status.success());
     }
 }
+
+/// A sink that accepts connections but never answers (moto frozen with SIGSTOP) is an
+/// outage, and shows as one: requests time out, `replicate_up{component="sink"}` drops to
+/// 0, `/readyz` fails naming the sink and the waiting event, and nothing is parked. When
+/// it wakes, everything arrives. (Before, requests had no timeout: 64 events hung in
+/// flight for as long as it lasted, and the sink looked healthy.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_sink_is_an_outage_and_is_waited_out() {
+    let bed = TestBed::start(BedOptions::default());
+    let moto = start_moto();
+    let store = s3_store(&moto.endpoint()).await;
+    let port = free_port_pair();
+    let work = Workdir::with_sink(
+        &bed,
+        "/data",
+        &s3_section(&moto.endpoint(), "/frozen", false),
+        &format!(
+            "\n[replicate]\nread_timeout_seconds = 2\nevent_deadline_seconds = 5\n\n\
+             [metrics]\naddress = \"127.0.0.1:{port}\"\nready_max_event_age_seconds = 5\n"
+        ),
+    );
+    bed.upload("/data/before.txt", b"before the freeze", "")
+        .await;
+    let rep = Replicator::start(&work);
+    let objects = |n: usize| {
+        let store = &store;
+        async move { store.objects("frozen/").await.len() == n }
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || objects(1)).await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    readyz_becomes(&base, 200, "sink: up", Duration::from_secs(60), &work.log()).await;
+
+    moto.signal(libc::SIGSTOP);
+    for i in 0..5u64 {
+        bed.upload(&format!("/data/during-{i}.bin"), &bytes(i, 3000), "")
+            .await;
+    }
+    readyz_becomes(
+        &base,
+        503,
+        "sink: down",
+        Duration::from_secs(60),
+        &work.log(),
+    )
+    .await;
+    readyz_becomes(
+        &base,
+        503,
+        "oldest event: waiting",
+        Duration::from_secs(60),
+        &work.log(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let (_, metrics) = get(&http, &format!("{base}/metrics")).await.unwrap();
+    assert_eq!(
+        sample(&metrics, "replicate_up{component=\"sink\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "replicate_retries_total").is_some_and(|r| r > 0.0),
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(
+        log.contains("sink unavailable"),
+        "{}",
+        tail(&work.log(), 20)
+    );
+
+    moto.signal(libc::SIGCONT);
+    assert!(
+        eventually(Duration::from_secs(120), || objects(6)).await,
+        "{}",
+        tail(&work.log(), 30)
+    );
+    readyz_becomes(&base, 200, "sink: up", Duration::from_secs(60), &work.log()).await;
+    let (status, _) = rep.stop();
+    assert!(status.success(), "{}", tail(&work.log(), 20));
+    assert!(
+        !work.path().join("replicate.parked.jsonl").exists(),
+        "an outage parked events"
+    );
+}

@@ -132,13 +132,20 @@ pub fn part_size(opts: &S3SinkOptions, size: u64, first_chunk: Option<u64>) -> u
 }
 
 impl S3Sink {
-    pub async fn new(opts: S3SinkOptions, source: Arc<FilerSource>) -> Self {
+    /// `stall`: how long the endpoint may stay silent during a request before the
+    /// attempt fails as an outage.
+    pub async fn new(
+        opts: S3SinkOptions,
+        source: Arc<FilerSource>,
+        stall: std::time::Duration,
+    ) -> Self {
         let shared = crate::aws::sdk_config(
             &opts.region,
             &opts.access_key_id,
             &opts.secret_access_key,
             &opts.endpoint,
             "replication.toml",
+            stall,
         )
         .await;
         let config = aws_sdk_s3::config::Builder::from(&shared)

@@ -165,6 +165,8 @@ async fn client(cfg: &SqsSettings) -> Client {
         &cfg.secret_access_key,
         &cfg.endpoint,
         "notification.toml",
+        // Above the 20 s of a long poll, which is silence by design.
+        std::time::Duration::from_secs(60),
     )
     .await;
     Client::new(&shared)

@@ -856,6 +856,12 @@ impl Service {
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// Send `signal` to the whole process group (SIGSTOP freezes the server with its
+    /// connections open: it accepts, and never answers; SIGCONT wakes it).
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(-(self.child.id() as i32), signal) };
+    }
 }
 
 impl Drop for Service {

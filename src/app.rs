@@ -337,12 +337,12 @@ async fn replicate(
     config: Option<std::path::PathBuf>,
     metrics_address: Option<String>,
 ) -> Result<(), AppError> {
-    let setup = Arc::new(Setup::load(config_dir, config)?);
-    let settings = &setup.settings;
-    let raw = &setup.raw;
     let stop = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     spawn_signal_handler(stop.clone(), hard_stop.clone());
+    let setup = Arc::new(Setup::load(config_dir, config)?);
+    let settings = &setup.settings;
+    let raw = &setup.raw;
 
     // The listener comes first, so that /healthz answers while start-up waits.
     let metrics_server = match metrics_address.or(settings.metrics.address.clone()) {
@@ -477,16 +477,18 @@ fn config_error(raw: &RawConfig, key: &str, message: String) -> AppError {
     }]))
 }
 
+/// Handle SIGTERM and SIGINT from now on (registered before this returns, so a stop
+/// that arrives during start-up is a clean stop too, not death by the signal).
 fn spawn_signal_handler(stop: CancellationToken, hard_stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping intake, finishing in-flight events"),
             _ = int.recv() => tracing::info!("SIGINT: stopping intake, finishing in-flight events"),

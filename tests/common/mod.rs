@@ -610,7 +610,7 @@ impl Drop for TestBed {
 }
 
 /// A filer path for a URL.
-fn percent_path(p: &str) -> String {
+pub fn percent_path(p: &str) -> String {
     seaweed_replicate::sink::percent_encode(p, true)
 }
 

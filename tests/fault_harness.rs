@@ -201,9 +201,10 @@ async fn round(seed: u64, profile: Profile) -> Result<(), String> {
     };
     if profile.input == Input::Subscribe {
         let p = work.path().join("replication.toml");
-        let text = std::fs::read_to_string(&p)
-            .unwrap()
-            .replace("directory = \"/data\"\n", "directory = \"/data\"\nsubscribe = true\ncheckpoint_interval_seconds = 1\n");
+        let text = std::fs::read_to_string(&p).unwrap().replace(
+            "directory = \"/data\"\n",
+            "directory = \"/data\"\nsubscribe = true\ncheckpoint_interval_seconds = 1\n",
+        );
         std::fs::write(&p, text).unwrap();
         std::fs::remove_file(work.path().join("notification.toml")).unwrap();
     }
@@ -230,12 +231,20 @@ async fn round(seed: u64, profile: Profile) -> Result<(), String> {
                 let n = rng.usize(1..15);
                 progress(&work, finished(&work), n).await;
                 let _ = rep.stop_with(libc::SIGKILL);
-                let replay = profile.input == Input::Kafka && !saved_offsets.is_empty() && rng.bool();
+                let replay =
+                    profile.input == Input::Kafka && !saved_offsets.is_empty() && rng.bool();
                 if replay {
                     let old = &saved_offsets[rng.usize(..saved_offsets.len())];
                     std::fs::write(work.path().join("last.offset"), old).unwrap();
                 }
-                trace.push(format!("batch {batch}: kill after {n} events{}", if replay { ", replay from an older offset" } else { "" }));
+                trace.push(format!(
+                    "batch {batch}: kill after {n} events{}",
+                    if replay {
+                        ", replay from an older offset"
+                    } else {
+                        ""
+                    }
+                ));
                 rep = Replicator::start(&work);
             }
             45..=54 if profile.input == Input::Kafka => {

@@ -243,6 +243,12 @@ impl Setup {
             SinkSettings::Filer(opts) => {
                 let opts = crate::sink::filer::FilerSinkOptions {
                     grpc_tls: self.grpc_tls.clone(),
+                    journal_dir: Some(
+                        self.settings
+                            .replicate
+                            .parked_file
+                            .with_file_name("replicate.filer-uploads"),
+                    ),
                     ..opts.clone()
                 };
                 let sink =
@@ -364,6 +370,9 @@ async fn replicate(
         return Ok(());
     };
     tracing::info!(sink = settings.sink.name(), directory = %settings.sink.directory(), "Configure sink to {}", settings.sink.name());
+    if let Err(e) = open.sink.recover().await {
+        tracing::warn!(error = %e, "cleaning up after an earlier run failed; it is tried again at the next start");
+    }
     let pipeline = setup.pipeline(setup.rules(skip_signatures), open.sink, stop.clone());
     crate::metrics::get().set_max_event_age(settings.metrics.ready_max_event_age);
     let marker = settings

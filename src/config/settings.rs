@@ -1048,6 +1048,7 @@ fn resolve_sink(
                 chunk_concurrency: chunk_concurrency.clamp(1, 1024) as usize,
                 https: r.bool("https.client.enabled", false),
                 grpc_tls: None,
+                journal_dir: None,
             }))
         }
         "s3" => {

@@ -46,6 +46,72 @@ pub struct FilerSinkOptions {
     pub https: bool,
     /// gRPC mutual TLS (from security.toml), if configured.
     pub grpc_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where each write attempt notes the chunks it uploads until the entry that
+    /// references them is written (see [`Attempt`]); `None` keeps no notes.
+    pub journal_dir: Option<std::path::PathBuf>,
+}
+
+/// Where the chunks of failed attempts are adopted, to be deleted by the filer.
+const ORPHANS: &str = "/.seaweed-replicate/orphans";
+
+/// One attempt to write an entry: the chunks it uploaded, noted (before each upload) in
+/// a journal file until the entry referencing them is written. A failed attempt's
+/// chunks are deleted at once; a process killed mid-attempt leaves the file, and the
+/// next start deletes what no entry references ([`FilerSink::recover_uploads`]). Without this,
+/// every interrupted or failed copy left its chunks on the target for good.
+struct Attempt {
+    fids: std::sync::Mutex<Vec<String>>,
+    journal: Option<(std::path::PathBuf, std::sync::Mutex<std::fs::File>)>,
+}
+
+impl Attempt {
+    fn start(dir: Option<&std::path::Path>, key: &SinkKey) -> Attempt {
+        use std::io::Write;
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let journal = dir.and_then(|dir| {
+            let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.join(format!("{}-{serial}.fids", std::process::id()));
+            let opened = std::fs::create_dir_all(dir).and_then(|_| {
+                let mut f = std::fs::File::create(&path)?;
+                writeln!(f, "{}", key.full)?;
+                Ok(f)
+            });
+            match opened {
+                Ok(f) => Some((path, std::sync::Mutex::new(f))),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot note uploads; chunks of an interrupted copy may stay on the target");
+                    None
+                }
+            }
+        });
+        Attempt {
+            fids: Default::default(),
+            journal,
+        }
+    }
+
+    /// Note a file id about to be uploaded.
+    fn note(&self, fid: &str) {
+        use std::io::Write;
+        self.fids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(fid.to_string());
+        if let Some((_, f)) = &self.journal {
+            let _ = writeln!(f.lock().unwrap_or_else(|p| p.into_inner()), "{fid}");
+        }
+    }
+
+    fn uploaded(&self) -> Vec<String> {
+        self.fids.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The entry is written (or the chunks are deleted): the notes are not needed.
+    fn close(self) {
+        if let Some((path, _)) = self.journal {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 pub struct FilerSink {
@@ -181,10 +247,11 @@ impl FilerSink {
         name: &str,
         chunks: &[FileChunk],
         reuse: &HashMap<String, FileChunk>,
+        attempt: &Attempt,
     ) -> Result<Vec<FileChunk>, SinkError> {
         let jobs = chunks
             .iter()
-            .map(|c| self.replicate_chunk(key, name, c, reuse));
+            .map(|c| self.replicate_chunk(key, name, c, reuse, attempt));
         futures::future::try_join_all(jobs).await
     }
 
@@ -194,6 +261,7 @@ impl FilerSink {
         name: &str,
         chunk: &FileChunk,
         reuse: &HashMap<String, FileChunk>,
+        attempt: &Attempt,
     ) -> Result<FileChunk, SinkError> {
         let src_id = chunk_file_id(chunk).ok_or_else(|| SinkError::Refused {
             key: key.full.clone(),
@@ -222,14 +290,20 @@ impl FilerSink {
                     source,
                 })
             })?;
-            let inner =
-                Box::pin(self.replicate_chunks(key, name, &manifest.chunks, &HashMap::new()))
-                    .await?;
+            let inner = Box::pin(self.replicate_chunks(
+                key,
+                name,
+                &manifest.chunks,
+                &HashMap::new(),
+                attempt,
+            ))
+            .await?;
             let blob = FileChunkManifest {
                 chunks: inner.into_iter().map(to_manifest_form).collect(),
             }
             .encode_to_vec();
-            self.upload(key, Bytes::from(blob), false, "").await?
+            self.upload(key, Bytes::from(blob), false, "", attempt)
+                .await?
         } else {
             let _permit = self
                 .permits
@@ -243,7 +317,7 @@ impl FilerSink {
             } else {
                 ""
             };
-            self.upload(key, data.body, data.gzipped, upload_name)
+            self.upload(key, data.body, data.gzipped, upload_name, attempt)
                 .await?
         };
         Ok(FileChunk {
@@ -270,11 +344,12 @@ impl FilerSink {
         data: Bytes,
         gzipped: bool,
         name: &str,
+        attempt: &Attempt,
     ) -> Result<String, SinkError> {
         let mut last = None;
-        for attempt in 0..3u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+        for round in 0..3u32 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(round))).await;
             }
             let assign = self
                 .target
@@ -311,6 +386,7 @@ impl FilerSink {
                 ));
                 continue;
             };
+            attempt.note(&assign.file_id);
             let scheme = if self.opts.https { "https" } else { "http" };
             let url = format!("{scheme}://{}/{}", loc.url, assign.file_id);
             let mut part =
@@ -376,6 +452,232 @@ impl FilerSink {
 }
 
 impl FilerSink {
+    /// Copy the chunks and create the entry (one attempt of [`Sink::create_entry`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn write_entry(
+        &self,
+        key: &SinkKey,
+        directory: &str,
+        name: &str,
+        entry: &Entry,
+        reuse: &HashMap<String, FileChunk>,
+        signatures: &[i32],
+        attempt: &Attempt,
+    ) -> Result<(), SinkError> {
+        let (directory, name) = (directory.to_string(), name.to_string());
+        let chunks = self
+            .replicate_chunks(key, &name, &entry.chunks, reuse, attempt)
+            .await?;
+        let request = pb::CreateEntryRequest {
+            directory,
+            entry: Some(Entry {
+                name,
+                is_directory: entry.is_directory,
+                chunks,
+                attributes: entry.attributes.clone(),
+                extended: entry.extended.clone(),
+                content: entry.content.clone(),
+                remote_entry: entry.remote_entry.clone(),
+                ..Default::default()
+            }),
+            is_from_other_cluster: true,
+            signatures: signatures.to_vec(),
+            ..Default::default()
+        };
+        let resp = self
+            .target
+            .clone()
+            .create_entry(request)
+            .await
+            .map_err(|s| rpc_err("create entry", key, s))?;
+        let resp = resp.into_inner();
+        if !resp.error.is_empty() {
+            return Err(remote_err("create entry", key, resp.error, false));
+        }
+        Ok(())
+    }
+
+    /// Copy the chunks and update the entry in place (one attempt of
+    /// [`Sink::update_entry`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn rewrite_entry(
+        &self,
+        key: &SinkKey,
+        existing: &Entry,
+        new: &Entry,
+        delete_chunks: bool,
+        reuse: &HashMap<String, FileChunk>,
+        signatures: &[i32],
+        attempt: &Attempt,
+    ) -> Result<(), SinkError> {
+        let mut chunks = self
+            .replicate_chunks(key, &existing.name, &new.chunks, reuse, attempt)
+            .await?;
+        if !delete_chunks {
+            // As upstream: without delete_chunks the old data stays referenced.
+            let kept: std::collections::HashSet<&str> =
+                chunks.iter().map(|c| c.file_id.as_str()).collect();
+            let stale: Vec<FileChunk> = existing
+                .chunks
+                .iter()
+                .filter(|c| !kept.contains(c.file_id.as_str()))
+                .cloned()
+                .collect();
+            chunks.extend(stale);
+        }
+        let (directory, _) = split(&key.full);
+        let entry = Entry {
+            name: existing.name.clone(),
+            is_directory: new.is_directory,
+            chunks,
+            attributes: new.attributes.clone(),
+            extended: new.extended.clone(),
+            hard_link_id: new.hard_link_id.clone(),
+            hard_link_counter: new.hard_link_counter,
+            content: new.content.clone(),
+            remote_entry: new.remote_entry.clone(),
+            ..Default::default()
+        };
+        self.target
+            .clone()
+            .update_entry(pb::UpdateEntryRequest {
+                directory,
+                entry: Some(entry),
+                is_from_other_cluster: true,
+                signatures: signatures.to_vec(),
+            })
+            .await
+            .map_err(|s| rpc_err("update entry", key, s))?;
+        Ok(())
+    }
+
+    /// End an attempt: a failed one's chunks are deleted (through the filer, see
+    /// [`FilerSink::discard`]); the notes go once nothing is left to clean up.
+    async fn settle(&self, attempt: Attempt, written: bool) {
+        if !written {
+            let fids = attempt.uploaded();
+            if let Err(e) = self.discard(&fids).await {
+                tracing::warn!(error = %e, chunks = fids.len(), "cannot delete the chunks of a failed copy now; the next start does");
+                return;
+            }
+        }
+        attempt.close();
+    }
+
+    /// Delete chunks no entry references: the filer adopts them in an entry of its own
+    /// (under [`ORPHANS`]) and deletes it with its data, so the filer's own credentials
+    /// and deletion queue do the work whatever the volume servers' security.
+    async fn discard(&self, fids: &[String]) -> Result<(), tonic::Status> {
+        if fids.is_empty() {
+            return Ok(());
+        }
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let name = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+            SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let chunks = fids
+            .iter()
+            .enumerate()
+            .map(|(i, fid)| FileChunk {
+                file_id: fid.clone(),
+                offset: i as i64,
+                size: 1,
+                ..Default::default()
+            })
+            .collect();
+        let created = self
+            .target
+            .clone()
+            .create_entry(pb::CreateEntryRequest {
+                directory: ORPHANS.into(),
+                entry: Some(Entry {
+                    name: name.clone(),
+                    chunks,
+                    attributes: Some(crate::pb::FuseAttributes {
+                        file_mode: 0o600,
+                        mtime: chrono::Utc::now().timestamp(),
+                        file_size: fids.len() as u64,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                is_from_other_cluster: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        if !created.error.is_empty() {
+            return Err(tonic::Status::internal(created.error));
+        }
+        self.remove(ORPHANS, &name, &[]).await?;
+        tracing::debug!(chunks = fids.len(), "deleted the chunks of a failed copy");
+        Ok(())
+    }
+
+    /// Delete what interrupted attempts of an earlier run uploaded and no entry
+    /// references: each journal file names the entry and the chunks; those the entry
+    /// (or a manifest of it) does not reference are deleted.
+    pub async fn recover_uploads(&self) -> Result<usize, String> {
+        let Some(dir) = &self.opts.journal_dir else {
+            return Ok(0);
+        };
+        let files = match std::fs::read_dir(dir) {
+            Ok(rd) => rd.flatten().map(|e| e.path()).collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        };
+        let mut deleted = 0;
+        for file in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|x| x == "fids"))
+        {
+            let text =
+                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let mut lines = text.lines();
+            let Some(full) = lines.next() else {
+                let _ = std::fs::remove_file(file);
+                continue;
+            };
+            let noted: Vec<String> = lines.filter(|l| !l.is_empty()).map(String::from).collect();
+            let (directory, name) = split(full);
+            let entry = self
+                .reader
+                .lookup_entry(&format!("{}/{name}", directory.trim_end_matches('/')))
+                .await
+                .map_err(|s| format!("looking up {full} on the target: {}", s.message()))?;
+            let mut referenced: std::collections::HashSet<String> = Default::default();
+            if let Some(e) = entry {
+                referenced.extend(e.chunks.iter().filter_map(chunk_file_id));
+                if e.chunks.iter().any(|c| c.is_chunk_manifest) {
+                    let data = self
+                        .reader
+                        .resolve_manifests(&e.chunks)
+                        .await
+                        .map_err(|err| {
+                            format!("reading the manifests of {full} on the target: {err}")
+                        })?;
+                    referenced.extend(data.iter().filter_map(chunk_file_id));
+                }
+            }
+            let orphans: Vec<String> = noted
+                .into_iter()
+                .filter(|f| !referenced.contains(f))
+                .collect();
+            self.discard(&orphans).await.map_err(|s| {
+                format!(
+                    "deleting chunks of an interrupted copy of {full}: {}",
+                    s.message()
+                )
+            })?;
+            deleted += orphans.len();
+            let _ = std::fs::remove_file(file);
+        }
+        Ok(deleted)
+    }
+
     /// Move what directory `old` holds into directory `new` on the target, then delete
     /// `old`. Where both hold a name, directories merge the same way and otherwise the
     /// entry with the newer mtime stays (the target's on a tie: it was written by an event
@@ -568,36 +870,12 @@ impl Sink for FilerSink {
                 .as_ref()
                 .filter(|e| e.is_directory == entry.is_directory),
         );
-        let chunks = self
-            .replicate_chunks(key, &name, &entry.chunks, &reuse)
-            .await?;
-        let request = pb::CreateEntryRequest {
-            directory,
-            entry: Some(Entry {
-                name,
-                is_directory: entry.is_directory,
-                chunks,
-                attributes: entry.attributes.clone(),
-                extended: entry.extended.clone(),
-                content: entry.content.clone(),
-                remote_entry: entry.remote_entry.clone(),
-                ..Default::default()
-            }),
-            is_from_other_cluster: true,
-            signatures: signatures.to_vec(),
-            ..Default::default()
-        };
-        let resp = self
-            .target
-            .clone()
-            .create_entry(request)
-            .await
-            .map_err(|s| rpc_err("create entry", key, s))?;
-        let resp = resp.into_inner();
-        if !resp.error.is_empty() {
-            return Err(remote_err("create entry", key, resp.error, false));
-        }
-        Ok(())
+        let attempt = Attempt::start(self.opts.journal_dir.as_deref(), key);
+        let written = self
+            .write_entry(key, &directory, &name, entry, &reuse, signatures, &attempt)
+            .await;
+        self.settle(attempt, written.is_ok()).await;
+        written
     }
 
     async fn update_entry(
@@ -616,45 +894,20 @@ impl Sink for FilerSink {
             return Ok(false);
         }
         let reuse = Self::reusable(Some(&existing));
-        let mut chunks = self
-            .replicate_chunks(key, &existing.name, &new.chunks, &reuse)
-            .await?;
-        if !delete_chunks {
-            // As upstream: without delete_chunks the old data stays referenced.
-            let kept: std::collections::HashSet<&str> =
-                chunks.iter().map(|c| c.file_id.as_str()).collect();
-            let stale: Vec<FileChunk> = existing
-                .chunks
-                .iter()
-                .filter(|c| !kept.contains(c.file_id.as_str()))
-                .cloned()
-                .collect();
-            chunks.extend(stale);
-        }
-        let (directory, _) = split(&key.full);
-        let entry = Entry {
-            name: existing.name.clone(),
-            is_directory: new.is_directory,
-            chunks,
-            attributes: new.attributes.clone(),
-            extended: new.extended.clone(),
-            hard_link_id: new.hard_link_id.clone(),
-            hard_link_counter: new.hard_link_counter,
-            content: new.content.clone(),
-            remote_entry: new.remote_entry.clone(),
-            ..Default::default()
-        };
-        self.target
-            .clone()
-            .update_entry(pb::UpdateEntryRequest {
-                directory,
-                entry: Some(entry),
-                is_from_other_cluster: true,
-                signatures: signatures.to_vec(),
-            })
-            .await
-            .map_err(|s| rpc_err("update entry", key, s))?;
-        Ok(true)
+        let attempt = Attempt::start(self.opts.journal_dir.as_deref(), key);
+        let written = self
+            .rewrite_entry(
+                key,
+                &existing,
+                new,
+                delete_chunks,
+                &reuse,
+                signatures,
+                &attempt,
+            )
+            .await;
+        self.settle(attempt, written.is_ok()).await;
+        written.map(|()| true)
     }
 
     async fn delete_entry(
@@ -671,6 +924,17 @@ impl Sink for FilerSink {
             Err(s) if is_not_found(&s) => Ok(()),
             Err(s) => Err(rpc_err("delete entry", key, s)),
         }
+    }
+
+    async fn recover(&self) -> Result<(), String> {
+        let deleted = self.recover_uploads().await?;
+        if deleted > 0 {
+            tracing::info!(
+                chunks = deleted,
+                "deleted chunks that interrupted copies of an earlier run left on the target"
+            );
+        }
+        Ok(())
     }
 
     async fn remove_empty_dir(&self, key: &SinkKey) -> Result<bool, SinkError> {

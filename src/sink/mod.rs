@@ -76,6 +76,12 @@ pub trait Sink: Send + Sync {
     async fn remove_empty_dir(&self, _key: &SinkKey) -> Result<bool, SinkError> {
         Ok(false)
     }
+    /// At start-up, before any event: clean up what an earlier run left half done
+    /// (the filer sink's chunks of interrupted copies). `Err` says why it could not;
+    /// the caller logs it and goes on.
+    async fn recover(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// What this sink is, for logs and `replicate check` (`S3 bucket b (endpoint …)`).
     fn describe(&self) -> String {
         format!("{} sink", self.name())

@@ -1009,6 +1009,11 @@ impl Replicator {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Send `signal` and return at once (SIGSTOP freezes the process, SIGCONT wakes it).
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     /// SIGTERM, then wait; returns the exit status and how long it took.
     pub fn stop(self) -> (ExitStatus, Duration) {
         self.stop_with(libc::SIGTERM)

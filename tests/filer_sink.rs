@@ -634,3 +634,33 @@ async fn no_chunk_is_left_unreferenced_on_the_target() {
     .await;
     assert!(clean, "orphaned chunks on the target:\n{last}");
 }
+
+/// Finding 1 of the reliability issue into another cluster: a replayed directory
+/// rename carries nothing created under the old name later (see the local sink's test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_directory_rename_carries_nothing_created_later() {
+    let a = TestBed::start(BedOptions::default());
+    let b = TestBed::start(BedOptions::default());
+    a.upload("/data/A/x", b"x", "").await;
+    a.mv("/data/A", "/data/B").await;
+    a.upload("/data/A/y", b"y", "").await;
+    let work = Workdir::filer(&a, "/data", &b, "/backup", "");
+    let rep = Replicator::start(&work);
+    a.assert_same_tree("/data", &b, "/backup", &[], &work.log())
+        .await;
+    rep.stop_with(libc::SIGKILL);
+    a.delete("/data/A/y", false).await;
+    std::fs::remove_file(work.path().join("last.offset")).ok();
+    let rep = Replicator::start(&work);
+    a.assert_same_tree("/data", &b, "/backup", &[], &work.log())
+        .await;
+    let listed: Vec<String> = b
+        .list("/backup/B")
+        .await
+        .iter()
+        .map(|e| e["FullPath"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(listed, vec!["/backup/B/x".to_string()]);
+    let (status, _) = rep.stop();
+    assert!(status.success());
+}

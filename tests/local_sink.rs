@@ -772,3 +772,30 @@ async fn replicates_through_the_second_broker_on_three_partitions() {
     let saved = offsets["partitionOffsets"].as_object().unwrap();
     assert_eq!(saved.len(), 3, "an offset per partition: {offsets}");
 }
+
+/// Finding 1 of the reliability issue, on the real filer and broker: create A/x, rename
+/// A to B, create A/y, all replicated; then A/y is deleted on the source and the whole
+/// topic is replayed from its first message (an offset file lost, or written before a
+/// crash). Replaying the directory rename used to carry the sink's A, which by then
+/// held y, into B: the sink kept B/y, a file the source never had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_directory_rename_carries_nothing_created_later() {
+    let bed = TestBed::start(BedOptions::default());
+    bed.upload("/data/A/x", b"x", "").await;
+    bed.mv("/data/A", "/data/B").await;
+    bed.upload("/data/A/y", b"y", "").await;
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("sink");
+    let work = Workdir::new(&bed, "/data", &root, "");
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    assert!(root.join("A/y").exists() && root.join("B/x").exists());
+    rep.stop_with(libc::SIGKILL);
+    bed.delete("/data/A/y", false).await;
+    std::fs::remove_file(work.path().join("last.offset")).ok();
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    assert!(!root.join("B/y").exists(), "{:?}", local_tree(&root).keys());
+    let (status, _) = rep.stop();
+    assert!(status.success());
+}

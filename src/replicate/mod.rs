@@ -528,6 +528,47 @@ mod tests {
         );
     }
 
+    /// Finding 7 of the reliability issue: deleting or renaming a directory on an
+    /// incremental sink removed the dated copies of other files changed that day. An
+    /// incremental sink keeps history: a delete removes nothing, a rename adds the new
+    /// name's copy and keeps the old one.
+    #[test]
+    fn incremental_sinks_never_delete_a_dated_copy() {
+        let mut r = rules("/buckets", "/inc");
+        r.incremental = true;
+        let delete = |dir: bool| EventNotification {
+            old_entry: Some(entry("d", dir)),
+            ..Default::default()
+        };
+        for dir in [false, true] {
+            assert!(
+                matches!(r.plan("/buckets/d", &delete(dir)).unwrap(), Plan::Skip(_)),
+                "delete of a {}",
+                if dir { "directory" } else { "file" }
+            );
+        }
+        let mut dir_rename = rename("/buckets/d", "/buckets", "e");
+        dir_rename.old_entry.as_mut().unwrap().is_directory = true;
+        dir_rename.new_entry.as_mut().unwrap().is_directory = true;
+        let day = chrono::Local
+            .timestamp_opt(1_700_000_000, 0)
+            .unwrap()
+            .format("%Y-%m-%d")
+            .to_string();
+        for ev in [rename("/buckets/d", "/buckets", "e"), dir_rename] {
+            assert_eq!(
+                full(&r.plan("/buckets/d", &ev).unwrap()),
+                format!("create /inc/{day}/e")
+            );
+        }
+        // Out of scope: nothing is deleted either.
+        assert!(matches!(
+            r.plan("/buckets/d", &rename("/buckets/d", "/elsewhere", "e"))
+                .unwrap(),
+            Plan::Skip(_)
+        ));
+    }
+
     #[test]
     fn incremental_uses_local_date_of_mtime() {
         let mut r = rules("/buckets", "/inc");

@@ -9,6 +9,7 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod fence;
 pub mod filer;
 pub mod gaps;
 pub mod gcp;

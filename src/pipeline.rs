@@ -370,6 +370,16 @@ impl Pipeline {
                     tracing::info!(key = %raw.key, error = %e, "source data unreadable, but the source has moved on since this event; skipping it");
                     return Ok(Some(false));
                 }
+                // This consumer-group member may have lost the partition: nothing was
+                // written. Wait for the fence; if the partition is gone, the input drops
+                // this event meanwhile.
+                Err(SinkError::Fenced { .. }) => {
+                    started = Instant::now();
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Ok(None),
+                        _ = crate::fence::opened() => {}
+                    }
+                }
                 Err(e) if e.is_outage() || (e.is_unlocated() && self.waiting_for_volumes()) => {
                     if e.is_outage() && matches!(e, SinkError::Read { .. }) {
                         self.source_filer_down.store(true, Ordering::Release);

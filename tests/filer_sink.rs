@@ -664,3 +664,139 @@ async fn a_replayed_directory_rename_carries_nothing_created_later() {
     let (status, _) = rep.stop();
     assert!(status.success());
 }
+
+/// The sizes `path` was written with on `bed`, in order, from its filer's metadata log.
+async fn written_sizes(bed: &TestBed, path: &str) -> Vec<u64> {
+    let (dir, name) = path.rsplit_once('/').unwrap();
+    let mut stream = bed
+        .grpc()
+        .await
+        .subscribe_metadata(pb::SubscribeMetadataRequest {
+            client_name: "test".into(),
+            path_prefix: dir.into(),
+            since_ns: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sizes = Vec::new();
+    // The log is read to its end: nothing more for two seconds.
+    while let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_secs(2), stream.message()).await
+    {
+        let Some(ev) = r.event_notification else {
+            continue;
+        };
+        if let Some(e) = &ev.new_entry
+            && e.name == name
+            && r.directory == dir
+        {
+            sizes.push(e.attributes.as_ref().map_or(0, |a| a.file_size));
+        }
+    }
+    sizes
+}
+
+/// Finding 10 of the reliability issue: a consumer-group member frozen in the middle of
+/// a copy for longer than its session loses its partition to another member, which
+/// writes the newer version; when the frozen one wakes, its copy must not land. Frozen
+/// only when a copy is verifiably under way (its upload notes exist while it stands
+/// still), and woken only after the other member has written the newer version: no
+/// step depends on timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stood_still_does_not_overwrite_newer_data() {
+    let a = TestBed::start(BedOptions {
+        broker: "tansu",
+        ..Default::default()
+    });
+    let b = TestBed::start(BedOptions::default());
+    let member = || {
+        let work = Workdir::filer(&a, "/data", &b, "/backup", "chunk_concurrency = 1");
+        let path = work.path().join("notification.toml");
+        let text = std::fs::read_to_string(&path).unwrap()
+            + "group_id = \"fence\"\nsession_timeout_seconds = 6\n";
+        std::fs::write(path, text).unwrap();
+        work
+    };
+    let (first, second) = (member(), member());
+    let rep_first = Replicator::start(&first);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            std::fs::read_to_string(first.log())
+                .is_ok_and(|l| l.contains("partitions assigned") && l.contains("now=[0]"))
+        })
+        .await,
+        "{}",
+        tail(&first.log(), 20)
+    );
+    let rep_second = Replicator::start(&second);
+    let older = bytes(60, 12 * 1024 * 1024);
+    a.upload("/data/f.bin", &older, "maxMB=1").await;
+    // Freeze the owner mid-copy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            tail(&first.log(), 20)
+        );
+        if noted_uploads(&first).iter().any(|n| *n >= 1) {
+            rep_first.signal(libc::SIGSTOP);
+            if noted_uploads(&first).iter().any(|n| *n >= 1) {
+                break;
+            }
+            rep_first.signal(libc::SIGCONT);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The newer version, written by the member that takes the partition over.
+    let newer = b"the newer version".to_vec();
+    a.upload("/data/f.bin", &newer, "").await;
+    assert!(
+        eventually(Duration::from_secs(120), || async {
+            b.try_get("/backup/f.bin").await == newer
+        })
+        .await,
+        "{}",
+        tail(&second.log(), 20)
+    );
+    rep_first.signal(libc::SIGCONT);
+    // The woken member notices it stood still, and its copy ends without landing.
+    assert!(
+        eventually(Duration::from_secs(120), || async {
+            std::fs::read_to_string(first.log())
+                .is_ok_and(|l| l.contains("the process stood still"))
+                && noted_uploads(&first).is_empty()
+        })
+        .await,
+        "{}",
+        tail(&first.log(), 30)
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            std::fs::read_to_string(first.log()).is_ok_and(|l| l.contains("revoked="))
+        })
+        .await,
+        "{}",
+        tail(&first.log(), 30)
+    );
+    assert_eq!(
+        b.try_get("/backup/f.bin").await,
+        newer,
+        "{}",
+        tail(&first.log(), 30)
+    );
+    // Nor did it land for a moment: after the newer version, the older was never
+    // written again.
+    let sizes = written_sizes(&b, "/backup/f.bin").await;
+    let newer_at = sizes.iter().position(|s| *s == newer.len() as u64);
+    assert!(
+        newer_at.is_some_and(|i| !sizes[i..].contains(&(older.len() as u64))),
+        "writes of /backup/f.bin, by size: {sizes:?}\n{}",
+        tail(&first.log(), 30)
+    );
+    a.assert_same_tree("/data", &b, "/backup", &[], &second.log())
+        .await;
+    assert!(rep_first.stop().0.success());
+    assert!(rep_second.stop().0.success());
+}

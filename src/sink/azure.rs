@@ -512,6 +512,7 @@ impl Sink for AzureSink {
         entry: &Entry,
         _signatures: &[i32],
     ) -> Result<(), SinkError> {
+        crate::fence::check(&key.full)?;
         if entry.is_directory || key.is_root() {
             return Ok(());
         }
@@ -536,6 +537,7 @@ impl Sink for AzureSink {
         _delete_chunks: bool,
         _signatures: &[i32],
     ) -> Result<(), SinkError> {
+        crate::fence::check(&key.full)?;
         super::refuse_root(key, "delete")?;
         let name = Self::blob_name(key);
         if is_directory {

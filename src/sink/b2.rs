@@ -612,6 +612,7 @@ impl Sink for B2Sink {
         entry: &Entry,
         _signatures: &[i32],
     ) -> Result<(), SinkError> {
+        crate::fence::check(&key.full)?;
         if entry.is_directory || key.is_root() {
             return Ok(());
         }
@@ -636,6 +637,7 @@ impl Sink for B2Sink {
         _delete_chunks: bool,
         _signatures: &[i32],
     ) -> Result<(), SinkError> {
+        crate::fence::check(&key.full)?;
         super::refuse_root(key, "delete")?;
         let name = Self::file_name(key);
         let versions = if is_directory {

@@ -484,6 +484,7 @@ impl FilerSink {
             signatures: signatures.to_vec(),
             ..Default::default()
         };
+        crate::fence::check(&key.full)?;
         let resp = self
             .target
             .clone()
@@ -538,6 +539,7 @@ impl FilerSink {
             remote_entry: new.remote_entry.clone(),
             ..Default::default()
         };
+        crate::fence::check(&key.full)?;
         self.target
             .clone()
             .update_entry(pb::UpdateEntryRequest {
@@ -918,6 +920,7 @@ impl Sink for FilerSink {
         signatures: &[i32],
     ) -> Result<(), SinkError> {
         super::refuse_root(key, "delete")?;
+        crate::fence::check(&key.full)?;
         let (directory, name) = split(&key.full);
         match self.remove(&directory, &name, signatures).await {
             Ok(()) => Ok(()),
@@ -946,6 +949,7 @@ impl Sink for FilerSink {
             Some(e) if !e.is_directory => return Ok(false),
             Some(_) => {}
         }
+        crate::fence::check(&key.full)?;
         let (directory, name) = split(&key.full);
         // Not recursive: the filer refuses to delete a directory that holds anything,
         // so a child that arrives between a look and the delete is never lost.
@@ -987,6 +991,7 @@ impl Sink for FilerSink {
             new_name,
             signatures: signatures.to_vec(),
         };
+        crate::fence::check(&new.full)?;
         let refused = match self.target.clone().atomic_rename_entry(request).await {
             Ok(_) => return Ok(true),
             Err(s) => s,

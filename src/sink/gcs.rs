@@ -425,6 +425,7 @@ impl Sink for GcsSink {
         entry: &Entry,
         _signatures: &[i32],
     ) -> Result<(), SinkError> {
+        crate::fence::check(&key.full)?;
         if entry.is_directory || key.is_root() {
             return Ok(());
         }
@@ -450,6 +451,7 @@ impl Sink for GcsSink {
         _delete_chunks: bool,
         _signatures: &[i32],
     ) -> Result<(), SinkError> {
+        crate::fence::check(&key.full)?;
         super::refuse_root(key, "delete")?;
         if is_directory {
             for name in self.list(&format!("{}/", key.full)).await? {

@@ -144,13 +144,19 @@ impl LocalSink {
                 .map_err(|e| ("chmod", e))?;
             filetime::set_file_handle_times(file, Some(atime), Some(mtime))
                 .map_err(|e| ("set times", e))?;
+            // The commit point: checked last, just before the file appears.
+            crate::fence::check("").map_err(|e| ("rename into place", std::io::Error::other(e)))?;
             if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
                 std::fs::remove_dir_all(&path).map_err(|e| ("replace directory by file", e))?;
             }
             tmp.persist(&dir, &path)
                 .map_err(|e| ("rename into place", e))
         };
+        crate::fence::check(&key.full)?;
         match tokio::task::spawn_blocking(finish).await {
+            Ok(Err(_)) if !crate::fence::is_open() => Err(SinkError::Fenced {
+                key: key.full.clone(),
+            }),
             Ok(Ok(())) => Ok(()),
             Ok(Err((op, e))) => Err(io_err(op, key)(e)),
             Err(e) => Err(io_err("finish file", key)(std::io::Error::other(e))),
@@ -161,6 +167,7 @@ impl LocalSink {
         if std::fs::read_link(path).is_ok_and(|t| t.as_os_str() == target) {
             return Ok(());
         }
+        crate::fence::check(&key.full)?;
         let dir = path.parent().expect("target has a parent");
         let tmp = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
@@ -497,6 +504,7 @@ impl Sink for LocalSink {
                 // The source directory itself: the sink root exists; its own mode is the operator's.
                 return Ok(());
             }
+            crate::fence::check(&key.full)?;
             if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
                 std::fs::remove_file(&path).map_err(io_err("replace file by directory", key))?;
             }
@@ -540,6 +548,7 @@ impl Sink for LocalSink {
         let Some(path) = self.target(key, false)? else {
             return Ok(());
         };
+        crate::fence::check(&key.full)?;
         let result = match std::fs::symlink_metadata(&path) {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) => Err(e),
@@ -559,6 +568,7 @@ impl Sink for LocalSink {
         let Some(path) = self.target(key, false)? else {
             return Ok(true);
         };
+        crate::fence::check(&key.full)?;
         match std::fs::symlink_metadata(&path) {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(true),
             Err(e) => return Err(io_err("inspect directory", key)(e)),
@@ -589,6 +599,7 @@ impl Sink for LocalSink {
             return Ok(false);
         };
         let to = self.target(new, true)?.expect("created parents");
+        crate::fence::check(&new.full)?;
         // rename(2) replaces a file by a file atomically, but cannot replace a non-empty
         // directory, nor a file by a directory; the source has replaced whatever was there.
         match std::fs::symlink_metadata(&to) {

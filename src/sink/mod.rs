@@ -122,6 +122,10 @@ pub enum SinkError {
     Read { key: String, source: ReadError },
     #[error("{key}: {why}")]
     Refused { key: String, why: String },
+    /// This consumer-group member may have lost its partitions (see [`crate::fence`]):
+    /// the write was not made.
+    #[error("{key}: not written: this member may no longer own the event's partition")]
+    Fenced { key: String },
     #[error("{op} {key}: {detail}")]
     Remote {
         op: &'static str,
@@ -146,7 +150,7 @@ impl SinkError {
                     | std::io::ErrorKind::QuotaExceeded
             ),
             SinkError::Read { source, .. } => source.is_outage(),
-            SinkError::Refused { .. } => false,
+            SinkError::Refused { .. } | SinkError::Fenced { .. } => false,
             SinkError::Remote { outage, .. } => *outage,
         }
     }
@@ -167,6 +171,7 @@ impl SinkError {
             ),
             SinkError::Read { source, .. } => source.is_retryable(),
             SinkError::Refused { .. } => false,
+            SinkError::Fenced { .. } => true,
             SinkError::Remote { retryable, .. } => *retryable,
         }
     }

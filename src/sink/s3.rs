@@ -223,6 +223,7 @@ impl S3Sink {
     }
 
     async fn put_whole(&self, object: &str, entry: &Entry, body: Bytes) -> Result<(), SinkError> {
+        crate::fence::check(object)?;
         let (meta, mime, tagging) = Self::headers(entry);
         self.client
             .put_object()
@@ -266,6 +267,7 @@ impl S3Sink {
             .await;
         match result {
             Ok(parts) => {
+                crate::fence::check(object)?;
                 self.client
                     .complete_multipart_upload()
                     .bucket(&self.opts.bucket)
@@ -510,6 +512,7 @@ impl Sink for S3Sink {
     ) -> Result<(), SinkError> {
         super::refuse_root(key, "delete")?;
         let object = Self::object_key(key);
+        crate::fence::check(&object)?;
         if is_directory {
             return self.delete_prefix(&object).await;
         }

@@ -62,16 +62,20 @@ pub async fn run(
     hard_stop: CancellationToken,
 ) -> Result<(), KafkaConfigError> {
     let session_ms = group.session_timeout.as_millis();
+    let heartbeat_ms = (session_ms / 3).min(3000);
+    // A member that stood still longer than its session may have lost its partitions:
+    // it writes nothing until the group has settled that (see `crate::fence`).
+    crate::fence::arm(
+        group.session_timeout,
+        Duration::from_millis(heartbeat_ms as u64),
+    );
     let mut config = client_config(cfg);
     config
         .set("group.id", &group.id)
         .set("partition.assignment.strategy", &group.assignment)
         .set("auto.offset.reset", &group.auto_offset_reset)
         .set("session.timeout.ms", session_ms.to_string())
-        .set(
-            "heartbeat.interval.ms",
-            (session_ms / 3).min(3000).to_string(),
-        )
+        .set("heartbeat.interval.ms", heartbeat_ms.to_string())
         .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS)
         // With a queue per partition this limit applies per partition, not to the whole
         // consumer: 1 MiB each (about a thousand events) keeps a member with many

@@ -65,6 +65,8 @@ pub struct Metrics {
     gaps: Family<Static<1>, Counter>,
     /// Why the input went no further, if it did (a gap under `on_gap = "stop"`).
     halted: Mutex<Option<String>>,
+    /// A consumer-group member waiting too long for an assignment: why.
+    rebalance: Mutex<Option<String>>,
     /// `/readyz` fails while the oldest unfinished event is older than this.
     max_event_age: Mutex<Option<Duration>>,
     /// Events taken from the input and not finished, by a rising id, with when each was
@@ -151,6 +153,7 @@ impl Metrics {
         Metrics {
             gaps,
             halted: Mutex::new(None),
+            rebalance: Mutex::new(None),
             max_event_age: Mutex::new(None),
             registry,
             events,
@@ -182,6 +185,15 @@ impl Metrics {
     /// The input goes no further, for this reason (shown by `/readyz`).
     pub fn halt(&self, why: String) {
         *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// A consumer-group rebalance that does not complete (`Some` with why), or the end
+    /// of one (`None`); whether this is news (none was reported before).
+    pub fn set_rebalance_stuck(&self, why: Option<String>) -> bool {
+        let mut r = self.rebalance.lock().unwrap_or_else(|p| p.into_inner());
+        let news = r.is_none() && why.is_some();
+        *r = why;
+        news
     }
 
     /// `/readyz` fails while the oldest unfinished event has waited longer than `age`.
@@ -322,14 +334,11 @@ impl Metrics {
                 ready = false;
             }
         }
-        if let Some(why) = self
-            .halted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            text.push_str(&format!("input: {why}\n"));
-            ready = false;
+        for note in [&self.rebalance, &self.halted] {
+            if let Some(why) = note.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                text.push_str(&format!("input: {why}\n"));
+                ready = false;
+            }
         }
         let limit = *self.max_event_age.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(limit) = limit {

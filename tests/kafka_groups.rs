@@ -532,3 +532,36 @@ async fn a_quiet_member_wakes_for_each_trickling_event() {
     assert!(rep.stop().0.success());
     eprintln!("10 trickling events, the slowest arrived in {slowest:?}");
 }
+
+/// A session longer than librdkafka's default poll interval (300 s) was accepted by
+/// the configuration check and then refused by the client at start ("`max.poll.interval.ms`
+/// must be >= `session.timeout.ms`"), exit 2. The poll interval now follows the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_longer_than_five_minutes_starts() {
+    let bed = TestBed::start(BedOptions {
+        broker: "tansu",
+        ..Default::default()
+    });
+    let area = tempfile::tempdir().unwrap();
+    let sink = area.path().join("sink");
+    let work = member(&bed, &sink, "long", "");
+    let text = std::fs::read_to_string(work.path().join("notification.toml"))
+        .unwrap()
+        .replace(
+            "session_timeout_seconds = 6",
+            "session_timeout_seconds = 600",
+        );
+    std::fs::write(work.path().join("notification.toml"), text).unwrap();
+    let mut rep = Replicator::start(&work);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            std::fs::read_to_string(work.log())
+                .is_ok_and(|l| l.contains("joining the consumer group"))
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    assert!(rep.is_running(), "{}", tail(&work.log(), 20));
+    assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
+}

@@ -76,6 +76,15 @@ pub async fn run(
         .set("auto.offset.reset", &group.auto_offset_reset)
         .set("session.timeout.ms", session_ms.to_string())
         .set("heartbeat.interval.ms", heartbeat_ms.to_string())
+        // librdkafka refuses a session longer than this (default 300 s), and the poll
+        // thread may wait in a revoke for up to the grace.
+        .set(
+            "max.poll.interval.ms",
+            session_ms
+                .max(300_000)
+                .max(group.revoke_grace.as_millis() + 60_000)
+                .to_string(),
+        )
         .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS)
         // With a queue per partition this limit applies per partition, not to the whole
         // consumer: 1 MiB each (about a thousand events) keeps a member with many
@@ -96,6 +105,8 @@ pub async fn run(
         newly_assigned: false.into(),
         consumer: std::sync::OnceLock::new(),
         reset_latest: group.auto_offset_reset == "latest",
+        waiting: Mutex::new(Some(Instant::now())),
+        stuck_after: (group.session_timeout * 2).max(Duration::from_secs(30)),
     });
     let consumer: Arc<Group> = Arc::new(config.create_with_context(GroupContext {
         logs: KafkaLogs::default(),
@@ -166,6 +177,11 @@ struct Shared {
     consumer: std::sync::OnceLock<Weak<Group>>,
     /// `auto_offset_reset = "latest"`.
     reset_latest: bool,
+    /// Since when this member has waited for the group to tell it what it owns (since
+    /// joining, or since partitions were taken away), until an assignment arrives.
+    waiting: Mutex<Option<Instant>>,
+    /// A wait longer than this is reported as a stuck rebalance.
+    stuck_after: Duration,
 }
 
 /// A partition's own queue of fetched messages.
@@ -196,6 +212,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// A member that has waited longer than `stuck_after` for the group to assign it
+    /// anything (a rebalance that never completes) says so once, and is not ready.
+    fn report_stuck(&self) {
+        let Some(since) = *lock(&self.waiting) else {
+            return;
+        };
+        let waited = since.elapsed();
+        if waited > self.stuck_after {
+            let why = format!(
+                "no partition assignment from the consumer group for {}s (a rebalance that does not complete)",
+                waited.as_secs()
+            );
+            if crate::metrics::get().set_rebalance_stuck(Some(why)) {
+                tracing::warn!(waited = ?waited, "the consumer group has assigned this member nothing for this long: its rebalance does not complete; /readyz says so until it does");
+            }
+        }
+    }
+
     fn partitions(&self) -> Vec<i32> {
         lock(&self.owned).keys().copied().collect()
     }
@@ -203,6 +237,12 @@ impl Shared {
     /// Partitions given to this member: a worker each, starting from the group's
     /// committed offset (or `auto_offset_reset`).
     fn assign(&self, partitions: &[i32]) {
+        if let Some(since) = lock(&self.waiting).take()
+            && since.elapsed() > self.stuck_after
+        {
+            tracing::info!(waited = ?since.elapsed(), "the group's assignment arrived at last");
+            crate::metrics::get().set_rebalance_stuck(None);
+        }
         let mut owned = lock(&self.owned);
         for &p in partitions {
             if owned.contains_key(&p) {
@@ -273,6 +313,7 @@ impl Shared {
         lost: bool,
         grace: Option<Duration>,
     ) -> TopicPartitionList {
+        lock(&self.waiting).get_or_insert_with(Instant::now);
         let mut going = Vec::new();
         {
             let mut owned = lock(&self.owned);
@@ -554,6 +595,7 @@ fn poll_loop(consumer: Arc<Group>, shared: Arc<Shared>, commit_every: Duration) 
     let mut idle = Idle::new();
     let mut moved = false;
     while !shared.stop.is_cancelled() {
+        shared.report_stuck();
         // The main queue: rebalances (the callback runs in here), errors, and messages
         // fetched before a partition's own queue was split off. Drained before the
         // partition queues, whose messages are later ones.

@@ -282,6 +282,16 @@ async fn round(seed: u64, profile: Profile) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // A SIGTERM in the first milliseconds of a process (before its runtime exists)
+    // ends it by the signal; the verdict is about the sink, so stop a started process.
+    let started = || {
+        let log = std::fs::read_to_string(work.log()).unwrap_or_default();
+        log.matches("loaded replication").count() == log.matches("Configure sink to").count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (status, _) = rep.stop();
     result?;
     if !status.success() {

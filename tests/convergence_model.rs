@@ -372,18 +372,8 @@ impl Bed {
         let dir = tempfile::tempdir().unwrap();
         // Entries carry their bytes inline, so the sink never reads a volume server; the
         // source it is given is never called.
-        let source = FilerSource::new(
-            SourceOptions {
-                grpc_address: "127.0.0.1:9".into(),
-                data_center: String::new(),
-                read_jwt: None,
-                https: false,
-                prefetch: 1,
-                grpc_tls: None,
-            },
-            reqwest::Client::new(),
-        )
-        .unwrap();
+        let source =
+            FilerSource::new(SourceOptions::plain("127.0.0.1:9"), reqwest::Client::new()).unwrap();
         let sink = LocalSink::new("local", dir.path().to_path_buf(), Arc::new(source));
         Bed {
             ns,

@@ -408,14 +408,7 @@ async fn a_rename_applied_after_a_later_rewrite_does_not_undo_it() {
         a.produce(key, payload).await;
     }
     let last = published + records.len() - 1;
-    std::fs::write(
-        work.path().join("last.offset"),
-        format!(
-            r#"{{"topic":"{}","partitionOffsets":{{"0":{last}}}}}"#,
-            a.var("TOPIC")
-        ),
-    )
-    .unwrap();
+    work.set_offsets(a.var("TOPIC"), &[(0, &last.to_string())]);
     let rep = Replicator::start(&work);
     a.assert_same_tree("/data", &a, "/backup", &[], &work.log())
         .await;

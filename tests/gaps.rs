@@ -12,14 +12,7 @@ use std::time::Duration;
 
 /// Write the offset file for partition 0.
 fn offset_file(work: &Workdir, bed: &TestBed, offset: &str) {
-    std::fs::write(
-        work.path().join("last.offset"),
-        format!(
-            r#"{{"topic":"{}","partitionOffsets":{{"0":{offset}}}}}"#,
-            bed.var("TOPIC")
-        ),
-    )
-    .unwrap();
+    work.set_offsets(bed.var("TOPIC"), &[(0, offset)]);
 }
 
 fn metrics_config(port: u16, on_gap: &str) -> String {

@@ -147,19 +147,7 @@ async fn survives_kill_9_mid_backlog() {
     assert!(!status.success());
     assert_eq!(count(), BEFORE, "files got past the blocker");
     // The blocker goes away on the source; the restart resumes and finishes.
-    let deleted = bed
-        .grpc()
-        .await
-        .delete_entry(pb::DeleteEntryRequest {
-            directory: "/data/many".into(),
-            name: "blocker.bin".into(),
-            is_delete_data: false,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(deleted.error.is_empty(), "{}", deleted.error);
+    bed.delete_keeping_data("/data/many", "blocker.bin").await;
     std::fs::write(work.log(), "").unwrap();
     let rep = Replicator::start(&work);
     bed.upload("/data/many/after.bin", b"after the crash", "")

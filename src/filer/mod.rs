@@ -47,6 +47,21 @@ pub struct SourceOptions {
     pub grpc_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+impl SourceOptions {
+    /// Plain gRPC to `grpc_address`: no TLS, no read JWT, http to volume servers, one
+    /// chunk ahead, any data center.
+    pub fn plain(grpc_address: &str) -> Self {
+        SourceOptions {
+            grpc_address: grpc_address.to_string(),
+            data_center: String::new(),
+            read_jwt: None,
+            https: false,
+            prefetch: 1,
+            grpc_tls: None,
+        }
+    }
+}
+
 /// Why a source read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

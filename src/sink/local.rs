@@ -632,15 +632,9 @@ mod tests {
     use super::*;
 
     fn sink(root: &Path) -> LocalSink {
+        // Entries with inline content only: the source is never called.
         let source = FilerSource::new(
-            crate::filer::SourceOptions {
-                grpc_address: "127.0.0.1:9".into(),
-                data_center: String::new(),
-                read_jwt: None,
-                https: false,
-                prefetch: 1,
-                grpc_tls: None,
-            },
+            crate::filer::SourceOptions::plain("127.0.0.1:9"),
             reqwest::Client::new(),
         )
         .unwrap();

@@ -342,6 +342,27 @@ impl TestBed {
         }
     }
 
+    /// Delete an entry through gRPC, keeping its data (as a rename in two steps does).
+    pub async fn delete_keeping_data(&self, directory: &str, name: &str) {
+        let deleted = self
+            .grpc()
+            .await
+            .delete_entry(pb::DeleteEntryRequest {
+                directory: directory.into(),
+                name: name.into(),
+                is_delete_data: false,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            deleted.error.is_empty(),
+            "delete {directory}/{name}: {}",
+            deleted.error
+        );
+    }
+
     /// Create an entry through gRPC (the filer publishes the event like any other).
     pub async fn create_entry(&self, dir: &str, entry: pb::Entry) {
         let resp = self
@@ -954,6 +975,23 @@ impl Workdir {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Write the offset file (`last.offset`) for `topic`: `(partition, offset)` pairs,
+    /// offsets as JSON text (so hostile ones can be written too).
+    pub fn set_offsets(&self, topic: &str, offsets: &[(i32, &str)]) {
+        let body: Vec<String> = offsets
+            .iter()
+            .map(|(p, o)| format!(r#""{p}":{o}"#))
+            .collect();
+        std::fs::write(
+            self.path().join("last.offset"),
+            format!(
+                r#"{{"topic":"{topic}","partitionOffsets":{{{}}}}}"#,
+                body.join(",")
+            ),
+        )
+        .unwrap();
     }
 
     /// Use `[sink.<name>]` instead of `[sink.local]`, with its default `is_incremental`.

@@ -8,9 +8,11 @@
 //! stood still. From then on the fence is closed: every sink checks it right before the
 //! write that commits a change ([`check`]), and a closed fence fails that write (the
 //! event waits and is tried again, or is abandoned if its partition was taken away). It
-//! reopens after a session timeout and a heartbeat more, by which time librdkafka has
-//! learnt from the broker whether the member was removed (and the partitions lost are
-//! abandoned) or not.
+//! reopens after a session timeout and two heartbeats, by which time librdkafka has
+//! usually learnt from the broker whether the member was removed. What matters is that
+//! the write under way when the process froze never lands: a retried event reads the
+//! source again (see [`crate::replicate::converge`]), so whatever this member writes
+//! after the fence reopens is what the source holds then, whoever owns the partition.
 //!
 //! Without a group (one process owns every partition) the fence is never armed.
 
@@ -75,7 +77,7 @@ impl Fence {
             self.closed_until.store(0, Ordering::Release);
             if self.logged.swap(false, Ordering::AcqRel) {
                 tracing::info!(
-                    "fence open again: this member still owns what it has been assigned"
+                    "fence open again: events that waited read the source again before they write"
                 );
             }
         }

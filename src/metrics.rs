@@ -147,7 +147,7 @@ impl Metrics {
         let gaps = Family::<Static<1>, Counter>::default();
         registry.register(
             "gaps",
-            "Times the input found it had missed events, by reason (offset_ahead_of_topic, offset_before_oldest, checkpoint_too_old)",
+            "Times the input found it had missed events, by reason (offset_ahead_of_topic, offset_before_oldest)",
             gaps.clone(),
         );
         Metrics {
@@ -175,11 +175,6 @@ impl Metrics {
     /// The input found it had missed events.
     pub fn gap(&self, reason: &'static str) {
         self.gaps.get_or_create(&[("reason", reason)]).inc();
-    }
-
-    /// Times the input found it had missed events, for one reason.
-    pub fn gaps(&self, reason: &'static str) -> u64 {
-        self.gaps.get(&[("reason", reason)]).map_or(0, |c| c.get())
     }
 
     /// The input goes no further, for this reason (shown by `/readyz`).

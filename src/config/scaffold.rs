@@ -149,8 +149,8 @@ prefetch_chunks = 4
 # A volume server silent this long during a read is given up for the next replica.
 read_timeout_seconds = 60
 # When the input can tell it missed events (a Kafka offset out of range: retention deleted
-# unread messages, or the topic was re-created; a metadata-log checkpoint older than the
-# oldest log the filer keeps), it logs an ERROR and counts replicate_gaps_total, then:
+# unread messages, or the topic was re-created), it logs an ERROR and counts
+# replicate_gaps_total, then:
 #   "reconcile": goes on, and makes the sink equal to the source in the background;
 #   "stop": goes no further (/readyz says why) until an operator acts;
 #   "ignore": goes on.

@@ -332,8 +332,7 @@ pub enum BadMessagePolicy {
 }
 
 /// What happens when the input can tell that it missed events: a Kafka offset out of
-/// range (retention deleted unread messages, the topic was re-created), a metadata-log
-/// checkpoint older than the oldest log the filer keeps.
+/// range (retention deleted unread messages, the topic was re-created).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapPolicy {
     /// Go on, and make the sink equal to the source again in the background: every

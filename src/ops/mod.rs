@@ -17,6 +17,13 @@ pub fn full_path(dir: &str, entry: &Entry) -> String {
     format!("{}/{}", dir.trim_end_matches('/'), entry.name)
 }
 
+/// `path` as components, if it is a plain path: one that maps back onto itself (`a//b`
+/// on an object store would be read as `a/b`, a different, legitimate file).
+pub fn plain_path(path: &str) -> Option<Vec<String>> {
+    let parts = crate::replicate::path::components(path).ok()?;
+    (crate::replicate::path::join(&parts) == path).then_some(parts)
+}
+
 /// The event a filer would publish had `entry` just been created in `dir`.
 pub fn create_event(dir: &str, entry: &Entry) -> RawEvent {
     RawEvent {

@@ -97,17 +97,7 @@ pub async fn run(
             continue;
         }
         let path = format!("{root}/{rel}");
-        // Only a name that maps back onto itself (see verify's repair).
-        let plain = crate::replicate::path::components(&path)
-            .map(|c| crate::replicate::path::join(&c))
-            .ok();
-        let under_exclude = crate::replicate::path::components(&path).is_ok_and(|parts| {
-            rules
-                .excludes
-                .iter()
-                .any(|ex| crate::replicate::path::is_equal_or_under(&parts, ex))
-        });
-        if plain.as_deref() != Some(path.as_str()) || under_exclude {
+        if super::plain_path(&path).is_none_or(|parts| rules.excluded(&parts)) {
             continue;
         }
         let pipeline = pipeline.clone();

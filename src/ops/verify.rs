@@ -136,10 +136,7 @@ pub async fn run(
         .filter(|(rel, _)| {
             let parts =
                 crate::replicate::path::components(&format!("{root}/{rel}")).unwrap_or_default();
-            !rules
-                .excludes
-                .iter()
-                .any(|ex| crate::replicate::path::is_equal_or_under(&parts, ex))
+            !rules.excluded(&parts)
         })
         .collect();
     println!(
@@ -262,14 +259,7 @@ async fn repair(
             continue;
         }
         let path = format!("{root}/{rel}");
-        // Only a name that maps back onto itself: `a//b` on an object store would be
-        // read as `a/b`, a different (legitimate) file.
-        if crate::replicate::path::components(&path)
-            .map(|c| crate::replicate::path::join(&c))
-            .ok()
-            .as_deref()
-            != Some(path.as_str())
-        {
+        if super::plain_path(&path).is_none() {
             not_repaired.insert(rel.clone(), "its name is not a plain path".into());
             continue;
         }

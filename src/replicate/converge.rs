@@ -112,7 +112,8 @@ fn read_err(key: &SinkKey, source: ReadError) -> SinkError {
     }
 }
 
-/// The entry at `path` now, if it is of the same kind (file or directory) as `like`.
+/// The entry at `path` now, if it is a directory when `directory` says so, a file when
+/// not (the other kind there is a later change, as good as none for this event).
 async fn current(
     truth: &dyn Truth,
     path: &str,
@@ -158,14 +159,7 @@ pub async fn apply(
             let Some(now) = current(truth, &paths.new, key, new.is_directory).await? else {
                 return Ok(Applied::Overtaken);
             };
-            let updated = Plan::Update {
-                key: key.clone(),
-                old: old.clone(),
-                new_parent: new_parent.clone(),
-                new: now,
-                delete_chunks: *delete_chunks,
-            };
-            super::apply(&updated, sink, signatures).await?;
+            super::update(sink, key, old, new_parent, &now, *delete_chunks, signatures).await?;
             Ok(Applied::Written)
         }
         Plan::Delete {

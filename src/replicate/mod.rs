@@ -124,8 +124,12 @@ pub enum PlanError {
 
 impl Rules {
     fn in_scope(&self, p: &[String]) -> bool {
-        is_equal_or_under(p, &self.source_dir)
-            && !self.excludes.iter().any(|ex| is_equal_or_under(p, ex))
+        is_equal_or_under(p, &self.source_dir) && !self.excluded(p)
+    }
+
+    /// Whether source path `p` (as components) is in an excluded directory.
+    pub fn excluded(&self, p: &[String]) -> bool {
+        self.excludes.iter().any(|ex| is_equal_or_under(p, ex))
     }
 
     fn date_dir(&self, entry: Option<&Entry>) -> Option<String> {
@@ -310,18 +314,30 @@ pub async fn apply(plan: &Plan, sink: &dyn Sink, signatures: &[i32]) -> Result<(
             new_parent,
             new,
             delete_chunks,
-        } => {
-            if sink
-                .update_entry(key, old, new_parent, new, *delete_chunks, signatures)
-                .await?
-            {
-                return Ok(());
-            }
-            sink.delete_entry(key, old.is_directory, false, signatures)
-                .await?;
-            sink.create_entry(key, new, signatures).await
-        }
+        } => update(sink, key, old, new_parent, new, *delete_chunks, signatures).await,
     }
+}
+
+/// An update in place, or, where the sink cannot find the entry to update, delete then
+/// create (upstream's fallback).
+pub(crate) async fn update(
+    sink: &dyn Sink,
+    key: &SinkKey,
+    old: &Entry,
+    new_parent: &SinkKey,
+    new: &Entry,
+    delete_chunks: bool,
+    signatures: &[i32],
+) -> Result<(), SinkError> {
+    if sink
+        .update_entry(key, old, new_parent, new, delete_chunks, signatures)
+        .await?
+    {
+        return Ok(());
+    }
+    sink.delete_entry(key, old.is_directory, false, signatures)
+        .await?;
+    sink.create_entry(key, new, signatures).await
 }
 
 #[cfg(test)]

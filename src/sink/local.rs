@@ -145,7 +145,9 @@ impl LocalSink {
             filetime::set_file_handle_times(file, Some(atime), Some(mtime))
                 .map_err(|e| ("set times", e))?;
             // The commit point: checked last, just before the file appears.
-            crate::fence::check("").map_err(|e| ("rename into place", std::io::Error::other(e)))?;
+            if !crate::fence::is_open() {
+                return Err((FENCED, std::io::Error::other("fenced")));
+            }
             if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
                 std::fs::remove_dir_all(&path).map_err(|e| ("replace directory by file", e))?;
             }
@@ -154,10 +156,10 @@ impl LocalSink {
         };
         crate::fence::check(&key.full)?;
         match tokio::task::spawn_blocking(finish).await {
-            Ok(Err(_)) if !crate::fence::is_open() => Err(SinkError::Fenced {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((FENCED, _))) => Err(SinkError::Fenced {
                 key: key.full.clone(),
             }),
-            Ok(Ok(())) => Ok(()),
             Ok(Err((op, e))) => Err(io_err(op, key)(e)),
             Err(e) => Err(io_err("finish file", key)(std::io::Error::other(e))),
         }
@@ -314,6 +316,9 @@ fn satisfies(path: &Path, entry: &Entry) -> bool {
         && m.mtime_nsec() == i64::from(a.mtime_ns.max(0))
         && m.mode() & 0o7777 == mode::to_unix(a.file_mode)
 }
+
+/// The operation name a finished file's commit fails with when the fence closed.
+const FENCED: &str = "fenced";
 
 /// S3 multipart parts in flight: upstream never replicates them.
 fn is_upload_part(key: &SinkKey) -> bool {

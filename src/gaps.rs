@@ -1,8 +1,9 @@
 //! Gaps: events the input can tell it has missed.
 //!
 //! A Kafka offset out of the topic's range (retention deleted messages before they were
-//! replicated, or the topic was re-created and the offset file points past its end):
-//! the sink cannot become equal to the source by going on. Each gap is logged at ERROR and
+//! replicated, or the topic was re-created and the offset file points past its end), or
+//! a metadata-log checkpoint older than the oldest log the source filer keeps: the sink
+//! cannot become equal to the source by going on. Each gap is logged at ERROR and
 //! counted (`replicate_gaps_total{reason}`); then `[replicate] on_gap` decides:
 //! reconcile (the default: go on, and make the sink equal to the source in the
 //! background), stop (the input goes no further, `/readyz` says why) or ignore.
@@ -20,6 +21,8 @@ pub enum Reason {
     /// The saved offset is before the oldest message kept: retention deleted messages
     /// that were never replicated.
     OffsetBeforeOldest,
+    /// The metadata-log checkpoint is older than the oldest log file the filer keeps.
+    CheckpointBeforeOldestLog,
     /// An earlier run found a gap and stopped before its reconciliation finished.
     Owed,
 }
@@ -30,6 +33,7 @@ impl Reason {
         match self {
             Reason::OffsetAheadOfTopic => "offset_ahead_of_topic",
             Reason::OffsetBeforeOldest => "offset_before_oldest",
+            Reason::CheckpointBeforeOldestLog => "checkpoint_before_oldest_log",
             Reason::Owed => "owed",
         }
     }

@@ -63,6 +63,7 @@ pub struct Metrics {
     lag: Family<PartitionLabels, Gauge>,
     up: Family<Static<1>, Gauge>,
     gaps: Family<Static<1>, Counter>,
+    group_wait: Gauge<f64, AtomicU64>,
     /// Why the input went no further, if it did (a gap under `on_gap = "stop"`).
     halted: Mutex<Option<String>>,
     /// A consumer-group member waiting too long for an assignment: why.
@@ -147,11 +148,18 @@ impl Metrics {
         let gaps = Family::<Static<1>, Counter>::default();
         registry.register(
             "gaps",
-            "Times the input found it had missed events, by reason (offset_ahead_of_topic, offset_before_oldest)",
+            "Times the input found it had missed events, by reason (offset_ahead_of_topic, offset_before_oldest, checkpoint_before_oldest_log, owed)",
             gaps.clone(),
+        );
+        let group_wait = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "kafka_group_unassigned_seconds",
+            "Consumer-group mode: how long this member has waited for the group to assign it its partitions (since it joined or its partitions were taken away; 0 while it has an assignment)",
+            group_wait.clone(),
         );
         Metrics {
             gaps,
+            group_wait,
             halted: Mutex::new(None),
             rebalance: Mutex::new(None),
             max_event_age: Mutex::new(None),
@@ -189,6 +197,11 @@ impl Metrics {
         let news = r.is_none() && why.is_some();
         *r = why;
         news
+    }
+
+    /// How long this consumer-group member has waited for an assignment (0: it has one).
+    pub fn set_group_wait(&self, waited: Duration) {
+        self.group_wait.set(waited.as_secs_f64());
     }
 
     /// `/readyz` fails while the oldest unfinished event has waited longer than `age`.

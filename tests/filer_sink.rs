@@ -459,45 +459,6 @@ async fn directory_renames_converge_across_partitions() {
     );
 }
 
-/// Needles the target's volumes hold that no entry references, as `volume.fsck`
-/// counts them (those older than a second), and its report.
-fn orphan_needles(bed: &TestBed) -> (u64, String) {
-    let weed = testbed_binary("weed");
-    let out = std::process::Command::new(weed)
-        .args([
-            "shell",
-            &format!("-master={}", bed.var("MASTER")),
-            &format!("-filer={}", bed.var("FILER_HTTP")),
-        ])
-        .current_dir(bed.dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(b"lock\nvolume.fsck -cutoffTimeAgo=1s\nunlock\n")?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    if text.contains("no orphan data") {
-        return (0, text);
-    }
-    let orphans = text
-        .lines()
-        .find(|l| l.starts_with("Total"))
-        .and_then(|l| l.split("orphan:").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("volume.fsck said:\n{text}"));
-    (orphans, text)
-}
-
 /// The journal files of unfinished write attempts, with the chunks each noted.
 fn noted_uploads(work: &Workdir) -> Vec<usize> {
     std::fs::read_dir(work.path().join("replicate.filer-uploads"))
@@ -620,7 +581,7 @@ async fn no_chunk_is_left_unreferenced_on_the_target() {
     // The filer deletes adopted chunks from a queue: wait for it.
     let mut last = String::new();
     let clean = eventually(Duration::from_secs(90), || {
-        let (n, text) = orphan_needles(&b);
+        let (n, text) = orphan_needles_of(&b);
         last = text;
         async move { n == 0 }
     })

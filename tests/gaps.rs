@@ -19,6 +19,23 @@ fn metrics_config(port: u16, on_gap: &str) -> String {
     format!("\n[replicate]\non_gap = \"{on_gap}\"\n\n[metrics]\naddress = \"127.0.0.1:{port}\"\n")
 }
 
+/// `replicate_gaps_total{reason}` becomes 1.
+async fn counted_once(port: u16, reason: &str) {
+    let http = reqwest::Client::new();
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let series = format!("replicate_gaps_total{{reason=\"{reason}\"}}");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            get(&http, &metrics)
+                .await
+                .is_some_and(|(_, text)| sample(&text, &series) == Some(1.0))
+        })
+        .await,
+        "{:?}",
+        get(&http, &metrics).await
+    );
+}
+
 /// An offset file far past the end of the topic: everything is replicated from the
 /// oldest message, the gap is logged and counted, and the reconciliation removes what
 /// the sink held that the source never had.
@@ -47,21 +64,7 @@ async fn an_offset_past_the_topic_is_a_gap_that_is_healed() {
         "{}",
         tail(&work.log(), 30)
     );
-    let http = reqwest::Client::new();
-    let metrics = format!("http://127.0.0.1:{port}/metrics");
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            get(&http, &metrics).await.is_some_and(|(_, text)| {
-                sample(
-                    &text,
-                    "replicate_gaps_total{reason=\"offset_ahead_of_topic\"}",
-                ) == Some(1.0)
-            })
-        })
-        .await,
-        "{:?}",
-        get(&http, &metrics).await
-    );
+    counted_once(port, "offset_ahead_of_topic").await;
     // The reconciliation finished, so no marker is left for the next start.
     assert!(
         eventually(Duration::from_secs(30), || async {
@@ -130,4 +133,98 @@ async fn on_gap_stop_goes_no_further_and_says_why() {
     assert!(!sink.join("a.bin").exists());
     let (status, _) = rep.stop();
     assert!(status.success(), "{}", tail(&work.log(), 20));
+}
+
+/// The metadata log's files, as (UTC minute it starts in "YYYY-MM-DD HH-MM", full path).
+async fn log_files(bed: &TestBed) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for day in bed.list("/topics/.system/log").await {
+        let day_path = day["FullPath"].as_str().unwrap().to_string();
+        let day_name = day_path.rsplit('/').next().unwrap().to_string();
+        for f in bed.list(&day_path).await {
+            let path = f["FullPath"].as_str().unwrap().to_string();
+            let minute = path.rsplit('/').next().unwrap().split('.').next().unwrap();
+            out.push((format!("{day_name} {minute}"), path));
+        }
+    }
+    out
+}
+
+/// Finding: a metadata-log checkpoint older than the oldest log the source filer keeps
+/// (its files deleted while `replicate` was away) went unnoticed, and the filer silently
+/// started from what was left. Now it is a gap: logged, counted, and healed by the
+/// reconciliation, which removes a file that only a lost event could have removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_older_than_the_filers_log_is_a_gap_that_is_healed() {
+    let bed = TestBed::start(BedOptions::default());
+    for i in 0..5u64 {
+        bed.upload(&format!("/data/f{i}.bin"), &bytes(i, 700), "")
+            .await;
+    }
+    let area = tempfile::tempdir().unwrap();
+    let sink = area.path().join("sink");
+    let port = free_port_pair();
+    let work = Workdir::new(
+        &bed,
+        "/data",
+        &sink,
+        &format!(
+            "subscribe = true\ncheckpoint_interval_seconds = 1\n{}",
+            metrics_config(port, "reconcile")
+        ),
+    );
+    std::fs::remove_file(work.path().join("notification.toml")).unwrap();
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &sink, &work.log()).await;
+    let (status, _) = rep.stop();
+    assert!(status.success(), "{}", tail(&work.log(), 20));
+    // The checkpoint is no later than now; keep changing the source until the filer has
+    // flushed a log file that starts in a later minute (it flushes every minute).
+    let stopped = chrono::Utc::now().format("%Y-%m-%d %H-%M").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let mut i = 0u64;
+    while !log_files(&bed).await.iter().any(|(m, _)| *m > stopped) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the filer flushed no log file after {stopped}: {:?}",
+            log_files(&bed).await
+        );
+        bed.upload(&format!("/data/later/g{i}.bin"), &bytes(100 + i, 300), "")
+            .await;
+        i += 1;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // The log up to and including the checkpoint's minute is deleted, as an operator
+    // short of space would.
+    let mut deleted = 0;
+    for (minute, path) in log_files(&bed).await {
+        if minute <= stopped {
+            bed.delete(&path, false).await;
+            deleted += 1;
+        }
+    }
+    assert!(deleted > 0);
+    // What only a lost event could remove.
+    std::fs::write(sink.join("stray.bin"), b"not on the source").unwrap();
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &sink, &work.log()).await;
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(
+        log.contains("ERROR") && log.contains("older than the oldest metadata log"),
+        "{}",
+        tail(&work.log(), 30)
+    );
+    counted_once(port, "checkpoint_before_oldest_log").await;
+    let (status, _) = rep.stop();
+    assert!(status.success(), "{}", tail(&work.log(), 20));
+    // A restart with a current checkpoint sees no gap.
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &sink, &work.log()).await;
+    let (status, _) = rep.stop();
+    assert!(status.success());
+    let gaps = std::fs::read_to_string(work.log())
+        .unwrap()
+        .matches("older than the oldest metadata log")
+        .count();
+    assert_eq!(gaps, 1, "{}", tail(&work.log(), 30));
 }

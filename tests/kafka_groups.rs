@@ -21,6 +21,16 @@ fn member(bed: &TestBed, sink: &Path, group: &str, more: &str) -> Workdir {
     work
 }
 
+/// A member's session instead of the 6 s of [`member`].
+fn set_session(work: &Workdir, seconds: u32) {
+    let path = work.path().join("notification.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "session_timeout_seconds = 6",
+        &format!("session_timeout_seconds = {seconds}"),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
 /// One event a process finished, from its log: "<time> DEBUG ...pipeline: replicated at
 /// partition P offset O: KEY" (or skipped).
 #[derive(Debug, Clone)]
@@ -545,13 +555,7 @@ async fn a_session_longer_than_five_minutes_starts() {
     let area = tempfile::tempdir().unwrap();
     let sink = area.path().join("sink");
     let work = member(&bed, &sink, "long", "");
-    let text = std::fs::read_to_string(work.path().join("notification.toml"))
-        .unwrap()
-        .replace(
-            "session_timeout_seconds = 6",
-            "session_timeout_seconds = 600",
-        );
-    std::fs::write(work.path().join("notification.toml"), text).unwrap();
+    set_session(&work, 600);
     let mut rep = Replicator::start(&work);
     assert!(
         eventually(Duration::from_secs(60), || async {
@@ -564,4 +568,75 @@ async fn a_session_longer_than_five_minutes_starts() {
     );
     assert!(rep.is_running(), "{}", tail(&work.log(), 20));
     assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
+}
+
+/// Finding 11 of the reliability issue: a rebalance that does not complete left members
+/// waiting for minutes while nothing said so. Here one is made to wait: member A owns the
+/// topic and is frozen (SIGSTOP) with a long session, so the rebalance that member B's
+/// join starts cannot finish until A's session runs out. Past 30 s B says so (a warning
+/// once, `/readyz` 503 with the reason, and the gauge of how long it has waited); once A is
+/// gone, B gets the partitions, is ready again and replicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_that_does_not_complete_is_visible() {
+    let bed = TestBed::start(BedOptions {
+        partitions: 2,
+        broker: "tansu",
+        ..Default::default()
+    });
+    for i in 0..4u64 {
+        bed.upload(&format!("/data/f{i}.bin"), &bytes(i, 900), "")
+            .await;
+    }
+    let area = tempfile::tempdir().unwrap();
+    let sink = area.path().join("sink");
+    let a = member(&bed, &sink, "stuck", "");
+    set_session(&a, 90);
+    let rep_a = Replicator::start(&a);
+    assert_converges(&bed, "/data", &[], &sink, &a.log()).await;
+    rep_a.signal(libc::SIGSTOP);
+
+    let port = free_port_pair();
+    let b = Workdir::new(
+        &bed,
+        "/data",
+        &sink,
+        &format!("\n[metrics]\naddress = \"127.0.0.1:{port}\"\n"),
+    );
+    let path = b.path().join("notification.toml");
+    let text = std::fs::read_to_string(&path).unwrap()
+        + "group_id = \"stuck\"\nsession_timeout_seconds = 6\n";
+    std::fs::write(&path, text).unwrap();
+    let rep_b = Replicator::start(&b);
+    let base = format!("http://127.0.0.1:{port}");
+    readyz_becomes(
+        &base,
+        503,
+        "no partition assignment from the consumer group",
+        Duration::from_secs(85),
+        &b.log(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let waited = get(&http, &format!("{base}/metrics"))
+        .await
+        .and_then(|(_, text)| sample(&text, "replicate_kafka_group_unassigned_seconds"));
+    assert!(waited.is_some_and(|w| w >= 30.0), "{waited:?}");
+    assert_eq!(
+        count(&b.log(), "its rebalance does not complete"),
+        1,
+        "{}",
+        tail(&b.log(), 20)
+    );
+
+    // A dies (its session still has to run out); B gets everything and works.
+    let _ = rep_a.stop_with(libc::SIGKILL);
+    readyz_becomes(&base, 200, "sink: up", Duration::from_secs(150), &b.log()).await;
+    bed.upload("/data/after.bin", &bytes(99, 1200), "").await;
+    assert_converges(&bed, "/data", &[], &sink, &b.log()).await;
+    let waited = get(&http, &format!("{base}/metrics"))
+        .await
+        .and_then(|(_, text)| sample(&text, "replicate_kafka_group_unassigned_seconds"));
+    assert_eq!(waited, Some(0.0));
+    assert!(count(&b.log(), "assignment arrived at last") >= 1);
+    assert!(rep_b.stop().0.success(), "{}", tail(&b.log(), 20));
 }

@@ -216,9 +216,11 @@ impl Shared {
     /// anything (a rebalance that never completes) says so once, and is not ready.
     fn report_stuck(&self) {
         let Some(since) = *lock(&self.waiting) else {
+            crate::metrics::get().set_group_wait(Duration::ZERO);
             return;
         };
         let waited = since.elapsed();
+        crate::metrics::get().set_group_wait(waited);
         if waited > self.stuck_after {
             let why = format!(
                 "no partition assignment from the consumer group for {}s (a rebalance that does not complete)",

@@ -47,6 +47,10 @@ pub async fn run(
     let since = match checkpoint {
         Some(ts) => {
             tracing::info!(checkpoint = ts, key = %cfg.checkpoint_key, "resuming the metadata log from the checkpoint");
+            if check_retention(&source, ts).await == crate::gaps::Then::Stop {
+                stop.cancelled().await;
+                return;
+            }
             ts
         }
         None if cfg.initial_snapshot => {
@@ -89,6 +93,78 @@ pub async fn run(
         ),
         Err(e) => {
             tracing::error!(error = %e, "saving the checkpoint failed; the next start replays from the previous one")
+        }
+    }
+}
+
+/// Where the filer keeps its metadata log: one file per flush, `<YYYY-MM-DD>/<HH-MM>.<filer
+/// id>`, named for the UTC minute its first event falls in (upstream `logFlushFunc`).
+const LOG_DIR: &str = "/topics/.system/log";
+
+/// A checkpoint older than the oldest log file the filer still keeps is a gap: the files
+/// that held the events after it were deleted (by an operator, or a filer whose store was
+/// replaced), and the filer would silently start from what is left. Reported through
+/// [`crate::gaps`]; a filer that cannot be asked, or keeps no log file yet (everything
+/// still in memory), gives no verdict.
+async fn check_retention(source: &FilerSource, checkpoint: i64) -> crate::gaps::Then {
+    let oldest = match oldest_log_ns(source).await {
+        Ok(Some(oldest)) => oldest,
+        Ok(None) => return crate::gaps::Then::GoOn,
+        Err(e) => {
+            tracing::debug!(error = %e, "the oldest metadata log is unknown; the checkpoint is not checked");
+            return crate::gaps::Then::GoOn;
+        }
+    };
+    if checkpoint >= oldest {
+        return crate::gaps::Then::GoOn;
+    }
+    let at = |ns: i64| {
+        chrono::DateTime::from_timestamp_nanos(ns)
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string()
+    };
+    crate::gaps::report(
+        crate::gaps::Reason::CheckpointBeforeOldestLog,
+        &format!(
+            "the checkpoint ({}) is older than the oldest metadata log the source filer keeps ({}, under {LOG_DIR}): the log in between was deleted",
+            at(checkpoint),
+            at(oldest)
+        ),
+    )
+}
+
+/// The start (ns) of the oldest metadata-log file the filer keeps; `None` when it keeps
+/// none.
+async fn oldest_log_ns(source: &FilerSource) -> Result<Option<i64>, tonic::Status> {
+    let mut after = String::new();
+    loop {
+        let days = source.list_page(LOG_DIR, &after).await?;
+        let Some(last) = days.last() else {
+            return Ok(None);
+        };
+        after = last.name.clone();
+        for day in days.iter().filter(|d| d.is_directory) {
+            let Ok(date) = chrono::NaiveDate::parse_from_str(&day.name, "%Y-%m-%d") else {
+                continue;
+            };
+            let dir = format!("{LOG_DIR}/{}", day.name);
+            let mut after_file = String::new();
+            loop {
+                let files = source.list_page(&dir, &after_file).await?;
+                let Some(last) = files.last() else { break };
+                after_file = last.name.clone();
+                for file in &files {
+                    if file.is_directory || (file.chunks.is_empty() && file.content.is_empty()) {
+                        continue;
+                    }
+                    let minute = file.name.split('.').next().unwrap_or_default();
+                    if let Ok(t) = chrono::NaiveTime::parse_from_str(minute, "%H-%M")
+                        && let Some(ns) = date.and_time(t).and_utc().timestamp_nanos_opt()
+                    {
+                        return Ok(Some(ns));
+                    }
+                }
+            }
         }
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod inputs;
 pub mod objects;
+pub mod proxy;
+pub mod s3;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -628,6 +630,45 @@ impl Drop for TestBed {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Needles the target's volumes hold that no entry references, as `volume.fsck`
+/// counts them (those older than a second), and its report.
+pub fn orphan_needles_of(bed: &TestBed) -> (u64, String) {
+    let weed = testbed_binary("weed");
+    let out = std::process::Command::new(weed)
+        .args([
+            "shell",
+            &format!("-master={}", bed.var("MASTER")),
+            &format!("-filer={}", bed.var("FILER_HTTP")),
+        ])
+        .current_dir(bed.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"lock\nvolume.fsck -cutoffTimeAgo=1s\nunlock\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if text.contains("no orphan data") {
+        return (0, text);
+    }
+    let orphans = text
+        .lines()
+        .find(|l| l.starts_with("Total"))
+        .and_then(|l| l.split("orphan:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("volume.fsck said:\n{text}"));
+    (orphans, text)
 }
 
 /// A filer path for a URL.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The randomized fault harness (tests/fault_harness.rs) for as long as asked: ROUNDS
 # seeds from FIRST_SEED, each through every profile (or PROFILE only), against the real
-# test bed. Prints one line per round and the seed and profile of every failure; the
-# exit status is non-zero if any round failed. Keep a failing seed in CI_SEEDS there.
+# test bed, two profiles at a time (a test each). Prints one line per round and the seed
+# and profile of every failure; the exit status is non-zero if any round failed. Keep a
+# failing seed in CI_SEEDS there.
 #
 #   bench/faults.sh                       (ROUNDS=40 FIRST_SEED=1000: 200 rounds)
 #   ROUNDS=5 PROFILE=kafka-filer bench/faults.sh

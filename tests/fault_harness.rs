@@ -602,34 +602,32 @@ fn seeds() -> Vec<u64> {
     CI_SEEDS.to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_changes_and_faults_converge() {
-    let only = std::env::var("HARNESS_PROFILE").ok();
+/// Every seed through one profile (a test each, so that CI runs two at a time); nothing
+/// when `HARNESS_PROFILE` names another.
+async fn profile(name: &str) {
+    if std::env::var("HARNESS_PROFILE").is_ok_and(|only| only != name) {
+        return;
+    }
+    let profile = *PROFILES.iter().find(|p| p.name == name).unwrap();
     let mut failures = Vec::new();
     let started = Instant::now();
     let mut rounds = 0;
     for seed in seeds() {
-        for profile in PROFILES
-            .iter()
-            .filter(|p| only.as_deref().is_none_or(|o| o == p.name))
-        {
-            rounds += 1;
-            let began = Instant::now();
-            match round(seed, *profile).await {
-                Ok(what) => eprintln!(
-                    "harness: seed {seed} profile {}: ok in {:.0?} ({what})",
-                    profile.name,
-                    began.elapsed()
-                ),
-                Err(e) => {
-                    eprintln!("harness: FAILED {e}");
-                    failures.push(e);
-                }
+        rounds += 1;
+        let began = Instant::now();
+        match round(seed, profile).await {
+            Ok(what) => eprintln!(
+                "harness: seed {seed} profile {name}: ok in {:.0?} ({what})",
+                began.elapsed()
+            ),
+            Err(e) => {
+                eprintln!("harness: FAILED {e}");
+                failures.push(e);
             }
         }
     }
     eprintln!(
-        "harness: {rounds} rounds, {} failed, in {:?}",
+        "harness: profile {name}: {rounds} rounds, {} failed, in {:?}",
         failures.len(),
         started.elapsed()
     );
@@ -639,4 +637,29 @@ async fn random_changes_and_faults_converge() {
         failures.len(),
         failures[0]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_into_local() {
+    profile("kafka-local").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_into_filer() {
+    profile("kafka-filer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_into_s3() {
+    profile("kafka-s3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_into_local() {
+    profile("group-local").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_log_into_local() {
+    profile("log-local").await;
 }

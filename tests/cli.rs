@@ -103,6 +103,40 @@ fn env_overrides_are_named_and_go_style_flags_work() {
     );
 }
 
+/// Upstream (viper, `AllowEmptyEnv` off) treats an empty `WEED_*` variable as unset; so
+/// does `replicate`: `WEED_SINK_LOCAL_ENABLED=` neither turns the sink off nor is an error.
+#[test]
+fn empty_env_variables_are_ignored() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("replication.toml"),
+        "[source.filer]\ngrpcAddress = \"h:18888\"\ndirectory = \"/data\"\n\
+         [sink.local]\nenabled = true\ndirectory = \"/tmp/x\"\n\
+         [replicate]\nconcurrency = \"many\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("notification.toml"),
+        "[notification.kafka]\nenabled = true\nhosts = [\"h:9092\"]\ntopic = \"t\"\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_replicate"))
+        .current_dir(d.path())
+        .env("HOME", d.path())
+        .env_remove("RUST_LOG")
+        .env("WEED_SINK_LOCAL_ENABLED", "")
+        .env("WEED_SINK_LOCAL_DIRECTORY", "")
+        .env("WEED_NOTIFICATION_KAFKA_TOPIC", "")
+        .output()
+        .unwrap();
+    // The one real problem is reported, and nothing about the empty variables.
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("replicate.concurrency"), "{e}");
+    assert!(e.contains("1 problem"), "{e}");
+    assert!(!e.contains("WEED_"), "{e}");
+}
+
 #[test]
 fn scaffold_matches_the_shipped_examples_and_parses() {
     let d = tempfile::tempdir().unwrap();

@@ -287,10 +287,14 @@ impl RawConfig {
         format!("WEED_{}", key.replace('.', "_").to_uppercase())
     }
 
-    /// The value of `key` (environment first), with where it came from.
+    /// The value of `key` (environment first), with where it came from. An empty
+    /// variable counts as unset, as with upstream's viper (`AllowEmptyEnv` off): an
+    /// empty `WEED_SINK_LOCAL_ENABLED=` must not turn off the sink the file enables.
     pub fn get(&self, key: &str) -> Option<(toml::Value, Origin)> {
         let var = Self::env_name(key);
-        if let Some(v) = self.env.get(&var) {
+        if let Some(v) = self.env.get(&var)
+            && !v.is_empty()
+        {
             return Some((toml::Value::String(v.clone()), Origin::Env(var)));
         }
         let key = key.to_lowercase();
@@ -612,6 +616,22 @@ mod tests {
             "environment variable WEED_NOTIFICATION_KAFKA_OFFSETSAVEINTERVALSECONDS: \
              notification.kafka.offsetSaveIntervalSeconds: must be a whole number, got \"soon\""
         );
+    }
+
+    #[test]
+    fn empty_env_variables_count_as_unset() {
+        let env = HashMap::from([
+            ("WEED_SINK_LOCAL_ENABLED".to_string(), String::new()),
+            ("WEED_SINK_LOCAL_DIRECTORY".to_string(), String::new()),
+        ]);
+        let raw = RawConfig::from_toml(
+            "[sink.local]\nenabled = true\ndirectory = \"/replica\"",
+            env,
+        );
+        let mut r = Reader::new(&raw);
+        assert!(r.bool("sink.local.enabled", false));
+        assert_eq!(r.string("sink.local.directory", ""), "/replica");
+        assert!(r.problems.is_empty());
     }
 
     #[test]

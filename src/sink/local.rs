@@ -30,7 +30,13 @@ pub struct LocalSink {
     source: Arc<FilerSource>,
 }
 
-/// Map a name longer than 255 bytes to `<truncated base><8 hex of sha256><ext>`.
+/// Map a name longer than 255 bytes to `<truncated base><last 8 hex of sha256(name)><ext>`,
+/// as upstream's `ToShortFileName` does, so that a replica written by `weed
+/// filer.replicate` keeps its names: the extension is everything from the last `.`,
+/// whatever its length, and the base is cut to what is left (never inside a character).
+/// Where upstream panics (an extension over 247 bytes, so nothing of the base would fit)
+/// the name is shortened as if it had no extension. Upstream shortens only file names (a
+/// longer directory name fails there); here directory names map the same way.
 pub fn local_name(name: &str) -> String {
     if name.len() <= NAME_MAX {
         return name.to_string();
@@ -38,7 +44,7 @@ pub fn local_name(name: &str) -> String {
     let digest = hex::encode(Sha256::digest(name.as_bytes()));
     let hash = &digest[digest.len() - 8..];
     let ext = match name.rfind('.') {
-        Some(i) if i > 0 && name.len() - i <= 32 => &name[i..],
+        Some(i) if name.len() - i <= NAME_MAX - hash.len() => &name[i..],
         _ => "",
     };
     let base = &name[..name.len() - ext.len()];
@@ -703,6 +709,53 @@ mod tests {
         assert_eq!(read("sub/deep"), "b");
         assert_eq!(read("both"), "current");
         assert_eq!(read("only-new"), "c");
+    }
+
+    /// Expected names as upstream's `ToShortFileName` gives them: its own test vectors
+    /// (`weed/util/file_util_test.go`), and three produced by running its function (at
+    /// SeaweedFS `cc8364a03`) under Debian's Go 1.19: a 41-byte extension (the old rule here
+    /// kept none past 32 bytes), a 247-byte one (nothing of the base fits) and a last dot
+    /// inside `.tar.gz...`.
+    #[test]
+    fn long_names_are_shortened_as_upstream_does() {
+        let ru = "очень_длинное_имя_файла_c_подробным_указанием_наименования_и_содержания_стандартизованных_форм_за_анварь_-_июнь_2023_года";
+        let cases = [
+            (
+                format!("{ru}(РОГА_И_КОПЫТА_ООО).txt"),
+                format!("{ru}(РОГА_И_КОПЫТ354fcaf4.txt"),
+            ),
+            (
+                format!("{ru}(РОГА_И_КОПЫТА_ООО)_without_extension"),
+                format!("{ru}(РОГА_И_КОПЫТА_О21a6e47a"),
+            ),
+            (
+                format!(
+                    "report-{}.a-forty-byte-extension-for-the-test-0123",
+                    "x".repeat(230)
+                ),
+                format!(
+                    "report-{}34e5a725.a-forty-byte-extension-for-the-test-0123",
+                    "x".repeat(199)
+                ),
+            ),
+            (
+                format!("{}.{}", "é".repeat(100), "e".repeat(246)),
+                format!("fc671c82.{}", "e".repeat(246)),
+            ),
+            (
+                format!("{}.tar.gz{}", "b".repeat(20), "z".repeat(240)),
+                format!("bbbb5951ee14.gz{}", "z".repeat(240)),
+            ),
+        ];
+        for (name, want) in cases {
+            assert_eq!(local_name(&name), want, "{name}");
+        }
+        // Upstream panics here (an extension of 248 bytes); this maps it without one.
+        let name = format!("{}.{}", "é".repeat(100), "e".repeat(247));
+        let mapped = local_name(&name);
+        assert!(mapped.len() <= NAME_MAX, "{mapped}");
+        assert_eq!(mapped, local_name(&name));
+        assert!(!mapped.ends_with(&"e".repeat(247)), "{mapped}");
     }
 
     #[test]

@@ -134,37 +134,50 @@ async fn check_retention(source: &FilerSource, checkpoint: i64) -> crate::gaps::
 }
 
 /// The start (ns) of the oldest metadata-log file the filer keeps; `None` when it keeps
-/// none.
+/// none. Days and files are listed in name order, which is time order.
 async fn oldest_log_ns(source: &FilerSource) -> Result<Option<i64>, tonic::Status> {
+    let day = |d: &pb::Entry| {
+        d.is_directory
+            .then(|| chrono::NaiveDate::parse_from_str(&d.name, "%Y-%m-%d").ok())
+            .flatten()
+            .map(|date| (date, d.name.clone()))
+    };
     let mut after = String::new();
-    loop {
-        let days = source.list_page(LOG_DIR, &after).await?;
-        let Some(last) = days.last() else {
-            return Ok(None);
-        };
-        after = last.name.clone();
-        for day in days.iter().filter(|d| d.is_directory) {
-            let Ok(date) = chrono::NaiveDate::parse_from_str(&day.name, "%Y-%m-%d") else {
-                continue;
-            };
-            let dir = format!("{LOG_DIR}/{}", day.name);
-            let mut after_file = String::new();
-            loop {
-                let files = source.list_page(&dir, &after_file).await?;
-                let Some(last) = files.last() else { break };
-                after_file = last.name.clone();
-                for file in &files {
-                    if file.is_directory || (file.chunks.is_empty() && file.content.is_empty()) {
-                        continue;
-                    }
-                    let minute = file.name.split('.').next().unwrap_or_default();
-                    if let Ok(t) = chrono::NaiveTime::parse_from_str(minute, "%H-%M")
-                        && let Some(ns) = date.and_time(t).and_utc().timestamp_nanos_opt()
-                    {
-                        return Ok(Some(ns));
-                    }
-                }
+    while let Some((date, name)) = first_in(source, LOG_DIR, &mut after, day).await? {
+        let file = |f: &pb::Entry| {
+            if f.is_directory || (f.chunks.is_empty() && f.content.is_empty()) {
+                return None;
             }
+            let minute = f.name.split('.').next().unwrap_or_default();
+            let t = chrono::NaiveTime::parse_from_str(minute, "%H-%M").ok()?;
+            date.and_time(t).and_utc().timestamp_nanos_opt()
+        };
+        let dir = format!("{LOG_DIR}/{name}");
+        if let Some(ns) = first_in(source, &dir, &mut String::new(), file).await? {
+            return Ok(Some(ns));
+        }
+    }
+    Ok(None)
+}
+
+/// The first entry of `dir` after `*after` (in name order) that `pick` accepts, paging
+/// through the listing; `*after` is left at that entry, so a further call goes on from it.
+async fn first_in<T>(
+    source: &FilerSource,
+    dir: &str,
+    after: &mut String,
+    pick: impl Fn(&pb::Entry) -> Option<T>,
+) -> Result<Option<T>, tonic::Status> {
+    loop {
+        let page = source.list_page(dir, after).await?;
+        for entry in &page {
+            *after = entry.name.clone();
+            if let Some(found) = pick(entry) {
+                return Ok(Some(found));
+            }
+        }
+        if page.len() < crate::filer::LIST_PAGE {
+            return Ok(None);
         }
     }
 }

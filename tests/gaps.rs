@@ -164,16 +164,14 @@ async fn a_checkpoint_older_than_the_filers_log_is_a_gap_that_is_healed() {
     let area = tempfile::tempdir().unwrap();
     let sink = area.path().join("sink");
     let port = free_port_pair();
-    let work = Workdir::new(
+    let work = subscribe_workdir(
         &bed,
-        "/data",
         &sink,
         &format!(
-            "subscribe = true\ncheckpoint_interval_seconds = 1\n{}",
+            "checkpoint_interval_seconds = 1\n{}",
             metrics_config(port, "reconcile")
         ),
     );
-    std::fs::remove_file(work.path().join("notification.toml")).unwrap();
     let rep = Replicator::start(&work);
     assert_converges(&bed, "/data", &[], &sink, &work.log()).await;
     let (status, _) = rep.stop();

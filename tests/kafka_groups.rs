@@ -596,15 +596,10 @@ async fn a_rebalance_that_does_not_complete_is_visible() {
     rep_a.signal(libc::SIGSTOP);
 
     let port = free_port_pair();
-    let b = Workdir::new(
-        &bed,
-        "/data",
-        &sink,
-        &format!("\n[metrics]\naddress = \"127.0.0.1:{port}\"\n"),
-    );
-    let path = b.path().join("notification.toml");
+    let b = member(&bed, &sink, "stuck", "");
+    let path = b.path().join("replication.toml");
     let text = std::fs::read_to_string(&path).unwrap()
-        + "group_id = \"stuck\"\nsession_timeout_seconds = 6\n";
+        + &format!("\n[metrics]\naddress = \"127.0.0.1:{port}\"\n");
     std::fs::write(&path, text).unwrap();
     let rep_b = Replicator::start(&b);
     let base = format!("http://127.0.0.1:{port}");

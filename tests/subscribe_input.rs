@@ -6,13 +6,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-/// A work directory that reads the metadata log (no notification.toml at all).
-fn subscribe_workdir(bed: &TestBed, sink: &std::path::Path, extra: &str) -> Workdir {
-    let work = Workdir::new(bed, "/data", sink, &format!("subscribe = true\n{extra}"));
-    std::fs::remove_file(work.path().join("notification.toml")).unwrap();
-    work
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicates_a_live_filer_without_a_broker() {
     let bed = TestBed::start(BedOptions::default());

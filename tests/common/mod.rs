@@ -1052,6 +1052,14 @@ impl Workdir {
     }
 }
 
+/// A work directory that reads `/data` from the metadata log (no notification.toml at
+/// all) into the local sink `sink`; `extra` goes after `subscribe = true`.
+pub fn subscribe_workdir(bed: &TestBed, sink: &Path, extra: &str) -> Workdir {
+    let work = Workdir::new(bed, "/data", sink, &format!("subscribe = true\n{extra}"));
+    std::fs::remove_file(work.path().join("notification.toml")).unwrap();
+    work
+}
+
 /// A running `replicate` process.
 pub struct Replicator {
     child: Child,

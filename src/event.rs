@@ -8,6 +8,9 @@ use prost::Message;
 pub struct RawEvent {
     pub key: String,
     pub payload: bytes::Bytes,
+    /// Why the message is not an event, when its input found out while unwrapping it (an
+    /// escaped key that does not unescape, say); such a message is parked as a bad one.
+    pub defect: Option<String>,
 }
 
 /// Why an event could not be decoded.

@@ -180,6 +180,7 @@ mod tests {
         let (dir, name) = path.rsplit_once('/').unwrap();
         RawEvent {
             key: path.into(),
+            defect: None,
             payload: pb::EventNotification {
                 new_entry: Some(pb::Entry {
                     name: name.into(),
@@ -199,6 +200,7 @@ mod tests {
         let dir = if dir.is_empty() { "/" } else { dir };
         RawEvent {
             key: from.into(),
+            defect: None,
             payload: pb::EventNotification {
                 old_entry: Some(pb::Entry {
                     name: old.into(),
@@ -230,6 +232,7 @@ mod tests {
         assert!(
             paths_of(&RawEvent {
                 key: "/x".into(),
+                defect: None,
                 payload: vec![0xff, 0xff].into()
             })
             .is_empty()

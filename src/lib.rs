@@ -13,6 +13,7 @@ pub mod fence;
 pub mod filer;
 pub mod gaps;
 pub mod gcp;
+pub mod go;
 pub mod lane;
 pub mod metrics;
 pub mod notify;

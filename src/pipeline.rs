@@ -318,6 +318,9 @@ impl Pipeline {
         raw: &RawEvent,
         kind: &mut &'static str,
     ) -> Result<Option<bool>, Failure> {
+        if let Some(defect) = &raw.defect {
+            return Err(Failure::BadMessage(defect.clone()));
+        }
         if raw.key.is_empty() {
             return Err(Failure::BadMessage("the message has no key".into()));
         }

@@ -45,6 +45,7 @@ fn assert_safe(key: &SinkKey) {
 fn check_message(key: &str, payload: &[u8]) {
     let raw = RawEvent {
         key: key.into(),
+        defect: None,
         payload: Bytes::copy_from_slice(payload),
     };
     let _ = seaweed_replicate::lane::paths_of(&raw);
@@ -132,6 +133,35 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(key in "\\PC{0,40}", payload in proptest::collection::vec(any::<u8>(), 0..512)) {
         check_message(&key, &payload);
+    }
+
+    /// Any bytes, headers and SQS bodies as the Go CDK's wire formats: unwrapping never
+    /// panics, and a gob stream Go wrote with garbage appended or cut still decodes or is
+    /// refused cleanly.
+    #[test]
+    fn arbitrary_gocdk_messages_never_panic(
+        data in proptest::collection::vec(any::<u8>(), 0..256),
+        header in "\\PC{0,20}",
+        body in "\\PC{0,60}",
+        cut in 0usize..40,
+    ) {
+        use seaweed_replicate::source::gocdk::{nats_event, sqs_event};
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("key", header.as_str());
+        for natsv2 in [false, true] {
+            let _ = nats_event(Some(&headers), &data.clone().into(), natsv2);
+        }
+        // Go's bytes for {"key": "/a/b"} and "hi", cut and followed by the random data.
+        let gob = b"\x0e\xff\x81\x04\x01\x02\xff\x82\x00\x01\x0c\x01\x0c\x00\x00\
+            \x0d\xff\x82\x00\x01\x03key\x04/a/b\x05\x0a\x00\x02hi";
+        let mut mangled = gob[..cut.min(gob.len())].to_vec();
+        mangled.extend_from_slice(&data);
+        let _ = nats_event(None, &mangled.into(), false);
+        let envelope = format!(r#"{{"TopicArn":"t","Message":{body:?},"MessageAttributes":{{"key":{{"Value":{header:?}}}}}}}"#);
+        for raw in [false, true] {
+            let _ = sqs_event(&envelope, vec![], raw);
+            let _ = sqs_event(&body, vec![(header.clone(), body.clone())], raw);
+        }
     }
 
     /// Well-formed events with hostile names, parents and keys: the plan never leaves

@@ -89,6 +89,159 @@ async fn sqs_on_moto() {
     queue_suite(&bed, &queue).await;
 }
 
+/// gocdk's `awssqs://` on moto, fed as gocloud's publishers send: half straight into the
+/// queue (`awssqs://` topic), half through an SNS topic subscribed to it without raw
+/// delivery (`awssns://` topic), so SNS's JSON envelope carries them; attribute names and
+/// values escaped and bodies base64'd by Go itself.
+struct GocdkSqs {
+    client: aws_sdk_sqs::Client,
+    url: String,
+    endpoint: String,
+    http: reqwest::Client,
+    topic_arn: String,
+    sent: std::sync::atomic::AtomicUsize,
+}
+
+impl GocdkSqs {
+    /// One call of SNS's query API on moto, which routes by the credential scope of the
+    /// Authorization header and does not check the signature.
+    async fn sns(http: &reqwest::Client, endpoint: &str, form: &[(String, String)]) -> String {
+        let resp = http
+            .post(endpoint)
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-2/sns/aws4_request, \
+                 SignedHeaders=host, Signature=0",
+            )
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "SNS {form:?}: {status} {text}");
+        text
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for GocdkSqs {
+    async fn publish(&self, key: Option<&str>, payload: &[u8]) {
+        use aws_sdk_sqs::types::MessageAttributeValue;
+        let wire = common::gowire::encode(key, payload);
+        let n = self.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n % 2 == 0 {
+            let mut send = self
+                .client
+                .send_message()
+                .queue_url(&self.url)
+                .message_body(&wire.sqs_body);
+            for (name, value) in &wire.sqs_attrs {
+                let value = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build()
+                    .unwrap();
+                send = send.message_attributes(name, value);
+            }
+            send.send().await.unwrap();
+        } else {
+            let mut form = vec![
+                ("Action".to_string(), "Publish".to_string()),
+                ("TopicArn".to_string(), self.topic_arn.clone()),
+                ("Message".to_string(), wire.sqs_body.clone()),
+            ];
+            for (i, (name, value)) in wire.sqs_attrs.iter().enumerate() {
+                let p = format!("MessageAttributes.entry.{}", i + 1);
+                form.push((format!("{p}.Name"), name.clone()));
+                form.push((format!("{p}.Value.DataType"), "String".into()));
+                form.push((format!("{p}.Value.StringValue"), value.clone()));
+            }
+            Self::sns(&self.http, &self.endpoint, &form).await;
+        }
+    }
+
+    fn notification_toml(&self) -> String {
+        let host_path = self.url.split_once("://").unwrap().1;
+        format!(
+            "[notification.gocdk_pub_sub]\nenabled = true\n\
+             sub_url = \"awssqs://{host_path}?region=us-east-2&endpoint={}\"\n",
+            self.endpoint
+        )
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_and_sns_through_gocdk_urls() {
+    let bed = TestBed::start(BedOptions::default());
+    let moto = start_moto();
+    let endpoint = moto.endpoint();
+    let config = seaweed_replicate::aws::sdk_config(
+        "us-east-2",
+        "test",
+        "test",
+        &endpoint,
+        "test",
+        Duration::from_secs(60),
+    )
+    .await;
+    let client = aws_sdk_sqs::Client::new(&config);
+    let url = client
+        .create_queue()
+        .queue_name("gocdk-events")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let http = reqwest::Client::new();
+    let created = GocdkSqs::sns(
+        &http,
+        &endpoint,
+        &[
+            ("Action".into(), "CreateTopic".into()),
+            ("Name".into(), "filer".into()),
+        ],
+    )
+    .await;
+    let topic_arn = created
+        .split("<TopicArn>")
+        .nth(1)
+        .and_then(|t| t.split("</TopicArn>").next())
+        .unwrap_or_else(|| panic!("no TopicArn in {created}"))
+        .to_string();
+    GocdkSqs::sns(
+        &http,
+        &endpoint,
+        &[
+            ("Action".into(), "Subscribe".into()),
+            ("TopicArn".into(), topic_arn.clone()),
+            ("Protocol".into(), "sqs".into()),
+            (
+                "Endpoint".into(),
+                "arn:aws:sqs:us-east-2:123456789012:gocdk-events".into(),
+            ),
+        ],
+    )
+    .await;
+    let queue = GocdkSqs {
+        client,
+        url,
+        endpoint,
+        http,
+        topic_arn,
+        sent: Default::default(),
+    };
+    queue_suite(&bed, &queue).await;
+}
+
 /// Google's Pub/Sub emulator (a Java program in the machine image's Google Cloud SDK).
 fn start_pubsub_emulator() -> Service {
     let bin = std::path::Path::new(
@@ -345,28 +498,40 @@ async fn rabbitmq_through_gocdk_urls() {
 struct Nats {
     client: async_nats::Client,
     url: String,
+    /// The `natsv2` parameter, on both URLs.
+    v2: bool,
 }
 
 #[async_trait::async_trait]
 impl Queue for Nats {
-    /// As gocdk's NATS publisher on a server with headers: body = the protobuf, header
-    /// `key` = the path.
+    /// As gocdk's NATS publisher sends, in bytes Go itself produced: without `natsv2` a gob
+    /// stream of the metadata and the body, with it the body and query-escaped headers.
     async fn publish(&self, key: Option<&str>, payload: &[u8]) {
-        let mut headers = async_nats::HeaderMap::new();
-        if let Some(key) = key {
-            headers.insert("key", key);
+        let wire = common::gowire::encode(key, payload);
+        if self.v2 {
+            let mut headers = async_nats::HeaderMap::new();
+            for (name, value) in &wire.nats_v2 {
+                headers.insert(name.as_str(), value.as_str());
+            }
+            self.client
+                .publish_with_headers("seaweedfs.filer", headers, payload.to_vec().into())
+                .await
+                .unwrap();
+        } else {
+            self.client
+                .publish("seaweedfs.filer", wire.nats_gob().into())
+                .await
+                .unwrap();
         }
-        self.client
-            .publish_with_headers("seaweedfs.filer", headers, payload.to_vec().into())
-            .await
-            .unwrap();
         self.client.flush().await.unwrap();
     }
 
     fn notification_toml(&self) -> String {
-        "[notification.gocdk_pub_sub]\nenabled = true\ntopic_url = \"nats://seaweedfs.filer\"\n\
-         sub_url = \"nats://seaweedfs.filer\"\n"
-            .into()
+        let query = if self.v2 { "?natsv2" } else { "" };
+        format!(
+            "[notification.gocdk_pub_sub]\nenabled = true\ntopic_url = \"nats://seaweedfs.filer{query}\"\n\
+             sub_url = \"nats://seaweedfs.filer{query}\"\n"
+        )
     }
 
     fn env(&self) -> Vec<(String, String)> {
@@ -388,6 +553,7 @@ async fn nats_jetstream_through_gocdk_urls() {
     let queue = Nats {
         client: client.clone(),
         url: url.clone(),
+        v2: false,
     };
 
     // No stream covers the subject yet: replicate creates one, so what is published from
@@ -410,7 +576,8 @@ async fn nats_jetstream_through_gocdk_urls() {
     queue_suite(&bed, &queue).await;
 }
 
-/// Without JetStream, a core subscription as upstream (and the log says what that costs).
+/// Without JetStream, a core subscription as upstream (and the log says what that costs);
+/// with `natsv2`, keys in escaped headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_without_jetstream_falls_back_to_core() {
     let bed = TestBed::start(BedOptions::default());
@@ -422,6 +589,7 @@ async fn nats_without_jetstream_falls_back_to_core() {
     let queue = Nats {
         client: async_nats::connect(&url).await.unwrap(),
         url: url.clone(),
+        v2: true,
     };
     let area = tempfile::tempdir().unwrap();
     let root = area.path().join("root");
@@ -436,6 +604,8 @@ async fn nats_without_jetstream_falls_back_to_core() {
         tail(&work.log(), 20)
     );
     bed.upload("/data/core.txt", b"over core NATS", "").await;
+    bed.upload("/data/a+b c%41.txt", b"escaped in a header", "")
+        .await;
     common::inputs::Forwarder::new(&bed, &queue).forward().await;
     assert_converges(&bed, "/data", &[], &root, &work.log()).await;
     assert!(rep.stop().0.success());

@@ -77,6 +77,16 @@ impl LoadOptions {
     }
 }
 
+/// A value echoed in a message, cut to a readable length (a pasted key or a whole file
+/// in the wrong place should not fill the screen).
+pub fn cut(s: &str) -> String {
+    const MAX: usize = 80;
+    match s.char_indices().nth(MAX) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}… ({} bytes in all)", &s[..at], s.len()),
+    }
+}
+
 /// The environment as text. A variable that is not UTF-8 (any byte string is allowed)
 /// is left out; if it is a `WEED_*` one, its lossy name is returned as a problem instead
 /// of being read wrongly or silently ignored.

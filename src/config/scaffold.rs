@@ -243,7 +243,8 @@ enabled = false
 # rabbit://<exchange> (server from RABBIT_SERVER_URL); replicate reads sub_url and declares
 # upstream's queue and dead-letter topology on this exchange when the queue is missing.
 topic_url = "rabbit://myexchange"
-# rabbit://<queue>, nats://<subject> (NATS_SERVER_URL), awssqs://<queue URL without https://>,
+# rabbit://<queue>, nats://<subject> (NATS_SERVER_URL; add ?natsv2 when the filer's
+# topic_url has it), awssqs://<queue URL without https://> (?region=, &endpoint=, &raw=true),
 # or gcppubsub://projects/<project>/subscriptions/<subscription>.
 sub_url = "rabbit://myqueue"
 # [better] nats:// with JetStream: the durable consumer's name (acknowledged delivery).

@@ -96,6 +96,10 @@ pub struct SqsSettings {
     pub queue_url: String,
     /// Ours: LocalStack, ElasticMQ, moto, VPC endpoints.
     pub endpoint: String,
+    /// Read through gocdk's `awssqs://`: escaped attributes, SNS envelopes unwrapped.
+    pub gocdk: bool,
+    /// gocdk's `raw` parameter: bodies are never SNS envelopes.
+    pub raw: bool,
 }
 
 impl std::fmt::Debug for SqsSettings {
@@ -150,6 +154,8 @@ pub struct NatsSettings {
     pub subject: String,
     /// The JetStream durable consumer's name (ours); `replicate` by default.
     pub durable: String,
+    /// gocdk's `natsv2` parameter: metadata in NATS headers, not in a gob stream.
+    pub natsv2: bool,
 }
 
 impl std::fmt::Debug for NatsSettings {
@@ -688,6 +694,8 @@ fn resolve_input(r: &mut Reader, name: &str, cwd: &Path) -> Option<InputSettings
                 queue_name,
                 queue_url: String::new(),
                 endpoint: r.string(&format!("{p}.endpoint"), ""),
+                gocdk: false,
+                raw: false,
             }))
         }
         "google_pub_sub" => {
@@ -746,13 +754,15 @@ fn resolve_gocdk(r: &mut Reader) -> Option<InputSettings> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let params = crate::go::query_pairs(query);
     let param = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
+        params
+            .iter()
+            .find(|(k, _)| k == name)
             .map(|(_, v)| v.to_string())
     };
+    // gocloud reads its boolean parameters with strconv.ParseBool.
+    let go_bool = crate::go::parse_bool;
     match scheme {
         "rabbit" if !path.is_empty() => {
             let Some(server_url) = env("RABBIT_SERVER_URL") else {
@@ -776,10 +786,35 @@ fn resolve_gocdk(r: &mut Reader) -> Option<InputSettings> {
                 return None;
             };
             let durable = r.string("notification.gocdk_pub_sub.durable", "replicate");
+            // natspubsub's queryUseV2: present without a value is true.
+            let natsv2 = match params
+                .iter()
+                .filter(|(k, _)| k == "natsv2")
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                [] => false,
+                [(_, v)] if v.is_empty() => true,
+                [(_, v)] => go_bool(v).unwrap_or_else(|| {
+                    r.problem(
+                        key,
+                        format!(
+                            "natsv2={:?} is not a boolean (true, false, 1, 0) nor empty",
+                            crate::config::cut(v)
+                        ),
+                    );
+                    false
+                }),
+                _ => {
+                    r.problem(key, "natsv2 is given more than once");
+                    false
+                }
+            };
             Some(InputSettings::Nats(NatsSettings {
                 server_url,
                 subject: path.to_string(),
                 durable,
+                natsv2,
             }))
         }
         "awssqs" if !path.is_empty() => {
@@ -789,10 +824,27 @@ fn resolve_gocdk(r: &mut Reader) -> Option<InputSettings> {
                     .and_then(|h| h.split('.').next())
                     .map(String::from)
             });
+            let raw = match param("raw").filter(|v| !v.is_empty()) {
+                None => false,
+                Some(v) => go_bool(&v).unwrap_or_else(|| {
+                    r.problem(
+                        key,
+                        format!(
+                            "raw={:?} is not a boolean (true, false, 1, 0)",
+                            crate::config::cut(&v)
+                        ),
+                    );
+                    false
+                }),
+            };
             Some(InputSettings::Sqs(SqsSettings {
                 region: region.unwrap_or_else(|| "us-east-1".into()),
                 queue_name: path.rsplit('/').next().unwrap_or("").to_string(),
                 queue_url: format!("https://{path}"),
+                // gocloud's AWS parameter for another endpoint (LocalStack, a VPC one).
+                endpoint: param("endpoint").unwrap_or_default(),
+                gocdk: true,
+                raw,
                 ..Default::default()
             }))
         }
@@ -1288,6 +1340,24 @@ offsetSaveIntervalSeconds = 10
         assert_eq!(
             q.queue_url,
             "https://sqs.eu-west-1.amazonaws.com/123456789012/filer"
+        );
+        assert!(q.gocdk && !q.raw && q.endpoint.is_empty());
+        let s = resolve_text(&with_input(
+            "[notification.gocdk_pub_sub]\nenabled = true\n\
+             sub_url = \"awssqs://h:1/1/q?raw=true&endpoint=http%3A%2F%2Fh%3A1\"\n",
+        ))
+        .unwrap();
+        let InputSettings::Sqs(q) = &s.input else {
+            panic!("sqs expected")
+        };
+        assert!(q.raw && q.endpoint == "http://h:1", "{q:?}");
+        let e = resolve_text(&with_input(
+            "[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"awssqs://h/1/q?raw=yes\"\n",
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("raw=\"yes\" is not a boolean"),
+            "{e}"
         );
         let s = resolve_text(&with_input(
             "[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"gcppubsub://projects/p1/subscriptions/s1\"\n",

@@ -28,6 +28,7 @@ pub fn plain_path(path: &str) -> Option<Vec<String>> {
 pub fn create_event(dir: &str, entry: &Entry) -> RawEvent {
     RawEvent {
         key: full_path(dir, entry),
+        defect: None,
         payload: EventNotification {
             new_entry: Some(entry.clone()),
             new_parent_path: dir.to_string(),
@@ -43,6 +44,7 @@ pub fn delete_event(path: &str) -> RawEvent {
     let name = path.rsplit('/').next().unwrap_or_default().to_string();
     RawEvent {
         key: path.to_string(),
+        defect: None,
         payload: EventNotification {
             old_entry: Some(Entry {
                 name,

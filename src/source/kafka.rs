@@ -318,7 +318,7 @@ pub async fn run(
                 drop(m);
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    r = lane.tx.send((offset, RawEvent { key, payload })) => if r.is_err() { break },
+                    r = lane.tx.send((offset, RawEvent { key, payload, defect: None })) => if r.is_err() { break },
                 }
             }
             Err(e) => {

@@ -695,6 +695,7 @@ impl InputState {
         idle.delivered.insert(m.partition(), m.offset() + 1);
         let event = RawEvent {
             key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            defect: None,
             payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
         };
         (m.partition(), m.offset(), event)

@@ -3,6 +3,7 @@
 //! message acknowledged.
 
 pub mod ack;
+pub mod gocdk;
 pub mod kafka;
 pub mod kafka_group;
 pub mod nats;

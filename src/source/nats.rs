@@ -1,6 +1,7 @@
 //! gocdk `nats://<subject>`: messages published on a NATS subject (server from
-//! `NATS_SERVER_URL`), with the body the `EventNotification` and the header `key` its path,
-//! as gocdk's publisher sends them to servers with headers.
+//! `NATS_SERVER_URL`) by gocdk's NATS publisher: a gob stream of the metadata (`key`, the
+//! path) and the `EventNotification`, or with `natsv2` the event as the data and the key
+//! in an escaped header (see `gocdk`).
 //!
 //! Upstream subscribes with core NATS, which has no acknowledgements: an event that fails
 //! is lost. Here, when the server has JetStream, a stream capturing the subject is used
@@ -11,7 +12,6 @@
 
 use super::process;
 use crate::config::settings::NatsSettings;
-use crate::event::RawEvent;
 use crate::pipeline::{Disposition, Origin, Pipeline};
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
@@ -44,13 +44,6 @@ fn no_jetstream(error: &str) -> bool {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn key_of(headers: Option<&async_nats::HeaderMap>) -> String {
-    headers
-        .and_then(|h| h.get("key"))
-        .map(|v| v.as_str().to_string())
-        .unwrap_or_default()
-}
 
 /// One attempt to connect (`replicate check`): what was found.
 pub async fn probe(cfg: &NatsSettings) -> Result<String, String> {
@@ -145,10 +138,7 @@ async fn session(
                         return;
                     }
                 };
-                let event = RawEvent {
-                    key: key_of(m.headers.as_ref()),
-                    payload: m.payload.clone(),
-                };
+                let event = super::gocdk::nats_event(m.headers.as_ref(), &m.payload, cfg.natsv2);
                 if tx.send((m, event)).await.is_err() {
                     return;
                 }
@@ -225,10 +215,7 @@ async fn core(
             input: "nats",
             id: format!("core #{n}"),
         };
-        let event = RawEvent {
-            key: key_of(m.headers.as_ref()),
-            payload: m.payload.clone(),
-        };
+        let event = super::gocdk::nats_event(m.headers.as_ref(), &m.payload, cfg.natsv2);
         match process(pipeline, &event, &origin, hard_stop).await {
             Some(Disposition::Stop) => {
                 stop.cancelled().await;

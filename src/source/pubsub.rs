@@ -251,6 +251,7 @@ async fn pull(
             };
             let event = RawEvent {
                 key: msg["attributes"]["key"].as_str().unwrap_or("").to_string(),
+                defect: None,
                 payload: base64::engine::general_purpose::STANDARD
                     .decode(msg["data"].as_str().unwrap_or(""))
                     .unwrap_or_default()

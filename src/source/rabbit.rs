@@ -120,6 +120,7 @@ async fn session(
                 };
                 let event = RawEvent {
                     key,
+                    defect: None,
                     payload: delivery.data.into(),
                 };
                 if tx.send((message, event)).await.is_err() {

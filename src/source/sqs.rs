@@ -3,7 +3,9 @@
 //!
 //! A message's body is the `EventNotification`: raw protobuf as the filer sends it, or
 //! base64 (gocdk flags it with the attribute `base64encoded=true`; a body that is base64 of
-//! an event is recognised without it). The key is the message attribute `key`. Messages
+//! an event is recognised without it). The key is the message attribute `key`, as the
+//! filer sends it; through gocdk it is read as gocloud escapes it, and SNS envelopes are
+//! unwrapped (see `gocdk`). Messages
 //! are received ten at a time with long polling and processed in order; while one is being
 //! worked on its visibility is extended, so a slow replication is never delivered twice
 //! at once (upstream lets it reappear after 20 s). A failed or interrupted message is made
@@ -39,7 +41,11 @@ pub async fn run(
     };
     tracing::info!(queue = %url, "consuming SQS queue");
     crate::metrics::get().set_up(crate::metrics::Component::Input, true);
-    let acks = SqsAcks { client, url };
+    let acks = SqsAcks {
+        client,
+        url,
+        cfg: cfg.clone(),
+    };
     super::run_queue(&pipeline, &acks, &stop, &hard_stop, |tx| {
         receive(&acks, tx, &stop, &hard_stop)
     })
@@ -65,6 +71,7 @@ impl SqsMessage {
 struct SqsAcks {
     client: Client,
     url: String,
+    cfg: SqsSettings,
 }
 
 #[async_trait::async_trait]
@@ -145,7 +152,7 @@ async fn receive(
         for (i, m) in messages.iter().enumerate() {
             let sent = tokio::select! {
                 _ = stop.cancelled() => false,
-                r = tx.send((SqsMessage::of(m), raw_event(m))) => r.is_ok(),
+                r = tx.send((SqsMessage::of(m), raw_event(m, &acks.cfg))) => r.is_ok(),
             };
             if !sent {
                 use super::Acks;
@@ -232,27 +239,36 @@ async fn queue_url(client: &Client, cfg: &SqsSettings, stop: &CancellationToken)
     .await
 }
 
-/// The message as an event: the `key` attribute, the body decoded.
-fn raw_event(m: &Message) -> RawEvent {
+/// The message as an event: the `key` attribute, the body decoded; through gocdk, as
+/// gocloud reads it (escaped attributes, SNS envelopes).
+fn raw_event(m: &Message, cfg: &SqsSettings) -> RawEvent {
+    let body = m.body.as_deref().unwrap_or("");
+    let attributes: Vec<(String, String)> = m
+        .message_attributes
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?)))
+        .collect();
+    if cfg.gocdk {
+        return super::gocdk::sqs_event(body, attributes, cfg.raw);
+    }
     let attr = |name: &str| {
-        m.message_attributes
-            .as_ref()
-            .and_then(|a| a.get(name))
-            .and_then(|v| v.string_value.clone())
+        attributes
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     };
     RawEvent {
-        key: attr("key").unwrap_or_default(),
-        payload: decode_body(
-            m.body.as_deref().unwrap_or(""),
-            attr("base64encoded").as_deref() == Some("true"),
-        ),
+        key: attr("key").unwrap_or_default().to_string(),
+        defect: None,
+        payload: decode_body(body, attr("base64encoded") == Some("true")),
     }
 }
 
 /// Raw protobuf (upstream's filer) or base64 (gocdk, or any publisher that wants bodies
 /// SQS accepts). Raw protobuf of an event starts with a field tag (0x0a, 0x12, ...) that
 /// base64 never contains, so trying base64 first cannot misread a raw body.
-fn decode_body(body: &str, flagged_base64: bool) -> bytes::Bytes {
+pub(super) fn decode_body(body: &str, flagged_base64: bool) -> bytes::Bytes {
     let b64 = base64::engine::general_purpose::STANDARD;
     if let Ok(decoded) = b64.decode(body.trim())
         && (flagged_base64 || crate::event::decode(&decoded).is_ok())

@@ -437,6 +437,7 @@ fn raw_event(resp: pb::SubscribeMetadataResponse) -> Option<RawEvent> {
     let dir = resp.directory.trim_end_matches('/');
     Some(RawEvent {
         key: format!("{dir}/{name}"),
+        defect: None,
         payload: ev.encode_to_vec().into(),
     })
 }

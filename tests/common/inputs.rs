@@ -33,6 +33,10 @@ pub async fn scenario(
     .await;
     bed.upload("/data/out/leaving.txt", b"moves out of scope", "")
         .await;
+    // Characters the Go CDK escapes in metadata ('+' and '%' unescape differently in
+    // queries and in paths).
+    bed.upload("/data/a+b c%41.txt", b"plus, space, percent", "")
+        .await;
     bed.upload("/outside/coming.txt", b"moves into scope", "")
         .await;
     relay().await;

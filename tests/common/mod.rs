@@ -3,6 +3,7 @@
 //! way a user runs it, and byte-for-byte tree comparison.
 #![allow(dead_code)]
 
+pub mod gowire;
 pub mod inputs;
 pub mod objects;
 pub mod proxy;

@@ -60,7 +60,10 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             );
             Ok(())
         }
-        Some(Command::Scaffold { config, output }) => scaffold_cmd(&config, output.as_deref()),
+        Some(Command::Scaffold { output }) => {
+            let name = cli.config.as_deref().and_then(|c| c.to_str());
+            scaffold_cmd(name.unwrap_or("replication"), output.as_deref())
+        }
         Some(Command::Check) => crate::ops::check::run(cli.config_dir, cli.config).await,
         Some(Command::Verify {
             repair,
@@ -515,20 +518,96 @@ fn spawn_signal_handler(stop: CancellationToken, hard_stop: CancellationToken) {
 
 /// Logs to stderr, as text or JSON lines. `-v=0` info, `-v=1..2` debug (every event),
 /// `-v>=3` trace; `RUST_LOG` overrides.
-pub fn init_logging(verbosity: u8, format: crate::cli::LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let level = match verbosity {
+/// Set up logging from the flags: standard error, and with `-logdir` log files too
+/// (`-logtostderr`: standard error only; `-alsologtostderr=false`: standard error gets
+/// only `-stderrthreshold` and up). An error for a bad flag value or a log directory that
+/// cannot be written.
+pub fn init_logging(cli: &Cli) -> Result<(), String> {
+    use crate::cli::flag_bool;
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
+    let level = match cli.verbosity {
         0 => "info",
         1 | 2 => "seaweed_replicate=debug,info",
         _ => "seaweed_replicate=trace,debug",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let json = flag_bool("log_json", cli.log_json.as_deref(), false)?
+        || cli.log_format == crate::cli::LogFormat::Json;
+    let only_stderr = flag_bool("logtostderr", cli.logtostderr.as_deref(), false)?;
+    let also_stderr = flag_bool("alsologtostderr", cli.alsologtostderr.as_deref(), true)?;
+    let compress = flag_bool("log_compress", cli.log_compress.as_deref(), false)?;
+    // glog's severities: INFO 0, WARNING 1, ERROR 2, FATAL 3 (FATAL: ERROR here).
+    let threshold = match cli
+        .stderrthreshold
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None | Some("ERROR" | "2" | "FATAL" | "3") => LevelFilter::ERROR,
+        Some("WARNING" | "1") => LevelFilter::WARN,
+        Some("INFO" | "0") => LevelFilter::INFO,
+        Some(other) => {
+            return Err(format!(
+                "-stderrthreshold={:?}: expected INFO, WARNING, ERROR, FATAL or 0-3",
+                crate::config::cut(other)
+            ));
+        }
+    };
+    let files = match (&cli.logdir, only_stderr) {
+        (Some(dir), false) => {
+            let mb = cli.log_max_size_mb.filter(|m| *m > 0).unwrap_or(1800);
+            let policy = crate::logfile::Policy {
+                max_bytes: mb.saturating_mul(1024 * 1024),
+                max_files: cli.log_max_files.filter(|n| *n > 0).unwrap_or(5),
+                rotate_after: match cli.log_rotate_hours.unwrap_or(168) {
+                    0 => None,
+                    h => Some(std::time::Duration::from_secs(h.saturating_mul(3600))),
+                },
+                compress,
+            };
+            Some(
+                crate::logfile::LogFiles::open(dir, policy)
+                    .map_err(|e| format!("-logdir={}: {e}", dir.display()))?,
+            )
+        }
+        _ => None,
+    };
+    let stderr_level = if files.is_none() || also_stderr {
+        LevelFilter::TRACE
+    } else {
+        threshold
+    };
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        crate::cli::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        crate::cli::LogFormat::Json => builder.json().with_current_span(false).init(),
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    layers.push(if json {
+        stderr
+            .json()
+            .with_current_span(false)
+            .with_filter(filter())
+            .with_filter(stderr_level)
+            .boxed()
+    } else {
+        stderr
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter())
+            .with_filter(stderr_level)
+            .boxed()
+    });
+    if let Some(files) = files {
+        let layer = tracing_subscriber::fmt::layer().with_writer(files);
+        layers.push(if json {
+            layer
+                .json()
+                .with_current_span(false)
+                .with_filter(filter())
+                .boxed()
+        } else {
+            layer.with_ansi(false).with_filter(filter()).boxed()
+        });
     }
+    tracing_subscriber::registry().with(layers).init();
+    Ok(())
 }

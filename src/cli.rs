@@ -15,35 +15,267 @@ and security.toml from -config_dir, ., $HOME/.seaweedfs, /usr/local/etc/seaweedf
 the filer's change events and applies them to the configured sink. With no subcommand it runs the replicator."
 )]
 pub struct Cli {
-    /// The replication.toml to use; notification.toml and security.toml are looked for beside it first.
-    #[arg(long = "config", value_name = "FILE")]
+    /// The replication.toml to use; notification.toml and security.toml are looked for
+    /// beside it first. For `scaffold`: which template (replication, notification, security).
+    #[arg(long = "config", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// A directory searched first for the configuration files.
-    #[arg(long = "config_dir", value_name = "DIR")]
+    #[arg(long = "config_dir", value_name = "DIR", global = true)]
     pub config_dir: Option<PathBuf>,
     /// Log verbosity as in glog: 0 is normal, 1 logs every event, 3 and up trace.
-    #[arg(long = "v", value_name = "N", default_value_t = 0)]
+    #[arg(long = "v", value_name = "N", default_value_t = 0, global = true)]
     pub verbosity: u8,
     /// Log lines as text for people, or as one JSON object per line for log shippers.
-    #[arg(long = "log-format", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long = "log-format", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     /// Serve Prometheus metrics, /healthz and /readyz on host:port or :port (overrides
     /// `[metrics] address`).
-    #[arg(long = "metrics.address", value_name = "ADDR")]
+    #[arg(long = "metrics.address", value_name = "ADDR", global = true)]
     pub metrics_address: Option<String>,
-    /// Accepted for compatibility with weed's glog flags; logs always go to stderr.
-    #[arg(long = "logtostderr", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    /// Also write log files (glog's names) into this directory.
+    #[arg(long = "logdir", alias = "log_dir", value_name = "DIR", global = true)]
+    pub logdir: Option<PathBuf>,
+    /// With -logdir: log to standard error only, not to files.
+    #[arg(long = "logtostderr", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", global = true)]
     pub logtostderr: Option<String>,
-    #[arg(long = "alsologtostderr", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    /// With -logdir: log to standard error as well as to files (default true).
+    #[arg(long = "alsologtostderr", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", global = true)]
     pub alsologtostderr: Option<String>,
-    #[arg(long = "logdir", hide = true)]
-    pub logdir: Option<String>,
-    #[arg(long = "vmodule", hide = true)]
+    /// With -logdir and -alsologtostderr=false: the least severity also written to
+    /// standard error (INFO, WARNING, ERROR, FATAL or 0-3; default ERROR).
+    #[arg(long = "stderrthreshold", value_name = "SEVERITY", global = true)]
+    pub stderrthreshold: Option<String>,
+    /// Log lines as JSON (as -log-format=json).
+    #[arg(long = "log_json", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", global = true)]
+    pub log_json: Option<String>,
+    /// With -logdir: start a new log file past this size (default 1800).
+    #[arg(long = "log_max_size_mb", value_name = "MB", global = true)]
+    pub log_max_size_mb: Option<u64>,
+    /// With -logdir: log files kept (default 5).
+    #[arg(long = "log_max_files", value_name = "N", global = true)]
+    pub log_max_files: Option<usize>,
+    /// With -logdir: start a new log file after this many hours (default 168; 0: never).
+    #[arg(long = "log_rotate_hours", value_name = "N", global = true)]
+    pub log_rotate_hours: Option<u64>,
+    /// Read flags from this file (`name=value` lines, as weed's -options); the command line
+    /// and WEED_<FLAG> variables win over it.
+    #[arg(long = "options", value_name = "FILE", global = true)]
+    pub options: Option<PathBuf>,
+    /// With -logdir: gzip log files once a newer one is started.
+    #[arg(long = "log_compress", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", global = true)]
+    pub log_compress: Option<String>,
+    /// Accepted for compatibility with weed's glog flags; no effect here.
+    #[arg(long = "vmodule", hide = true, global = true)]
     pub vmodule: Option<String>,
-    #[arg(long = "log_backtrace_at", hide = true)]
+    #[arg(long = "log_backtrace_at", hide = true, global = true)]
     pub log_backtrace_at: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The weed flags given (on the command line, in the environment or an options file)
+    /// that have no effect here, for one line at start.
+    pub fn ignored_flags(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.vmodule.is_some() {
+            out.push("-vmodule");
+        }
+        if self.log_backtrace_at.is_some() {
+            out.push("-log_backtrace_at");
+        }
+        if self.logdir.is_none() {
+            for (given, name) in [
+                (self.log_max_size_mb.is_some(), "-log_max_size_mb"),
+                (self.log_max_files.is_some(), "-log_max_files"),
+                (self.log_rotate_hours.is_some(), "-log_rotate_hours"),
+                (self.stderrthreshold.is_some(), "-stderrthreshold"),
+                (self.logtostderr.is_some(), "-logtostderr"),
+                (self.alsologtostderr.is_some(), "-alsologtostderr"),
+                (self.log_compress.is_some(), "-log_compress"),
+            ] {
+                if given {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A boolean flag's value as Go's flag package reads it.
+pub fn flag_bool(name: &str, value: Option<&str>, default: bool) -> Result<bool, String> {
+    match value {
+        None => Ok(default),
+        Some(v) => crate::go::parse_bool(v).ok_or_else(|| {
+            format!(
+                "-{name}={:?}: not a boolean (true, false, 1, 0)",
+                crate::config::cut(v)
+            )
+        }),
+    }
+}
+
+/// Upstream's global flags that `WEED_<FLAG>` variables and `-options` files may set, and
+/// whether each is a boolean.
+const GLOBAL_FLAGS: [(&str, bool); 15] = [
+    ("config_dir", false),
+    ("v", false),
+    ("logtostderr", true),
+    ("alsologtostderr", true),
+    ("stderrthreshold", false),
+    ("vmodule", false),
+    ("log_backtrace_at", false),
+    ("logdir", false),
+    ("log_dir", false),
+    ("log_max_size_mb", false),
+    ("log_max_files", false),
+    ("log_rotate_hours", false),
+    ("log_json", true),
+    ("log_compress", true),
+    ("options", false),
+];
+
+/// A value for a numeric flag that will not parse, said with where it came from.
+fn check_number(name: &str, value: &str, from: &str) -> Result<(), String> {
+    let ok = match name {
+        "v" => value.parse::<u8>().is_ok(),
+        "log_max_size_mb" | "log_max_files" | "log_rotate_hours" => value.parse::<u64>().is_ok(),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{from}: -{name}={:?} is not a whole number",
+            crate::config::cut(value)
+        ))
+    }
+}
+
+/// Weed's flag parser lets `WEED_<FLAG>` set a global flag the command line leaves unset,
+/// and an `-options` file (`name=value`, `name value` or `name: value` lines, `#`
+/// comments) set what neither sets. This returns `args` (already normalized) with those
+/// values put in front as `--name=value`, or every problem found, each naming its source.
+pub fn with_flags_from_env_and_options(
+    args: Vec<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+    read: &dyn Fn(&std::path::Path) -> std::io::Result<String>,
+) -> Result<Vec<String>, Vec<String>> {
+    let on_cli = |name: &str| {
+        let long = format!("--{name}");
+        args.iter()
+            .skip(1)
+            .take_while(|a| *a != "--")
+            .any(|a| *a == long || a.starts_with(&format!("{long}=")))
+    };
+    let alias_given = |name: &str| match name {
+        "logdir" => on_cli("log_dir"),
+        "log_dir" => on_cli("logdir"),
+        _ => false,
+    };
+    let mut problems = Vec::new();
+    let mut set: Vec<(&str, String)> = Vec::new();
+    for (name, boolean) in GLOBAL_FLAGS {
+        if on_cli(name) || alias_given(name) {
+            continue;
+        }
+        let var = format!("WEED_{}", name.to_uppercase());
+        let Some(value) = env(&var) else { continue };
+        let value = match (value.is_empty(), boolean) {
+            (true, true) => "true".to_string(),
+            (true, false) if name == "v" => {
+                problems.push(format!("{var} is empty; -v takes a number (0 to 4)"));
+                continue;
+            }
+            (true, false) => continue,
+            (false, _) => value,
+        };
+        if let Err(e) = check_number(name, &value, &var) {
+            problems.push(e);
+            continue;
+        }
+        set.push((name, value));
+    }
+    // The options file: named on the command line, else in WEED_OPTIONS.
+    let options = args
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .enumerate()
+        .find_map(|(i, a)| {
+            if a == "--options" {
+                args.get(i + 2).cloned()
+            } else {
+                a.strip_prefix("--options=").map(String::from)
+            }
+        })
+        .or_else(|| {
+            set.iter()
+                .find(|(n, _)| *n == "options")
+                .map(|(_, v)| v.clone())
+        });
+    if let Some(file) = options.filter(|f| !f.is_empty()) {
+        match read(std::path::Path::new(&file)) {
+            Err(e) => problems.push(format!("-options={file}: {e}")),
+            Ok(text) => {
+                for (n, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let line = line.strip_prefix('-').unwrap_or(line);
+                    let (name, value) = match line.find(['=', ' ', '\t', ':']) {
+                        Some(at) => (
+                            line[..at].trim(),
+                            line[at + 1..]
+                                .trim_start_matches([' ', '\t', '=', ':'])
+                                .trim(),
+                        ),
+                        None => (line, ""),
+                    };
+                    let Some(&(name, boolean)) = GLOBAL_FLAGS.iter().find(|(f, _)| *f == name)
+                    else {
+                        // weed ignores names it does not define; so does this.
+                        continue;
+                    };
+                    if on_cli(name) || alias_given(name) || set.iter().any(|(s, _)| *s == name) {
+                        continue;
+                    }
+                    if name == "options" {
+                        continue;
+                    }
+                    let value = if value.is_empty() && boolean {
+                        "true".to_string()
+                    } else {
+                        value.to_string()
+                    };
+                    if value.is_empty() {
+                        problems.push(format!("{file}:{}: {name} has no value", n + 1));
+                        continue;
+                    }
+                    if let Err(e) = check_number(name, &value, &format!("{file}:{}", n + 1)) {
+                        problems.push(e);
+                        continue;
+                    }
+                    set.push((name, value));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut out = Vec::with_capacity(args.len() + set.len());
+    out.extend(args.first().cloned());
+    for (name, value) in set {
+        if name == "options" {
+            continue;
+        }
+        out.push(format!("--{name}={value}"));
+    }
+    out.extend(args.into_iter().skip(1));
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -57,11 +289,9 @@ pub enum Command {
     /// Run the replicator (the default; named as in `weed filer.replicate`).
     #[command(name = "filer.replicate")]
     Run,
-    /// Print a complete configuration template.
+    /// Print a complete configuration template; -config names which: replication (the
+    /// default), notification or security.
     Scaffold {
-        /// Which file: replication, notification or security.
-        #[arg(long = "config", value_name = "NAME", default_value = "replication")]
-        config: String,
         /// Write <DIR>/<NAME>.toml instead of printing.
         #[arg(long = "output", value_name = "DIR")]
         output: Option<PathBuf>,
@@ -174,8 +404,11 @@ mod tests {
             "-output=/tmp/x",
         ]);
         match c.command {
-            Some(Command::Scaffold { config, output }) => {
-                assert_eq!(config, "notification");
+            Some(Command::Scaffold { output }) => {
+                assert_eq!(
+                    c.config.as_deref(),
+                    Some(std::path::Path::new("notification"))
+                );
                 assert_eq!(output.as_deref(), Some(std::path::Path::new("/tmp/x")));
             }
             other => panic!("{other:?}"),
@@ -186,5 +419,108 @@ mod tests {
     fn leaves_short_flags_and_values_alone() {
         let n = normalize_args(["r", "-h", "-", "--", "-x=1"].map(String::from));
         assert_eq!(n, ["r", "-h", "-", "--", "-x=1"]);
+    }
+
+    fn resolve(args: &[&str], env: &[(&str, &str)], options: &str) -> Result<Cli, Vec<String>> {
+        let env: std::collections::HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let options = options.to_string();
+        let args = with_flags_from_env_and_options(
+            normalize_args(args.iter().map(|s| s.to_string())),
+            &|name| env.get(name).cloned(),
+            &|p| {
+                if p == std::path::Path::new("opts") {
+                    Ok(options.clone())
+                } else {
+                    Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+                }
+            },
+        )?;
+        Cli::try_parse_from(args).map_err(|e| vec![e.to_string()])
+    }
+
+    #[test]
+    fn weed_environment_variables_set_flags_the_command_line_leaves_unset() {
+        let c = resolve(
+            &["replicate", "-v=2", "filer.replicate"],
+            &[
+                ("WEED_V", "1"),
+                ("WEED_CONFIG_DIR", "/cfg"),
+                ("WEED_LOGTOSTDERR", ""),
+            ],
+            "",
+        )
+        .unwrap();
+        assert_eq!(c.verbosity, 2, "the command line wins");
+        assert_eq!(c.config_dir.as_deref(), Some(std::path::Path::new("/cfg")));
+        assert_eq!(
+            c.logtostderr.as_deref(),
+            Some("true"),
+            "an empty boolean is true"
+        );
+        let e = resolve(&["replicate"], &[("WEED_V", "")], "").unwrap_err();
+        assert!(e[0].contains("WEED_V is empty"), "{e:?}");
+        let e = resolve(
+            &["replicate"],
+            &[("WEED_V", "x"), ("WEED_LOG_MAX_FILES", "-1")],
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("WEED_V: -v=\"x\""), "{e:?}");
+    }
+
+    #[test]
+    fn options_files_as_weed_reads_them() {
+        let opts = "# comment\n-log_max_files=3\nundefined_flag 7\nlog_rotate_hours: 2\n\
+                    v = 4\nlog_json\nconfig_dir /from/options\n";
+        let c = resolve(
+            &["replicate", "check", "-options=opts", "-config_dir=/cli"],
+            &[("WEED_V", "1")],
+            opts,
+        )
+        .unwrap();
+        assert_eq!(c.log_max_files, Some(3));
+        assert_eq!(c.log_rotate_hours, Some(2));
+        assert_eq!(c.verbosity, 1, "the environment wins over the file");
+        assert_eq!(c.log_json.as_deref(), Some("true"));
+        assert_eq!(c.config_dir.as_deref(), Some(std::path::Path::new("/cli")));
+        assert!(matches!(c.command, Some(Command::Check)));
+        // Named in WEED_OPTIONS too; a bad value names file and line; a missing file is
+        // an error.
+        let e = resolve(&["replicate"], &[("WEED_OPTIONS", "opts")], "\nv=lots\n").unwrap_err();
+        assert!(e[0].starts_with("opts:2: -v="), "{e:?}");
+        let e = resolve(&["replicate", "-options", "nope"], &[], "").unwrap_err();
+        assert!(e[0].starts_with("-options=nope:"), "{e:?}");
+    }
+
+    #[test]
+    fn global_flags_work_after_a_subcommand() {
+        let c = resolve(
+            &[
+                "replicate",
+                "verify",
+                "-config_dir=/x",
+                "-logdir=/l",
+                "-v=3",
+                "-log_compress",
+            ],
+            &[],
+            "",
+        )
+        .unwrap();
+        assert_eq!(c.config_dir.as_deref(), Some(std::path::Path::new("/x")));
+        assert_eq!(c.logdir.as_deref(), Some(std::path::Path::new("/l")));
+        assert_eq!(c.verbosity, 3);
+        let c = resolve(
+            &["replicate", "-log_dir=/l2", "-vmodule=x=1"],
+            &[("WEED_LOGDIR", "/env")],
+            "",
+        )
+        .unwrap();
+        assert_eq!(c.logdir.as_deref(), Some(std::path::Path::new("/l2")));
+        assert_eq!(c.ignored_flags(), ["-vmodule"]);
     }
 }

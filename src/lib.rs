@@ -15,6 +15,7 @@ pub mod gaps;
 pub mod gcp;
 pub mod go;
 pub mod lane;
+pub mod logfile;
 pub mod metrics;
 pub mod notify;
 pub mod ops;

@@ -18,7 +18,31 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let args = cli::normalize_args(std::env::args());
+    let mut args = Vec::new();
+    for (i, a) in std::env::args_os().enumerate() {
+        match a.into_string() {
+            Ok(a) => args.push(a),
+            Err(a) => {
+                eprintln!(
+                    "replicate: argument {i} ({}) is not UTF-8",
+                    a.to_string_lossy()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let env = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+    let args = match cli::with_flags_from_env_and_options(cli::normalize_args(args), &env, &|p| {
+        std::fs::read_to_string(p)
+    }) {
+        Ok(args) => args,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("replicate: {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
     let cli = match cli::Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -30,7 +54,24 @@ fn main() -> ExitCode {
             };
         }
     };
-    app::init_logging(cli.verbosity, cli.log_format);
+    if let Err(e) = app::init_logging(&cli) {
+        eprintln!("replicate: {e}");
+        return ExitCode::from(2);
+    }
+    tracing::debug!(
+        version = seaweed_replicate::VERSION,
+        v = cli.verbosity,
+        config_dir = ?cli.config_dir,
+        logdir = ?cli.logdir,
+        "flags in effect"
+    );
+    let ignored = cli.ignored_flags();
+    if !ignored.is_empty() {
+        tracing::info!(
+            flags = %ignored.join(" "),
+            "accepted for compatibility with weed; no effect here"
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(app::run(cli));
     // Do not wait for a blocking call (a Kafka metadata request) still under way.

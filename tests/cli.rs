@@ -308,3 +308,156 @@ fn non_utf8_environment_variables_never_panic() {
         stderr(&o)
     );
 }
+
+/// A configuration that starts and then waits for a broker that is not there (a warning
+/// every few seconds): replication.toml and notification.toml in `dir`.
+fn unreachable_config(dir: &Path) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("replication.toml"),
+        format!(
+            "[source.filer]\ngrpcAddress = \"127.0.0.1:{port}\"\ndirectory = \"/data\"\n\
+             [sink.local]\nenabled = true\ndirectory = \"{}\"\n",
+            dir.join("out").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("notification.toml"),
+        "[notification.kafka]\nenabled = true\nhosts = [\"127.0.0.1:1\"]\ntopic = \"t\"\n",
+    )
+    .unwrap();
+}
+
+/// A command line written for `weed filer.replicate` starts `replicate` unchanged: glog's
+/// flags before the command, an `-options` file after it, `WEED_<FLAG>` variables. The
+/// log directory gets glog-named files; standard error only what passes -stderrthreshold.
+#[test]
+fn a_weed_command_line_starts_unchanged_and_logs_into_logdir() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("cfg");
+    unreachable_config(&cfg);
+    let logs = d.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let opts = d.path().join("replicate.options");
+    std::fs::write(
+        &opts,
+        "# written for weed\n-log_max_files=2\nlog_rotate_hours: 1\nno_such_flag 7\n",
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_replicate"))
+        .arg(format!("-logdir={}", logs.display()))
+        .args([
+            "-alsologtostderr=false",
+            "-stderrthreshold=ERROR",
+            "-vmodule=filer=2",
+            "filer.replicate",
+        ])
+        .arg(format!("-options={}", opts.display()))
+        .current_dir(d.path())
+        .env("HOME", d.path())
+        .env("WEED_CONFIG_DIR", &cfg)
+        .env("WEED_V", "3")
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let current = logs.join("replicate.INFO");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&current).is_ok_and(|t| t.contains("kafka metadata unavailable"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let text = std::fs::read_to_string(&current).unwrap_or_default();
+    assert!(o.status.success(), "{}\n{text}", stderr(&o));
+    assert!(text.contains("kafka metadata unavailable"), "{text}");
+    // WEED_V=3: debug lines; the flag that does nothing here is said so.
+    assert!(
+        text.lines()
+            .any(|l| l.contains(" DEBUG ") && l.contains("flags in effect") && l.contains("v=3")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("no effect here") && l.contains("-vmodule")),
+        "{text}"
+    );
+    // Standard error: nothing below ERROR.
+    assert!(!stderr(&o).contains("WARN"), "{}", stderr(&o));
+    let target = std::fs::read_link(&current).unwrap();
+    let name = target.to_str().unwrap();
+    assert!(
+        name.starts_with("replicate.")
+            && name.contains(".log.INFO.")
+            && name.ends_with(&format!(".{}", o_pid(name))),
+        "{name}"
+    );
+}
+
+/// The pid at the end of a glog file name, as a string (it is the child's).
+fn o_pid(name: &str) -> &str {
+    name.rsplit('.').next().unwrap()
+}
+
+/// Flags after a subcommand work; bad flag values and a log directory that cannot be
+/// written are usage errors (exit 2) that say which.
+#[test]
+fn flags_after_a_subcommand_and_bad_flag_values() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("cfg");
+    std::fs::create_dir(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("replication.toml"),
+        "[source.filer]\ngrpcAddress = \"nohost\"\ndirectory = \"/data\"\n",
+    )
+    .unwrap();
+    let o = replicate(
+        d.path(),
+        &["check", &format!("-config_dir={}", cfg.display())],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "{}:2: source.filer.grpcAddress",
+            cfg.join("replication.toml").display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    for (args, env, want) in [
+        (vec!["check"], ("WEED_V", ""), "WEED_V is empty"),
+        (
+            vec!["-logtostderr=maybe", "check"],
+            ("X", ""),
+            "-logtostderr=\"maybe\"",
+        ),
+        (
+            vec!["-stderrthreshold=LOUD"],
+            ("X", ""),
+            "-stderrthreshold=\"LOUD\"",
+        ),
+        (
+            vec!["-logdir=/nonexistent/dir"],
+            ("X", ""),
+            "-logdir=/nonexistent/dir",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_replicate"))
+            .args(&args)
+            .current_dir(d.path())
+            .env("HOME", d.path())
+            .env(env.0, env.1)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -34,6 +34,7 @@ fn start_fake_gcs() -> Service {
 struct GcsStore {
     http: reqwest::Client,
     endpoint: String,
+    bucket: String,
 }
 
 #[async_trait::async_trait]
@@ -41,8 +42,9 @@ impl ObjectStore for GcsStore {
     async fn objects(&self, prefix: &str) -> BTreeMap<String, Vec<u8>> {
         let mut out = BTreeMap::new();
         let url = format!(
-            "{}/storage/v1/b/replica/o?prefix={}",
+            "{}/storage/v1/b/{}/o?prefix={}",
             self.endpoint,
+            self.bucket,
             seaweed_replicate::sink::percent_encode(prefix, false)
         );
         let Ok(r) = self.http.get(url).send().await else {
@@ -53,8 +55,9 @@ impl ObjectStore for GcsStore {
         for item in v["items"].as_array().into_iter().flatten() {
             let name = item["name"].as_str().unwrap().to_string();
             let url = format!(
-                "{}/storage/v1/b/replica/o/{}?alt=media",
+                "{}/storage/v1/b/{}/o/{}?alt=media",
                 self.endpoint,
+                self.bucket,
                 seaweed_replicate::sink::percent_encode(&name, false)
             );
             if let Ok(r) = self.http.get(url).send().await
@@ -68,8 +71,9 @@ impl ObjectStore for GcsStore {
 
     async fn info(&self, name: &str) -> Option<ObjectInfo> {
         let url = format!(
-            "{}/storage/v1/b/replica/o/{}",
+            "{}/storage/v1/b/{}/o/{}",
             self.endpoint,
+            self.bucket,
             seaweed_replicate::sink::percent_encode(name, false)
         );
         let r = self.http.get(url).send().await.ok()?;
@@ -90,24 +94,14 @@ async fn gcs_conformance_on_fake_gcs_server() {
     let bed = TestBed::start(BedOptions::default());
     let gcs = start_fake_gcs();
     let http = reqwest::Client::new();
-    let created = http
-        .post(format!("{}/storage/v1/b?project=test", gcs.endpoint()))
-        .header("Content-Type", "application/json")
-        .body(r#"{"name":"replica"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        created.status().is_success(),
-        "create bucket: {}",
-        created.status()
-    );
+    create_bucket(&http, &gcs, "replica").await;
     let endpoint = gcs.endpoint();
     let store = StoreUnderTest {
         label: "fake-gcs-server".into(),
         store: Box::new(GcsStore {
             http,
             endpoint: gcs.endpoint(),
+            bucket: "replica".into(),
         }),
         section: Box::new(move |directory, incremental| {
             format!(
@@ -119,4 +113,78 @@ async fn gcs_conformance_on_fake_gcs_server() {
         prefix: |dir| format!("{dir}/"),
     };
     conformance(&bed, vec![store]).await;
+}
+
+async fn create_bucket(http: &reqwest::Client, gcs: &Service, name: &str) {
+    let created = http
+        .post(format!("{}/storage/v1/b?project=test", gcs.endpoint()))
+        .header("Content-Type", "application/json")
+        .body(format!(r#"{{"name":"{name}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        created.status().is_success(),
+        "create bucket: {}",
+        created.status()
+    );
+}
+
+/// Object names are upstream's `util.Join(directory, date, key under the source
+/// directory)`: a relative or empty `directory` (which upstream accepts) names objects
+/// without the leading `/` an absolute one gives, and the same objects as upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_object_names_follow_upstreams_join() {
+    let bed = TestBed::start(BedOptions::default());
+    let gcs = start_fake_gcs();
+    let http = reqwest::Client::new();
+    bed.upload("/data/a.txt", b"first", "").await;
+    bed.upload("/data/d/b.txt", b"second", "").await;
+    // (bucket, source directory, sink directory, the names upstream gives)
+    for (bucket, source, dir, names) in [
+        (
+            "relative",
+            "/data",
+            "backup",
+            ["backup/a.txt", "backup/d/b.txt"],
+        ),
+        ("empty", "/data/", "", ["a.txt", "d/b.txt"]),
+        ("emptyslash", "/data", "", ["/a.txt", "/d/b.txt"]),
+        (
+            "absolute",
+            "/data",
+            "/backup",
+            ["/backup/a.txt", "/backup/d/b.txt"],
+        ),
+    ] {
+        create_bucket(&http, &gcs, bucket).await;
+        let section = format!(
+            "[sink.google_cloud_storage]\nenabled = true\ngoogle_application_credentials = \"\"\n\
+             bucket = \"{bucket}\"\ndirectory = \"{dir}\"\nendpoint = \"{}\"\n",
+            gcs.endpoint()
+        );
+        let work = Workdir::with_sink(&bed, source, &section, "");
+        let rep = Replicator::start(&work);
+        let store = GcsStore {
+            http: http.clone(),
+            endpoint: gcs.endpoint(),
+            bucket: bucket.into(),
+        };
+        let want: BTreeMap<String, Vec<u8>> = names
+            .iter()
+            .zip([&b"first"[..], b"second"])
+            .map(|(n, b)| (n.to_string(), b.to_vec()))
+            .collect();
+        let matched = eventually(std::time::Duration::from_secs(60), || async {
+            store.objects("").await == want
+        })
+        .await;
+        assert!(
+            matched,
+            "{bucket}: {:?}\n{}",
+            store.objects("").await.keys().collect::<Vec<_>>(),
+            tail(&work.log(), 20)
+        );
+        assert!(rep.stop().0.success());
+    }
 }

@@ -1110,7 +1110,7 @@ fn resolve_sink(
                     "is empty; set the (existing) bucket to replicate into",
                 );
             }
-            let directory = object_store_dir(r, "sink.s3");
+            let (directory, _) = object_store_dir(r, "sink.s3");
             let (access_key_id, secret_access_key) = aws_keys(r, "sink.s3");
             // uploader_part_size_mb wins; upstream's code reads only uploader_part_size (MiB).
             let part_mb = if r.is_set("sink.s3.uploader_part_size_mb") {
@@ -1164,7 +1164,14 @@ fn resolve_sink(
                     "is empty; set the (existing) bucket to replicate into",
                 );
             }
-            let directory = object_store_dir(r, &p);
+            let (directory, relative) = object_store_dir(r, &p);
+            let incremental = r.bool(&format!("{p}.is_incremental"), false);
+            // util.Join(directory, date, key[len(source.directory):]): no leading `/` when
+            // the directory is relative, or empty with a date first or a source directory
+            // that ends in `/` (so the rest of the key does not start with one).
+            let empty = r.string(&format!("{p}.directory"), "/").is_empty();
+            let source_slash = r.string("source.filer.directory", "").ends_with('/');
+            let slashless = (relative && !empty) || (empty && (incremental || source_slash));
             let mut credentials = r.string(&format!("{p}.google_application_credentials"), "");
             if let Some(rest) = credentials.strip_prefix("~/")
                 && let Some(home) = std::env::var_os("HOME")
@@ -1184,8 +1191,9 @@ fn resolve_sink(
                 credentials,
                 bucket,
                 directory,
-                incremental: r.bool(&format!("{p}.is_incremental"), false),
+                incremental,
                 endpoint: r.string(&format!("{p}.endpoint"), ""),
+                slashless,
             }))
         }
         "azure" => {
@@ -1218,7 +1226,7 @@ fn resolve_sink(
                     "is empty; set the (existing) container to replicate into",
                 );
             }
-            let directory = object_store_dir(r, "sink.azure");
+            let (directory, _) = object_store_dir(r, "sink.azure");
             Some(SinkSettings::Azure(AzureSinkOptions {
                 account_name,
                 account_key,
@@ -1250,7 +1258,7 @@ fn resolve_sink(
                 key_id,
                 key,
                 bucket,
-                directory: object_store_dir(r, "sink.backblaze"),
+                directory: object_store_dir(r, "sink.backblaze").0,
                 incremental: r.bool("sink.backblaze.is_incremental", false),
                 endpoint: r.string("sink.backblaze.endpoint", ""),
             }))
@@ -1276,20 +1284,27 @@ fn aws_keys(r: &mut Reader, section: &str) -> (String, String) {
     (id, secret)
 }
 
-/// An object-store sink's `directory`: absolute, `/` when empty.
-fn object_store_dir(r: &mut Reader, section: &str) -> String {
+/// An object-store sink's `directory`, made absolute (`/` when empty), and whether it was
+/// given relative or empty. Upstream accepts both: S3, Azure and B2 strip the leading `/`
+/// of object names, so `backup` and `/backup` name the same objects there; GCS does not
+/// (see `GcsSinkOptions::slashless`).
+fn object_store_dir(r: &mut Reader, section: &str) -> (String, bool) {
     let key = format!("{section}.directory");
     let dir = r.string(&key, "/");
-    normalize_dir(if dir.is_empty() { "/" } else { &dir }).unwrap_or_else(|e| {
+    let relative = !dir.starts_with('/');
+    let absolute = format!("/{}", dir.trim_start_matches('/'));
+    let normalized = normalize_dir(if relative { &absolute } else { &dir }).unwrap_or_else(|e| {
         r.problem(
             &key,
             format!(
-                "{dir:?} must be an absolute path without . or ..: {}",
+                "{:?} must be a path without . or ..: {}",
+                crate::config::cut(&dir),
                 e.why
             ),
         );
         "/".into()
-    })
+    });
+    (normalized, relative)
 }
 
 #[cfg(test)]
@@ -1323,6 +1338,47 @@ offsetSaveIntervalSeconds = 10
     fn with_input(input: &str) -> String {
         let base = GOOD.split("[notification.kafka]").next().unwrap();
         format!("{base}{input}")
+    }
+
+    #[test]
+    fn object_store_directories_as_upstream_accepts_them() {
+        // (source directory, sink directory, incremental) -> (directory, GCS slashless)
+        for (source, dir, inc, want, slashless) in [
+            ("/buckets", "backup", false, "/backup", true),
+            ("/buckets", "/backup", false, "/backup", false),
+            ("/buckets", "", false, "/", false),
+            ("/buckets/", "", false, "/", true),
+            ("/", "", false, "/", true),
+            ("/buckets", "", true, "/", true),
+            ("/buckets", "/", true, "/", false),
+        ] {
+            let text = GOOD
+                .replace(
+                    "directory = \"/buckets/\"",
+                    &format!("directory = \"{source}\""),
+                )
+                .replace(
+                    "[sink.local]\nenabled = true\ndirectory = \"/data\"",
+                    &format!(
+                        "[sink.google_cloud_storage]\nenabled = true\nbucket = \"b\"\n\
+                         directory = \"{dir}\"\nis_incremental = {inc}\n\
+                         [sink.s3]\nenabled = false\nbucket = \"b\"\ndirectory = \"{dir}\""
+                    ),
+                );
+            let s = resolve_text(&text).unwrap();
+            let SinkSettings::Gcs(g) = &s.sink else {
+                panic!("gcs expected")
+            };
+            assert_eq!(
+                (g.directory.as_str(), g.slashless),
+                (want, slashless),
+                "{source} {dir:?} {inc}"
+            );
+        }
+        let text = GOOD.replace("directory = \"/data\"", "directory = \"a/../../x\"");
+        let text = text.replace("[sink.local]", "[sink.s3]\nbucket = \"b\"");
+        let e = resolve_text(&text).unwrap_err();
+        assert!(e.to_string().contains("sink.s3.directory"), "{e}");
     }
 
     #[test]

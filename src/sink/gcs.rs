@@ -41,6 +41,10 @@ pub struct GcsSinkOptions {
     pub incremental: bool,
     /// API endpoint; empty means Google's (or `STORAGE_EMULATOR_HOST`).
     pub endpoint: String,
+    /// Object names without the leading `/`: upstream names objects
+    /// `util.Join(directory, date, key under the source directory)`, which starts with `/`
+    /// only when the directory is absolute, or empty with the key's rest starting with `/`.
+    pub slashless: bool,
 }
 
 impl std::fmt::Debug for GcsSinkOptions {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for GcsSinkOptions {
             .field("bucket", &self.bucket)
             .field("directory", &self.directory)
             .field("endpoint", &self.endpoint)
+            .field("slashless", &self.slashless)
             .finish_non_exhaustive()
     }
 }
@@ -325,7 +330,15 @@ impl GcsSink {
     /// The name prefix of everything under the sink directory. Object names are the sink
     /// keys whole, leading `/` included, as upstream's GCS sink names them.
     fn prefix(&self) -> String {
-        format!("{}/", self.opts.directory.trim_end_matches('/'))
+        self.object_name(&format!("{}/", self.opts.directory.trim_end_matches('/')))
+    }
+
+    /// The object name for a sink path (see `GcsSinkOptions::slashless`).
+    fn object_name(&self, full: &str) -> String {
+        match full.strip_prefix('/') {
+            Some(rest) if self.opts.slashless => rest.to_string(),
+            _ => full.to_string(),
+        }
     }
 
     /// Names of every object under `prefix`.
@@ -429,7 +442,7 @@ impl Sink for GcsSink {
         if entry.is_directory || key.is_root() {
             return Ok(());
         }
-        let name = key.full.clone();
+        let name = self.object_name(&key.full);
         let size = crate::filer::content_size(entry);
         if self.already_current(&name, entry, size).await {
             tracing::debug!(object = %name, "bucket already holds this version, skipping");
@@ -454,12 +467,13 @@ impl Sink for GcsSink {
         crate::fence::check(&key.full)?;
         super::refuse_root(key, "delete")?;
         if is_directory {
-            for name in self.list(&format!("{}/", key.full)).await? {
+            let prefix = self.object_name(&format!("{}/", key.full));
+            for name in self.list(&prefix).await? {
                 self.delete_object(&name).await?;
             }
             return Ok(());
         }
-        self.delete_object(&key.full).await
+        self.delete_object(&self.object_name(&key.full)).await
     }
 }
 

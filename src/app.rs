@@ -134,6 +134,9 @@ impl Setup {
             tracing::info!(file = %path.display(), "loaded {name}");
         }
         let settings = resolve(&raw, &opts.cwd)?;
+        for typo in &settings.typos {
+            tracing::warn!("{typo} (-strict makes this an error)");
+        }
 
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))

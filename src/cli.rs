@@ -57,6 +57,10 @@ pub struct Cli {
     /// With -logdir: start a new log file after this many hours (default 168; 0: never).
     #[arg(long = "log_rotate_hours", value_name = "N", global = true)]
     pub log_rotate_hours: Option<u64>,
+    /// Misspelt keys, unknown sections and keys in the wrong file are configuration
+    /// errors (exit 2) instead of warnings.
+    #[arg(long = "strict", global = true)]
+    pub strict: bool,
     /// Read flags from this file (`name=value` lines, as weed's -options); the command line
     /// and WEED_<FLAG> variables win over it.
     #[arg(long = "options", value_name = "FILE", global = true)]

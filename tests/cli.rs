@@ -461,3 +461,106 @@ fn flags_after_a_subcommand_and_bad_flag_values() {
         assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
     }
 }
+
+/// Keys that mean nothing are named with file, line and a suggestion: `check` fails on
+/// them, the daemon warns and starts, `-strict` refuses to start. Values echoed in errors
+/// are cut to a readable length.
+#[test]
+fn typos_are_caught_and_named() {
+    let d = tempfile::tempdir().unwrap();
+    unreachable_config(d.path());
+    let rep = d.path().join("replication.toml");
+    let mut text = std::fs::read_to_string(&rep).unwrap();
+    text.push_str(
+        "[replicate]\nconcurency = 4\n[sink.nosuch]\nenabled = true\n\
+         [notification.kafka]\noffsetSaveIntervalSeconds = 10\n",
+    );
+    std::fs::write(&rep, &text).unwrap();
+    let lines = text.lines().count();
+    let wants = [
+        format!(
+            "{}:{}: replicate.concurency: unknown key (ignored); did you mean `concurrency`?",
+            rep.display(),
+            lines - 4
+        ),
+        format!(
+            "{}:{}: sink.nosuch: unknown section [sink.nosuch] (ignored)",
+            rep.display(),
+            lines - 2
+        ),
+        format!(
+            "{}:{}: notification.kafka.offsetSaveIntervalSeconds: belongs in notification.toml, not replication.toml",
+            rep.display(),
+            lines
+        ),
+    ];
+    let o = replicate(d.path(), &["check"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(2), "{out}{}", stderr(&o));
+    for want in &wants {
+        assert!(
+            out.contains(&format!("FAIL  {want}")),
+            "missing {want:?} in:\n{out}"
+        );
+    }
+
+    let o = replicate(d.path(), &["-strict"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    for want in &wants {
+        assert!(
+            stderr(&o).contains(want.as_str()),
+            "missing {want:?} in:\n{}",
+            stderr(&o)
+        );
+    }
+
+    // Without -strict the daemon warns and starts.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_replicate"))
+        .current_dir(d.path())
+        .env("HOME", d.path())
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains("Configure notification input") {
+        line.clear();
+        if std::io::BufRead::read_line(&mut err, &mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::io::Read::read_to_string(&mut err, &mut seen).unwrap();
+    assert!(child.wait().unwrap().success(), "{seen}");
+    for want in &wants {
+        assert!(
+            seen.lines()
+                .any(|l| l.contains(" WARN ") && l.contains(want.as_str())),
+            "missing {want:?} in:\n{seen}"
+        );
+    }
+
+    // A long value echoed in an error is cut.
+    std::fs::write(
+        &rep,
+        text.replace(
+            "concurency = 4",
+            &format!("concurrency = \"{}\"", "x".repeat(5000)),
+        ),
+    )
+    .unwrap();
+    let o = replicate(d.path(), &["check"]);
+    assert_eq!(o.status.code(), Some(2));
+    let line = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find(|l| l.contains("replicate.concurrency"))
+        .map(String::from)
+        .unwrap_or_default();
+    assert!(
+        line.contains("(5000 bytes in all)") && line.len() < 300,
+        "{line}"
+    );
+}

@@ -10,6 +10,7 @@
 
 pub mod scaffold;
 pub mod settings;
+pub mod typos;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -76,6 +77,9 @@ impl LoadOptions {
         dirs
     }
 }
+
+/// `-strict`: keys that mean nothing (see `typos`) are configuration errors, not warnings.
+pub static STRICT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A value echoed in a message, cut to a readable length (a pasted key or a whole file
 /// in the wrong place should not fill the screen).
@@ -316,6 +320,17 @@ impl RawConfig {
         Some((v.clone(), origin))
     }
 
+    /// Every key set in a file (lower case), with the file and the line it is on.
+    pub fn entries(&self) -> Vec<(&str, &Path, Option<usize>)> {
+        let mut out: Vec<(&str, &Path, Option<usize>)> = self
+            .values
+            .iter()
+            .map(|(k, (_, p))| (k.as_str(), p.as_path(), self.lines.get(k).copied()))
+            .collect();
+        out.sort_by_key(|(k, p, l)| (p.to_path_buf(), l.unwrap_or(usize::MAX), k.to_string()));
+        out
+    }
+
     /// The file a missing key belongs in, for messages.
     pub fn home_of(&self, key: &str) -> Origin {
         let name = match key.split('.').next().unwrap_or("") {
@@ -396,8 +411,10 @@ fn flatten(
 
 /// Typed access to the key space that records every problem instead of stopping.
 pub struct Reader<'a> {
-    pub raw: &'a RawConfig,
+    raw: &'a RawConfig,
     pub problems: Vec<Problem>,
+    /// Every key asked for (lower case), so that none of them is called unknown.
+    pub read: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl<'a> Reader<'a> {
@@ -405,7 +422,14 @@ impl<'a> Reader<'a> {
         Reader {
             raw,
             problems: Vec::new(),
+            read: Default::default(),
         }
+    }
+
+    /// The raw value of `key`, noting that it was asked for.
+    fn get(&self, key: &str) -> Option<(toml::Value, Origin)> {
+        self.read.borrow_mut().insert(key.to_lowercase());
+        self.raw.get(key)
     }
 
     /// Record a problem with `key`, naming where it was set (or where it belongs).
@@ -423,11 +447,11 @@ impl<'a> Reader<'a> {
     }
 
     pub fn is_set(&self, key: &str) -> bool {
-        self.raw.get(key).is_some()
+        self.get(key).is_some()
     }
 
     pub fn string(&mut self, key: &str, default: &str) -> String {
-        match self.raw.get(key) {
+        match self.get(key) {
             None => default.to_string(),
             Some((toml::Value::String(s), _)) => s,
             Some((toml::Value::Integer(i), _)) => i.to_string(),
@@ -441,14 +465,14 @@ impl<'a> Reader<'a> {
     }
 
     pub fn bool(&mut self, key: &str, default: bool) -> bool {
-        match self.raw.get(key) {
+        match self.get(key) {
             None => default,
             Some((toml::Value::Boolean(b), _)) => b,
             Some((toml::Value::String(s), _)) => match s.as_str() {
                 "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
                 "0" | "f" | "F" | "FALSE" | "false" | "False" | "" => false,
                 _ => {
-                    self.problem(key, format!("must be true or false, got {s:?}"));
+                    self.problem(key, format!("must be true or false, got {:?}", cut(&s)));
                     default
                 }
             },
@@ -461,12 +485,12 @@ impl<'a> Reader<'a> {
     }
 
     pub fn int(&mut self, key: &str, default: i64) -> i64 {
-        match self.raw.get(key) {
+        match self.get(key) {
             None => default,
             Some((toml::Value::Integer(i), _)) => i,
             Some((toml::Value::String(s), _)) if s.trim().is_empty() => default,
             Some((toml::Value::String(s), _)) => s.trim().parse().unwrap_or_else(|_| {
-                self.problem(key, format!("must be a whole number, got {s:?}"));
+                self.problem(key, format!("must be a whole number, got {:?}", cut(&s)));
                 default
             }),
             Some(_) => {
@@ -488,7 +512,7 @@ impl<'a> Reader<'a> {
 
     /// A list: a TOML array, or a string split on whitespace (commas are not separators).
     pub fn list(&mut self, key: &str) -> Vec<String> {
-        match self.raw.get(key) {
+        match self.get(key) {
             None => Vec::new(),
             Some((toml::Value::String(s), _)) => s.split_whitespace().map(String::from).collect(),
             Some((toml::Value::Array(items), _)) => {
@@ -497,7 +521,13 @@ impl<'a> Reader<'a> {
                     match item {
                         toml::Value::String(s) => out.push(s),
                         other => {
-                            self.problem(key, format!("list items must be strings, got {other}"));
+                            self.problem(
+                                key,
+                                format!(
+                                    "list items must be strings, got {}",
+                                    cut(&other.to_string())
+                                ),
+                            );
                         }
                     }
                 }

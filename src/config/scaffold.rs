@@ -363,6 +363,9 @@ allowed_commonNames = ""
 [grpc.client]
 cert = ""
 key = ""
+# Read before cert/key when set, as upstream's LoadClientTLS does.
+client_cert = ""
+client_key = ""
 
 [https.client]
 enabled = false

@@ -1,6 +1,6 @@
 //! Typed settings resolved (purely) from the merged key space.
 
-use super::{ConfigErrors, RawConfig, Reader};
+use super::{ConfigErrors, Problem, RawConfig, Reader};
 use crate::filer::jwt::ReadSigner;
 use crate::replicate::path::{components, normalize_dir};
 pub use crate::sink::azure::AzureSinkOptions;
@@ -33,6 +33,9 @@ pub struct Settings {
     pub security: SecuritySettings,
     pub replicate: ReplicateSettings,
     pub metrics: MetricsSettings,
+    /// Keys that mean nothing (misspelt, unknown sections, in the wrong file): warnings,
+    /// or errors under `-strict`.
+    pub typos: Vec<Problem>,
 }
 
 /// `[metrics]`: the metrics listener and the progress line (ours; upstream has neither).
@@ -661,6 +664,15 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
         }));
     }
 
+    #[cfg(test)]
+    super::typos::assert_templates_know(&r.read.borrow());
+    let typos = super::typos::find(raw, &r.read.borrow());
+    let typos = if super::STRICT.load(std::sync::atomic::Ordering::Relaxed) {
+        r.problems.extend(typos);
+        Vec::new()
+    } else {
+        typos
+    };
     match (input, sink) {
         (Some(input), Some(sink)) if r.problems.is_empty() => Ok(Settings {
             source,
@@ -669,6 +681,7 @@ pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
             security,
             replicate,
             metrics,
+            typos,
         }),
         _ => Err(ConfigErrors(r.problems)),
     }

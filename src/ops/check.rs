@@ -54,6 +54,10 @@ pub async fn run(
             None => println!("  ok    {name}.toml: not found; defaults apply"),
         }
     }
+    // Keys that mean nothing: the daemon starts with a warning, check fails on them.
+    for typo in &setup.settings.typos {
+        println!("  FAIL  {typo}");
+    }
     let s = &setup.settings;
     println!(
         "  ok    replicating {} (excluding {}) to the {} sink at {}",
@@ -113,6 +117,16 @@ pub async fn run(
     .await
     {
         failed += 1;
+    }
+    if !setup.settings.typos.is_empty() {
+        let n = setup.settings.typos.len();
+        println!(
+            "{n} configuration problem{} (keys that mean nothing; the daemon would only warn)",
+            if n == 1 { "" } else { "s" }
+        );
+        return Err(AppError::Config(crate::config::ConfigErrors(
+            setup.settings.typos.clone(),
+        )));
     }
     if failed == 0 {
         println!("all checks passed");

@@ -128,12 +128,32 @@ const SETTLING: Duration = Duration::from_secs(20);
 /// Whether the source or the sink is reachable. An outage is logged when it begins and
 /// when it ends, not once per retry of each event waiting on it (with 64 events in
 /// flight, that would be hundreds of lines a minute).
+///
+/// An outage ends when an event that ran into it goes through, not at any success: on a
+/// disk out of inodes, renames and deletes still work while every create fails, and
+/// ending the outage at each of them logged "available again" and "unavailable" a dozen
+/// times within milliseconds. Should the events that ran into it all be gone (their
+/// partition moved), any success ends it once nothing has failed for [`QUIET`].
 struct Availability {
     what: &'static str,
     component: crate::metrics::Component,
     down: std::sync::atomic::AtomicBool,
-    since: Mutex<Option<Instant>>,
+    outage: Mutex<Outage>,
 }
+
+#[derive(Default)]
+struct Outage {
+    /// When the current outage began; `None` while up.
+    since: Option<Instant>,
+    /// The latest failure of the current outage.
+    last_failure: Option<Instant>,
+    /// Counts outages, so that an event knows whether it ran into this one.
+    generation: u64,
+}
+
+/// How long without a failure before a success of an event that never ran into the
+/// outage ends it.
+const QUIET: Duration = Duration::from_secs(60);
 
 impl Availability {
     fn new(what: &'static str, component: crate::metrics::Component) -> Self {
@@ -141,25 +161,31 @@ impl Availability {
             what,
             component,
             down: false.into(),
-            since: Mutex::new(None),
+            outage: Mutex::new(Outage::default()),
         }
     }
 
-    fn failing(&self, error: &SinkError) {
+    /// An event ran into an outage; returns the outage's generation, for [`Self::working`].
+    fn failing(&self, error: &SinkError) -> u64 {
         // Set on every failure, not only the first: a success racing with the start of
         // an outage may have set it back to up.
         crate::metrics::get().set_up(self.component, false);
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        if since.is_none() {
-            *since = Some(Instant::now());
+        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        outage.last_failure = Some(now);
+        if outage.since.is_none() {
+            outage.since = Some(now);
+            outage.generation += 1;
             self.down.store(true, Ordering::Release);
             tracing::warn!(error = %error, "{} unavailable; events wait for it, retrying with backoff", self.what);
         } else {
             tracing::debug!(error = %error, "{} still unavailable", self.what);
         }
+        outage.generation
     }
 
-    fn working(&self) {
+    /// An event went through; `hit` is the generation of the outage it ran into, if any.
+    fn working(&self, hit: Option<u64>) {
         if !self.down.load(Ordering::Acquire) {
             let metrics = crate::metrics::get();
             if metrics.is_up(self.component) != Some(true) {
@@ -167,11 +193,18 @@ impl Availability {
             }
             return;
         }
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = since.take() {
+        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(since) = outage.since else {
+            return;
+        };
+        let ran_into_it = hit == Some(outage.generation);
+        let quiet = outage.last_failure.is_none_or(|t| t.elapsed() >= QUIET);
+        if ran_into_it || quiet {
+            outage.since = None;
+            outage.last_failure = None;
             self.down.store(false, Ordering::Release);
             crate::metrics::get().set_up(self.component, true);
-            tracing::info!(down_for = ?t.elapsed(), "{} available again", self.what);
+            tracing::info!(down_for = ?since.elapsed(), "{} available again", self.what);
         }
     }
 }
@@ -356,13 +389,28 @@ impl Pipeline {
         // Jittered, so that events (and replicas) failing together do not retry in step.
         let mut backoff =
             crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        // The outages this event ran into (their generations): only its success ends them.
+        let (mut hit_sink, mut hit_source) = (None, None);
         loop {
-            match self.apply(&plan, &paths, &ev.signatures).await {
+            let result = self.apply(&plan, &paths, &ev.signatures).await;
+            if let Err(e) = &result
+                && !e.is_outage()
+                && !matches!(e, SinkError::Fenced { .. })
+                && !(e.is_unlocated() && self.waiting_for_volumes())
+            {
+                // An error of this event's own: the component answered, so an outage
+                // this event ran into is over.
+                match e {
+                    SinkError::Read { .. } => self.source_state.working(hit_source),
+                    _ => self.sink_state.working(hit_sink),
+                }
+            }
+            match result {
                 Ok(()) => {
-                    self.sink_state.working();
+                    self.sink_state.working(hit_sink);
                     if plan.reads_source() {
                         self.source_filer_down.store(false, Ordering::Release);
-                        self.source_state.working();
+                        self.source_state.working(hit_source);
                     }
                     return Ok(Some(true));
                 }
@@ -391,8 +439,8 @@ impl Pipeline {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::get().retried();
                     match e {
-                        SinkError::Read { .. } => self.source_state.failing(&e),
-                        _ => self.sink_state.failing(&e),
+                        SinkError::Read { .. } => hit_source = Some(self.source_state.failing(&e)),
+                        _ => hit_sink = Some(self.sink_state.failing(&e)),
                     }
                     tokio::select! {
                         _ = self.stop.cancelled() => return Ok(None),

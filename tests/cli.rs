@@ -564,3 +564,41 @@ fn typos_are_caught_and_named() {
         "{line}"
     );
 }
+
+/// `check` against brokers that are not there says each problem once, under the input's
+/// result, instead of librdkafka's repeated log lines.
+#[test]
+fn check_says_each_broker_problem_once() {
+    let d = tempfile::tempdir().unwrap();
+    unreachable_config(d.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        d.path().join("notification.toml"),
+        format!(
+            "[notification.kafka]\nenabled = true\n\
+             hosts = [\"nosuchhost.invalid:9092\", \"127.0.0.1:{port}\"]\ntopic = \"t\"\n"
+        ),
+    )
+    .unwrap();
+    let o = replicate(d.path(), &["check"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(!stderr(&o).contains("librdkafka"), "{all}");
+    assert_eq!(
+        all.matches("Failed to resolve 'nosuchhost.invalid:9092'")
+            .count(),
+        1,
+        "{all}"
+    );
+    assert_eq!(
+        all.matches(&format!("127.0.0.1:{port} failed: Connection refused"))
+            .count(),
+        1,
+        "{all}"
+    );
+    assert!(all.lines().count() < 20, "{all}");
+}

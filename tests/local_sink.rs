@@ -789,3 +789,163 @@ async fn a_replayed_directory_rename_carries_nothing_created_later() {
     let (status, _) = rep.stop();
     assert!(status.success());
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(options: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs (needs root, as CI has): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir)
+    }
+
+    fn remount(&self, options: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(self.0.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// A sink disk out of inodes is one outage, said once when it begins and once when it
+/// ends, although renames and deletes keep working through it while every create fails
+/// (they used to end it and start it again a dozen times within milliseconds). Nothing
+/// is lost: once inodes are free again the replica equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_out_of_inodes_is_one_outage() {
+    let bed = TestBed::start(BedOptions::default());
+    // The root, the sink directory, /keep and its 8 files: 11 inodes of 14.
+    let disk = Tmpfs::mount("size=64m,nr_inodes=14");
+    let root = disk.0.path().join("replica");
+    for i in 0..8 {
+        bed.upload(
+            &format!("/data/keep/k{i}.txt"),
+            format!("kept {i}").as_bytes(),
+            "",
+        )
+        .await;
+    }
+    let work = Workdir::new(&bed, "/data", &root, "[replicate]\nconcurrency = 64\n");
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+
+    // New files exhaust the inodes; renames and deletes of kept files still work.
+    for i in 0..12 {
+        bed.upload(
+            &format!("/data/new/n{i}.txt"),
+            format!("new {i}").as_bytes(),
+            "",
+        )
+        .await;
+    }
+    for i in 0..6 {
+        bed.mv(
+            &format!("/data/keep/k{i}.txt"),
+            &format!("/data/keep/r{i}.txt"),
+        )
+        .await;
+    }
+    bed.delete("/data/keep/k6.txt", false).await;
+    let keep = root.join("keep");
+    let renamed = eventually(Duration::from_secs(120), || async {
+        (0..6).all(|i| keep.join(format!("r{i}.txt")).exists()) && !keep.join("k6.txt").exists()
+    })
+    .await;
+    assert!(renamed, "{}", tail(&work.log(), 30));
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(
+        log.contains("sink unavailable"),
+        "{}",
+        tail(&work.log(), 30)
+    );
+
+    // Inodes again: everything arrives, and the outage ends.
+    disk.remount("nr_inodes=10000");
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    let ended = eventually(Duration::from_secs(60), || async {
+        std::fs::read_to_string(work.log()).is_ok_and(|l| l.contains("sink available again"))
+    })
+    .await;
+    assert!(rep.stop().0.success());
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(ended, "{log}");
+    assert_eq!(log.matches("sink unavailable").count(), 1, "{log}");
+    assert_eq!(log.matches("sink available again").count(), 1, "{log}");
+}
+
+/// An offset file that cannot be saved (its disk out of inodes) is said once when saving
+/// starts failing and once when it works again, not at every save interval; the saved
+/// offsets then hold everything replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_offset_save_is_said_once() {
+    let bed = TestBed::start(BedOptions::default());
+    // Only the root's inode: no room for the temporary file of an atomic save.
+    let disk = Tmpfs::mount("size=1m,nr_inodes=1");
+    let area = tempfile::tempdir().unwrap();
+    let root = area.path().join("replica");
+    let work = Workdir::new(&bed, "/data", &root, "");
+    let offsets = disk.0.path().join("last.offset");
+    let note = work.path().join("notification.toml");
+    let text = std::fs::read_to_string(&note)
+        .unwrap()
+        .replace("./last.offset", &offsets.display().to_string());
+    std::fs::write(&note, text).unwrap();
+    // The retries show at debug level, so the test can wait for several of them.
+    let rep = Replicator::start_with_env(
+        &work,
+        &[("RUST_LOG", "info,seaweed_replicate::retry=debug")],
+    );
+    for i in 0..3 {
+        bed.upload(&format!("/data/f{i}.txt"), b"x", "").await;
+    }
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    let failed_often = eventually(Duration::from_secs(60), || async {
+        std::fs::read_to_string(work.log())
+            .is_ok_and(|l| l.matches("saving offsets failed; still retrying").count() >= 3)
+    })
+    .await;
+    assert!(failed_often, "{}", tail(&work.log(), 20));
+    bed.upload("/data/last.txt", b"y", "").await;
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    disk.remount("nr_inodes=100");
+    let saved = eventually(Duration::from_secs(60), || async { offsets.exists() }).await;
+    assert!(saved, "{}", tail(&work.log(), 20));
+    assert!(rep.stop().0.success());
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains(" WARN ") && l.contains("saving offsets failed"))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains("working again after: saving offsets failed"),
+        "{log}"
+    );
+}

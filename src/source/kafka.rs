@@ -79,22 +79,33 @@ pub fn client_config(cfg: &KafkaSettings) -> ClientConfig {
 
 /// One attempt to reach the brokers and the topic (`replicate check`): what was found.
 pub async fn probe(cfg: &KafkaSettings) -> Result<String, String> {
-    let consumer: rdkafka::consumer::BaseConsumer =
-        client_config(cfg).create().map_err(|e| e.to_string())?;
+    let consumer: rdkafka::consumer::BaseConsumer<ProbeLogs> = client_config(cfg)
+        .create_with_context(ProbeLogs::default())
+        .map_err(|e| e.to_string())?;
     let topic = cfg.topic.clone();
     let found = tokio::task::spawn_blocking(move || {
-        consumer
+        let found = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(10))
             .map(|md| {
                 md.topics()
                     .iter()
                     .find(|t| t.name() == topic)
                     .map(|t| (t.error().map(|e| format!("{e:?}")), t.partitions().len()))
-            })
+            });
+        // What librdkafka said on the way, each distinct problem once, under the error.
+        found.map_err(|e| {
+            // librdkafka queues its log lines; serving the queue delivers them.
+            let _ = consumer.poll(Duration::from_millis(200));
+            let lines = consumer.context().lines();
+            if lines.is_empty() {
+                e.to_string()
+            } else {
+                format!("{e}\n          {}", lines.join("\n          "))
+            }
+        })
     })
     .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())??;
     match found {
         Some((None, n)) if n > 0 => Ok(format!(
             "kafka {} topic {} ({n} partition{})",
@@ -110,6 +121,58 @@ pub async fn probe(cfg: &KafkaSettings) -> Result<String, String> {
         )),
     }
 }
+
+/// librdkafka's log lines during a `check` probe: kept rather than printed, each distinct
+/// problem once (librdkafka repeats a failed connect with a new time, "N identical errors
+/// suppressed", and again as a global error), to be shown under the probe's result.
+#[derive(Default)]
+pub struct ProbeLogs {
+    lines: std::sync::Mutex<(Vec<String>, std::collections::HashSet<String>)>,
+}
+
+impl ProbeLogs {
+    fn keep(&self, line: &str) {
+        let line = line.split(" (after ").next().unwrap_or(line);
+        let line = match line.strip_prefix("[thrd:") {
+            Some(rest) => rest.split_once("]: ").map_or(rest, |(_, l)| l),
+            None => line,
+        };
+        let key: String = line.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let mut kept = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.1.insert(key) {
+            kept.0.push(line.to_string());
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+}
+
+impl ClientContext for ProbeLogs {
+    fn log(&self, level: RDKafkaLogLevel, _fac: &str, message: &str) {
+        if matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+                | RDKafkaLogLevel::Warning
+        ) {
+            self.keep(message);
+        }
+    }
+
+    fn error(&self, _error: rdkafka::error::KafkaError, reason: &str) {
+        self.keep(reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeLogs {}
 
 /// The consumer, with librdkafka's logs routed through [`KafkaLogs`].
 type Kafka = StreamConsumer<KafkaLogs>;
@@ -627,6 +690,7 @@ async fn watermark_loop(
 }
 
 async fn save_loop(book: Arc<OffsetBook>, interval: Duration, stop: CancellationToken) {
+    let mut retry = crate::retry::Retry::default();
     let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -634,8 +698,12 @@ async fn save_loop(book: Arc<OffsetBook>, interval: Duration, stop: Cancellation
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = book.save_if_dirty() {
-            tracing::error!(error = %e, "saving offsets failed; will retry");
+        // Said once when saving starts failing and once when it works again.
+        match book.save_if_dirty() {
+            Ok(_) => retry.succeeded(),
+            Err(e) => {
+                retry.failed("saving offsets failed", &e);
+            }
         }
     }
 }

@@ -261,13 +261,18 @@ async fn save_loop(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Said once when saving starts failing and once when it works again, not every tick.
+    let mut retry = crate::retry::Retry::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = save(&source, &key, &progress).await {
-            tracing::warn!(error = %e, "saving the checkpoint failed; will retry");
+        match save(&source, &key, &progress).await {
+            Ok(()) => retry.succeeded(),
+            Err(e) => {
+                retry.failed("saving the checkpoint failed", &e);
+            }
         }
     }
 }

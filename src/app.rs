@@ -402,6 +402,7 @@ async fn replicate(
     if let Some(every) = settings.metrics.progress_interval {
         tokio::spawn(crate::metrics::progress(every, stop.clone()));
     }
+    tokio::spawn(pipeline.clone().watch_outages(stop.clone()));
     let http = &setup.http;
     let source = &setup.source;
     match &settings.input {
@@ -560,13 +561,16 @@ pub fn init_logging(cli: &Cli) -> Result<(), String> {
     };
     let files = match (&cli.logdir, only_stderr) {
         (Some(dir), false) => {
-            let mb = cli.log_max_size_mb.filter(|m| *m > 0).unwrap_or(1800);
+            // As glog: 0 or less is the default (for hours: no rotation by age).
+            let mb = cli.log_max_size_mb.filter(|m| *m > 0).unwrap_or(1800) as u64;
             let policy = crate::logfile::Policy {
                 max_bytes: mb.saturating_mul(1024 * 1024),
-                max_files: cli.log_max_files.filter(|n| *n > 0).unwrap_or(5),
+                max_files: cli.log_max_files.filter(|n| *n > 0).unwrap_or(5) as usize,
                 rotate_after: match cli.log_rotate_hours.unwrap_or(168) {
-                    0 => None,
-                    h => Some(std::time::Duration::from_secs(h.saturating_mul(3600))),
+                    h if h <= 0 => None,
+                    h => Some(std::time::Duration::from_secs(
+                        (h as u64).saturating_mul(3600),
+                    )),
                 },
                 compress,
             };

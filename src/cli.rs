@@ -14,6 +14,7 @@ use std::path::PathBuf;
 and security.toml from -config_dir, ., $HOME/.seaweedfs, /usr/local/etc/seaweedfs or /etc/seaweedfs, consumes \
 the filer's change events and applies them to the configured sink. With no subcommand it runs the replicator."
 )]
+#[command(args_override_self = true)]
 pub struct Cli {
     /// The replication.toml to use; notification.toml and security.toml are looked for
     /// beside it first. For `scaffold`: which template (replication, notification, security).
@@ -49,14 +50,29 @@ pub struct Cli {
     #[arg(long = "log_json", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", global = true)]
     pub log_json: Option<String>,
     /// With -logdir: start a new log file past this size (default 1800).
-    #[arg(long = "log_max_size_mb", value_name = "MB", global = true)]
-    pub log_max_size_mb: Option<u64>,
+    #[arg(
+        long = "log_max_size_mb",
+        value_name = "MB",
+        global = true,
+        allow_negative_numbers = true
+    )]
+    pub log_max_size_mb: Option<i64>,
     /// With -logdir: log files kept (default 5).
-    #[arg(long = "log_max_files", value_name = "N", global = true)]
-    pub log_max_files: Option<usize>,
+    #[arg(
+        long = "log_max_files",
+        value_name = "N",
+        global = true,
+        allow_negative_numbers = true
+    )]
+    pub log_max_files: Option<i64>,
     /// With -logdir: start a new log file after this many hours (default 168; 0: never).
-    #[arg(long = "log_rotate_hours", value_name = "N", global = true)]
-    pub log_rotate_hours: Option<u64>,
+    #[arg(
+        long = "log_rotate_hours",
+        value_name = "N",
+        global = true,
+        allow_negative_numbers = true
+    )]
+    pub log_rotate_hours: Option<i64>,
     /// Misspelt keys, unknown sections and keys in the wrong file are configuration
     /// errors (exit 2) instead of warnings.
     #[arg(long = "strict", global = true)]
@@ -144,7 +160,8 @@ const GLOBAL_FLAGS: [(&str, bool); 15] = [
 fn check_number(name: &str, value: &str, from: &str) -> Result<(), String> {
     let ok = match name {
         "v" => value.parse::<u8>().is_ok(),
-        "log_max_size_mb" | "log_max_files" | "log_rotate_hours" => value.parse::<u64>().is_ok(),
+        // Go ints: 0 or less means the default (or, for hours, never).
+        "log_max_size_mb" | "log_max_files" | "log_rotate_hours" => value.parse::<i64>().is_ok(),
         _ => true,
     };
     if ok {
@@ -173,15 +190,17 @@ pub fn with_flags_from_env_and_options(
             .take_while(|a| *a != "--")
             .any(|a| *a == long || a.starts_with(&format!("{long}=")))
     };
-    let alias_given = |name: &str| match name {
-        "logdir" => on_cli("log_dir"),
-        "log_dir" => on_cli("logdir"),
-        _ => false,
+    // -logdir and -log_dir are one flag: whichever source sets one sets both.
+    let alias = |name: &str| match name {
+        "logdir" => Some("log_dir"),
+        "log_dir" => Some("logdir"),
+        _ => None,
     };
+    let alias_given = |name: &str| alias(name).is_some_and(|a| on_cli(a));
     let mut problems = Vec::new();
     let mut set: Vec<(&str, String)> = Vec::new();
     for (name, boolean) in GLOBAL_FLAGS {
-        if on_cli(name) || alias_given(name) {
+        if on_cli(name) || alias_given(name) || set.iter().any(|(s, _)| Some(*s) == alias(name)) {
             continue;
         }
         let var = format!("WEED_{}", name.to_uppercase());
@@ -243,7 +262,12 @@ pub fn with_flags_from_env_and_options(
                         // weed ignores names it does not define; so does this.
                         continue;
                     };
-                    if on_cli(name) || alias_given(name) || set.iter().any(|(s, _)| *s == name) {
+                    if on_cli(name)
+                        || alias_given(name)
+                        || set
+                            .iter()
+                            .any(|(s, _)| *s == name || Some(*s) == alias(name))
+                    {
                         continue;
                     }
                     if name == "options" {
@@ -468,7 +492,7 @@ mod tests {
         assert!(e[0].contains("WEED_V is empty"), "{e:?}");
         let e = resolve(
             &["replicate"],
-            &[("WEED_V", "x"), ("WEED_LOG_MAX_FILES", "-1")],
+            &[("WEED_V", "x"), ("WEED_LOG_MAX_FILES", "many")],
             "",
         )
         .unwrap_err();
@@ -526,5 +550,21 @@ mod tests {
         .unwrap();
         assert_eq!(c.logdir.as_deref(), Some(std::path::Path::new("/l2")));
         assert_eq!(c.ignored_flags(), ["-vmodule"]);
+        // One flag under two names, from two sources: the first source wins, no clash.
+        let c = resolve(
+            &["replicate", "-options=opts"],
+            &[("WEED_LOGDIR", "/env"), ("WEED_LOG_DIR", "/env2")],
+            "log_dir /file\nlogdir /file2\n",
+        )
+        .unwrap();
+        assert_eq!(c.logdir.as_deref(), Some(std::path::Path::new("/env")));
+        // A repeated flag: the last one wins, as in Go; Go ints may be negative.
+        let c = resolve(
+            &["replicate", "-v=1", "check", "-v=3", "-log_max_files=-1"],
+            &[],
+            "",
+        )
+        .unwrap();
+        assert_eq!((c.verbosity, c.log_max_files), (3, Some(-1)));
     }
 }

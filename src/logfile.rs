@@ -33,6 +33,9 @@ struct State {
     opened: Instant,
     /// A write failed (a full disk); said once on stderr, tried again at the next line.
     failing: bool,
+    /// The latest name's time part and its number within that second: a name once
+    /// opened is never opened again, even after it was pruned.
+    last_base: Option<(String, u32)>,
 }
 
 impl LogFiles {
@@ -52,6 +55,7 @@ impl LogFiles {
             written: 0,
             opened: Instant::now(),
             failing: false,
+            last_base: None,
         };
         state.rotate()?;
         Ok(LogFiles(Arc::new(Mutex::new(state))))
@@ -71,30 +75,45 @@ fn hostname() -> String {
 impl State {
     fn rotate(&mut self) -> std::io::Result<()> {
         let now = chrono::Local::now();
-        let mut name = format!(
+        let base = format!(
             "{}{}.{}",
             self.prefix,
             now.format("%Y%m%d-%H%M%S"),
             std::process::id()
         );
-        // Two rotations within a second would share a name.
-        if let Some((_, current)) = &self.file
-            && current.file_name().is_some_and(|n| *n == *name)
+        // Rotations within one second would share a name: count on (`.001` sorts after
+        // the bare name), and never open a name twice.
+        let mut n = match &self.last_base {
+            Some((b, n)) if *b == base => n + 1,
+            _ => 0,
+        };
+        let numbered = |n: u32| {
+            if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}.{n:03}")
+            }
+        };
+        let mut name = numbered(n);
+        while self.dir.join(&name).exists()
+            || std::path::Path::new(&format!("{}.gz", self.dir.join(&name).display())).exists()
         {
-            name.push_str(&format!(".{:09}", now.timestamp_subsec_nanos()));
+            n += 1;
+            name = numbered(n);
         }
+        self.last_base = Some((base.clone(), n));
         let path = self.dir.join(&name);
         let file = std::fs::OpenOptions::new()
-            .create(true)
+            .create_new(true)
             .append(true)
             .open(&path)?;
         let link = self.dir.join("replicate.INFO");
         let _ = std::fs::remove_file(&link);
         let _ = std::os::unix::fs::symlink(&name, &link);
-        if let Some((_, previous)) = self.file.replace((file, path)) {
-            if self.policy.compress {
-                std::thread::spawn(move || gzip(&previous));
-            }
+        if let Some((_, previous)) = self.file.replace((file, path))
+            && self.policy.compress
+        {
+            std::thread::spawn(move || gzip(&previous));
         }
         self.written = 0;
         self.opened = Instant::now();
@@ -102,25 +121,31 @@ impl State {
         Ok(())
     }
 
-    /// Keep the newest `max_files` (a file and its .gz count once).
+    /// Keep the newest `max_files` (a file and its .gz count once; the current file
+    /// always stays).
     fn prune(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
-        let mut names: Vec<String> = entries
+        let current = self
+            .file
+            .as_ref()
+            .and_then(|(_, p)| p.file_name())
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut logs: Vec<String> = entries
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| n.starts_with(&self.prefix))
-            .collect();
-        let mut logs: Vec<String> = names
-            .iter()
-            .map(|n| n.strip_suffix(".gz").unwrap_or(n).to_string())
+            .map(|n| n.strip_suffix(".gz").unwrap_or(&n).to_string())
+            .filter(|n| *n != current)
             .collect();
         logs.sort();
         logs.dedup();
-        let excess = logs.len().saturating_sub(self.policy.max_files.max(1));
+        let keep_others = self.policy.max_files.max(1) - 1;
+        let excess = logs.len().saturating_sub(keep_others);
         for old in &logs[..excess] {
-            names.retain(|n| n.strip_suffix(".gz").unwrap_or(n) != old);
             let _ = std::fs::remove_file(self.dir.join(old));
             let _ = std::fs::remove_file(self.dir.join(format!("{old}.gz")));
         }
@@ -132,8 +157,20 @@ impl State {
             .policy
             .rotate_after
             .is_some_and(|after| self.opened.elapsed() >= after);
-        if self.file.is_none() || too_big || too_old {
+        if self.file.is_none() {
             self.rotate()?;
+        } else if (too_big || too_old)
+            && let Err(e) = self.rotate()
+        {
+            // Keep the file that works; try a new one after as much again.
+            self.written = 0;
+            self.opened = Instant::now();
+            if !self.failing {
+                eprintln!(
+                    "replicate: starting a new log file in {} failed ({e}); the current one goes on",
+                    self.dir.display()
+                );
+            }
         }
         let (file, _) = self.file.as_mut().expect("rotate opened a file");
         file.write_all(buf)?;
@@ -155,7 +192,10 @@ fn gzip(path: &Path) {
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&gz);
-        eprintln!("replicate: compressing {}: {e}", path.display());
+        // Pruned meanwhile (with -log_max_files=1): nothing to say.
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("replicate: compressing {}: {e}", path.display());
+        }
     }
 }
 

@@ -133,7 +133,9 @@ const SETTLING: Duration = Duration::from_secs(20);
 /// disk out of inodes, renames and deletes still work while every create fails, and
 /// ending the outage at each of them logged "available again" and "unavailable" a dozen
 /// times within milliseconds. Should the events that ran into it all be gone (their
-/// partition moved), any success ends it once nothing has failed for [`QUIET`].
+/// partition moved), any success, or the watcher, ends it once nothing has failed for
+/// [`QUIET`]. An event that keeps running into it keeps it on: the sink cannot take
+/// everything, and `/readyz` says so.
 struct Availability {
     what: &'static str,
     component: crate::metrics::Component,
@@ -182,6 +184,20 @@ impl Availability {
             tracing::debug!(error = %error, "{} still unavailable", self.what);
         }
         outage.generation
+    }
+
+    /// Ends an outage nothing has run into for [`QUIET`]: the events that did may be gone
+    /// (their partition moved) and nothing else may come to end it.
+    fn expire(&self) {
+        if !self.down.load(Ordering::Acquire) {
+            return;
+        }
+        let outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        let quiet = outage.last_failure.is_none_or(|t| t.elapsed() >= QUIET);
+        drop(outage);
+        if quiet {
+            self.working(None);
+        }
     }
 
     /// An event went through; `hit` is the generation of the outage it ran into, if any.
@@ -262,6 +278,19 @@ impl Pipeline {
     /// gone for good, and waiting for it forever would hold its partition.
     fn waiting_for_volumes(&self) -> bool {
         Instant::now() < self.settling_until || self.source_filer_down.load(Ordering::Acquire)
+    }
+
+    /// Until `stop`: end outages that nothing has run into for a while (see
+    /// [`Availability::expire`]).
+    pub async fn watch_outages(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(QUIET / 6) => {}
+            }
+            self.sink_state.expire();
+            self.source_state.expire();
+        }
     }
 
     /// Events in flight per ordered stream (`[replicate] concurrency`).
@@ -550,5 +579,34 @@ impl Pipeline {
             .open(&self.parked_file)?;
         writeln!(f, "{record}")?;
         f.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_ends_when_an_event_that_ran_into_it_goes_through() {
+        let a = Availability::new("sink", crate::metrics::Component::Sink);
+        let e = SinkError::remote("create", "/x", "no space left on device", true, true);
+        let first = a.failing(&e);
+        assert!(a.down.load(Ordering::Acquire));
+        // Others go through (renames, deletes): still down.
+        a.working(None);
+        a.expire();
+        assert!(a.down.load(Ordering::Acquire));
+        assert_eq!(a.failing(&e), first, "the same outage");
+        // One that ran into an earlier outage ends nothing.
+        a.working(Some(first - 1));
+        assert!(a.down.load(Ordering::Acquire));
+        a.working(Some(first));
+        assert!(!a.down.load(Ordering::Acquire));
+        let second = a.failing(&e);
+        assert_eq!(second, first + 1);
+        // Nothing has run into it for QUIET: the watcher ends it.
+        a.outage.lock().unwrap().last_failure = Instant::now().checked_sub(QUIET);
+        a.expire();
+        assert!(!a.down.load(Ordering::Acquire));
     }
 }

@@ -367,6 +367,7 @@ fn a_weed_command_line_starts_unchanged_and_logs_into_logdir() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let pid = child.id();
     let current = logs.join("replicate.INFO");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !std::fs::read_to_string(&current).is_ok_and(|t| t.contains("kafka metadata unavailable"))
@@ -397,14 +398,9 @@ fn a_weed_command_line_starts_unchanged_and_logs_into_logdir() {
     assert!(
         name.starts_with("replicate.")
             && name.contains(".log.INFO.")
-            && name.ends_with(&format!(".{}", o_pid(name))),
+            && name.ends_with(&format!(".{pid}")),
         "{name}"
     );
-}
-
-/// The pid at the end of a glog file name, as a string (it is the child's).
-fn o_pid(name: &str) -> &str {
-    name.rsplit('.').next().unwrap()
 }
 
 /// Flags after a subcommand work; bad flag values and a log directory that cannot be
@@ -460,6 +456,19 @@ fn flags_after_a_subcommand_and_bad_flag_values() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
     }
+    // An argument that is not UTF-8: a usage error, not a panic.
+    use std::os::unix::ffi::OsStrExt;
+    let o = Command::new(env!("CARGO_BIN_EXE_replicate"))
+        .arg(std::ffi::OsStr::from_bytes(b"-config_dir=caf\xe9"))
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("argument 1 (-config_dir=caf\u{fffd}) is not UTF-8"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Keys that mean nothing are named with file, line and a suggestion: `check` fails on

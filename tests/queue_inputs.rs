@@ -58,15 +58,13 @@ impl Queue for Sqs {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqs_on_moto() {
-    let bed = TestBed::start(BedOptions::default());
-    let moto = start_moto();
+/// A client for moto's SQS in us-east-2, and the URL of a new queue `name`.
+async fn moto_queue(endpoint: &str, name: &str) -> (aws_sdk_sqs::Client, String) {
     let config = seaweed_replicate::aws::sdk_config(
         "us-east-2",
         "test",
         "test",
-        &moto.endpoint(),
+        endpoint,
         "test",
         Duration::from_secs(60),
     )
@@ -74,12 +72,20 @@ async fn sqs_on_moto() {
     let client = aws_sdk_sqs::Client::new(&config);
     let url = client
         .create_queue()
-        .queue_name("filer-events")
+        .queue_name(name)
         .send()
         .await
         .unwrap()
         .queue_url
         .unwrap();
+    (client, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_on_moto() {
+    let bed = TestBed::start(BedOptions::default());
+    let moto = start_moto();
+    let (client, url) = moto_queue(&moto.endpoint(), "filer-events").await;
     let queue = Sqs {
         client,
         url,
@@ -183,24 +189,7 @@ async fn sqs_and_sns_through_gocdk_urls() {
     let bed = TestBed::start(BedOptions::default());
     let moto = start_moto();
     let endpoint = moto.endpoint();
-    let config = seaweed_replicate::aws::sdk_config(
-        "us-east-2",
-        "test",
-        "test",
-        &endpoint,
-        "test",
-        Duration::from_secs(60),
-    )
-    .await;
-    let client = aws_sdk_sqs::Client::new(&config);
-    let url = client
-        .create_queue()
-        .queue_name("gocdk-events")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let (client, url) = moto_queue(&endpoint, "gocdk-events").await;
     let http = reqwest::Client::new();
     let created = GocdkSqs::sns(
         &http,

@@ -53,16 +53,20 @@ fn hex_unescape(s: &str) -> String {
     out
 }
 
-/// One NATS message as gocloud's NATS subscriber reads it. `natsv2` is the sub_url's
-/// parameter. Without it, the data is gob-decoded; when it is not a gob stream, the data is
-/// the body and the key is looked for in escaped headers too, so that a publisher with
-/// `natsv2` and a subscriber without it still agree (gocloud would lose the key there).
+/// One NATS message as gocloud's NATS subscriber reads it, whatever form it came in.
+/// `natsv2` is the sub_url's parameter and says which form is tried first: with it,
+/// query-escaped headers; without it, a gob stream. A message of the other form is read
+/// too, so that a publisher and a subscriber that disagree on `natsv2` still agree on
+/// keys (gocloud would drop the key there).
 pub fn nats_event(
     headers: Option<&async_nats::HeaderMap>,
     data: &bytes::Bytes,
     natsv2: bool,
 ) -> RawEvent {
-    if !natsv2 && let Some(decoded) = gob_message(data) {
+    let has_headers = headers.is_some_and(|h| h.iter().next().is_some());
+    if !(natsv2 && has_headers)
+        && let Some(decoded) = gob_message(data)
+    {
         return match decoded {
             Ok((metadata, body)) => RawEvent {
                 key: metadata.get("key").cloned().unwrap_or_default(),
@@ -91,13 +95,18 @@ pub fn nats_event(
         match (unescape(name, true), unescape(value, true)) {
             (Some(n), Some(v)) if n == "key" => event.key = v,
             (Some(_), Some(_)) => {}
-            _ => {
+            // gocloud's natsv2 subscriber refuses such a message; here it is parked.
+            _ if natsv2 => {
                 event.defect = Some(format!(
                     "the NATS header {:?} = {:?} is not query-escaped as gocloud escapes metadata",
                     crate::config::cut(name),
                     crate::config::cut(value)
                 ));
             }
+            // Without natsv2 headers are a courtesy: one that does not unescape is taken
+            // as it is.
+            _ if name == "key" => event.key = value.to_string(),
+            _ => {}
         }
     }
     event
@@ -268,9 +277,14 @@ mod tests {
     fn nats_gob_streams() {
         let ev = nats_event(None, &bytes::Bytes::from_static(GOB), false);
         assert_eq!((ev.key.as_str(), &ev.payload[..]), ("/a/b", &b"hi"[..]));
-        // With natsv2 the data is the body, whatever it looks like.
+        // With natsv2 and no headers (a publisher without natsv2), the gob stream too.
         let ev = nats_event(None, &bytes::Bytes::from_static(GOB), true);
-        assert_eq!((ev.key.as_str(), &ev.payload[..]), ("", GOB));
+        assert_eq!((ev.key.as_str(), &ev.payload[..]), ("/a/b", &b"hi"[..]));
+        // With natsv2 and headers, the data is the body, whatever it looks like.
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("key", "%2Fh");
+        let ev = nats_event(Some(&h), &bytes::Bytes::from_static(GOB), true);
+        assert_eq!((ev.key.as_str(), &ev.payload[..]), ("/h", GOB));
         // Metadata, then a body cut short or missing: a bad message, said why.
         for cut in [GOB.len() - 1, GOB.len() - 6] {
             let ev = nats_event(None, &bytes::Bytes::copy_from_slice(&GOB[..cut]), false);
@@ -302,5 +316,8 @@ mod tests {
         bad.insert("key", "/100%");
         let ev = nats_event(Some(&bad), &data, true);
         assert!(ev.defect.unwrap().contains(r#""key" = "/100%""#));
+        // Without natsv2, taken as it is.
+        let ev = nats_event(Some(&bad), &data, false);
+        assert_eq!((ev.key.as_str(), ev.defect), ("/100%", None));
     }
 }

@@ -122,6 +122,18 @@ pub async fn probe(cfg: &KafkaSettings) -> Result<String, String> {
     }
 }
 
+/// A warning or worse.
+fn loud(level: RDKafkaLogLevel) -> bool {
+    matches!(
+        level,
+        RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning
+    )
+}
+
 /// librdkafka's log lines during a `check` probe: kept rather than printed, each distinct
 /// problem once (librdkafka repeats a failed connect with a new time, "N identical errors
 /// suppressed", and again as a global error), to be shown under the probe's result.
@@ -155,14 +167,7 @@ impl ProbeLogs {
 
 impl ClientContext for ProbeLogs {
     fn log(&self, level: RDKafkaLogLevel, _fac: &str, message: &str) {
-        if matches!(
-            level,
-            RDKafkaLogLevel::Emerg
-                | RDKafkaLogLevel::Alert
-                | RDKafkaLogLevel::Critical
-                | RDKafkaLogLevel::Error
-                | RDKafkaLogLevel::Warning
-        ) {
+        if loud(level) {
             self.keep(message);
         }
     }
@@ -213,15 +218,7 @@ impl KafkaLogs {
 
 impl ClientContext for KafkaLogs {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        let loud = matches!(
-            level,
-            RDKafkaLogLevel::Emerg
-                | RDKafkaLogLevel::Alert
-                | RDKafkaLogLevel::Critical
-                | RDKafkaLogLevel::Error
-                | RDKafkaLogLevel::Warning
-        );
-        if loud && !self.first(&format!("{fac} {message}")) {
+        if loud(level) && !self.first(&format!("{fac} {message}")) {
             tracing::debug!(target: "librdkafka", "{fac} {message}");
             return;
         }

@@ -247,7 +247,9 @@ fn raw_event(m: &Message, cfg: &SqsSettings) -> RawEvent {
         .message_attributes
         .iter()
         .flatten()
-        .filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?)))
+        // A binary attribute counts (as "", as gocloud has it): a message with any
+        // attribute is never an SNS envelope.
+        .map(|(k, v)| (k.clone(), v.string_value.clone().unwrap_or_default()))
         .collect();
     if cfg.gocdk {
         return super::gocdk::sqs_event(body, attributes, cfg.raw);

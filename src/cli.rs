@@ -196,7 +196,7 @@ pub fn with_flags_from_env_and_options(
         "log_dir" => Some("logdir"),
         _ => None,
     };
-    let alias_given = |name: &str| alias(name).is_some_and(|a| on_cli(a));
+    let alias_given = |name: &str| alias(name).is_some_and(&on_cli);
     let mut problems = Vec::new();
     let mut set: Vec<(&str, String)> = Vec::new();
     for (name, boolean) in GLOBAL_FLAGS {

@@ -6,7 +6,7 @@
 //!   (`[]byte`); a message without metadata is the body alone, and data that does not
 //!   decode as that stream is taken as a plain body. With `natsv2`, NATS headers carry the
 //!   metadata, names and values `url.QueryEscape`d.
-//! - **SQS** (`awssqs://`): attribute names hex-escaped (`__0x20__`), values
+//! - **SQS** (`awssqs://`, and the native `[notification.aws_sqs]` body): attribute names hex-escaped (`__0x20__`), values
 //!   `url.PathEscape`d (read back with a fallback to the raw value when they do not
 //!   unescape); a body that is not UTF-8 goes as base64 with the attribute
 //!   `base64encoded`; a message published to SNS and delivered to the queue without raw
@@ -15,6 +15,7 @@
 
 use crate::event::RawEvent;
 use crate::go::unescape;
+use base64::Engine;
 
 /// gocloud's `escape.HexUnescape`: every `__0x<hex>__` that names a rune becomes that
 /// rune; anything else stays as it is.
@@ -154,8 +155,21 @@ pub fn sqs_event(body: &str, attributes: Vec<(String, String)>, raw: bool) -> Ra
     RawEvent {
         key,
         defect: None,
-        payload: super::sqs::decode_body(&body, base64),
+        payload: sqs_body(&body, base64),
     }
+}
+
+/// Raw protobuf (upstream's filer) or base64 (gocdk, or any publisher that wants bodies
+/// SQS accepts). Raw protobuf of an event starts with a field tag (0x0a, 0x12, ...) that
+/// base64 never contains, so trying base64 first cannot misread a raw body.
+pub fn sqs_body(body: &str, flagged_base64: bool) -> bytes::Bytes {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if let Ok(decoded) = b64.decode(body.trim())
+        && (flagged_base64 || crate::event::decode(&decoded).is_ok())
+    {
+        return decoded.into();
+    }
+    bytes::Bytes::copy_from_slice(body.as_bytes())
 }
 
 /// An SNS notification's JSON, as Go's `encoding/json` reads it into gocloud's struct
@@ -208,6 +222,25 @@ fn sns_envelope(body: &str) -> Option<(String, Vec<(String, String)>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
+
+    #[test]
+    fn bodies_raw_or_base64() {
+        let ev = crate::pb::EventNotification {
+            new_entry: Some(crate::pb::Entry {
+                name: "a".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let raw = String::from_utf8(ev.clone()).expect("this small event is valid UTF-8");
+        assert_eq!(sqs_body(&raw, false), ev);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&ev);
+        assert_eq!(sqs_body(&b64, false), ev, "unflagged base64 of an event");
+        assert_eq!(sqs_body(&b64, true), ev);
+        assert_eq!(sqs_body("not an event", false), "not an event".as_bytes());
+    }
 
     #[test]
     fn hex_unescaping_as_gocloud_does() {

@@ -16,7 +16,6 @@ use crate::event::RawEvent;
 use crate::pipeline::{Disposition, Origin, Pipeline};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::Message;
-use base64::Engine;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -263,21 +262,8 @@ fn raw_event(m: &Message, cfg: &SqsSettings) -> RawEvent {
     RawEvent {
         key: attr("key").unwrap_or_default().to_string(),
         defect: None,
-        payload: decode_body(body, attr("base64encoded") == Some("true")),
+        payload: super::gocdk::sqs_body(body, attr("base64encoded") == Some("true")),
     }
-}
-
-/// Raw protobuf (upstream's filer) or base64 (gocdk, or any publisher that wants bodies
-/// SQS accepts). Raw protobuf of an event starts with a field tag (0x0a, 0x12, ...) that
-/// base64 never contains, so trying base64 first cannot misread a raw body.
-pub(super) fn decode_body(body: &str, flagged_base64: bool) -> bytes::Bytes {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    if let Ok(decoded) = b64.decode(body.trim())
-        && (flagged_base64 || crate::event::decode(&decoded).is_ok())
-    {
-        return decoded.into();
-    }
-    bytes::Bytes::copy_from_slice(body.as_bytes())
 }
 
 /// Renew the message's invisibility every half period (until dropped).
@@ -328,32 +314,5 @@ async fn set_visibility(client: &Client, url: &str, receipt: &str, seconds: i32)
         .await
     {
         tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "changing a message's visibility failed; it comes back when the timeout ends");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use prost::Message as _;
-
-    #[test]
-    fn bodies_raw_or_base64() {
-        let ev = crate::pb::EventNotification {
-            new_entry: Some(crate::pb::Entry {
-                name: "a".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        let raw = String::from_utf8(ev.clone()).expect("this small event is valid UTF-8");
-        assert_eq!(decode_body(&raw, false), ev);
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&ev);
-        assert_eq!(decode_body(&b64, false), ev, "unflagged base64 of an event");
-        assert_eq!(decode_body(&b64, true), ev);
-        assert_eq!(
-            decode_body("not an event", false),
-            "not an event".as_bytes()
-        );
     }
 }

@@ -2,10 +2,8 @@
 //! per event, whether it reached the sink; only then is progress committed or the
 //! message acknowledged.
 
-pub mod ack;
 pub mod gocdk;
 pub mod kafka;
-pub mod kafka_group;
 pub mod nats;
 pub mod pubsub;
 pub mod rabbit;

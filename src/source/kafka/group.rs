@@ -20,11 +20,10 @@
 //! has room: a slow or unavailable sink stops fetching for that partition alone, and the
 //! thread keeps serving rebalances and commits.
 
-use super::ack::OffsetBook;
-use super::kafka::{
-    IDLE_AFTER, IDLE_CHECK, KafkaConfigError, KafkaLogs, LANE_DEPTH, RESUME_GRACE, Watermarks,
-    client_config, fetch_watermarks, wait_for_partitions, worker,
-};
+use super::client::{KafkaConfigError, KafkaLogs, client_config};
+use super::offsets::OffsetBook;
+use super::watermarks::{Watermarks, fetch_watermarks, wait_for_partitions};
+use super::worker::{IDLE_AFTER, IDLE_CHECK, LANE_DEPTH, RESUME_GRACE, worker};
 use crate::config::settings::{GroupSettings, KafkaSettings};
 use crate::event::RawEvent;
 use crate::metrics::Component;

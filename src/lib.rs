@@ -22,6 +22,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod replicate;
 pub mod retry;
+pub mod setup;
 pub mod sink;
 pub mod source;
 

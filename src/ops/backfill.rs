@@ -8,8 +8,8 @@
 //! finished one removes the file.
 
 use super::{SourceTree, create_event, full_path, human_bytes};
-use crate::app::{AppError, Setup};
 use crate::pipeline::{Disposition, Origin, Pipeline};
+use crate::setup::{AppError, Setup};
 use futures::StreamExt;
 use std::collections::HashSet;
 use std::io::Write;

@@ -3,8 +3,8 @@
 //!
 //! Exit status: 0 all well, 1 something could not be reached, 2 configuration problems.
 
-use crate::app::{AppError, Setup};
 use crate::config::settings::InputSettings;
+use crate::setup::{AppError, Setup};
 use std::future::Future;
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! The commands operators run besides the replicator itself: `check`, `verify` and
-//! `backfill`. They share the configuration loading of the replicator (`app::Setup`)
+//! `backfill`. They share the configuration loading of the replicator (`setup::Setup`)
 //! and a walk over the source tree.
 
 pub mod backfill;

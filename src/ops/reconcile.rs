@@ -9,8 +9,8 @@
 //! source holds (or lacks) at that moment.
 
 use super::{SourceTree, create_event, delete_event, full_path};
-use crate::app::Setup;
 use crate::pipeline::{Disposition, Origin, Pipeline};
+use crate::setup::Setup;
 use futures::StreamExt;
 use std::collections::HashSet;
 use std::sync::Arc;

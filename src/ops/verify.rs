@@ -7,9 +7,9 @@
 //! listed).
 
 use super::{SourceTree, create_event, delete_event, full_path, human_bytes};
-use crate::app::{AppError, Setup};
 use crate::pb::Entry;
 use crate::pipeline::{Disposition, Origin};
+use crate::setup::{AppError, Setup};
 use crate::sink::Sink;
 use futures::StreamExt;
 use std::collections::BTreeMap;

@@ -33,41 +33,7 @@ pub struct Rules {
     pub skip_signatures: Vec<i32>,
 }
 
-/// Where an operation lands, relative to the sink's root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkKey {
-    /// Validated components under the sink root (date directory first, if any).
-    pub rel: Vec<String>,
-    /// The full sink key as upstream would print it (`sink_dir` + rel).
-    pub full: String,
-}
-
-impl SinkKey {
-    fn new(sink_dir: &str, rel: Vec<String>) -> Self {
-        let base = sink_dir.trim_end_matches('/');
-        let full = if rel.is_empty() {
-            if base.is_empty() {
-                "/".to_string()
-            } else {
-                base.to_string()
-            }
-        } else {
-            format!("{base}{}", join(&rel))
-        };
-        SinkKey { rel, full }
-    }
-
-    /// The parent key (the root's parent is the root).
-    pub fn parent(&self, sink_dir: &str) -> SinkKey {
-        let mut rel = self.rel.clone();
-        rel.pop();
-        SinkKey::new(sink_dir, rel)
-    }
-
-    pub fn is_root(&self) -> bool {
-        self.rel.is_empty()
-    }
-}
+pub use crate::sink::SinkKey;
 
 /// One sink operation, or a reason to do nothing.
 // One plan exists per event in flight, so the size of the large variants does not matter.

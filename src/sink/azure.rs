@@ -13,10 +13,10 @@ use super::{Sink, SinkError, fill, ok_status, percent_encode, read_start, wait_u
 fn percent_encode_slash(s: &str) -> String {
     percent_encode(s, true)
 }
+use super::SinkKey;
 use super::entra::{EntraCredential, TokenSource};
 use crate::filer::{FilerSource, ReadError};
 use crate::pb::Entry;
-use crate::replicate::SinkKey;
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;

@@ -13,10 +13,10 @@
 //! works too); empty fields fall back to `B2_APPLICATION_KEY_ID` / `B2_APPLICATION_KEY`.
 //! `b2_region` is not needed: authorization returns the account's API URL.
 
+use super::SinkKey;
 use super::{Sink, SinkError, fill, read_start, wait_until_healthy};
 use crate::filer::{FilerSource, ReadError};
 use crate::pb::Entry;
-use crate::replicate::SinkKey;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;

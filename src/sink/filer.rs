@@ -13,12 +13,12 @@
 //! - deletes always delete the data this sink wrote (upstream leaks it on some paths);
 //! - chunk reads carry the read JWT.
 
+use super::SinkKey;
 use super::{Sink, SinkError};
 use crate::event::chunk_file_id;
 use crate::filer::{FilerSource, ReadError, fileid, is_not_found, is_not_found_text, mtime_ns};
 use crate::pb::seaweed_filer_client::SeaweedFilerClient;
 use crate::pb::{self, Entry, FileChunk, FileChunkManifest};
-use crate::replicate::SinkKey;
 use async_trait::async_trait;
 use bytes::Bytes;
 use prost::Message;

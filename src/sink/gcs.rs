@@ -17,10 +17,10 @@ use super::{Sink, SinkError, fill, ok_status, percent_encode, read_start, wait_u
 fn percent_encode_all(s: &str) -> String {
     percent_encode(s, false)
 }
+use super::SinkKey;
 use crate::filer::{FilerSource, ReadError};
 use crate::gcp::{CredentialsError, GoogleAuth};
 use crate::pb::Entry;
-use crate::replicate::SinkKey;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;

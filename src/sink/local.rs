@@ -8,11 +8,11 @@
 //! same way on write and delete. Every path is resolved component by component
 //! under the root without following symlinks, so no event can reach outside it.
 
+use super::SinkKey;
 use super::{Sink, SinkError};
 use crate::event::mode;
 use crate::filer::FilerSource;
 use crate::pb::Entry;
-use crate::replicate::SinkKey;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Write};
@@ -661,7 +661,7 @@ mod tests {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
-        let key = crate::replicate::SinkKey {
+        let key = super::SinkKey {
             rel: vec!["link".into(), "through.txt".into()],
             full: "/link/through.txt".into(),
         };

@@ -17,6 +17,8 @@
 //! stream may be applied again, after any prefix and in any interleaving of partitions,
 //! and the sink still ends equal to the source.
 
+mod key;
+pub use key::SinkKey;
 pub mod azure;
 pub mod b2;
 pub mod entra;
@@ -27,7 +29,6 @@ pub mod s3;
 
 use crate::filer::ReadError;
 use crate::pb::Entry;
-use crate::replicate::SinkKey;
 use async_trait::async_trait;
 
 /// Every operation gets the event's `signatures` (the filers it passed through), for

@@ -17,9 +17,9 @@ use super::{Sink, SinkError, fill, percent_encode, read_start, wait_until_health
 fn percent_encode_all(s: &str) -> String {
     percent_encode(s, false)
 }
+use super::SinkKey;
 use crate::filer::{FilerSource, ReadError};
 use crate::pb::Entry;
-use crate::replicate::SinkKey;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;

@@ -1,0 +1,308 @@
+//! The composition root: the configuration loaded and resolved, and the clients, the
+//! source reader and the sink built from it. Every command starts here (`app` for the
+//! replicator, `ops` for check, verify and backfill); nothing here depends on them.
+
+use crate::config::settings::SinkSettings;
+use crate::config::{ConfigErrors, LoadOptions, RawConfig, Settings, resolve};
+use crate::filer::{FilerSource, SourceOptions, signature};
+use crate::metrics::Component;
+use crate::pb::seaweed_filer_client::SeaweedFilerClient;
+use crate::pipeline::Pipeline;
+use crate::replicate::Rules;
+use crate::replicate::path::components;
+use crate::sink::Sink;
+use crate::sink::filer::FilerSink;
+use crate::sink::local::LocalSink;
+use crate::sink::wait_until_healthy;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Runtime(String),
+    /// A command could not do its work (`verify` could not list the source or the sink).
+    #[error("{0}")]
+    Trouble(String),
+    /// A command was stopped by a signal before it finished.
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+impl AppError {
+    /// 2 for configuration and usage errors and for trouble (as `diff` and `cmp` use
+    /// it: the comparison could not be made), 130 when interrupted, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Config(_) | AppError::Usage(_) | AppError::Trouble(_) => 2,
+            AppError::Interrupted(_) => 130,
+            AppError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// What every command needs from the configuration: the settings, the HTTP and gRPC
+/// clients, and the source cluster.
+pub struct Setup {
+    pub raw: RawConfig,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+    pub grpc_tls: Option<Arc<rustls::ClientConfig>>,
+    pub source: Arc<FilerSource>,
+}
+
+/// A sink, and for a filer sink the target filer's client (for its signature).
+pub struct OpenSink {
+    pub sink: Box<dyn Sink>,
+    pub target: Option<(String, SeaweedFilerClient<Channel>)>,
+}
+
+impl Setup {
+    /// Load and resolve the configuration and build the clients; every configuration
+    /// problem is an `AppError::Config`.
+    pub fn load(
+        config_dir: Option<std::path::PathBuf>,
+        config: Option<std::path::PathBuf>,
+    ) -> Result<Setup, AppError> {
+        let opts = LoadOptions::from_process(config_dir, config);
+        let raw = RawConfig::load(&opts)?;
+        for (name, path) in &raw.files {
+            tracing::info!(file = %path.display(), "loaded {name}");
+        }
+        let settings = resolve(&raw, &opts.cwd)?;
+        for typo in &settings.typos {
+            tracing::warn!("{typo} (-strict makes this an error)");
+        }
+
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(settings.replicate.read_timeout)
+            .timeout(crate::retry::attempt_limit(settings.replicate.read_timeout))
+            .pool_max_idle_per_host(64);
+        if let Some(https) = &settings.security.https_client {
+            http = http.danger_accept_invalid_certs(https.insecure_skip_verify);
+            if !https.ca.is_empty() {
+                let pem = std::fs::read(&https.ca)
+                    .map_err(|e| config_problem(&raw, "https.client.ca", &https.ca, e))?;
+                let cert = reqwest::Certificate::from_pem(&pem)
+                    .map_err(|e| config_problem(&raw, "https.client.ca", &https.ca, e))?;
+                http = http.add_root_certificate(cert);
+            }
+            if !https.cert.is_empty() {
+                let cert = std::fs::read(&https.cert)
+                    .map_err(|e| config_problem(&raw, "https.client.cert", &https.cert, e))?;
+                let key = std::fs::read(&https.key)
+                    .map_err(|e| config_problem(&raw, "https.client.key", &https.key, e))?;
+                let id = reqwest::Identity::from_pkcs8_pem(&cert, &key)
+                    .map_err(|e| config_problem(&raw, "https.client.cert", &https.cert, e))?;
+                http = http.identity(id);
+            }
+        }
+        let http = http
+            .build()
+            .map_err(|e| AppError::Runtime(format!("HTTP client: {e}")))?;
+
+        let grpc_tls = match &settings.security.grpc_tls {
+            None => None,
+            Some(t) => Some(
+                crate::filer::tls::client_config(&t.ca, &t.cert, &t.key)
+                    .map_err(|e| config_problem(&raw, "grpc.ca", &t.ca.display().to_string(), e))?,
+            ),
+        };
+        if grpc_tls.is_some() {
+            tracing::info!("gRPC to filers uses mutual TLS (grpc.ca, grpc.client)");
+        }
+        let source = Arc::new(
+            FilerSource::new(
+                SourceOptions {
+                    grpc_address: settings.source.grpc_address.clone(),
+                    data_center: settings.source.data_center.clone(),
+                    read_jwt: settings.security.read_jwt.clone(),
+                    https: settings.security.https_client.is_some(),
+                    prefetch: settings.replicate.prefetch_chunks,
+                    grpc_tls: grpc_tls.clone(),
+                },
+                http.clone(),
+            )
+            .map_err(|e| {
+                config_problem(
+                    &raw,
+                    "source.filer.grpcAddress",
+                    &settings.source.grpc_address,
+                    e,
+                )
+            })?,
+        );
+        Ok(Setup {
+            raw,
+            settings,
+            http,
+            grpc_tls,
+            source,
+        })
+    }
+
+    /// Build the configured sink (nothing is contacted yet).
+    pub async fn sink(&self) -> Result<OpenSink, AppError> {
+        let (raw, http, source) = (&self.raw, &self.http, &self.source);
+        let sink: Box<dyn Sink> = match &self.settings.sink {
+            SinkSettings::Local {
+                name, directory, ..
+            } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
+            SinkSettings::Azure(opts) => {
+                let sink =
+                    crate::sink::azure::AzureSink::new(opts.clone(), http.clone(), source.clone())
+                        .map_err(|e| {
+                            config_problem(raw, "sink.azure.account_key", "(not shown)", e)
+                        })?;
+                tracing::info!(credential = %sink.credential(), "Azure authorization");
+                Box::new(sink)
+            }
+            SinkSettings::B2(opts) => Box::new(crate::sink::b2::B2Sink::new(
+                opts.clone(),
+                http.clone(),
+                source.clone(),
+            )),
+            SinkSettings::Gcs(opts) => Box::new(
+                crate::sink::gcs::GcsSink::new(opts.clone(), http.clone(), source.clone())
+                    .map_err(|e| {
+                        config_problem(
+                            raw,
+                            "sink.google_cloud_storage.google_application_credentials",
+                            "(not shown)",
+                            e,
+                        )
+                    })?,
+            ),
+            SinkSettings::S3(opts) => Box::new(
+                crate::sink::s3::S3Sink::new(
+                    opts.clone(),
+                    source.clone(),
+                    self.settings.replicate.read_timeout,
+                )
+                .await,
+            ),
+            SinkSettings::Filer(opts) => {
+                let opts = crate::sink::filer::FilerSinkOptions {
+                    grpc_tls: self.grpc_tls.clone(),
+                    journal_dir: Some(
+                        self.settings
+                            .replicate
+                            .parked_file
+                            .with_file_name("replicate.filer-uploads"),
+                    ),
+                    ..opts.clone()
+                };
+                let sink =
+                    FilerSink::new(opts.clone(), source.clone(), http.clone()).map_err(|e| {
+                        config_problem(raw, "sink.filer.grpcAddress", &opts.grpc_address, e)
+                    })?;
+                let target = Some((opts.grpc_address.clone(), sink.client()));
+                return Ok(OpenSink {
+                    sink: Box::new(sink),
+                    target,
+                });
+            }
+        };
+        Ok(OpenSink { sink, target: None })
+    }
+
+    /// The replication rules; `skip_signatures` are the filers whose changes are not
+    /// replicated back (the target filer's).
+    pub fn rules(&self, skip_signatures: Vec<i32>) -> Rules {
+        let settings = &self.settings;
+        Rules {
+            source_dir: components(&settings.source.directory).expect("validated"),
+            excludes: settings
+                .source
+                .exclude_directories
+                .iter()
+                .map(|d| components(d).expect("validated"))
+                .collect(),
+            sink_dir: settings.sink.directory(),
+            incremental: settings.sink.incremental(),
+            skip_other_cluster: matches!(settings.sink, SinkSettings::Filer(_)),
+            skip_signatures,
+        }
+    }
+
+    /// The pipeline events run through.
+    pub fn pipeline(
+        &self,
+        rules: Rules,
+        sink: Box<dyn Sink>,
+        stop: CancellationToken,
+    ) -> Arc<Pipeline> {
+        let r = &self.settings.replicate;
+        Arc::new(Pipeline::new(
+            rules,
+            Some(self.source.clone()),
+            sink,
+            crate::pipeline::Policies {
+                concurrency: r.concurrency,
+                on_failure: r.on_failure,
+                bad_message: r.bad_message,
+                max_message_bytes: r.max_message_bytes,
+                parked_file: r.parked_file.clone(),
+                deadline: r.event_deadline,
+            },
+            stop,
+        ))
+    }
+
+    /// Wait until the sink answers and, for a filer sink, learn which signatures to
+    /// skip; `None` if `stop` fires first.
+    pub async fn connect(&self, open: &OpenSink, stop: &CancellationToken) -> Option<Vec<i32>> {
+        let what = open.sink.describe();
+        wait_until_healthy(&what, stop, || open.sink.probe()).await?;
+        tracing::info!("{what} reachable");
+        let mut skip_signatures = Vec::new();
+        if let Some((address, client)) = &open.target {
+            // Loop avoidance: events that already passed through the target filer are not
+            // sent back to it. When source and target are the same filer (folder to
+            // folder), every event carries that signature, and only is_from_other_cluster
+            // applies.
+            let target_sig = signature(client.clone(), address, stop).await?;
+            let source_sig = signature(
+                self.source.client(),
+                &self.settings.source.grpc_address,
+                stop,
+            )
+            .await?;
+            tracing::info!(target = %address, target_sig, source_sig, "filers reached");
+            if target_sig != source_sig {
+                skip_signatures.push(target_sig);
+            }
+            crate::metrics::get().set_up(Component::Source, true);
+        }
+        crate::metrics::get().set_up(Component::Sink, true);
+        Some(skip_signatures)
+    }
+}
+
+pub fn config_problem(
+    raw: &RawConfig,
+    key: &str,
+    value: &str,
+    e: impl std::fmt::Display,
+) -> AppError {
+    config_error(raw, key, format!("{value:?}: {e}"))
+}
+
+/// A configuration error about `key`, naming where it was set (or the file it belongs in).
+pub fn config_error(raw: &RawConfig, key: &str, message: String) -> AppError {
+    AppError::Config(ConfigErrors(vec![crate::config::Problem {
+        origin: raw
+            .get(key)
+            .map(|(_, o)| o)
+            .unwrap_or_else(|| raw.home_of(key)),
+        key: key.into(),
+        message,
+    }]))
+}

@@ -77,6 +77,7 @@ async fn replicate(
     let hard_stop = CancellationToken::new();
     spawn_signal_handler(stop.clone(), hard_stop.clone());
     let setup = Arc::new(Setup::load(config_dir, config)?);
+    setup.warn_typos();
     let settings = &setup.settings;
     let raw = &setup.raw;
 

@@ -33,6 +33,9 @@ pub enum AppError {
     /// A command was stopped by a signal before it finished.
     #[error("{0}")]
     Interrupted(String),
+    /// The command has printed what went wrong already; a summary and the exit status.
+    #[error("{0}")]
+    Reported(String, u8),
 }
 
 impl AppError {
@@ -43,6 +46,7 @@ impl AppError {
             AppError::Config(_) | AppError::Usage(_) | AppError::Trouble(_) => 2,
             AppError::Interrupted(_) => 130,
             AppError::Runtime(_) => 1,
+            AppError::Reported(_, code) => *code,
         }
     }
 }
@@ -64,6 +68,13 @@ pub struct OpenSink {
 }
 
 impl Setup {
+    /// Warn about keys that mean nothing (`check` lists them as failures instead).
+    pub fn warn_typos(&self) {
+        for typo in &self.settings.typos {
+            tracing::warn!("{typo} (-strict makes this an error)");
+        }
+    }
+
     /// Load and resolve the configuration and build the clients; every configuration
     /// problem is an `AppError::Config`.
     pub fn load(
@@ -76,9 +87,6 @@ impl Setup {
             tracing::info!(file = %path.display(), "loaded {name}");
         }
         let settings = resolve(&raw, &opts.cwd)?;
-        for typo in &settings.typos {
-            tracing::warn!("{typo} (-strict makes this an error)");
-        }
 
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))

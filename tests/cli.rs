@@ -298,14 +298,15 @@ fn non_utf8_environment_variables_never_panic() {
     assert_ne!(o.status.code(), Some(101), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("SOME_VAR"), "{}", stderr(&o));
-    // A WEED_ override that cannot be read: exit 2, the variable named.
+    // A WEED_ override that cannot be read: exit 2, the variable named (in check's
+    // report, on stdout).
     let o = run("WEED_SINK_LOCAL_DIRECTORY");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        stderr(&o).contains("environment variable WEED_SINK_LOCAL_DIRECTORY")
-            && stderr(&o).contains("not valid UTF-8"),
-        "{}",
-        stderr(&o)
+        out.contains("environment variable WEED_SINK_LOCAL_DIRECTORY")
+            && out.contains("not valid UTF-8"),
+        "{out}"
     );
 }
 
@@ -421,7 +422,7 @@ fn flags_after_a_subcommand_and_bad_flag_values() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains(&format!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!(
             "{}:2: source.filer.grpcAddress",
             cfg.join("replication.toml").display()
         )),
@@ -506,7 +507,9 @@ fn typos_are_caught_and_named() {
     let o = replicate(d.path(), &["check"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(2), "{out}{}", stderr(&o));
+    let all = format!("{out}{}", stderr(&o));
     for want in &wants {
+        assert_eq!(all.matches(want.as_str()).count(), 1, "said once:\n{all}");
         assert!(
             out.contains(&format!("FAIL  {want}")),
             "missing {want:?} in:\n{out}"

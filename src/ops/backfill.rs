@@ -92,10 +92,27 @@ pub async fn run(
     state_file: &Path,
     restart: bool,
 ) -> Result<(), AppError> {
+    // A first signal stops taking new files; a second abandons the files in flight.
+    let (stop, abandon) = (CancellationToken::new(), CancellationToken::new());
+    spawn_interrupt(stop.clone(), abandon.clone());
+    tokio::select! {
+        r = backfill(config_dir, config, state_file, restart, stop) => r,
+        _ = abandon.cancelled() => Err(AppError::Interrupted(
+            "stopped; the directories recorded as done are kept".into(),
+        )),
+    }
+}
+
+async fn backfill(
+    config_dir: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+    state_file: &Path,
+    restart: bool,
+    stop: CancellationToken,
+) -> Result<(), AppError> {
     let setup = Setup::load(config_dir, config)?;
+    setup.warn_typos();
     let s = &setup.settings;
-    let stop = CancellationToken::new();
-    spawn_interrupt(stop.clone());
     let open = setup.sink().await?;
     let header = format!(
         "# replicate backfill of {} on {} to {}",
@@ -303,8 +320,8 @@ fn open_state(path: &Path, header: &str, resume: bool) -> Result<std::fs::File, 
     Ok(f)
 }
 
-/// SIGINT/SIGTERM: stop taking new files; what is in flight finishes.
-fn spawn_interrupt(stop: CancellationToken) {
+/// SIGINT/SIGTERM: stop taking new files; what is in flight finishes. Again: abandon it.
+fn spawn_interrupt(stop: CancellationToken, abandon: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (
@@ -324,8 +341,7 @@ fn spawn_interrupt(stop: CancellationToken) {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        eprintln!("stopped; the directories recorded as done are kept");
-        std::process::exit(130);
+        abandon.cancel();
     });
 }
 

@@ -39,12 +39,13 @@ pub async fn run(
             for p in &problems.0 {
                 println!("  FAIL  {p}");
             }
-            println!(
+            let summary = format!(
                 "{} configuration problem{}; nothing was contacted",
                 problems.0.len(),
                 if problems.0.len() == 1 { "" } else { "s" }
             );
-            return Err(AppError::Config(problems));
+            println!("{summary}");
+            return Err(AppError::Reported(summary, 2));
         }
         Err(e) => return Err(e),
     };
@@ -120,13 +121,12 @@ pub async fn run(
     }
     if !setup.settings.typos.is_empty() {
         let n = setup.settings.typos.len();
-        println!(
+        let summary = format!(
             "{n} configuration problem{} (keys that mean nothing; the daemon would only warn)",
             if n == 1 { "" } else { "s" }
         );
-        return Err(AppError::Config(crate::config::ConfigErrors(
-            setup.settings.typos.clone(),
-        )));
+        println!("{summary}");
+        return Err(AppError::Reported(summary, 2));
     }
     if failed == 0 {
         println!("all checks passed");

@@ -91,6 +91,7 @@ pub async fn run(
     mode: Mode,
 ) -> Result<(), AppError> {
     let setup = Setup::load(config_dir, config)?;
+    setup.warn_typos();
     let s = &setup.settings;
     if s.sink.incremental() {
         return Err(AppError::Usage(format!(

@@ -7,7 +7,7 @@
 use super::client::{KafkaConfigError, KafkaLogs, client_config};
 use super::offsets::OffsetBook;
 use super::watermarks::{WATERMARK_INTERVAL, Watermarks, fetch_watermarks, wait_for_partitions};
-use super::worker::{IDLE_AFTER, IDLE_CHECK, LANE_DEPTH, RESUME_GRACE, worker};
+use super::worker::{IDLE_AFTER, IDLE_CHECK, LANE_DEPTH, RESUME_GRACE, event_of, worker};
 use crate::config::settings::KafkaSettings;
 use crate::event::RawEvent;
 use crate::pipeline::Pipeline;
@@ -146,13 +146,12 @@ pub(super) async fn run(
                 let Some(lane) = lanes.get(&m.partition()) else {
                     continue;
                 };
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                let payload = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
+                let event = event_of(&m);
                 let offset = m.offset();
                 drop(m);
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    r = lane.tx.send((offset, RawEvent { key, payload, defect: None })) => if r.is_err() { break },
+                    r = lane.tx.send((offset, event)) => if r.is_err() { break },
                 }
             }
             Err(e) => {

@@ -23,7 +23,7 @@
 use super::client::{KafkaConfigError, KafkaLogs, client_config};
 use super::offsets::OffsetBook;
 use super::watermarks::{Watermarks, fetch_watermarks, wait_for_partitions};
-use super::worker::{IDLE_AFTER, IDLE_CHECK, LANE_DEPTH, RESUME_GRACE, worker};
+use super::worker::{IDLE_AFTER, IDLE_CHECK, LANE_DEPTH, RESUME_GRACE, event_of, worker};
 use crate::config::settings::{GroupSettings, KafkaSettings};
 use crate::event::RawEvent;
 use crate::metrics::Component;
@@ -692,12 +692,7 @@ impl InputState {
         crate::metrics::get().set_up(Component::Input, true);
         shared.marks.seen(m.partition(), m.offset());
         idle.delivered.insert(m.partition(), m.offset() + 1);
-        let event = RawEvent {
-            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-            defect: None,
-            payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-        };
-        (m.partition(), m.offset(), event)
+        (m.partition(), m.offset(), event_of(m))
     }
 
     fn problem(&mut self, e: &rdkafka::error::KafkaError) {

@@ -1,5 +1,5 @@
 //! One partition's worker, and the pacing both modes share: how many events wait
-//! ahead of a worker, and when a consumer counts as idle.
+//! ahead of a worker, when a consumer counts as idle, and how a record becomes an event.
 
 use super::offsets::OffsetBook;
 use crate::event::RawEvent;
@@ -55,5 +55,14 @@ pub(super) async fn worker(
     if end == crate::lane::LaneEnd::Stopped {
         // bad_message = "stop": the partition goes no further; drain without committing.
         while !stop.is_cancelled() && rx.recv().await.is_some() {}
+    }
+}
+
+/// A Kafka record as an event: its key (the path) and its value (the `EventNotification`).
+pub(super) fn event_of<M: rdkafka::message::Message>(m: &M) -> RawEvent {
+    RawEvent {
+        key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+        defect: None,
+        payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
     }
 }

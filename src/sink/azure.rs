@@ -8,7 +8,7 @@
 //! stored mtime and the size (upstream compares upload time with mtime, which can skip a
 //! changed file), directory deletes remove everything under the directory.
 
-use super::{Sink, SinkError, fill, ok_status, percent_encode, read_start, wait_until_healthy};
+use super::{Sink, SinkError, fill, ok_status, percent_encode, read_start};
 
 fn percent_encode_slash(s: &str) -> String {
     percent_encode(s, true)
@@ -270,14 +270,6 @@ impl AzureSink {
             Auth::SharedKey(_) => "shared key".into(),
             Auth::Entra(c) => format!("Entra ID: {:?}", c.source()),
         }
-    }
-
-    /// Check the container exists and the key works; retried with backoff until they do,
-    /// reporting clearly why not. `false` if `stop` fires first.
-    pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
-        wait_until_healthy(&self.describe(), stop, || self.probe())
-            .await
-            .is_some()
     }
 
     fn blob_name(key: &SinkKey) -> String {

@@ -14,7 +14,7 @@
 //! `b2_region` is not needed: authorization returns the account's API URL.
 
 use super::SinkKey;
-use super::{Sink, SinkError, fill, read_start, wait_until_healthy};
+use super::{Sink, SinkError, fill, read_start};
 use crate::filer::{FilerSource, ReadError};
 use crate::pb::Entry;
 use async_trait::async_trait;
@@ -289,14 +289,6 @@ impl B2Sink {
             return Err(e.into_sink(op, key));
         }
         unreachable!("the loop returns on its second attempt")
-    }
-
-    /// Check the key works and the bucket exists; retried with backoff until they do,
-    /// reporting clearly why not. `false` if `stop` fires first.
-    pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
-        wait_until_healthy(&self.describe(), stop, || self.probe())
-            .await
-            .is_some()
     }
 
     fn file_name(key: &SinkKey) -> String {

@@ -12,7 +12,7 @@
 //! metadata server). `STORAGE_EMULATOR_HOST` or our `endpoint` key point it at an emulator,
 //! which needs no credentials.
 
-use super::{Sink, SinkError, fill, ok_status, percent_encode, read_start, wait_until_healthy};
+use super::{Sink, SinkError, fill, ok_status, percent_encode, read_start};
 
 fn percent_encode_all(s: &str) -> String {
     percent_encode(s, false)
@@ -131,14 +131,6 @@ impl GcsSink {
             .send()
             .await
             .map_err(|e| SinkError::http(op, key, e))
-    }
-
-    /// Check the bucket exists and the credentials work; retried with backoff until they
-    /// do, reporting clearly why not. `false` if `stop` fires first.
-    pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
-        wait_until_healthy(&self.describe(), stop, || self.probe())
-            .await
-            .is_some()
     }
 
     fn object_url(&self, name: &str) -> String {

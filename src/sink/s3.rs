@@ -12,7 +12,7 @@
 //!   no `Content-MD5` from possibly stale attributes (upstream issue 5572);
 //! - deleting a directory deletes every object under it (upstream: nothing).
 
-use super::{Sink, SinkError, fill, percent_encode, read_start, wait_until_healthy};
+use super::{Sink, SinkError, fill, percent_encode, read_start};
 
 fn percent_encode_all(s: &str) -> String {
     percent_encode(s, false)
@@ -156,14 +156,6 @@ impl S3Sink {
             opts,
             source,
         }
-    }
-
-    /// Check the bucket is reachable with these credentials; retried with backoff until it
-    /// is, reporting clearly why not. `false` if `stop` fires first.
-    pub async fn health_check(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
-        wait_until_healthy(&self.describe(), stop, || self.probe())
-            .await
-            .is_some()
     }
 
     /// The object key: the sink key with one leading `/` removed, as upstream.

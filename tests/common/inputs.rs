@@ -164,7 +164,7 @@ pub async fn queue_suite(bed: &TestBed, queue: &dyn Queue) {
     assert_converges(bed, "/data", &[], &root, &work.log()).await;
     // Not every queue keeps order (SQS standard queues do not): wait for both.
     let parked_file = work.path().join("replicate.parked.jsonl");
-    eventually(Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(120), || async {
         std::fs::read_to_string(&parked_file).is_ok_and(|t| t.lines().count() >= 2)
     })
     .await;
@@ -173,7 +173,7 @@ pub async fn queue_suite(bed: &TestBed, queue: &dyn Queue) {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(parked.len(), 2, "{parked:#?}");
+    assert_eq!(parked.len(), 2, "{parked:#?}\n{}", tail(&work.log(), 40));
     assert!(
         parked
             .iter()

@@ -327,7 +327,9 @@ impl RawConfig {
             .iter()
             .map(|(k, (_, p))| (k.as_str(), p.as_path(), self.lines.get(k).copied()))
             .collect();
-        out.sort_by_key(|(k, p, l)| (p.to_path_buf(), l.unwrap_or(usize::MAX), k.to_string()));
+        out.sort_by(|a, b| {
+            (a.1, a.2.unwrap_or(usize::MAX), a.0).cmp(&(b.1, b.2.unwrap_or(usize::MAX), b.0))
+        });
         out
     }
 
@@ -386,27 +388,33 @@ fn key_lines(text: &str) -> HashMap<String, usize> {
     out
 }
 
+/// Every leaf of a TOML table with its full dotted key, as written.
+pub(crate) fn leaves(prefix: &str, v: &toml::Value, f: &mut dyn FnMut(String, &toml::Value)) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(&key, v, f);
+            }
+        }
+        other => f(prefix.to_string(), other),
+    }
+}
+
+/// The leaves of a file's table, by lower-case key, with the file they came from.
 fn flatten(
     prefix: &str,
     v: &toml::Value,
     path: &Path,
     out: &mut HashMap<String, (toml::Value, PathBuf)>,
 ) {
-    match v {
-        toml::Value::Table(t) => {
-            for (k, v) in t {
-                let key = if prefix.is_empty() {
-                    k.to_lowercase()
-                } else {
-                    format!("{prefix}.{}", k.to_lowercase())
-                };
-                flatten(&key, v, path, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), (other.clone(), path.to_path_buf()));
-        }
-    }
+    leaves(prefix, v, &mut |key, value| {
+        out.insert(key.to_lowercase(), (value.clone(), path.to_path_buf()));
+    });
 }
 
 /// Typed access to the key space that records every problem instead of stopping.
@@ -468,14 +476,12 @@ impl<'a> Reader<'a> {
         match self.get(key) {
             None => default,
             Some((toml::Value::Boolean(b), _)) => b,
-            Some((toml::Value::String(s), _)) => match s.as_str() {
-                "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
-                "0" | "f" | "F" | "FALSE" | "false" | "False" | "" => false,
-                _ => {
-                    self.problem(key, format!("must be true or false, got {:?}", cut(&s)));
-                    default
-                }
-            },
+            // As viper reads it: Go's strconv.ParseBool, and "" is false.
+            Some((toml::Value::String(s), _)) if s.is_empty() => false,
+            Some((toml::Value::String(s), _)) => crate::go::parse_bool(&s).unwrap_or_else(|| {
+                self.problem(key, format!("must be true or false, got {:?}", cut(&s)));
+                default
+            }),
             Some((toml::Value::Integer(i), _)) => i != 0,
             Some(_) => {
                 self.problem(key, "must be true or false");

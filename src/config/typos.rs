@@ -14,23 +14,6 @@ const ALIASES: [(&str, &str); 1] = [("replication", "sink.s3.uploader_part_size"
 
 /// Each file's known keys, lower case -> as the template spells it.
 fn known() -> Vec<(&'static str, BTreeMap<String, String>)> {
-    fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
-        match v {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    flatten(&key, v, out);
-                }
-            }
-            _ => {
-                out.insert(prefix.to_lowercase(), prefix.to_string());
-            }
-        }
-    }
     [
         ("replication", scaffold::REPLICATION),
         ("notification", scaffold::NOTIFICATION),
@@ -40,7 +23,9 @@ fn known() -> Vec<(&'static str, BTreeMap<String, String>)> {
     .map(|(name, text)| {
         let mut keys = BTreeMap::new();
         let table: toml::Table = text.parse().expect("the templates are valid TOML");
-        flatten("", &toml::Value::Table(table), &mut keys);
+        super::leaves("", &toml::Value::Table(table), &mut |key, _| {
+            keys.insert(key.to_lowercase(), key);
+        });
         for (file, key) in ALIASES {
             if file == name {
                 keys.insert(key.to_lowercase(), key.to_string());

@@ -226,15 +226,38 @@ fn spawn_signal_handler(stop: CancellationToken, hard_stop: CancellationToken) {
 
 /// Logs to stderr, as text or JSON lines. `-v=0` info, `-v=1..2` debug (every event),
 /// `-v>=3` trace; `RUST_LOG` overrides.
+/// One log destination: lines as text or JSON, filtered by `filter`.
+fn fmt_layer<W>(
+    writer: W,
+    json: bool,
+    ansi: bool,
+    filter: tracing_subscriber::EnvFilter,
+) -> Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer;
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    if json {
+        layer
+            .json()
+            .with_current_span(false)
+            .with_filter(filter)
+            .boxed()
+    } else {
+        layer.with_ansi(ansi).with_filter(filter).boxed()
+    }
+}
+
 /// Set up logging from the flags: standard error, and with `-logdir` log files too
 /// (`-logtostderr`: standard error only; `-alsologtostderr=false`: standard error gets
 /// only `-stderrthreshold` and up). An error for a bad flag value or a log directory that
 /// cannot be written.
 pub fn init_logging(cli: &Cli) -> Result<(), String> {
     use crate::cli::flag_bool;
+    use tracing_subscriber::EnvFilter;
     use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::prelude::*;
-    use tracing_subscriber::{EnvFilter, Layer, Registry};
     let level = match cli.verbosity {
         0 => "info",
         1 | 2 => "seaweed_replicate=debug,info",
@@ -291,33 +314,18 @@ pub fn init_logging(cli: &Cli) -> Result<(), String> {
         threshold
     };
     use std::io::IsTerminal;
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    layers.push(if json {
-        stderr
-            .json()
-            .with_current_span(false)
-            .with_filter(filter())
-            .with_filter(stderr_level)
-            .boxed()
-    } else {
-        stderr
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_filter(filter())
-            .with_filter(stderr_level)
-            .boxed()
-    });
+    let mut layers = vec![
+        fmt_layer(
+            std::io::stderr,
+            json,
+            std::io::stderr().is_terminal(),
+            filter(),
+        )
+        .with_filter(stderr_level)
+        .boxed(),
+    ];
     if let Some(files) = files {
-        let layer = tracing_subscriber::fmt::layer().with_writer(files);
-        layers.push(if json {
-            layer
-                .json()
-                .with_current_span(false)
-                .with_filter(filter())
-                .boxed()
-        } else {
-            layer.with_ansi(false).with_filter(filter()).boxed()
-        });
+        layers.push(fmt_layer(files, json, false, filter()));
     }
     tracing_subscriber::registry().with(layers).init();
     Ok(())

@@ -196,11 +196,18 @@ pub fn with_flags_from_env_and_options(
         "log_dir" => Some("logdir"),
         _ => None,
     };
-    let alias_given = |name: &str| alias(name).is_some_and(&on_cli);
+    // Set already, under either name, by the command line or an earlier source.
+    let given = |name: &str, set: &[(&str, String)]| {
+        on_cli(name)
+            || alias(name).is_some_and(&on_cli)
+            || set
+                .iter()
+                .any(|(s, _)| *s == name || Some(*s) == alias(name))
+    };
     let mut problems = Vec::new();
     let mut set: Vec<(&str, String)> = Vec::new();
     for (name, boolean) in GLOBAL_FLAGS {
-        if on_cli(name) || alias_given(name) || set.iter().any(|(s, _)| Some(*s) == alias(name)) {
+        if given(name, &set) {
             continue;
         }
         let var = format!("WEED_{}", name.to_uppercase());
@@ -262,15 +269,7 @@ pub fn with_flags_from_env_and_options(
                         // weed ignores names it does not define; so does this.
                         continue;
                     };
-                    if on_cli(name)
-                        || alias_given(name)
-                        || set
-                            .iter()
-                            .any(|(s, _)| *s == name || Some(*s) == alias(name))
-                    {
-                        continue;
-                    }
-                    if name == "options" {
+                    if name == "options" || given(name, &set) {
                         continue;
                     }
                     let value = if value.is_empty() && boolean {

@@ -189,13 +189,8 @@ impl Availability {
     /// Ends an outage nothing has run into for [`QUIET`]: the events that did may be gone
     /// (their partition moved) and nothing else may come to end it.
     fn expire(&self) {
-        if !self.down.load(Ordering::Acquire) {
-            return;
-        }
-        let outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
-        let quiet = outage.last_failure.is_none_or(|t| t.elapsed() >= QUIET);
-        drop(outage);
-        if quiet {
+        // A success of an event that ran into nothing ends an outage just when it is quiet.
+        if self.down.load(Ordering::Acquire) {
             self.working(None);
         }
     }

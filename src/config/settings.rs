@@ -1177,14 +1177,17 @@ fn resolve_sink(
                     "is empty; set the (existing) bucket to replicate into",
                 );
             }
-            let (directory, relative) = object_store_dir(r, &p);
+            let (directory, given) = object_store_dir(r, &p);
             let incremental = r.bool(&format!("{p}.is_incremental"), false);
             // util.Join(directory, date, key[len(source.directory):]): no leading `/` when
             // the directory is relative, or empty with a date first or a source directory
             // that ends in `/` (so the rest of the key does not start with one).
-            let empty = r.string(&format!("{p}.directory"), "/").is_empty();
             let source_slash = r.string("source.filer.directory", "").ends_with('/');
-            let slashless = (relative && !empty) || (empty && (incremental || source_slash));
+            let slashless = if given.is_empty() {
+                incremental || source_slash
+            } else {
+                !given.starts_with('/')
+            };
             let mut credentials = r.string(&format!("{p}.google_application_credentials"), "");
             if let Some(rest) = credentials.strip_prefix("~/")
                 && let Some(home) = std::env::var_os("HOME")
@@ -1297,11 +1300,11 @@ fn aws_keys(r: &mut Reader, section: &str) -> (String, String) {
     (id, secret)
 }
 
-/// An object-store sink's `directory`, made absolute (`/` when empty), and whether it was
-/// given relative or empty. Upstream accepts both: S3, Azure and B2 strip the leading `/`
+/// An object-store sink's `directory`, made absolute (`/` when empty), and as it was
+/// given. Upstream accepts relative and empty ones: S3, Azure and B2 strip the leading `/`
 /// of object names, so `backup` and `/backup` name the same objects there; GCS does not
 /// (see `GcsSinkOptions::slashless`).
-fn object_store_dir(r: &mut Reader, section: &str) -> (String, bool) {
+fn object_store_dir(r: &mut Reader, section: &str) -> (String, String) {
     let key = format!("{section}.directory");
     let dir = r.string(&key, "/");
     let relative = !dir.starts_with('/');
@@ -1317,7 +1320,7 @@ fn object_store_dir(r: &mut Reader, section: &str) -> (String, bool) {
         );
         "/".into()
     });
-    (normalized, relative)
+    (normalized, dir)
 }
 
 #[cfg(test)]

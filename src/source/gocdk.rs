@@ -172,24 +172,30 @@ pub fn sqs_body(body: &str, flagged_base64: bool) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(body.as_bytes())
 }
 
+/// A JSON object's field as Go's `encoding/json` finds it for a struct field: the exact
+/// name, else any that matches without regard to case; `null` counts as absent.
+fn go_field<'a>(
+    object: &'a serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    object
+        .get(name)
+        .or_else(|| {
+            object
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        })
+        .filter(|v| !v.is_null())
+}
+
 /// An SNS notification's JSON, as Go's `encoding/json` reads it into gocloud's struct
 /// (field names matched without regard to case): `Some` only when it has a non-empty
 /// `TopicArn` and every field that is there has the right type.
 fn sns_envelope(body: &str) -> Option<(String, Vec<(String, String)>)> {
     let json: serde_json::Value = serde_json::from_str(body).ok()?;
     let object = json.as_object()?;
-    // Go prefers an exact match, then any that matches without regard to case.
-    let field = |name: &str| {
-        object
-            .get(name)
-            .or_else(|| {
-                object
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v)
-            })
-            .filter(|v| !v.is_null())
-    };
+    let field = |name: &str| go_field(object, name);
     let string = |name: &str| match field(name) {
         None => Some(String::new()),
         Some(v) => v.as_str().map(String::from),
@@ -203,13 +209,7 @@ fn sns_envelope(body: &str) -> Option<(String, Vec<(String, String)>)> {
                 attributes.push((name.clone(), String::new()));
                 continue;
             }
-            let attr = attr.as_object()?;
-            let value = attr.get("Value").or_else(|| {
-                attr.iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("Value"))
-                    .map(|(_, v)| v)
-            });
-            let value = match value.filter(|v| !v.is_null()) {
+            let value = match go_field(attr.as_object()?, "Value") {
                 None => String::new(),
                 Some(v) => v.as_str()?.to_string(),
             };

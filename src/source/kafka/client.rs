@@ -105,6 +105,12 @@ pub async fn probe(cfg: &KafkaSettings) -> Result<String, String> {
     }
 }
 
+/// What makes two librdkafka lines the same problem: the text without its digits (the
+/// time a connect took, a count of suppressed repeats).
+fn same_problem(line: &str) -> String {
+    line.chars().filter(|c| !c.is_ascii_digit()).collect()
+}
+
 /// A warning or worse.
 fn loud(level: RDKafkaLogLevel) -> bool {
     matches!(
@@ -132,7 +138,7 @@ impl ProbeLogs {
             Some(rest) => rest.split_once("]: ").map_or(rest, |(_, l)| l),
             None => line,
         };
-        let key: String = line.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let key = same_problem(line);
         let mut kept = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         if kept.1.insert(key) {
             kept.0.push(line.to_string());
@@ -179,7 +185,7 @@ pub struct KafkaLogs {
 impl KafkaLogs {
     /// Whether this line should be logged at its level now.
     fn first(&self, line: &str) -> bool {
-        let key: String = line.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let key = same_problem(line);
         let now = std::time::Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen

@@ -13,6 +13,11 @@ use crate::replicate::path::components;
 use crate::sink::Sink;
 use crate::sink::filer::FilerSink;
 use crate::sink::local::LocalSink;
+use crate::sink::object::ObjectSink;
+use crate::sink::object::azure::AzureStore;
+use crate::sink::object::b2::B2Store;
+use crate::sink::object::gcs::GcsStore;
+use crate::sink::object::s3::S3Store;
 use crate::sink::wait_until_healthy;
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,38 +169,31 @@ impl Setup {
                 name, directory, ..
             } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
             SinkSettings::Azure(opts) => {
-                let sink =
-                    crate::sink::azure::AzureSink::new(opts.clone(), http.clone(), source.clone())
-                        .map_err(|e| {
-                            config_problem(raw, "sink.azure.account_key", "(not shown)", e)
-                        })?;
-                tracing::info!(credential = %sink.credential(), "Azure authorization");
-                Box::new(sink)
+                let store = AzureStore::new(opts.clone(), http.clone())
+                    .map_err(|e| config_problem(raw, "sink.azure.account_key", "(not shown)", e))?;
+                tracing::info!(credential = %store.credential(), "Azure authorization");
+                Box::new(ObjectSink::new(store, &opts.directory, source.clone()))
             }
-            SinkSettings::B2(opts) => Box::new(crate::sink::b2::B2Sink::new(
-                opts.clone(),
-                http.clone(),
+            SinkSettings::B2(opts) => Box::new(ObjectSink::new(
+                B2Store::new(opts.clone(), http.clone()),
+                &opts.directory,
                 source.clone(),
             )),
-            SinkSettings::Gcs(opts) => Box::new(
-                crate::sink::gcs::GcsSink::new(opts.clone(), http.clone(), source.clone())
-                    .map_err(|e| {
-                        config_problem(
-                            raw,
-                            "sink.google_cloud_storage.google_application_credentials",
-                            "(not shown)",
-                            e,
-                        )
-                    })?,
-            ),
-            SinkSettings::S3(opts) => Box::new(
-                crate::sink::s3::S3Sink::new(
-                    opts.clone(),
-                    source.clone(),
-                    self.settings.replicate.read_timeout,
-                )
-                .await,
-            ),
+            SinkSettings::Gcs(opts) => {
+                let store = GcsStore::new(opts.clone(), http.clone()).map_err(|e| {
+                    config_problem(
+                        raw,
+                        "sink.google_cloud_storage.google_application_credentials",
+                        "(not shown)",
+                        e,
+                    )
+                })?;
+                Box::new(ObjectSink::new(store, &opts.directory, source.clone()))
+            }
+            SinkSettings::S3(opts) => {
+                let store = S3Store::new(opts.clone(), self.settings.replicate.read_timeout).await;
+                Box::new(ObjectSink::new(store, &opts.directory, source.clone()))
+            }
             SinkSettings::Filer(opts) => {
                 let opts = crate::sink::filer::FilerSinkOptions {
                     grpc_tls: self.grpc_tls.clone(),

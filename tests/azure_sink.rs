@@ -5,7 +5,7 @@ mod common;
 
 use common::objects::{ObjectInfo, ObjectStore, StoreUnderTest, conformance};
 use common::*;
-use seaweed_replicate::sink::azure::SharedKey;
+use seaweed_replicate::sink::object::azure::SharedKey;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;

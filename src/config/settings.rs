@@ -3,11 +3,11 @@
 use super::{ConfigErrors, Problem, RawConfig, Reader};
 use crate::filer::jwt::ReadSigner;
 use crate::replicate::path::{components, normalize_dir};
-pub use crate::sink::azure::AzureSinkOptions;
-pub use crate::sink::b2::B2SinkOptions;
 pub use crate::sink::filer::FilerSinkOptions;
-pub use crate::sink::gcs::GcsSinkOptions;
-pub use crate::sink::s3::S3SinkOptions;
+pub use crate::sink::object::azure::AzureSinkOptions;
+pub use crate::sink::object::b2::B2SinkOptions;
+pub use crate::sink::object::gcs::GcsSinkOptions;
+pub use crate::sink::object::s3::S3SinkOptions;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

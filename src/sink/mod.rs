@@ -19,13 +19,9 @@
 
 mod key;
 pub use key::SinkKey;
-pub mod azure;
-pub mod b2;
-pub mod entra;
 pub mod filer;
-pub mod gcs;
 pub mod local;
-pub mod s3;
+pub mod object;
 
 use crate::filer::ReadError;
 use crate::pb::Entry;
@@ -195,12 +191,6 @@ impl SinkError {
             detail: detail.to_string(),
         }
     }
-
-    /// An HTTP request that failed: nothing answering (connect, timeout) is an outage.
-    pub fn http(op: &'static str, key: &str, e: reqwest::Error) -> Self {
-        let outage = e.is_connect() || e.is_timeout();
-        Self::remote(op, key, e, true, outage)
-    }
 }
 
 /// Refuse an operation on the sink root itself (the planner refuses these too; a sink
@@ -215,70 +205,6 @@ pub fn refuse_root(key: &SinkKey, op: &str) -> Result<(), SinkError> {
     Ok(())
 }
 
-/// `resp` if its status is a success, else a retryable error carrying the status and
-/// the body the store sent.
-pub async fn ok_status(
-    op: &'static str,
-    key: &str,
-    resp: reqwest::Response,
-) -> Result<reqwest::Response, SinkError> {
-    if resp.status().is_success() {
-        return Ok(resp);
-    }
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    Err(SinkError::remote(
-        op,
-        key,
-        format!("HTTP {status}: {body}"),
-        true,
-        false,
-    ))
-}
-
-/// The object-name prefix of an object sink's `directory`: one leading `/` removed, as
-/// object keys are made, and a trailing `/` (empty for the bucket's root).
-pub fn object_prefix(directory: &str) -> String {
-    let d = directory.strip_prefix('/').unwrap_or(directory);
-    let d = d.trim_end_matches('/');
-    if d.is_empty() {
-        String::new()
-    } else {
-        format!("{d}/")
-    }
-}
-
-/// Objects listed under `prefix`, as paths relative to it with their sizes; directory
-/// markers (names ending in `/`) are left out.
-pub fn relative_files(
-    prefix: &str,
-    objects: impl IntoIterator<Item = (String, u64)>,
-) -> Vec<(String, u64)> {
-    objects
-        .into_iter()
-        .filter_map(|(name, size)| {
-            let rel = name.strip_prefix(prefix)?;
-            (!rel.is_empty() && !rel.ends_with('/')).then(|| (rel.to_string(), size))
-        })
-        .collect()
-}
-
-/// The length and SHA-256 of a download, streamed (a successful status is checked).
-pub async fn digest_download(
-    op: &'static str,
-    key: &str,
-    resp: reqwest::Response,
-) -> Result<(u64, [u8; 32]), SinkError> {
-    use futures::StreamExt;
-    let resp = ok_status(op, key, resp).await?;
-    let mut hash = crate::filer::ContentHash::default();
-    let mut body = resp.bytes_stream();
-    while let Some(piece) = body.next().await {
-        hash.update(&piece.map_err(|e| SinkError::http(op, key, e))?);
-    }
-    Ok(hash.finish())
-}
-
 /// Percent-encode `s` for a URL path or query, leaving unreserved characters (and `/`
 /// when `keep_slash`) as they are.
 pub fn percent_encode(s: &str, keep_slash: bool) -> String {
@@ -291,49 +217,6 @@ pub fn percent_encode(s: &str, keep_slash: bool) -> String {
         }
     }
     out
-}
-
-/// Read from `rx` into `buf` until it holds at least `want` bytes or the content has
-/// ended; `Ok(true)` once it has ended (and on every call after).
-pub async fn fill(
-    rx: &mut tokio::sync::mpsc::Receiver<Result<bytes::Bytes, ReadError>>,
-    buf: &mut bytes::BytesMut,
-    want: usize,
-    key: &str,
-) -> Result<bool, SinkError> {
-    while buf.len() < want {
-        match rx.recv().await {
-            Some(Ok(piece)) => buf.extend_from_slice(&piece),
-            Some(Err(source)) => {
-                return Err(SinkError::Read {
-                    key: key.to_string(),
-                    source,
-                });
-            }
-            None => return Ok(true),
-        }
-    }
-    Ok(false)
-}
-
-/// The start of a file's content for an object store: reads until more than `limit`
-/// bytes arrived or the content ended. `Ok((all, true))` when the whole file fit (and
-/// it was complete), `Ok((first, false))` when the caller must stream the rest from `rx`.
-pub async fn read_start(
-    rx: &mut tokio::sync::mpsc::Receiver<Result<bytes::Bytes, ReadError>>,
-    limit: u64,
-    expected: u64,
-    key: &SinkKey,
-) -> Result<(bytes::BytesMut, bool), SinkError> {
-    let mut buf = bytes::BytesMut::new();
-    let ended = fill(rx, &mut buf, limit as usize + 1, &key.full).await?;
-    if ended && (buf.len() as u64) < expected {
-        return Err(SinkError::Read {
-            key: key.full.clone(),
-            source: ReadError::Aborted,
-        });
-    }
-    Ok((buf, ended))
 }
 
 /// Run `check` until it succeeds, logging why it fails (with `what` it checks) and

@@ -13,13 +13,12 @@
 //! works too); empty fields fall back to `B2_APPLICATION_KEY_ID` / `B2_APPLICATION_KEY`.
 //! `b2_region` is not needed: authorization returns the account's API URL.
 
-use super::SinkKey;
-use super::{Sink, SinkError, fill, read_start};
-use crate::filer::{FilerSource, ReadError};
+use super::{Failure, ObjectStore, Part, StoreError, Stored, Upload};
 use crate::pb::Entry;
+use crate::sink::percent_encode;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::{Mutex, RwLock};
@@ -108,22 +107,30 @@ impl B2Error {
         self.status == 401 && matches!(self.code.as_str(), "expired_auth_token" | "bad_auth_token")
     }
 
-    /// B2's guidance: 408, 429 and 5xx are retried (uploads with a new URL); 403 is a cap
-    /// on the account (storage or transactions), an outage until someone raises it.
-    fn into_sink(self, op: &'static str, key: &str) -> SinkError {
-        let retryable = matches!(self.status, 401 | 403 | 408 | 429) || self.status >= 500;
+    /// What the answer means. B2's guidance: 408, 429 and 5xx are retried (uploads with a
+    /// new URL); 403 is a cap on the account (storage or transactions), an outage until
+    /// someone raises it; `file_not_present` is a file already gone.
+    fn into_store(self, op: &'static str, name: &str) -> StoreError {
+        let failure = match (self.status, self.code.as_str()) {
+            (_, "file_not_present" | "not_found") | (404, _) => Failure::NotFound,
+            (403, _) => Failure::Unavailable,
+            (401, _) => Failure::PermissionDenied,
+            (429, _) => Failure::Throttled,
+            (408, _) => Failure::Other,
+            (s, _) if s >= 500 => Failure::Other,
+            _ => Failure::Invalid,
+        };
         let detail = format!("HTTP {} {}: {}", self.status, self.code, self.message);
-        SinkError::remote(op, key, detail, retryable, self.status == 403)
+        StoreError::new(op, name, failure, detail)
     }
 }
 
-pub struct B2Sink {
+pub struct B2Store {
     http: reqwest::Client,
     endpoint: String,
     opts: B2SinkOptions,
     session: RwLock<Option<Arc<Session>>>,
     upload_urls: Mutex<Vec<UploadUrl>>,
-    source: Arc<FilerSource>,
 }
 
 fn sha1_hex(data: &[u8]) -> String {
@@ -135,29 +142,28 @@ fn sha1_hex(data: &[u8]) -> String {
 
 /// B2 file names and info values travel percent-encoded, with `/` kept.
 fn encode_name(name: &str) -> String {
-    super::percent_encode(name, true)
+    percent_encode(name, true)
 }
 
-impl B2Sink {
-    pub fn new(opts: B2SinkOptions, http: reqwest::Client, source: Arc<FilerSource>) -> Self {
+impl B2Store {
+    pub fn new(opts: B2SinkOptions, http: reqwest::Client) -> Self {
         let endpoint = if opts.endpoint.is_empty() {
             DEFAULT_ENDPOINT.to_string()
         } else {
             opts.endpoint.trim_end_matches('/').to_string()
         };
-        B2Sink {
+        B2Store {
             http,
             endpoint,
             opts,
             session: RwLock::new(None),
             upload_urls: Mutex::new(Vec::new()),
-            source,
         }
     }
 
     /// `b2_authorize_account`, then the bucket's id (from the key's restriction or
     /// `b2_list_buckets`).
-    async fn authorize(&self) -> Result<Session, SinkError> {
+    async fn authorize(&self) -> Result<Session, StoreError> {
         let op = "authorize";
         let bucket = self.opts.bucket.as_str();
         let r = self
@@ -166,7 +172,7 @@ impl B2Sink {
             .basic_auth(&self.opts.key_id, Some(&self.opts.key))
             .send()
             .await
-            .map_err(|e| SinkError::http(op, bucket, e))?;
+            .map_err(|e| StoreError::http(op, bucket, e))?;
         if !r.status().is_success() {
             let e = B2Error::read(r).await;
             let hint = if e.status == 401 {
@@ -174,15 +180,14 @@ impl B2Sink {
             } else {
                 ""
             };
-            return Err(SinkError::remote(
-                op,
-                bucket,
-                format!("HTTP {} {}: {}{hint}", e.status, e.code, e.message),
-                true,
-                false,
-            ));
+            let mut e = e.into_store(op, bucket);
+            e.detail.push_str(hint);
+            return Err(e);
         }
-        let v: Value = r.json().await.map_err(|e| SinkError::http(op, bucket, e))?;
+        let v: Value = r
+            .json()
+            .await
+            .map_err(|e| StoreError::http(op, bucket, e))?;
         let storage = &v["apiInfo"]["storageApi"];
         let mut session = Session {
             token: v["authorizationToken"].as_str().unwrap_or("").to_string(),
@@ -210,14 +215,14 @@ impl B2Sink {
             .json(&body)
             .send()
             .await
-            .map_err(|e| SinkError::http("list buckets", bucket, e))?;
+            .map_err(|e| StoreError::http("list buckets", bucket, e))?;
         if !r.status().is_success() {
-            return Err(B2Error::read(r).await.into_sink("list buckets", bucket));
+            return Err(B2Error::read(r).await.into_store("list buckets", bucket));
         }
         let v: Value = r
             .json()
             .await
-            .map_err(|e| SinkError::http("list buckets", bucket, e))?;
+            .map_err(|e| StoreError::http("list buckets", bucket, e))?;
         session.bucket_id = v["buckets"]
             .as_array()
             .into_iter()
@@ -227,18 +232,17 @@ impl B2Sink {
             .unwrap_or("")
             .to_string();
         if session.bucket_id.is_empty() {
-            return Err(SinkError::remote(
+            return Err(StoreError::new(
                 "find bucket",
                 bucket,
+                Failure::NotFound,
                 "no such bucket, or the key may not use it",
-                true,
-                false,
             ));
         }
         Ok(session)
     }
 
-    async fn session(&self) -> Result<Arc<Session>, SinkError> {
+    async fn session(&self) -> Result<Arc<Session>, StoreError> {
         if let Some(s) = self.session.read().await.as_ref() {
             return Ok(s.clone());
         }
@@ -262,7 +266,12 @@ impl B2Sink {
 
     /// One API call; an expired token is renewed and the call made once more. A `bucketId`
     /// field in `body` gets the session's bucket id.
-    async fn call(&self, op: &'static str, key: &str, mut body: Value) -> Result<Value, SinkError> {
+    async fn call(
+        &self,
+        op: &'static str,
+        key: &str,
+        mut body: Value,
+    ) -> Result<Value, StoreError> {
         for attempt in 0..2 {
             let s = self.session().await?;
             if let Some(obj) = body.as_object_mut()
@@ -277,54 +286,29 @@ impl B2Sink {
                 .json(&body)
                 .send()
                 .await
-                .map_err(|e| SinkError::http(op, key, e))?;
+                .map_err(|e| StoreError::http(op, key, e))?;
             if r.status().is_success() {
-                return r.json().await.map_err(|e| SinkError::http(op, key, e));
+                return r.json().await.map_err(|e| StoreError::http(op, key, e));
             }
             let e = B2Error::read(r).await;
             if e.needs_authorization() && attempt == 0 {
                 self.expire(&s).await;
                 continue;
             }
-            return Err(e.into_sink(op, key));
+            return Err(e.into_store(op, key));
         }
         unreachable!("the loop returns on its second attempt")
     }
 
-    fn file_name(key: &SinkKey) -> String {
-        key.full.strip_prefix('/').unwrap_or(&key.full).to_string()
-    }
-
     fn content_type(entry: &Entry) -> String {
-        match entry.attributes.as_ref().map(|a| a.mime.as_str()) {
-            Some(m) if !m.is_empty() => m.to_string(),
-            _ => "b2/x-auto".to_string(),
-        }
+        super::mime(entry).unwrap_or_else(|| "b2/x-auto".to_string())
     }
 
     fn mtime_millis(entry: &Entry) -> String {
-        (entry.attributes.as_ref().map_or(0, |a| a.mtime) * 1000).to_string()
+        (super::mtime(entry) * 1000).to_string()
     }
 
-    /// The newest version of `name` is an upload of this size and source mtime.
-    async fn already_current(&self, name: &str, entry: &Entry, size: u64) -> bool {
-        if entry.attributes.as_ref().is_none_or(|a| a.mtime == 0) {
-            return false;
-        }
-        let body =
-            json!({"bucketId": "", "startFileName": name, "prefix": name, "maxFileCount": 1});
-        let Ok(v) = self.call("b2_list_file_names", name, body).await else {
-            return false;
-        };
-        let f = &v["files"][0];
-        f["fileName"].as_str() == Some(name)
-            && f["action"].as_str() == Some("upload")
-            && f["contentLength"].as_u64() == Some(size)
-            && f["fileInfo"]["src_last_modified_millis"].as_str()
-                == Some(Self::mtime_millis(entry).as_str())
-    }
-
-    async fn upload_url(&self) -> Result<UploadUrl, SinkError> {
+    async fn upload_url(&self) -> Result<UploadUrl, StoreError> {
         if let Some(u) = self.upload_urls.lock().await.pop() {
             return Ok(u);
         }
@@ -347,11 +331,11 @@ impl B2Sink {
         name: &str,
         body: Bytes,
         mut target: F,
-    ) -> Result<Value, SinkError>
+    ) -> Result<Value, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<
-                Output = Result<(UploadUrl, reqwest::header::HeaderMap, bool), SinkError>,
+                Output = Result<(UploadUrl, reqwest::header::HeaderMap, bool), StoreError>,
             >,
     {
         let sha1 = sha1_hex(&body);
@@ -370,7 +354,7 @@ impl B2Sink {
                 .await;
             let err = match sent {
                 Ok(r) if r.status().is_success() => {
-                    let v = r.json().await.map_err(|e| SinkError::http(op, name, e))?;
+                    let v = r.json().await.map_err(|e| StoreError::http(op, name, e))?;
                     if pool {
                         self.upload_urls.lock().await.push(url);
                     }
@@ -383,11 +367,11 @@ impl B2Sink {
                     {
                         self.expire(&s).await;
                     }
-                    e.into_sink(op, name)
+                    e.into_store(op, name)
                 }
-                Err(e) => SinkError::http(op, name, e),
+                Err(e) => StoreError::http(op, name, e),
             };
-            if !err.is_retryable() {
+            if matches!(err.failure, Failure::Invalid | Failure::NotFound) {
                 return Err(err);
             }
             tracing::debug!(file = %name, error = %err, "upload failed, retrying with a new upload URL");
@@ -396,112 +380,8 @@ impl B2Sink {
         Err(last.expect("at least one attempt"))
     }
 
-    async fn upload_whole(&self, name: &str, entry: &Entry, body: Bytes) -> Result<(), SinkError> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        let h = |v: String| v.parse().expect("percent-encoded or ASCII");
-        headers.insert("x-bz-file-name", h(encode_name(name)));
-        headers.insert("content-type", h(Self::content_type(entry)));
-        headers.insert(
-            "x-bz-info-src_last_modified_millis",
-            h(Self::mtime_millis(entry)),
-        );
-        self.post_upload("upload file", name, body, || async {
-            Ok((self.upload_url().await?, headers.clone(), true))
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// A large file: start, parts (at most `PARTS_IN_FLIGHT` at once), finish; cancelled
-    /// again when anything fails, so no unfinished file is left to bill.
-    async fn upload_large(
-        &self,
-        name: &str,
-        entry: &Entry,
-        rx: &mut tokio::sync::mpsc::Receiver<Result<Bytes, ReadError>>,
-        buf: BytesMut,
-        size: u64,
-    ) -> Result<(), SinkError> {
-        let body = json!({
-            "bucketId": "",
-            "fileName": name,
-            "contentType": Self::content_type(entry),
-            "fileInfo": {"src_last_modified_millis": Self::mtime_millis(entry)},
-        });
-        let started = self.call("b2_start_large_file", name, body).await?;
-        let file_id = started["fileId"].as_str().unwrap_or("").to_string();
-        let result = self.upload_parts(name, &file_id, rx, buf, size).await;
-        let finished = match result {
-            Ok(sha1s) => {
-                self.call(
-                    "b2_finish_large_file",
-                    name,
-                    json!({"fileId": file_id, "partSha1Array": sha1s}),
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = finished {
-            if let Err(cancel) = self
-                .call("b2_cancel_large_file", name, json!({"fileId": file_id}))
-                .await
-            {
-                tracing::warn!(file = %name, error = %cancel, "could not cancel an unfinished large file");
-            }
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    async fn upload_parts(
-        &self,
-        name: &str,
-        file_id: &str,
-        rx: &mut tokio::sync::mpsc::Receiver<Result<Bytes, ReadError>>,
-        mut buf: BytesMut,
-        size: u64,
-    ) -> Result<Vec<String>, SinkError> {
-        let min_part = self.session().await?.min_part;
-        let part = PART
-            .max(min_part)
-            .max(size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB) as usize;
-        let mut sha1s = Vec::new();
-        let mut in_flight = futures::stream::FuturesUnordered::new();
-        loop {
-            fill(rx, &mut buf, part, name).await?;
-            if buf.is_empty() {
-                break;
-            }
-            let body = buf.split_to(buf.len().min(part)).freeze();
-            sha1s.push(sha1_hex(&body));
-            let number = sha1s.len();
-            in_flight.push(async move {
-                self.post_upload("upload part", name, body, || async move {
-                    let v = self
-                        .call("b2_get_upload_part_url", name, json!({"fileId": file_id}))
-                        .await?;
-                    let url = UploadUrl::from_answer(&v);
-                    let mut headers = reqwest::header::HeaderMap::new();
-                    headers.insert("x-bz-part-number", number.into());
-                    Ok((url, headers, false))
-                })
-                .await
-            });
-            if in_flight.len() >= PARTS_IN_FLIGHT
-                && let Some(r) = in_flight.next().await
-            {
-                r?;
-            }
-        }
-        while let Some(r) = in_flight.next().await {
-            r?;
-        }
-        Ok(sha1s)
-    }
-
     /// Every version of every file whose name is `name` (`exact`) or starts with it.
-    async fn versions(&self, name: &str, exact: bool) -> Result<Vec<(String, String)>, SinkError> {
+    async fn versions(&self, name: &str, exact: bool) -> Result<Vec<(String, String)>, StoreError> {
         let mut out = Vec::new();
         let (mut start_name, mut start_id) = (Value::from(name), Value::Null);
         loop {
@@ -525,14 +405,13 @@ impl B2Sink {
         }
     }
 
-    async fn delete_versions(&self, versions: Vec<(String, String)>) -> Result<(), SinkError> {
+    async fn delete_versions(&self, versions: Vec<(String, String)>) -> Result<(), StoreError> {
         for (file_name, id) in versions {
             let body = json!({"fileName": file_name, "fileId": id});
             match self.call("b2_delete_file_version", &file_name, body).await {
                 Ok(_) => {}
                 // Already gone: a replayed delete.
-                Err(SinkError::Remote { detail, .. })
-                    if detail.contains("file_not_present") || detail.contains(" not_found") => {}
+                Err(e) if e.failure == Failure::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
@@ -541,16 +420,148 @@ impl B2Sink {
 }
 
 #[async_trait]
-impl Sink for B2Sink {
-    async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
-        let prefix = super::object_prefix(&self.opts.directory);
+impl ObjectStore for B2Store {
+    fn name(&self) -> &'static str {
+        "backblaze"
+    }
+
+    fn describe(&self) -> String {
+        format!("B2 bucket {} at {}", self.opts.bucket, self.endpoint)
+    }
+
+    /// The sink key with one leading `/` removed, as upstream.
+    fn object_name(&self, full: &str) -> String {
+        super::without_one_slash(full)
+    }
+
+    fn whole_limit(&self, _entry: &Entry, _size: u64) -> u64 {
+        PART
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        let s = self.authorize().await?;
+        *self.session.write().await = Some(Arc::new(s));
+        Ok(())
+    }
+
+    /// The newest version of `name`, if it is an upload.
+    async fn head(&self, name: &str) -> Result<Option<Stored>, StoreError> {
+        let body =
+            json!({"bucketId": "", "startFileName": name, "prefix": name, "maxFileCount": 1});
+        let v = self.call("b2_list_file_names", name, body).await?;
+        let f = &v["files"][0];
+        if f["fileName"].as_str() != Some(name) || f["action"].as_str() != Some("upload") {
+            return Ok(None);
+        }
+        let millis = f["fileInfo"]["src_last_modified_millis"]
+            .as_str()
+            .and_then(|m| m.parse::<i64>().ok());
+        Ok(Some(Stored {
+            size: f["contentLength"].as_u64().unwrap_or(0),
+            mtime: millis.filter(|m| m % 1000 == 0).map(|m| m / 1000),
+        }))
+    }
+
+    async fn put(&self, name: &str, entry: &Entry, body: Bytes) -> Result<(), StoreError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let h = |v: String| v.parse().expect("percent-encoded or ASCII");
+        headers.insert("x-bz-file-name", h(encode_name(name)));
+        headers.insert("content-type", h(Self::content_type(entry)));
+        headers.insert(
+            "x-bz-info-src_last_modified_millis",
+            h(Self::mtime_millis(entry)),
+        );
+        self.post_upload("upload file", name, body, || async {
+            Ok((self.upload_url().await?, headers.clone(), true))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A large file; cancelled again when anything fails, so no unfinished file is left
+    /// to bill.
+    async fn start_upload(
+        &self,
+        name: &str,
+        entry: &Entry,
+        size: u64,
+    ) -> Result<Upload, StoreError> {
+        let min_part = self.session().await?.min_part;
+        let body = json!({
+            "bucketId": "",
+            "fileName": name,
+            "contentType": Self::content_type(entry),
+            "fileInfo": {"src_last_modified_millis": Self::mtime_millis(entry)},
+        });
+        let started = self.call("b2_start_large_file", name, body).await?;
+        Ok(Upload {
+            id: started["fileId"].as_str().unwrap_or("").to_string(),
+            part: PART
+                .max(min_part)
+                .max(size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB),
+            in_flight: PARTS_IN_FLIGHT,
+        })
+    }
+
+    /// The part's SHA-1 is its tag.
+    async fn put_part(
+        &self,
+        name: &str,
+        upload: &Upload,
+        part: Part,
+    ) -> Result<String, StoreError> {
+        let sha1 = sha1_hex(&part.body);
+        let (file_id, number) = (upload.id.as_str(), part.number);
+        self.post_upload("upload part", name, part.body, || async move {
+            let v = self
+                .call("b2_get_upload_part_url", name, json!({"fileId": file_id}))
+                .await?;
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert("x-bz-part-number", number.into());
+            Ok((UploadUrl::from_answer(&v), headers, false))
+        })
+        .await?;
+        Ok(sha1)
+    }
+
+    async fn complete_upload(
+        &self,
+        name: &str,
+        _entry: &Entry,
+        upload: &Upload,
+        tags: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let body = json!({"fileId": upload.id, "partSha1Array": tags});
+        self.call("b2_finish_large_file", name, body).await?;
+        Ok(())
+    }
+
+    async fn abort_upload(&self, name: &str, upload: &Upload) -> Result<(), StoreError> {
+        self.call("b2_cancel_large_file", name, json!({"fileId": upload.id}))
+            .await?;
+        Ok(())
+    }
+
+    /// Every version, so no older one comes back.
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let versions = self.versions(name, true).await?;
+        self.delete_versions(versions).await
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        let versions = self.versions(prefix, false).await?;
+        self.delete_versions(versions).await
+    }
+
+    /// The newest version of each file, if it is an upload (not a hide marker).
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let mut files = Vec::new();
         let mut start = Value::Null;
         loop {
             let body = json!({
                 "bucketId": "", "prefix": prefix, "maxFileCount": 1000, "startFileName": start,
             });
-            let v = self.call("b2_list_file_names", &prefix, body).await?;
+            let v = self.call("b2_list_file_names", prefix, body).await?;
             for f in v["files"].as_array().into_iter().flatten() {
                 if f["action"].as_str() == Some("upload")
                     && let Some(name) = f["fileName"].as_str()
@@ -560,19 +571,21 @@ impl Sink for B2Sink {
             }
             start = v["nextFileName"].clone();
             if start.is_null() {
-                return Ok(Some(super::relative_files(&prefix, files)));
+                return Ok(files);
             }
         }
     }
 
-    async fn digest(&self, rel: &str) -> Result<(u64, [u8; 32]), SinkError> {
-        let name = format!("{}{rel}", super::object_prefix(&self.opts.directory));
+    async fn get(
+        &self,
+        name: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         let s = self.session().await?;
         let url = format!(
             "{}/file/{}/{}",
             s.download_url,
             encode_name(&self.opts.bucket),
-            encode_name(&name)
+            encode_name(name)
         );
         let resp = self
             .http
@@ -580,64 +593,8 @@ impl Sink for B2Sink {
             .header("authorization", &s.token)
             .send()
             .await
-            .map_err(|e| SinkError::http("download", &name, e))?;
-        super::digest_download("download", &name, resp).await
-    }
-
-    fn describe(&self) -> String {
-        format!("B2 bucket {} at {}", self.opts.bucket, self.endpoint)
-    }
-
-    async fn probe(&self) -> Result<(), String> {
-        let s = self.authorize().await.map_err(|e| e.to_string())?;
-        *self.session.write().await = Some(Arc::new(s));
-        Ok(())
-    }
-
-    fn name(&self) -> &str {
-        "backblaze"
-    }
-
-    async fn create_entry(
-        &self,
-        key: &SinkKey,
-        entry: &Entry,
-        _signatures: &[i32],
-    ) -> Result<(), SinkError> {
-        crate::fence::check(&key.full)?;
-        if entry.is_directory || key.is_root() {
-            return Ok(());
-        }
-        let name = Self::file_name(key);
-        let size = crate::filer::content_size(entry);
-        if self.already_current(&name, entry, size).await {
-            tracing::debug!(file = %name, "bucket already holds this version, skipping");
-            return Ok(());
-        }
-        let mut rx = self.source.open(entry);
-        let (buf, whole) = read_start(&mut rx, PART, size, key).await?;
-        if whole {
-            return self.upload_whole(&name, entry, buf.freeze()).await;
-        }
-        self.upload_large(&name, entry, &mut rx, buf, size).await
-    }
-
-    async fn delete_entry(
-        &self,
-        key: &SinkKey,
-        is_directory: bool,
-        _delete_chunks: bool,
-        _signatures: &[i32],
-    ) -> Result<(), SinkError> {
-        crate::fence::check(&key.full)?;
-        super::refuse_root(key, "delete")?;
-        let name = Self::file_name(key);
-        let versions = if is_directory {
-            self.versions(&format!("{name}/"), false).await?
-        } else {
-            self.versions(&name, true).await?
-        };
-        self.delete_versions(versions).await
+            .map_err(|e| StoreError::http("download", name, e))?;
+        super::download("download", name, resp).await
     }
 }
 
@@ -647,12 +604,9 @@ mod tests {
 
     #[test]
     fn names_keep_upstream_layout_and_travel_encoded() {
-        let key = SinkKey {
-            rel: vec!["x".into()],
-            full: "//backup/a b.txt".into(),
-        };
+        let store = B2Store::new(B2SinkOptions::default(), reqwest::Client::new());
         assert_eq!(
-            B2Sink::file_name(&key),
+            store.object_name("//backup/a b.txt"),
             "/backup/a b.txt",
             "one leading slash trimmed"
         );
@@ -676,18 +630,17 @@ mod tests {
         };
         assert!(e(401, "expired_auth_token").needs_authorization());
         assert!(!e(401, "unauthorized").needs_authorization());
-        assert!(!e(400, "bad_request").into_sink("x", "k").is_retryable());
-        assert!(
-            e(503, "service_unavailable")
-                .into_sink("x", "k")
-                .is_retryable()
-        );
-        assert!(
-            e(429, "too_many_requests")
-                .into_sink("x", "k")
-                .is_retryable()
-        );
-        let cap = e(403, "cap_exceeded").into_sink("x", "k");
+        let sink =
+            |status, code| crate::sink::SinkError::from(e(status, code).into_store("x", "k"));
+        assert!(!sink(400, "bad_request").is_retryable());
+        assert!(sink(503, "service_unavailable").is_retryable());
+        assert!(sink(429, "too_many_requests").is_retryable());
+        let cap = crate::sink::SinkError::from(e(403, "cap_exceeded").into_store("x", "k"));
         assert!(cap.is_outage() && cap.is_retryable());
+        assert_eq!(
+            e(400, "file_not_present").into_store("x", "k").failure,
+            Failure::NotFound,
+            "a file already gone is told by its code, not its text"
+        );
     }
 }

@@ -10,7 +10,8 @@
 //! platform sets them (App Service, Container Apps, Arc), else the VM metadata service.
 //! `AZURE_AUTHORITY_HOST` selects a sovereign cloud's login host.
 
-use super::SinkError;
+use super::{Failure, StoreError};
+use crate::sink::percent_encode;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -148,7 +149,7 @@ impl EntraCredential {
         *self.cached.lock().await = None;
     }
 
-    pub async fn token(&self) -> Result<String, SinkError> {
+    pub async fn token(&self) -> Result<String, StoreError> {
         let mut cached = self.cached.lock().await;
         if let Some((t, until)) = cached.as_ref()
             && Instant::now() < *until
@@ -182,7 +183,7 @@ impl EntraCredential {
             } => {
                 // Re-read every time: the platform rotates the file.
                 let assertion = std::fs::read_to_string(token_file).map_err(|e| {
-                    SinkError::remote(op, "", format!("reading {token_file}: {e}"), true, false)
+                    StoreError::new(op, "", Failure::Other, format!("reading {token_file}: {e}"))
                 })?;
                 self.http.post(token_url(authority, tenant)).form(&[
                     ("grant_type", "client_credentials"),
@@ -210,7 +211,7 @@ impl EntraCredential {
                     let q: Vec<String> = query
                         .iter()
                         .chain([&("api-version", version)])
-                        .map(|(k, v)| format!("{k}={}", super::percent_encode(v, false)))
+                        .map(|(k, v)| format!("{k}={}", percent_encode(v, false)))
                         .collect();
                     format!("{base}?{}", q.join("&"))
                 };
@@ -230,7 +231,7 @@ impl EntraCredential {
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .map_err(|e| SinkError::http(op, "", e))?;
+            .map_err(|e| StoreError::http(op, "", e))?;
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         let Some(token) = body["access_token"].as_str() else {
@@ -239,12 +240,12 @@ impl EntraCredential {
                 .or(body["error"].as_str())
                 .or(body["message"].as_str())
                 .unwrap_or("no access_token in the answer");
-            return Err(SinkError::remote(
+            return Err(StoreError::new(
                 op,
                 "",
+                // Refused credentials: every request needs them, so no event is to blame.
+                Failure::PermissionDenied,
                 format!("{:?}: HTTP {status}: {why}", self.source),
-                true,
-                false,
             ));
         };
         // expires_in is a number from Entra and a string from managed identity endpoints.

@@ -8,23 +8,17 @@
 //! stored mtime and the size (upstream compares upload time with mtime, which can skip a
 //! changed file), directory deletes remove everything under the directory.
 
-use super::{Sink, SinkError, fill, ok_status, percent_encode, read_start};
-
-fn percent_encode_slash(s: &str) -> String {
-    percent_encode(s, true)
-}
-use super::SinkKey;
 use super::entra::{EntraCredential, TokenSource};
-use crate::filer::{FilerSource, ReadError};
+use super::{Failure, ObjectStore, Part, StoreError, Stored, Upload};
 use crate::pb::Entry;
+use crate::sink::percent_encode;
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use std::sync::Arc;
 
 const API_VERSION: &str = "2021-08-06";
 const MIB: u64 = 1024 * 1024;
@@ -164,12 +158,16 @@ enum Auth {
     Entra(EntraCredential),
 }
 
-pub struct AzureSink {
+pub struct AzureStore {
     http: reqwest::Client,
     auth: Auth,
     base: String,
     opts: AzureSinkOptions,
-    source: Arc<FilerSource>,
+}
+
+/// Container and blob names in a URL path, `/` kept.
+fn path_encoded(s: &str) -> String {
+    percent_encode(s, true)
 }
 
 fn xml_unescape(s: &str) -> String {
@@ -194,12 +192,8 @@ fn xml_all(xml: &str, tag: &str) -> Vec<String> {
     out
 }
 
-impl AzureSink {
-    pub fn new(
-        opts: AzureSinkOptions,
-        http: reqwest::Client,
-        source: Arc<FilerSource>,
-    ) -> Result<Self, String> {
+impl AzureStore {
+    pub fn new(opts: AzureSinkOptions, http: reqwest::Client) -> Result<Self, String> {
         let auth = if opts.account_key.is_empty() {
             let source = TokenSource::choose(&opts.client_id, |k| std::env::var(k).ok());
             if let Some(problem) = source.problem() {
@@ -214,38 +208,37 @@ impl AzureSink {
         } else {
             opts.endpoint.trim_end_matches('/').to_string()
         };
-        Ok(AzureSink {
+        Ok(AzureStore {
             http,
             auth,
             base,
             opts,
-            source,
         })
     }
 
-    fn blob_url(&self, name: &str) -> String {
-        format!(
-            "{}/{}/{}",
-            self.base,
-            percent_encode_slash(&self.opts.container),
-            percent_encode_slash(name)
-        )
+    fn container_url(&self) -> String {
+        format!("{}/{}", self.base, path_encoded(&self.opts.container))
     }
 
+    fn blob_url(&self, name: &str) -> String {
+        format!("{}/{}", self.container_url(), path_encoded(name))
+    }
+
+    /// Authorize and send a request.
     async fn send(
         &self,
         op: &'static str,
-        key: &str,
+        name: &str,
         req: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, SinkError> {
-        let mut req = req.build().map_err(|e| SinkError::http(op, key, e))?;
+    ) -> Result<reqwest::Response, StoreError> {
+        let mut req = req.build().map_err(|e| StoreError::http(op, name, e))?;
         let req = match &self.auth {
             Auth::SharedKey(k) => k.sign(req),
             Auth::Entra(c) => {
                 let token = c.token().await?;
                 stamp(&mut req);
                 let bearer = format!("Bearer {token}").parse().map_err(|_| {
-                    SinkError::remote(op, key, "the token is not a header value", true, false)
+                    StoreError::new(op, name, Failure::Other, "the token is not a header value")
                 })?;
                 req.headers_mut().insert("authorization", bearer);
                 req
@@ -255,7 +248,7 @@ impl AzureSink {
             .http
             .execute(req)
             .await
-            .map_err(|e| SinkError::http(op, key, e))?;
+            .map_err(|e| StoreError::http(op, name, e))?;
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED
             && let Auth::Entra(c) = &self.auth
         {
@@ -272,45 +265,73 @@ impl AzureSink {
         }
     }
 
-    fn blob_name(key: &SinkKey) -> String {
-        key.full.trim_start_matches('/').to_string()
-    }
-
-    async fn already_current(&self, name: &str, entry: &Entry, size: u64) -> bool {
-        let Ok(r) = self
-            .send("properties", name, self.http.head(self.blob_url(name)))
-            .await
-        else {
-            return false;
-        };
-        let mtime = entry.attributes.as_ref().map_or(0, |a| a.mtime);
-        let header = |h: &str| {
-            r.headers()
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(String::from)
-        };
-        r.status().is_success()
-            && mtime != 0
-            && header("content-length") == Some(size.to_string())
-            && header("x-ms-meta-mtime") == Some(mtime.to_string())
-    }
-
+    /// The source mtime and, when there is one, the content type (under `type_header`).
     fn with_properties(
         entry: &Entry,
         req: reqwest::RequestBuilder,
-        content_type_header: &str,
+        type_header: &str,
     ) -> reqwest::RequestBuilder {
-        let attrs = entry.attributes.clone().unwrap_or_default();
-        let req = req.header("x-ms-meta-mtime", attrs.mtime.to_string());
-        if attrs.mime.is_empty() {
-            req
-        } else {
-            req.header(content_type_header, attrs.mime)
+        let req = req.header("x-ms-meta-mtime", super::mtime(entry).to_string());
+        match super::mime(entry) {
+            Some(mime) => req.header(type_header, mime),
+            None => req,
         }
     }
+}
 
-    async fn put_whole(&self, name: &str, entry: &Entry, body: Bytes) -> Result<(), SinkError> {
+#[async_trait]
+impl ObjectStore for AzureStore {
+    fn name(&self) -> &'static str {
+        "azure"
+    }
+
+    fn describe(&self) -> String {
+        format!("Azure container {} at {}", self.opts.container, self.base)
+    }
+
+    /// The sink key with every leading `/` removed, as upstream.
+    fn object_name(&self, full: &str) -> String {
+        full.trim_start_matches('/').to_string()
+    }
+
+    fn whole_limit(&self, _entry: &Entry, _size: u64) -> u64 {
+        BLOCK
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        let container = &self.opts.container;
+        let url = format!("{}?restype=container", self.container_url());
+        let r = self
+            .send("check container", container, self.http.get(url))
+            .await?;
+        super::ok("check container", container, r)
+            .await
+            .map_err(|mut e| {
+                e.detail
+                    .push_str(" (missing container, wrong account or key?)");
+                e
+            })?;
+        Ok(())
+    }
+
+    async fn head(&self, name: &str) -> Result<Option<Stored>, StoreError> {
+        let r = self
+            .send("properties", name, self.http.head(self.blob_url(name)))
+            .await?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let r = super::ok("properties", name, r).await?;
+        let header = |h: &str| r.headers().get(h).and_then(|v| v.to_str().ok());
+        Ok(Some(Stored {
+            size: header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            mtime: header("x-ms-meta-mtime").and_then(|v| v.parse().ok()),
+        }))
+    }
+
+    async fn put(&self, name: &str, entry: &Entry, body: Bytes) -> Result<(), StoreError> {
         let req = self
             .http
             .put(self.blob_url(name))
@@ -318,57 +339,53 @@ impl AzureSink {
             // Azure requires Content-Length, which is not sent for an empty body by default.
             .header("content-length", body.len())
             .body(body);
-        let r = self
-            .send(
-                "put blob",
-                name,
-                Self::with_properties(entry, req, "content-type"),
-            )
-            .await?;
-        ok_status("put blob", name, r).await?;
+        let req = Self::with_properties(entry, req, "content-type");
+        let r = self.send("put blob", name, req).await?;
+        super::ok("put blob", name, r).await?;
         Ok(())
     }
 
-    /// Stage blocks (at most `BLOCKS_IN_FLIGHT` at once), then commit the list.
-    async fn put_blocks(
+    /// Blocks are staged, then committed as a list.
+    async fn start_upload(
+        &self,
+        _name: &str,
+        _entry: &Entry,
+        size: u64,
+    ) -> Result<Upload, StoreError> {
+        Ok(Upload {
+            id: String::new(),
+            part: BLOCK.max(size.div_ceil(MAX_BLOCKS).div_ceil(MIB) * MIB),
+            in_flight: BLOCKS_IN_FLIGHT,
+        })
+    }
+
+    async fn put_part(
+        &self,
+        name: &str,
+        _upload: &Upload,
+        part: Part,
+    ) -> Result<String, StoreError> {
+        let id = B64.encode(format!("block-{:08}", part.number - 1));
+        let url = format!(
+            "{}?comp=block&blockid={}",
+            self.blob_url(name),
+            percent_encode(&id, false)
+        );
+        let r = self
+            .send("put block", name, self.http.put(url).body(part.body))
+            .await?;
+        super::ok("put block", name, r).await?;
+        Ok(id)
+    }
+
+    async fn complete_upload(
         &self,
         name: &str,
         entry: &Entry,
-        rx: &mut tokio::sync::mpsc::Receiver<Result<Bytes, ReadError>>,
-        mut buf: BytesMut,
-        size: u64,
-    ) -> Result<(), SinkError> {
-        let block = BLOCK.max(size.div_ceil(MAX_BLOCKS).div_ceil(MIB) * MIB) as usize;
-        let mut ids = Vec::new();
-        let mut in_flight = futures::stream::FuturesUnordered::new();
-        loop {
-            fill(rx, &mut buf, block, name).await?;
-            if buf.is_empty() {
-                break;
-            }
-            let body = buf.split_to(buf.len().min(block)).freeze();
-            let id = B64.encode(format!("block-{:08}", ids.len()));
-            let url = format!(
-                "{}?comp=block&blockid={}",
-                self.blob_url(name),
-                percent_encode(&id, false)
-            );
-            ids.push(id);
-            let req = self.http.put(url).body(body);
-            in_flight.push(async move {
-                let r = self.send("put block", name, req).await?;
-                ok_status("put block", name, r).await.map(|_| ())
-            });
-            if in_flight.len() >= BLOCKS_IN_FLIGHT
-                && let Some(r) = in_flight.next().await
-            {
-                r?;
-            }
-        }
-        while let Some(r) = in_flight.next().await {
-            r?;
-        }
-        let list: String = ids
+        _upload: &Upload,
+        tags: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let list: String = tags
             .iter()
             .map(|id| format!("<Latest>{id}</Latest>"))
             .collect();
@@ -379,18 +396,18 @@ impl AzureSink {
             .put(format!("{}?comp=blocklist", self.blob_url(name)))
             .header("content-length", body.len())
             .body(body);
-        let r = self
-            .send(
-                "put block list",
-                name,
-                Self::with_properties(entry, req, "x-ms-blob-content-type"),
-            )
-            .await?;
-        ok_status("put block list", name, r).await?;
+        let req = Self::with_properties(entry, req, "x-ms-blob-content-type");
+        let r = self.send("put block list", name, req).await?;
+        super::ok("put block list", name, r).await?;
         Ok(())
     }
 
-    async fn delete_blob(&self, name: &str) -> Result<(), SinkError> {
+    /// Uncommitted blocks expire on their own (after a week) and are never visible.
+    async fn abort_upload(&self, _name: &str, _upload: &Upload) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let req = self
             .http
             .delete(self.blob_url(name))
@@ -398,46 +415,30 @@ impl AzureSink {
         let r = self.send("delete blob", name, req).await?;
         match r.status().as_u16() {
             200 | 202 | 404 => Ok(()),
-            s => Err(SinkError::remote(
-                "delete blob",
-                name,
-                format!("HTTP {s}"),
-                true,
-                false,
-            )),
+            _ => Err(StoreError::answer("delete blob", name, r).await),
         }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
-        Ok(self
-            .list_sized(prefix)
-            .await?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect())
     }
 
     /// Every blob under `prefix`, with its size (each `<Blob>` has one name and one
     /// `Content-Length`, in order).
-    async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, SinkError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let mut names = Vec::new();
         let mut marker = String::new();
         loop {
             let mut url = format!(
-                "{}/{}?restype=container&comp=list&prefix={}",
-                self.base,
-                percent_encode_slash(&self.opts.container),
+                "{}?restype=container&comp=list&prefix={}",
+                self.container_url(),
                 percent_encode(prefix, false)
             );
             if !marker.is_empty() {
                 url.push_str(&format!("&marker={}", percent_encode(&marker, false)));
             }
             let r = self.send("list blobs", prefix, self.http.get(url)).await?;
-            let r = ok_status("list blobs", prefix, r).await?;
-            let xml = r
+            let xml = super::ok("list blobs", prefix, r)
+                .await?
                 .text()
                 .await
-                .map_err(|e| SinkError::http("list blobs", prefix, e))?;
+                .map_err(|e| StoreError::http("list blobs", prefix, e))?;
             let sizes = xml_all(&xml, "Content-Length");
             names.extend(
                 xml_all(&xml, "Name")
@@ -453,92 +454,15 @@ impl AzureSink {
             }
         }
     }
-}
 
-#[async_trait]
-impl Sink for AzureSink {
-    async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
-        let prefix = super::object_prefix(&self.opts.directory);
-        let blobs = self.list_sized(&prefix).await?;
-        Ok(Some(super::relative_files(&prefix, blobs)))
-    }
-
-    async fn digest(&self, rel: &str) -> Result<(u64, [u8; 32]), SinkError> {
-        let name = format!("{}{rel}", super::object_prefix(&self.opts.directory));
+    async fn get(
+        &self,
+        name: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         let resp = self
-            .send("get blob", &name, self.http.get(self.blob_url(&name)))
+            .send("get blob", name, self.http.get(self.blob_url(name)))
             .await?;
-        super::digest_download("get blob", &name, resp).await
-    }
-
-    fn describe(&self) -> String {
-        format!("Azure container {} at {}", self.opts.container, self.base)
-    }
-
-    async fn probe(&self) -> Result<(), String> {
-        let url = format!(
-            "{}/{}?restype=container",
-            self.base,
-            percent_encode_slash(&self.opts.container)
-        );
-        match self
-            .send("check container", &self.opts.container, self.http.get(url))
-            .await
-        {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!(
-                "HTTP {} (missing container, wrong account or key?)",
-                r.status()
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    fn name(&self) -> &str {
-        "azure"
-    }
-
-    async fn create_entry(
-        &self,
-        key: &SinkKey,
-        entry: &Entry,
-        _signatures: &[i32],
-    ) -> Result<(), SinkError> {
-        crate::fence::check(&key.full)?;
-        if entry.is_directory || key.is_root() {
-            return Ok(());
-        }
-        let name = Self::blob_name(key);
-        let size = crate::filer::content_size(entry);
-        if self.already_current(&name, entry, size).await {
-            tracing::debug!(blob = %name, "container already holds this version, skipping");
-            return Ok(());
-        }
-        let mut rx = self.source.open(entry);
-        let (buf, whole) = read_start(&mut rx, BLOCK, size, key).await?;
-        if whole {
-            return self.put_whole(&name, entry, buf.freeze()).await;
-        }
-        self.put_blocks(&name, entry, &mut rx, buf, size).await
-    }
-
-    async fn delete_entry(
-        &self,
-        key: &SinkKey,
-        is_directory: bool,
-        _delete_chunks: bool,
-        _signatures: &[i32],
-    ) -> Result<(), SinkError> {
-        crate::fence::check(&key.full)?;
-        super::refuse_root(key, "delete")?;
-        let name = Self::blob_name(key);
-        if is_directory {
-            for blob in self.list(&format!("{name}/")).await? {
-                self.delete_blob(&blob).await?;
-            }
-            return Ok(());
-        }
-        self.delete_blob(&name).await
+        super::download("get blob", name, resp).await
     }
 }
 
@@ -580,12 +504,17 @@ mod tests {
         let xml = "<Blobs><Blob><Name>a/b&amp;c.txt</Name></Blob><Blob><Name>d</Name></Blob></Blobs><NextMarker/>";
         assert_eq!(xml_all(xml, "Name"), vec!["a/b&c.txt", "d"]);
         assert!(xml_all(xml, "NextMarker").is_empty());
-        let key = SinkKey {
-            rel: vec!["x".into()],
-            full: "//backup/x".into(),
-        };
+        let store = AzureStore::new(
+            AzureSinkOptions {
+                account_name: "devstoreaccount1".into(),
+                account_key: "a2V5".into(),
+                ..Default::default()
+            },
+            reqwest::Client::new(),
+        )
+        .unwrap();
         assert_eq!(
-            AzureSink::blob_name(&key),
+            store.object_name("//backup/x"),
             "backup/x",
             "every leading slash trimmed, as upstream"
         );

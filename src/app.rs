@@ -128,7 +128,7 @@ async fn replicate(
         tokio::spawn(crate::metrics::progress(every, stop.clone()));
     }
     tokio::spawn(pipeline.clone().watch_outages(stop.clone()));
-    let http = &setup.http;
+    let cloud = &setup.cloud;
     let source = &setup.source;
     match &settings.input {
         InputSettings::Sqs(cfg) => {
@@ -137,7 +137,7 @@ async fn replicate(
         }
         InputSettings::PubSub(cfg) => {
             tracing::info!(project = %cfg.project_id, subscription = %cfg.subscription, "input: Google Pub/Sub");
-            crate::source::pubsub::run(cfg, http.clone(), pipeline.clone(), stop, hard_stop)
+            crate::source::pubsub::run(cfg, cloud.clone(), pipeline.clone(), stop, hard_stop)
                 .await
                 .map_err(|e| {
                     config_problem(

@@ -14,6 +14,7 @@ pub mod filer;
 pub mod gaps;
 pub mod gcp;
 pub mod go;
+pub mod http;
 pub mod lane;
 pub mod logfile;
 pub mod metrics;

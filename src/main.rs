@@ -18,6 +18,7 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
+    seaweed_replicate::http::install_tls_provider();
     let mut args = Vec::new();
     for (i, a) in std::env::args_os().enumerate() {
         match a.into_string() {

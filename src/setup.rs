@@ -20,7 +20,6 @@ use crate::sink::object::gcs::GcsStore;
 use crate::sink::object::s3::S3Store;
 use crate::sink::wait_until_healthy;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -61,7 +60,10 @@ impl AppError {
 pub struct Setup {
     pub raw: RawConfig,
     pub settings: Settings,
+    /// For SeaweedFS's servers (`security.toml`'s `[https.client]`).
     pub http: reqwest::Client,
+    /// For clouds and their token endpoints (see [`crate::http`]).
+    pub cloud: reqwest::Client,
     pub grpc_tls: Option<Arc<rustls::ClientConfig>>,
     pub source: Arc<FilerSource>,
 }
@@ -93,33 +95,16 @@ impl Setup {
         }
         let settings = resolve(&raw, &opts.cwd)?;
 
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(settings.replicate.read_timeout)
-            .timeout(crate::retry::attempt_limit(settings.replicate.read_timeout))
-            .pool_max_idle_per_host(64);
-        if let Some(https) = &settings.security.https_client {
-            http = http.danger_accept_invalid_certs(https.insecure_skip_verify);
-            if !https.ca.is_empty() {
-                let pem = std::fs::read(&https.ca)
-                    .map_err(|e| config_problem(&raw, "https.client.ca", &https.ca, e))?;
-                let cert = reqwest::Certificate::from_pem(&pem)
-                    .map_err(|e| config_problem(&raw, "https.client.ca", &https.ca, e))?;
-                http = http.add_root_certificate(cert);
+        let read_timeout = settings.replicate.read_timeout;
+        let client_problem = |e: crate::http::HttpError| match e {
+            crate::http::HttpError::File { key, path, detail } => {
+                config_problem(&raw, key, &path, detail)
             }
-            if !https.cert.is_empty() {
-                let cert = std::fs::read(&https.cert)
-                    .map_err(|e| config_problem(&raw, "https.client.cert", &https.cert, e))?;
-                let key = std::fs::read(&https.key)
-                    .map_err(|e| config_problem(&raw, "https.client.key", &https.key, e))?;
-                let id = reqwest::Identity::from_pkcs8_pem(&cert, &key)
-                    .map_err(|e| config_problem(&raw, "https.client.cert", &https.cert, e))?;
-                http = http.identity(id);
-            }
-        }
-        let http = http
-            .build()
-            .map_err(|e| AppError::Runtime(format!("HTTP client: {e}")))?;
+            e => AppError::Runtime(e.to_string()),
+        };
+        let http = crate::http::seaweed(read_timeout, settings.security.https_client.as_ref())
+            .map_err(client_problem)?;
+        let cloud = crate::http::cloud(read_timeout).map_err(client_problem)?;
 
         let grpc_tls = match &settings.security.grpc_tls {
             None => None,
@@ -156,6 +141,7 @@ impl Setup {
             raw,
             settings,
             http,
+            cloud,
             grpc_tls,
             source,
         })
@@ -163,24 +149,24 @@ impl Setup {
 
     /// Build the configured sink (nothing is contacted yet).
     pub async fn sink(&self) -> Result<OpenSink, AppError> {
-        let (raw, http, source) = (&self.raw, &self.http, &self.source);
+        let (raw, cloud, source) = (&self.raw, &self.cloud, &self.source);
         let sink: Box<dyn Sink> = match &self.settings.sink {
             SinkSettings::Local {
                 name, directory, ..
             } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
             SinkSettings::Azure(opts) => {
-                let store = AzureStore::new(opts.clone(), http.clone())
+                let store = AzureStore::new(opts.clone(), cloud.clone())
                     .map_err(|e| config_problem(raw, "sink.azure.account_key", "(not shown)", e))?;
                 tracing::info!(credential = %store.credential(), "Azure authorization");
                 Box::new(ObjectSink::new(store, &opts.directory, source.clone()))
             }
             SinkSettings::B2(opts) => Box::new(ObjectSink::new(
-                B2Store::new(opts.clone(), http.clone()),
+                B2Store::new(opts.clone(), cloud.clone()),
                 &opts.directory,
                 source.clone(),
             )),
             SinkSettings::Gcs(opts) => {
-                let store = GcsStore::new(opts.clone(), http.clone()).map_err(|e| {
+                let store = GcsStore::new(opts.clone(), cloud.clone()).map_err(|e| {
                     config_problem(
                         raw,
                         "sink.google_cloud_storage.google_application_credentials",
@@ -205,8 +191,8 @@ impl Setup {
                     ),
                     ..opts.clone()
                 };
-                let sink =
-                    FilerSink::new(opts.clone(), source.clone(), http.clone()).map_err(|e| {
+                let sink = FilerSink::new(opts.clone(), source.clone(), self.http.clone())
+                    .map_err(|e| {
                         config_problem(raw, "sink.filer.grpcAddress", &opts.grpc_address, e)
                     })?;
                 let target = Some((opts.grpc_address.clone(), sink.client()));

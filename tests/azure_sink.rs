@@ -103,7 +103,7 @@ async fn azure_conformance_on_azurite() {
     let azurite = start_azurite();
     let azurite_endpoint = format!("{}/{ACCOUNT}", azurite.endpoint());
     let store = AzureStore {
-        http: reqwest::Client::new(),
+        http: seaweed_replicate::http::plain(),
         key: SharedKey::new(ACCOUNT, KEY).unwrap(),
         endpoint: azurite_endpoint.clone(),
     };
@@ -289,10 +289,13 @@ async fn azure_entra_id_on_azurite_with_oauth() {
     let _azurite = Service::spawn("azurite (https, oauth)", cmd, port);
     let endpoint = format!("https://127.0.0.1:{port}/{ACCOUNT}");
     let store = AzureStore {
-        http: reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
-            .build()
-            .unwrap(),
+        http: {
+            seaweed_replicate::http::install_tls_provider();
+            reqwest::Client::builder()
+        }
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap(),
         key: SharedKey::new(ACCOUNT, KEY).unwrap(),
         endpoint: endpoint.clone(),
     };

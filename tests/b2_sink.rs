@@ -157,14 +157,14 @@ async fn b2_conformance_and_upstream_defects_on_the_simulator() {
     let bed = TestBed::start(BedOptions::default());
     let b2 = start_b2();
     let store = B2Store {
-        http: reqwest::Client::new(),
+        http: seaweed_replicate::http::plain(),
         endpoint: b2.endpoint(),
     };
     let endpoint = b2.endpoint();
     let under_test = StoreUnderTest {
         label: "b2-simulator".into(),
         store: Box::new(B2Store {
-            http: reqwest::Client::new(),
+            http: seaweed_replicate::http::plain(),
             endpoint: b2.endpoint(),
         }),
         section: Box::new(move |dir, inc| section(&endpoint, dir, inc)),

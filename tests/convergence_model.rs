@@ -372,8 +372,11 @@ impl Bed {
         let dir = tempfile::tempdir().unwrap();
         // Entries carry their bytes inline, so the sink never reads a volume server; the
         // source it is given is never called.
-        let source =
-            FilerSource::new(SourceOptions::plain("127.0.0.1:9"), reqwest::Client::new()).unwrap();
+        let source = FilerSource::new(
+            SourceOptions::plain("127.0.0.1:9"),
+            seaweed_replicate::http::plain(),
+        )
+        .unwrap();
         let sink = LocalSink::new("local", dir.path().to_path_buf(), Arc::new(source));
         Bed {
             ns,

@@ -21,7 +21,7 @@ fn metrics_config(port: u16, on_gap: &str) -> String {
 
 /// `replicate_gaps_total{reason}` becomes 1.
 async fn counted_once(port: u16, reason: &str) {
-    let http = reqwest::Client::new();
+    let http = seaweed_replicate::http::plain();
     let metrics = format!("http://127.0.0.1:{port}/metrics");
     let series = format!("replicate_gaps_total{{reason=\"{reason}\"}}");
     assert!(

@@ -93,7 +93,7 @@ impl ObjectStore for GcsStore {
 async fn gcs_conformance_on_fake_gcs_server() {
     let bed = TestBed::start(BedOptions::default());
     let gcs = start_fake_gcs();
-    let http = reqwest::Client::new();
+    let http = seaweed_replicate::http::plain();
     create_bucket(&http, &gcs, "replica").await;
     let endpoint = gcs.endpoint();
     let store = StoreUnderTest {
@@ -137,7 +137,7 @@ async fn create_bucket(http: &reqwest::Client, gcs: &Service, name: &str) {
 async fn gcs_object_names_follow_upstreams_join() {
     let bed = TestBed::start(BedOptions::default());
     let gcs = start_fake_gcs();
-    let http = reqwest::Client::new();
+    let http = seaweed_replicate::http::plain();
     bed.upload("/data/a.txt", b"first", "").await;
     bed.upload("/data/d/b.txt", b"second", "").await;
     // (bucket, source directory, sink directory, the names upstream gives)

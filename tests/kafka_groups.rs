@@ -611,7 +611,7 @@ async fn a_rebalance_that_does_not_complete_is_visible() {
         &b.log(),
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = seaweed_replicate::http::plain();
     let waited = get(&http, &format!("{base}/metrics"))
         .await
         .and_then(|(_, text)| sample(&text, "replicate_kafka_group_unassigned_seconds"));

@@ -42,7 +42,7 @@ async fn metrics_health_and_progress_follow_replication() {
         &format!("\n[metrics]\naddress = \"127.0.0.1:{port}\"\nprogress_interval_seconds = 1\n"),
     );
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = seaweed_replicate::http::plain();
 
     // With the broker away the process is alive but not ready, and says why.
     bed.stop_broker();

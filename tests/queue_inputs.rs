@@ -190,7 +190,7 @@ async fn sqs_and_sns_through_gocdk_urls() {
     let moto = start_moto();
     let endpoint = moto.endpoint();
     let (client, url) = moto_queue(&endpoint, "gocdk-events").await;
-    let http = reqwest::Client::new();
+    let http = seaweed_replicate::http::plain();
     let created = GocdkSqs::sns(
         &http,
         &endpoint,
@@ -304,7 +304,7 @@ async fn pubsub_on_the_emulator() {
         r#"{"type":"authorized_user","client_id":"x","client_secret":"y","refresh_token":"z"}"#,
     )
     .unwrap();
-    let http = reqwest::Client::new();
+    let http = seaweed_replicate::http::plain();
     // The subscription must exist before the filer publishes the backlog.
     let base = format!("{}/v1/projects/test-project", emulator.endpoint());
     for (path, body) in [

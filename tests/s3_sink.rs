@@ -185,7 +185,7 @@ async fn a_frozen_sink_is_an_outage_and_is_waited_out() {
         &work.log(),
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = seaweed_replicate::http::plain();
     let (_, metrics) = get(&http, &format!("{base}/metrics")).await.unwrap();
     assert_eq!(
         sample(&metrics, "replicate_up{component=\"sink\"}"),

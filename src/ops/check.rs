@@ -96,7 +96,11 @@ pub async fn run(
         InputSettings::Kafka(k) => probe("input", crate::source::kafka::probe(k)).await,
         InputSettings::Sqs(q) => probe("input", crate::source::sqs::probe(q)).await,
         InputSettings::PubSub(p) => {
-            probe("input", crate::source::pubsub::probe(p, setup.http.clone())).await
+            probe(
+                "input",
+                crate::source::pubsub::probe(p, setup.cloud.clone()),
+            )
+            .await
         }
         InputSettings::Rabbit(r) => probe("input", crate::source::rabbit::probe(r)).await,
         InputSettings::Nats(n) => probe("input", crate::source::nats::probe(n)).await,

@@ -646,7 +646,7 @@ mod tests {
         // Entries with inline content only: the source is never called.
         let source = FilerSource::new(
             crate::filer::SourceOptions::plain("127.0.0.1:9"),
-            reqwest::Client::new(),
+            crate::http::plain(),
         )
         .unwrap();
         LocalSink::new("local", root.to_path_buf(), Arc::new(source))

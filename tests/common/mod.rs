@@ -113,7 +113,7 @@ impl TestBed {
         TestBed {
             dir,
             env,
-            http: reqwest::Client::new(),
+            http: seaweed_replicate::http::plain(),
         }
     }
 
@@ -790,7 +790,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 
 /// Wait until `/readyz` answers `status` with a body containing `says`.
 pub async fn readyz_becomes(base: &str, status: u16, says: &str, timeout: Duration, log: &Path) {
-    let http = reqwest::Client::new();
+    let http = seaweed_replicate::http::plain();
     let url = format!("{base}/readyz");
     assert!(
         eventually(timeout, || async {

@@ -479,7 +479,7 @@ mod tests {
             "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
         )
         .unwrap();
-        let req = reqwest::Client::new()
+        let req = crate::http::plain()
             .get(
                 "http://127.0.0.1:10000/devstoreaccount1/c?restype=container&comp=list&prefix=a%2F",
             )
@@ -510,7 +510,7 @@ mod tests {
                 account_key: "a2V5".into(),
                 ..Default::default()
             },
-            reqwest::Client::new(),
+            crate::http::plain(),
         )
         .unwrap();
         assert_eq!(

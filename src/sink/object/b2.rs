@@ -604,7 +604,7 @@ mod tests {
 
     #[test]
     fn names_keep_upstream_layout_and_travel_encoded() {
-        let store = B2Store::new(B2SinkOptions::default(), reqwest::Client::new());
+        let store = B2Store::new(B2SinkOptions::default(), crate::http::plain());
         assert_eq!(
             store.object_name("//backup/a b.txt"),
             "/backup/a b.txt",

@@ -7,6 +7,7 @@ use common::objects::{ObjectInfo, ObjectStore, StoreUnderTest, conformance};
 use common::*;
 use seaweed_replicate::sink::object::azure::SharedKey;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -164,19 +165,38 @@ fn storage_jwt() -> String {
 /// identity endpoint, as far as a client sees them. No Entra ID runs offline; what this
 /// test proves is that the tokens `replicate` asks for are sent the way Azure Storage
 /// (Azurite with `--oauth basic`) accepts them, and that each flow asks correctly.
-async fn start_token_endpoint(assertion: String) -> (u16, Seen) {
+/// It serves HTTPS with `cert` (the SDK accepts no other authority).
+async fn start_token_endpoint(assertion: String, cert: &Path, key: &Path) -> (u16, Seen) {
+    use rustls::pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen: Seen = Default::default();
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
+            let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (log, assertion) = (log.clone(), assertion.clone());
+            let (log, assertion, acceptor) = (log.clone(), assertion.clone(), acceptor.clone());
             tokio::spawn(async move {
+                let Ok(mut conn) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut raw = Vec::new();
                 let mut buf = [0u8; 4096];
                 let (head, body) = loop {
@@ -235,14 +255,20 @@ async fn start_token_endpoint(assertion: String) -> (u16, Seen) {
                             || form.get("client_assertion") == Some(&assertion))
                 } else {
                     request_line.starts_with("GET /msi?")
-                        && request_line.contains("resource=https%3A%2F%2Fstorage.azure.com%2F")
+                        && request_line.contains("resource=https%3A%2F%2Fstorage.azure.com")
                         && identity_header
                 };
                 let (status, json) = if ok {
                     let token = storage_jwt();
                     (
                         "200 OK",
-                        serde_json::json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"}),
+                        // Entra ID answers `expires_in`; managed identity endpoints
+                        // `expires_on` (a string) and `resource`.
+                        serde_json::json!({
+                            "access_token": token, "expires_in": 3599, "token_type": "Bearer",
+                            "expires_on": (chrono::Utc::now().timestamp() + 3599).to_string(),
+                            "resource": "https://storage.azure.com",
+                        }),
                     )
                 } else {
                     (
@@ -256,6 +282,7 @@ async fn start_token_endpoint(assertion: String) -> (u16, Seen) {
                     json.len()
                 );
                 let _ = conn.write_all(reply.as_bytes()).await;
+                let _ = conn.shutdown().await;
             });
         }
     });
@@ -309,10 +336,16 @@ async fn azure_entra_id_on_azurite_with_oauth() {
     assert!(created.status().is_success(), "{}", created.status());
 
     let federated = certs.path().join("federated-token");
-    std::fs::write(&federated, "projected-service-account-token\n").unwrap();
-    let (token_port, seen) = start_token_endpoint("projected-service-account-token".into()).await;
-    let authority = format!("http://127.0.0.1:{token_port}/");
-    let identity_endpoint = format!("http://127.0.0.1:{token_port}/msi");
+    // Projected tokens end without a newline; the file is sent as it is, as Go's azidentity does.
+    std::fs::write(&federated, "projected-service-account-token").unwrap();
+    let (token_port, seen) = start_token_endpoint(
+        "projected-service-account-token".into(),
+        &cert_pem,
+        &key_pem,
+    )
+    .await;
+    let authority = format!("https://127.0.0.1:{token_port}/");
+    let identity_endpoint = format!("https://127.0.0.1:{token_port}/msi");
     let cert_file = cert_pem.display().to_string();
     let federated = federated.display().to_string();
     let secret_env = |secret: &'static str| {

@@ -7,20 +7,27 @@
 //!   environment, then the system-assigned managed identity.
 //!
 //! Managed identity is asked through `IDENTITY_ENDPOINT` + `IDENTITY_HEADER` where the
-//! platform sets them (App Service, Container Apps, Arc), else the VM metadata service.
-//! `AZURE_AUTHORITY_HOST` selects a sovereign cloud's login host.
+//! platform sets them (App Service, Container Apps), else the VM metadata service.
+//! `AZURE_AUTHORITY_HOST` selects a sovereign cloud's login host (https only).
+//!
+//! The choice is ours (it is upstream's configuration); the token flows are the official
+//! Azure SDK's (`azure_identity`), over our HTTP client and its TLS.
 
 use super::{Failure, StoreError};
-use crate::sink::percent_encode;
-use std::time::{Duration, Instant};
+use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+use azure_core::credentials::{Secret, TokenCredential};
+use azure_core::error::ErrorKind;
+use azure_core::http::{ClientOptions, Transport};
+use azure_identity::{
+    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+};
+use std::sync::Arc;
 use tokio::sync::Mutex;
 
-const STORAGE_RESOURCE: &str = "https://storage.azure.com/";
 const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com/";
-const IMDS: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
-/// A token is renewed this long before it expires.
-const EARLY: Duration = Duration::from_secs(300);
 
 /// Where tokens come from.
 #[derive(Clone, PartialEq)]
@@ -119,16 +126,27 @@ impl TokenSource {
             {
                 Some(format!("{self:?} needs AZURE_TENANT_ID"))
             }
+            TokenSource::ClientSecret { authority, .. }
+            | TokenSource::Workload { authority, .. }
+                if !authority.to_ascii_lowercase().starts_with("https://") =>
+            {
+                Some(format!(
+                    "AZURE_AUTHORITY_HOST must be an https:// URL, not {authority:?}"
+                ))
+            }
             _ => None,
         }
     }
 }
 
-/// Access tokens from one source, cached until shortly before they expire.
+/// Access tokens from one source, through the Azure SDK's own credentials (which cache
+/// each token until shortly before it expires). The credential is made at the first
+/// request and again after a failure, so a token file that appears later, or a refused
+/// token, is read afresh.
 pub struct EntraCredential {
     source: TokenSource,
     http: reqwest::Client,
-    cached: Mutex<Option<(String, Instant)>>,
+    credential: Mutex<Option<Arc<dyn TokenCredential>>>,
 }
 
 impl EntraCredential {
@@ -136,7 +154,7 @@ impl EntraCredential {
         EntraCredential {
             source,
             http,
-            cached: Mutex::new(None),
+            credential: Mutex::new(None),
         }
     }
 
@@ -144,118 +162,91 @@ impl EntraCredential {
         &self.source
     }
 
-    /// Drop the cached token (the service refused it).
+    /// Drop the credential and its cached token (the service refused it).
     pub async fn forget(&self) {
-        *self.cached.lock().await = None;
+        *self.credential.lock().await = None;
     }
 
-    pub async fn token(&self) -> Result<String, StoreError> {
-        let mut cached = self.cached.lock().await;
-        if let Some((t, until)) = cached.as_ref()
-            && Instant::now() < *until
-        {
-            return Ok(t.clone());
-        }
-        let op = "get an Entra ID token";
-        let token_url = |authority: &str, tenant: &str| {
-            format!(
-                "{}/{tenant}/oauth2/v2.0/token",
-                authority.trim_end_matches('/')
-            )
+    /// The SDK's credential for this source, talking through our HTTP client to the
+    /// authority the source names.
+    fn make(&self) -> azure_core::Result<Arc<dyn TokenCredential>> {
+        let options = |authority: &str| {
+            let mut cloud = CustomConfiguration::default();
+            cloud.authority_host = authority.to_string();
+            ClientOptions {
+                transport: Some(Transport::new(Arc::new(self.http.clone()))),
+                cloud: Some(Arc::new(CloudConfiguration::Custom(cloud))),
+                ..Default::default()
+            }
         };
-        let req = match &self.source {
+        Ok(match &self.source {
             TokenSource::ClientSecret {
                 authority,
                 tenant,
                 client_id,
                 secret,
-            } => self.http.post(token_url(authority, tenant)).form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id),
-                ("client_secret", secret),
-                ("scope", STORAGE_SCOPE),
-            ]),
+            } => ClientSecretCredential::new(
+                tenant,
+                client_id.clone(),
+                Secret::new(secret.clone()),
+                Some(ClientSecretCredentialOptions {
+                    client_options: options(authority),
+                }),
+            )?,
             TokenSource::Workload {
                 authority,
                 tenant,
                 client_id,
                 token_file,
-            } => {
-                // Re-read every time: the platform rotates the file.
-                let assertion = std::fs::read_to_string(token_file).map_err(|e| {
-                    StoreError::new(op, "", Failure::Other, format!("reading {token_file}: {e}"))
-                })?;
-                self.http.post(token_url(authority, tenant)).form(&[
-                    ("grant_type", "client_credentials"),
-                    ("client_id", client_id.as_str()),
-                    (
-                        "client_assertion_type",
-                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                    ),
-                    ("client_assertion", assertion.trim()),
-                    ("scope", STORAGE_SCOPE),
-                ])
-            }
+            } => WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+                credential_options: ClientAssertionCredentialOptions {
+                    client_options: options(authority),
+                },
+                client_id: Some(client_id.clone()),
+                tenant_id: Some(tenant.clone()),
+                token_file_path: Some(token_file.into()),
+            }))?,
             TokenSource::ManagedIdentity { client_id } => {
-                let endpoint = std::env::var("IDENTITY_ENDPOINT")
-                    .ok()
-                    .filter(|v| !v.is_empty());
-                let header = std::env::var("IDENTITY_HEADER")
-                    .ok()
-                    .filter(|v| !v.is_empty());
-                let mut query: Vec<(&str, &str)> = vec![("resource", STORAGE_RESOURCE)];
-                if !client_id.is_empty() {
-                    query.push(("client_id", client_id));
-                }
-                let url = |base: &str, version: &'static str| {
-                    let q: Vec<String> = query
-                        .iter()
-                        .chain([&("api-version", version)])
-                        .map(|(k, v)| format!("{k}={}", percent_encode(v, false)))
-                        .collect();
-                    format!("{base}?{}", q.join("&"))
-                };
-                match (endpoint, header) {
-                    (Some(endpoint), Some(header)) => self
-                        .http
-                        .get(url(&endpoint, "2019-08-01"))
-                        .header("X-IDENTITY-HEADER", header),
-                    _ => self
-                        .http
-                        .get(url(IMDS, "2018-02-01"))
-                        .header("Metadata", "true"),
+                ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                    user_assigned_id: (!client_id.is_empty())
+                        .then(|| UserAssignedId::ClientId(client_id.clone())),
+                    client_options: ClientOptions {
+                        transport: Some(Transport::new(Arc::new(self.http.clone()))),
+                        ..Default::default()
+                    },
+                }))?
+            }
+        })
+    }
+
+    pub async fn token(&self) -> Result<String, StoreError> {
+        let op = "get an Entra ID token";
+        let failed = |e: azure_core::Error| {
+            let failure = match e.kind() {
+                ErrorKind::Io => Failure::Unavailable,
+                // Refused credentials: every request needs them, so no event is to blame.
+                _ => Failure::PermissionDenied,
+            };
+            StoreError::new(op, "", failure, format!("{:?}: {e}", self.source))
+        };
+        let credential = {
+            let mut slot = self.credential.lock().await;
+            match slot.as_ref() {
+                Some(c) => c.clone(),
+                None => {
+                    let c = self.make().map_err(failed)?;
+                    *slot = Some(c.clone());
+                    c
                 }
             }
         };
-        let resp = req
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| StoreError::http(op, "", e))?;
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let Some(token) = body["access_token"].as_str() else {
-            let why = body["error_description"]
-                .as_str()
-                .or(body["error"].as_str())
-                .or(body["message"].as_str())
-                .unwrap_or("no access_token in the answer");
-            return Err(StoreError::new(
-                op,
-                "",
-                // Refused credentials: every request needs them, so no event is to blame.
-                Failure::PermissionDenied,
-                format!("{:?}: HTTP {status}: {why}", self.source),
-            ));
-        };
-        // expires_in is a number from Entra and a string from managed identity endpoints.
-        let ttl = body["expires_in"]
-            .as_u64()
-            .or_else(|| body["expires_in"].as_str().and_then(|s| s.parse().ok()))
-            .unwrap_or(3600);
-        let ttl = Duration::from_secs(ttl).saturating_sub(EARLY);
-        *cached = Some((token.to_string(), Instant::now() + ttl));
-        Ok(token.to_string())
+        match credential.get_token(&[STORAGE_SCOPE], None).await {
+            Ok(token) => Ok(token.token.secret().to_string()),
+            Err(e) => {
+                self.forget().await;
+                Err(failed(e))
+            }
+        }
     }
 }
 
@@ -338,6 +329,20 @@ mod tests {
             )
             .problem()
             .is_some_and(|p| p.contains("AZURE_TENANT_ID"))
+        );
+        assert!(
+            choose(
+                "",
+                &[
+                    ("AZURE_CLIENT_ID", "c"),
+                    ("AZURE_CLIENT_SECRET", "s"),
+                    ("AZURE_TENANT_ID", "t"),
+                    ("AZURE_AUTHORITY_HOST", "http://login.example/"),
+                ]
+            )
+            .problem()
+            .is_some_and(|p| p.contains("https")),
+            "the SDK refuses a plain-http authority; say so at start-up"
         );
     }
 }

@@ -188,3 +188,133 @@ async fn gcs_object_names_follow_upstreams_join() {
         assert!(rep.stop().0.success());
     }
 }
+
+/// An OAuth token endpoint as far as a client sees it: a refresh with `good-refresh`
+/// gets a token, anything else Google's `invalid_grant`. Every request body is kept.
+async fn start_token_endpoint() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body = loop {
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&raw).to_string();
+                    let Some(i) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len = text[..i]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if raw.len() >= i + 4 + len {
+                        break text[i + 4..i + 4 + len].to_string();
+                    }
+                };
+                log.lock().unwrap().push(body.clone());
+                let (status, json) = if body.contains("good-refresh") {
+                    (
+                        "200 OK",
+                        r#"{"access_token":"ya29.from-the-test","expires_in":3599,"token_type":"Bearer"}"#,
+                    )
+                } else {
+                    (
+                        "400 Bad Request",
+                        r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#,
+                    )
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// `google_application_credentials` naming an authorized user's file: the token comes
+/// from the file's `token_uri` (Google's credentials crate refreshes it there), and a
+/// refused refresh is reported in Google's words and retried, never fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_with_authorized_user_credentials() {
+    let bed = TestBed::start(BedOptions::default());
+    let gcs = start_fake_gcs();
+    let http = seaweed_replicate::http::plain();
+    create_bucket(&http, &gcs, "creds").await;
+    let (port, seen) = start_token_endpoint().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = |name: &str, refresh: &str| {
+        let path = keys.path().join(name);
+        let json = serde_json::json!({
+            "type": "authorized_user", "client_id": "replicate-test-client",
+            "client_secret": "s", "refresh_token": refresh,
+            "token_uri": format!("http://127.0.0.1:{port}/token"),
+        });
+        std::fs::write(&path, json.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let section = |file: &str, dir: &str| {
+        format!(
+            "[sink.google_cloud_storage]\nenabled = true\ngoogle_application_credentials = \"{file}\"\n\
+             bucket = \"creds\"\ndirectory = \"{dir}\"\nendpoint = \"{}\"\n",
+            gcs.endpoint()
+        )
+    };
+    bed.upload("/creds/a.txt", b"with a token", "").await;
+
+    let good = key_file("good.json", "good-refresh");
+    let work = Workdir::with_sink(&bed, "/creds", &section(&good, "/good"), "");
+    let rep = Replicator::start(&work);
+    let store = GcsStore {
+        http: http.clone(),
+        endpoint: gcs.endpoint(),
+        bucket: "creds".into(),
+    };
+    assert!(
+        eventually(std::time::Duration::from_secs(60), || async {
+            store.objects("/good/").await.get("/good/a.txt") == Some(&b"with a token".to_vec())
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    let asked = seen.lock().unwrap().clone();
+    assert!(
+        asked
+            .iter()
+            .any(|b| b.contains("good-refresh") && b.contains("replicate-test-client")),
+        "the token endpoint was not asked with the file's refresh token: {asked:?}"
+    );
+    assert!(rep.stop().0.success());
+
+    let bad = key_file("bad.json", "revoked-refresh");
+    let work = Workdir::with_sink(&bed, "/creds", &section(&bad, "/bad"), "");
+    let mut rep = Replicator::start(&work);
+    assert!(
+        eventually(std::time::Duration::from_secs(60), || async {
+            std::fs::read_to_string(work.log()).is_ok_and(|t| t.contains("invalid_grant"))
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    assert!(rep.is_running(), "a refused refresh stopped replication");
+    assert!(store.objects("/bad/").await.is_empty());
+    rep.stop();
+}

@@ -36,7 +36,7 @@ impl Queue for Sqs {
             Err(_) => {
                 let body = base64::engine::general_purpose::STANDARD.encode(payload);
                 let send = send.message_body(body);
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     send.message_attributes("base64encoded", string("true"))
                 } else {
                     send
@@ -136,7 +136,7 @@ impl Queue for GocdkSqs {
         use aws_sdk_sqs::types::MessageAttributeValue;
         let wire = common::gowire::encode(key, payload);
         let n = self.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             let mut send = self
                 .client
                 .send_message()

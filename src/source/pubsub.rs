@@ -86,8 +86,8 @@ fn connect(cfg: &PubSubSettings, http: reqwest::Client) -> Result<(Client, Strin
         Some(h) => format!("http://{h}"),
         None => "https://pubsub.googleapis.com".to_string(),
     };
-    let auth = GoogleAuth::new(&cfg.credentials, emulator.is_some(), SCOPE, http.clone())
-        .map_err(|e| e.to_string())?;
+    let auth =
+        GoogleAuth::new(&cfg.credentials, emulator.is_some(), SCOPE).map_err(|e| e.to_string())?;
     let client = Client { http, base, auth };
     let sub = format!(
         "projects/{}/subscriptions/{}",

@@ -82,12 +82,7 @@ impl GcsStore {
         } else {
             DEFAULT_ENDPOINT.to_string()
         };
-        let auth = GoogleAuth::new(
-            &opts.credentials,
-            endpoint != DEFAULT_ENDPOINT,
-            SCOPE,
-            http.clone(),
-        )?;
+        let auth = GoogleAuth::new(&opts.credentials, endpoint != DEFAULT_ENDPOINT, SCOPE)?;
         Ok(GcsStore {
             http,
             endpoint,

@@ -4,8 +4,7 @@
 
 use crate::cli::{Cli, Command};
 use crate::config::scaffold;
-use crate::config::settings::InputSettings;
-use crate::setup::{AppError, Setup, config_error, config_problem};
+use crate::setup::{AppError, Setup, config_error};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -128,54 +127,15 @@ async fn replicate(
         tokio::spawn(crate::metrics::progress(every, stop.clone()));
     }
     tokio::spawn(pipeline.clone().watch_outages(stop.clone()));
-    let cloud = &setup.cloud;
-    let source = &setup.source;
-    match &settings.input {
-        InputSettings::Sqs(cfg) => {
-            tracing::info!(queue = %cfg.queue_name, region = %cfg.region, "input: SQS");
-            crate::source::sqs::run(cfg, pipeline.clone(), stop, hard_stop).await;
-        }
-        InputSettings::PubSub(cfg) => {
-            tracing::info!(project = %cfg.project_id, subscription = %cfg.subscription, "input: Google Pub/Sub");
-            crate::source::pubsub::run(cfg, cloud.clone(), pipeline.clone(), stop, hard_stop)
-                .await
-                .map_err(|e| {
-                    config_problem(
-                        raw,
-                        "notification.google_pub_sub.google_application_credentials",
-                        "(not shown)",
-                        e,
-                    )
-                })?;
-        }
-        InputSettings::Rabbit(cfg) => {
-            tracing::info!(queue = %cfg.queue, "input: RabbitMQ");
-            crate::source::rabbit::run(cfg, pipeline.clone(), stop, hard_stop).await;
-        }
-        InputSettings::Nats(cfg) => {
-            tracing::info!(subject = %cfg.subject, "input: NATS");
-            crate::source::nats::run(cfg, pipeline.clone(), stop, hard_stop).await;
-        }
-        InputSettings::Subscribe(cfg) => {
-            tracing::info!(filer = %settings.source.grpc_address, directory = %settings.source.directory,
-                "input: the source filer's metadata log (no queue)");
-            crate::source::subscribe::run(
-                cfg,
-                source.clone(),
-                &settings.source.directory,
-                pipeline.clone(),
-                stop,
-                hard_stop,
-            )
-            .await;
-        }
-        InputSettings::Kafka(k) => {
-            tracing::info!(topic = %k.topic, hosts = ?k.hosts, "Configure notification input to kafka");
-            crate::source::kafka::run(k, pipeline.clone(), stop, hard_stop)
-                .await
-                .map_err(|e| config_error(raw, "notification.kafka", e.to_string()))?;
-        }
-    }
+    let input = setup.input();
+    tracing::info!(input = %input.describe(), "Configure notification input to {}", settings.input.name());
+    input
+        .run(pipeline.clone(), stop, hard_stop)
+        .await
+        .map_err(|e| match e {
+            crate::source::InputError::Config { key, detail } => config_error(raw, key, detail),
+            e => AppError::Runtime(e.to_string()),
+        })?;
     if let Some(r) = reconciler {
         // It stops with `stop` (its events are abandoned like any in flight).
         let _ = tokio::time::timeout(Duration::from_secs(2), r).await;

@@ -3,7 +3,9 @@
 use crate::pb::{EventNotification, FileChunk};
 use prost::Message;
 
-/// An event as read from a queue: the queue key (a full filer path) and the payload.
+/// An event as read from a queue: the queue key (a full filer path) and the payload,
+/// decoded once, the first time anyone asks (see [`RawEvent::notification`]): the lane
+/// that orders events and the pipeline that applies them read the same decoding.
 #[derive(Debug, Clone)]
 pub struct RawEvent {
     pub key: String,
@@ -11,10 +13,63 @@ pub struct RawEvent {
     /// Why the message is not an event, when its input found out while unwrapping it (an
     /// escaped key that does not unescape, say); such a message is parked as a bad one.
     pub defect: Option<String>,
+    decoded: std::sync::OnceLock<Result<EventNotification, DecodeError>>,
+}
+
+impl RawEvent {
+    pub fn new(key: impl Into<String>, payload: impl Into<bytes::Bytes>) -> Self {
+        RawEvent {
+            key: key.into(),
+            payload: payload.into(),
+            defect: None,
+            decoded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The event a filer would publish for `ev` under `key` (synthesized events: backfill,
+    /// verify's repairs, the metadata log); nothing is decoded again.
+    pub fn from_notification(key: impl Into<String>, ev: EventNotification) -> Self {
+        let event = Self::new(key, ev.encode_to_vec());
+        let _ = event.decoded.set(Ok(ev));
+        event
+    }
+
+    /// The event a filer would publish had `entry` just been created in `dir`.
+    pub fn created(dir: &str, entry: &crate::pb::Entry) -> Self {
+        let key = format!("{}/{}", dir.trim_end_matches('/'), entry.name);
+        Self::from_notification(
+            key,
+            EventNotification {
+                new_entry: Some(entry.clone()),
+                new_parent_path: dir.to_string(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The event a filer would publish had the file at `path` just been deleted.
+    pub fn deleted(path: &str) -> Self {
+        let name = path.rsplit('/').next().unwrap_or_default().to_string();
+        Self::from_notification(
+            path,
+            EventNotification {
+                old_entry: Some(crate::pb::Entry {
+                    name,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The payload as an `EventNotification`, decoded on the first call only.
+    pub fn notification(&self) -> Result<&EventNotification, &DecodeError> {
+        self.decoded.get_or_init(|| decode(&self.payload)).as_ref()
+    }
 }
 
 /// Why an event could not be decoded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DecodeError {
     #[error("payload is not a valid EventNotification protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),

@@ -31,7 +31,7 @@ pub enum LaneEnd {
 
 /// The filer paths an event touches: its key, and the new path of a rename.
 pub fn paths_of(raw: &RawEvent) -> Vec<String> {
-    let Ok(ev) = crate::event::decode(&raw.payload) else {
+    let Ok(ev) = raw.notification() else {
         return Vec::new();
     };
     let mut paths = vec![raw.key.trim_end_matches('/').to_string()];
@@ -178,10 +178,9 @@ mod tests {
 
     fn create(path: &str) -> RawEvent {
         let (dir, name) = path.rsplit_once('/').unwrap();
-        RawEvent {
-            key: path.into(),
-            defect: None,
-            payload: pb::EventNotification {
+        RawEvent::new(
+            path,
+            pb::EventNotification {
                 new_entry: Some(pb::Entry {
                     name: name.into(),
                     ..Default::default()
@@ -189,19 +188,17 @@ mod tests {
                 new_parent_path: dir.into(),
                 ..Default::default()
             }
-            .encode_to_vec()
-            .into(),
-        }
+            .encode_to_vec(),
+        )
     }
 
     fn rename(from: &str, to: &str) -> RawEvent {
         let (_, old) = from.rsplit_once('/').unwrap();
         let (dir, new) = to.rsplit_once('/').unwrap();
         let dir = if dir.is_empty() { "/" } else { dir };
-        RawEvent {
-            key: from.into(),
-            defect: None,
-            payload: pb::EventNotification {
+        RawEvent::new(
+            from,
+            pb::EventNotification {
                 old_entry: Some(pb::Entry {
                     name: old.into(),
                     ..Default::default()
@@ -213,9 +210,8 @@ mod tests {
                 new_parent_path: dir.into(),
                 ..Default::default()
             }
-            .encode_to_vec()
-            .into(),
-        }
+            .encode_to_vec(),
+        )
     }
 
     #[test]
@@ -229,14 +225,7 @@ mod tests {
             paths_of(&rename("/d/a", "/e/b")),
             vec!["/d/a".to_string(), "/e/b".to_string()]
         );
-        assert!(
-            paths_of(&RawEvent {
-                key: "/x".into(),
-                defect: None,
-                payload: vec![0xff, 0xff].into()
-            })
-            .is_empty()
-        );
+        assert!(paths_of(&RawEvent::new("/x", vec![0xff, 0xff])).is_empty());
     }
 
     /// Unrelated events overlap; related ones never start before the earlier ones end;

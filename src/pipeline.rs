@@ -388,7 +388,9 @@ impl Pipeline {
                 self.max_message_bytes
             )));
         }
-        let ev = event::decode(&raw.payload).map_err(|e| Failure::BadMessage(e.to_string()))?;
+        let ev = raw
+            .notification()
+            .map_err(|e| Failure::BadMessage(e.to_string()))?;
         if ev.old_entry.is_none() && ev.new_entry.is_none() {
             // Protobuf skips unknown fields, so some garbage decodes to an empty message;
             // no filer publishes an event without an entry.
@@ -396,17 +398,17 @@ impl Pipeline {
                 "payload is not an EventNotification protobuf (no old or new entry)".into(),
             ));
         }
-        *kind = event::change(&raw.key, &ev);
-        tracing::debug!(key = %raw.key, "{}: {}", event::kind(&ev), raw.key);
+        *kind = event::change(&raw.key, ev);
+        tracing::debug!(key = %raw.key, "{}: {}", event::kind(ev), raw.key);
         let plan = self
             .rules
-            .plan(&raw.key, &ev)
+            .plan(&raw.key, ev)
             .map_err(|e| Failure::Permanent(e.to_string()))?;
         if let Plan::Skip(why) = plan {
             tracing::debug!(key = %raw.key, why, "skipped");
             return Ok(Some(false));
         }
-        let paths = replicate::converge::Paths::of(&raw.key, &ev);
+        let paths = replicate::converge::Paths::of(&raw.key, ev);
         // The deadline runs only while the event itself fails; an outage of the source or
         // the sink restarts it, so an outage never parks events.
         let mut started = Instant::now();
@@ -440,7 +442,7 @@ impl Pipeline {
                 }
                 // Data that is gone may be stale; data that is malformed is parked.
                 Err(e @ SinkError::Read { .. })
-                    if e.is_retryable() && self.superseded(&raw.key, &ev).await =>
+                    if e.is_retryable() && self.superseded(&raw.key, ev).await =>
                 {
                     tracing::info!(key = %raw.key, error = %e, "source data unreadable, but the source has moved on since this event; skipping it");
                     return Ok(Some(false));

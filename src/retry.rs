@@ -135,6 +135,44 @@ pub fn attempt_limit(stall: std::time::Duration) -> std::time::Duration {
     (stall * 5).max(std::time::Duration::from_secs(300))
 }
 
+/// Run `check` until it succeeds, logging why it fails (with `what` it checks) and
+/// backing off up to a minute; its value, or `None` if `stop` fires first.
+pub async fn wait_until_healthy<T, F, Fut>(
+    what: &str,
+    stop: &tokio_util::sync::CancellationToken,
+    mut check: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut backoff = Backoff::new(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    // Logged when the reason changes, not on every attempt.
+    let mut last: Option<String> = None;
+    loop {
+        match check().await {
+            Ok(value) => {
+                if last.is_some() {
+                    tracing::info!("{what} reachable now");
+                }
+                return Some(value);
+            }
+            Err(why) if last.as_ref() != Some(&why) => {
+                tracing::error!(error = %why, "{what} cannot be reached with this configuration; retrying with backoff");
+                last = Some(why);
+            }
+            Err(why) => tracing::debug!(error = %why, "{what} still cannot be reached"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

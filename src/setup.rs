@@ -10,6 +10,7 @@ use crate::pb::seaweed_filer_client::SeaweedFilerClient;
 use crate::pipeline::Pipeline;
 use crate::replicate::Rules;
 use crate::replicate::path::components;
+use crate::retry::wait_until_healthy;
 use crate::sink::Sink;
 use crate::sink::filer::FilerSink;
 use crate::sink::local::LocalSink;
@@ -18,7 +19,6 @@ use crate::sink::object::azure::AzureStore;
 use crate::sink::object::b2::B2Store;
 use crate::sink::object::gcs::GcsStore;
 use crate::sink::object::s3::S3Store;
-use crate::sink::wait_until_healthy;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -145,6 +145,18 @@ impl Setup {
             grpc_tls,
             source,
         })
+    }
+
+    /// The configured input (nothing is contacted yet).
+    pub fn input(&self) -> Box<dyn crate::source::Input> {
+        crate::source::open(
+            &self.settings.input,
+            crate::source::InputContext {
+                cloud: self.cloud.clone(),
+                source: self.source.clone(),
+                source_directory: self.settings.source.directory.clone(),
+            },
+        )
     }
 
     /// Build the configured sink (nothing is contacted yet).

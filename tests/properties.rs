@@ -43,11 +43,7 @@ fn assert_safe(key: &SinkKey) {
 }
 
 fn check_message(key: &str, payload: &[u8]) {
-    let raw = RawEvent {
-        key: key.into(),
-        defect: None,
-        payload: Bytes::copy_from_slice(payload),
-    };
+    let raw = RawEvent::new(key, Bytes::copy_from_slice(payload));
     let _ = seaweed_replicate::lane::paths_of(&raw);
     let Ok(ev) = event::decode(payload) else {
         return;

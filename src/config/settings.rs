@@ -88,6 +88,20 @@ pub enum InputSettings {
     Nats(NatsSettings),
 }
 
+impl InputSettings {
+    /// What kind of input, as the start-up log names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            InputSettings::Kafka(_) => "kafka",
+            InputSettings::Subscribe(_) => "the source filer's metadata log",
+            InputSettings::Sqs(_) => "aws_sqs",
+            InputSettings::PubSub(_) => "google_pub_sub",
+            InputSettings::Rabbit(_) => "rabbitmq",
+            InputSettings::Nats(_) => "nats",
+        }
+    }
+}
+
 /// An SQS queue.
 #[derive(Clone, Default)]
 pub struct SqsSettings {

@@ -7,7 +7,8 @@
 //! appended to the state file, so an interrupted backfill resumes where it stopped; a
 //! finished one removes the file.
 
-use super::{SourceTree, create_event, full_path, human_bytes};
+use super::{SourceTree, full_path, human_bytes};
+use crate::event::RawEvent;
 use crate::pipeline::{Disposition, Origin, Pipeline};
 use crate::setup::{AppError, Setup};
 use futures::StreamExt;
@@ -204,7 +205,7 @@ async fn backfill(
                     } else {
                         entry
                     };
-                    let event = create_event(&dir, &entry);
+                    let event = RawEvent::created(&dir, &entry);
                     let origin = Origin::Message {
                         input: "backfill",
                         id: path,

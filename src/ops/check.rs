@@ -92,24 +92,17 @@ pub async fn run(
     if !source_ok {
         failed += 1;
     }
-    let input_ok = match &s.input {
-        InputSettings::Kafka(k) => probe("input", crate::source::kafka::probe(k)).await,
-        InputSettings::Sqs(q) => probe("input", crate::source::sqs::probe(q)).await,
-        InputSettings::PubSub(p) => {
-            probe(
-                "input",
-                crate::source::pubsub::probe(p, setup.cloud.clone()),
-            )
-            .await
-        }
-        InputSettings::Rabbit(r) => probe("input", crate::source::rabbit::probe(r)).await,
-        InputSettings::Nats(n) => probe("input", crate::source::nats::probe(n)).await,
-        InputSettings::Subscribe(_) => {
-            let word = if source_ok { "ok  " } else { "FAIL" };
-            println!("  {word}  input: the source filer's metadata log (tested above)");
-            // Not counted twice: it is the source filer.
-            true
-        }
+    let input_ok = if matches!(s.input, InputSettings::Subscribe(_)) {
+        let word = if source_ok { "ok  " } else { "FAIL" };
+        println!("  {word}  input: the source filer's metadata log (tested above)");
+        // Not counted twice: it is the source filer.
+        true
+    } else {
+        let input = setup.input();
+        probe("input", async {
+            input.probe().await.map_err(|e| e.to_string())
+        })
+        .await
     };
     if !input_ok {
         failed += 1;

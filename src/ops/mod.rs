@@ -7,10 +7,8 @@ pub mod check;
 pub mod reconcile;
 pub mod verify;
 
-use crate::event::RawEvent;
 pub use crate::filer::tree::{Page, SourceTree};
-use crate::pb::{Entry, EventNotification};
-use prost::Message;
+use crate::pb::Entry;
 
 /// The full path of `entry` in directory `dir`.
 pub fn full_path(dir: &str, entry: &Entry) -> String {
@@ -22,39 +20,6 @@ pub fn full_path(dir: &str, entry: &Entry) -> String {
 pub fn plain_path(path: &str) -> Option<Vec<String>> {
     let parts = crate::replicate::path::components(path).ok()?;
     (crate::replicate::path::join(&parts) == path).then_some(parts)
-}
-
-/// The event a filer would publish had `entry` just been created in `dir`.
-pub fn create_event(dir: &str, entry: &Entry) -> RawEvent {
-    RawEvent {
-        key: full_path(dir, entry),
-        defect: None,
-        payload: EventNotification {
-            new_entry: Some(entry.clone()),
-            new_parent_path: dir.to_string(),
-            ..Default::default()
-        }
-        .encode_to_vec()
-        .into(),
-    }
-}
-
-/// The event a filer would publish had the file at `path` just been deleted.
-pub fn delete_event(path: &str) -> RawEvent {
-    let name = path.rsplit('/').next().unwrap_or_default().to_string();
-    RawEvent {
-        key: path.to_string(),
-        defect: None,
-        payload: EventNotification {
-            old_entry: Some(Entry {
-                name,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-        .encode_to_vec()
-        .into(),
-    }
 }
 
 /// `bytes` for people: `512 B`, `3.4 MiB`.
@@ -76,6 +41,7 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::RawEvent;
 
     #[test]
     fn human_sizes() {
@@ -90,13 +56,17 @@ mod tests {
             name: "f".into(),
             ..Default::default()
         };
-        let c = create_event("/a/", &e);
+        let c = RawEvent::created("/a/", &e);
         assert_eq!(c.key, "/a/f");
-        let ev = crate::event::decode(&c.payload).unwrap();
-        assert_eq!(crate::event::change(&c.key, &ev), "create");
-        let d = delete_event("/a/f");
-        let ev = crate::event::decode(&d.payload).unwrap();
-        assert_eq!(crate::event::change(&d.key, &ev), "delete");
-        assert_eq!(ev.old_entry.unwrap().name, "f");
+        let ev = RawEvent::new(c.key.clone(), c.payload.clone());
+        assert_eq!(
+            crate::event::change(&c.key, ev.notification().unwrap()),
+            "create"
+        );
+        let d = RawEvent::deleted("/a/f");
+        let ev = RawEvent::new(d.key.clone(), d.payload.clone());
+        let ev = ev.notification().unwrap();
+        assert_eq!(crate::event::change(&d.key, ev), "delete");
+        assert_eq!(ev.old_entry.as_ref().unwrap().name, "f");
     }
 }

@@ -8,7 +8,8 @@
 //! reconciliation can never undo each other: each writes or removes only what the
 //! source holds (or lacks) at that moment.
 
-use super::{SourceTree, create_event, delete_event, full_path};
+use super::{SourceTree, full_path};
+use crate::event::RawEvent;
 use crate::pipeline::{Disposition, Origin, Pipeline};
 use crate::setup::Setup;
 use futures::StreamExt;
@@ -65,7 +66,7 @@ pub async fn run(
                     sink,
                 ));
             }
-            let event = create_event(&dir, &entry);
+            let event = RawEvent::created(&dir, &entry);
             let pipeline = pipeline.clone();
             replays.push(async move {
                 let path = event.key.clone();
@@ -102,7 +103,7 @@ pub async fn run(
         }
         let pipeline = pipeline.clone();
         deletes.push(async move {
-            let event = delete_event(&path);
+            let event = RawEvent::deleted(&path);
             pipeline.handle(&event, &origin(&path)).await
         });
     }

@@ -6,7 +6,8 @@
 //! remain, 2 trouble (the configuration is wrong, or the source or the sink cannot be
 //! listed).
 
-use super::{SourceTree, create_event, delete_event, full_path, human_bytes};
+use super::{SourceTree, full_path, human_bytes};
+use crate::event::RawEvent;
 use crate::pb::Entry;
 use crate::pipeline::{Disposition, Origin};
 use crate::setup::{AppError, Setup};
@@ -279,7 +280,7 @@ async fn repair(
         let pipeline = pipeline.clone();
         let rel = rel.clone();
         deletes.push(async move {
-            let event = delete_event(&path);
+            let event = RawEvent::deleted(&path);
             (rel, pipeline.handle(&event, &origin(&path)).await)
         });
     }
@@ -303,7 +304,7 @@ async fn repair(
                 Ok(None) => return (rel.clone(), Some("gone from the source".to_string())),
                 Err(e) => return (rel.clone(), Some(format!("source lookup: {}", e.message()))),
             };
-            let event = create_event(&f.dir, &current);
+            let event = RawEvent::created(&f.dir, &current);
             match pipeline.handle(&event, &origin(&path)).await {
                 Disposition::Done => (rel.clone(), None),
                 d => (rel.clone(), Some(format!("{d:?}"))),

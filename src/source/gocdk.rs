@@ -69,25 +69,19 @@ pub fn nats_event(
         && let Some(decoded) = gob_message(data)
     {
         return match decoded {
-            Ok((metadata, body)) => RawEvent {
-                key: metadata.get("key").cloned().unwrap_or_default(),
-                defect: None,
-                payload: body.into(),
-            },
-            Err(e) => RawEvent {
-                key: String::new(),
-                defect: Some(format!(
+            Ok((metadata, body)) => {
+                RawEvent::new(metadata.get("key").cloned().unwrap_or_default(), body)
+            }
+            Err(e) => {
+                let mut event = RawEvent::new(String::new(), data.clone());
+                event.defect = Some(format!(
                     "the NATS message is a gob stream of metadata without a valid body: {e}"
-                )),
-                payload: data.clone(),
-            },
+                ));
+                event
+            }
         };
     }
-    let mut event = RawEvent {
-        key: String::new(),
-        defect: None,
-        payload: data.clone(),
-    };
+    let mut event = RawEvent::new(String::new(), data.clone());
     for (name, values) in headers.into_iter().flat_map(|h| h.iter()) {
         let name: &str = name.as_ref();
         let Some(value) = values.first().map(|v| v.as_str()) else {
@@ -152,11 +146,7 @@ pub fn sqs_event(body: &str, attributes: Vec<(String, String)>, raw: bool) -> Ra
             key = unescape(&value, false).unwrap_or(value);
         }
     }
-    RawEvent {
-        key,
-        defect: None,
-        payload: sqs_body(&body, base64),
-    }
+    RawEvent::new(key, sqs_body(&body, base64))
 }
 
 /// Raw protobuf (upstream's filer) or base64 (gocdk, or any publisher that wants bodies

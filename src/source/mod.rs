@@ -1,6 +1,7 @@
-//! Inputs. Each delivers events in order per partition (or queue, or log) and learns,
-//! per event, whether it reached the sink; only then is progress committed or the
-//! message acknowledged.
+//! Inputs: where events come from, behind one [`Input`] trait and one factory, [`open`].
+//! Each delivers events in order per partition (or queue, or log) and learns, per event,
+//! whether it reached the sink; only then is progress committed or the message
+//! acknowledged.
 
 pub mod gocdk;
 pub mod kafka;
@@ -10,9 +11,78 @@ pub mod rabbit;
 pub mod sqs;
 pub mod subscribe;
 
+use crate::config::settings::InputSettings;
 use crate::event::RawEvent;
+use crate::filer::FilerSource;
 use crate::pipeline::{Disposition, Origin, Pipeline};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// An input.
+///
+/// Contract:
+/// - `run` takes events until `stop` fires and hands each to the pipeline through a lane
+///   ([`crate::lane`]: related events in order, unrelated ones at once); an event's
+///   progress (an offset, a checkpoint, an acknowledgement) is recorded only after the
+///   pipeline returned its [`Disposition`] for it, and only for a prefix of finished
+///   events, so a crash redelivers and never skips. A `Held` event is not acknowledged:
+///   it comes again. Work still in flight at `hard_stop` is abandoned, not acknowledged.
+/// - Faults (an unreachable broker, a refused credential) are waited out inside `run`,
+///   with backoff and one log line per change; `run` returns `Err` only when the input
+///   cannot start with its configuration.
+/// - `probe` makes one attempt to reach the input and says what it found.
+#[async_trait::async_trait]
+pub trait Input: Send + Sync {
+    /// For the start-up log: what is read (`SQS queue q (region r)`).
+    fn describe(&self) -> String;
+    async fn probe(&self) -> Result<String, InputError>;
+    async fn run(
+        &self,
+        pipeline: Arc<Pipeline>,
+        stop: CancellationToken,
+        hard_stop: CancellationToken,
+    ) -> Result<(), InputError>;
+}
+
+/// Why an input failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// It cannot start with this configuration; `key` names the setting.
+    #[error("{detail}")]
+    Config { key: &'static str, detail: String },
+    /// One attempt to reach it failed.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// What the inputs may need beside their own settings.
+pub struct InputContext {
+    /// The HTTP client for clouds (Pub/Sub).
+    pub cloud: reqwest::Client,
+    /// The source filer (the metadata-log input reads it).
+    pub source: Arc<FilerSource>,
+    /// The replicated directory on the source filer.
+    pub source_directory: String,
+}
+
+/// The configured input.
+pub fn open(settings: &InputSettings, ctx: InputContext) -> Box<dyn Input> {
+    match settings {
+        InputSettings::Kafka(cfg) => Box::new(kafka::KafkaInput { cfg: cfg.clone() }),
+        InputSettings::Sqs(cfg) => Box::new(sqs::SqsInput { cfg: cfg.clone() }),
+        InputSettings::PubSub(cfg) => Box::new(pubsub::PubSubInput {
+            cfg: cfg.clone(),
+            http: ctx.cloud,
+        }),
+        InputSettings::Rabbit(cfg) => Box::new(rabbit::RabbitInput { cfg: cfg.clone() }),
+        InputSettings::Nats(cfg) => Box::new(nats::NatsInput { cfg: cfg.clone() }),
+        InputSettings::Subscribe(cfg) => Box::new(subscribe::SubscribeInput {
+            cfg: cfg.clone(),
+            source: ctx.source,
+            directory: ctx.source_directory,
+        }),
+    }
+}
 
 /// Run one event through the pipeline; `None` when `hard_stop` (the end of the shutdown
 /// grace) interrupts it, so that it is neither acknowledged nor recorded.

@@ -23,7 +23,35 @@ const ACK_WAIT: Duration = Duration::from_secs(60);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// Consume until `stop` fires; in-flight work gets until `hard_stop`.
-pub async fn run(
+/// This input as an [`Input`](super::Input).
+pub struct NatsInput {
+    pub cfg: NatsSettings,
+}
+
+#[async_trait::async_trait]
+impl super::Input for NatsInput {
+    fn describe(&self) -> String {
+        format!("NATS subject {}", self.cfg.subject)
+    }
+
+    async fn probe(&self) -> Result<String, super::InputError> {
+        probe(&self.cfg)
+            .await
+            .map_err(super::InputError::Unreachable)
+    }
+
+    async fn run(
+        &self,
+        pipeline: Arc<Pipeline>,
+        stop: CancellationToken,
+        hard_stop: CancellationToken,
+    ) -> Result<(), super::InputError> {
+        run(&self.cfg, pipeline, stop, hard_stop).await;
+        Ok(())
+    }
+}
+
+async fn run(
     cfg: &NatsSettings,
     pipeline: Arc<Pipeline>,
     stop: CancellationToken,
@@ -46,7 +74,7 @@ fn no_jetstream(error: &str) -> bool {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One attempt to connect (`replicate check`): what was found.
-pub async fn probe(cfg: &NatsSettings) -> Result<String, String> {
+async fn probe(cfg: &NatsSettings) -> Result<String, String> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(10))
         .connect(&cfg.server_url)

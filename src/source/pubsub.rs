@@ -96,8 +96,44 @@ fn connect(cfg: &PubSubSettings, http: reqwest::Client) -> Result<(Client, Strin
     Ok((client, sub))
 }
 
+/// `[notification.google_pub_sub]` as an [`Input`](super::Input).
+pub struct PubSubInput {
+    pub cfg: PubSubSettings,
+    pub http: reqwest::Client,
+}
+
+#[async_trait::async_trait]
+impl super::Input for PubSubInput {
+    fn describe(&self) -> String {
+        format!(
+            "Google Pub/Sub subscription {} (project {})",
+            self.cfg.subscription, self.cfg.project_id
+        )
+    }
+
+    async fn probe(&self) -> Result<String, super::InputError> {
+        probe(&self.cfg, self.http.clone())
+            .await
+            .map_err(super::InputError::Unreachable)
+    }
+
+    async fn run(
+        &self,
+        pipeline: Arc<Pipeline>,
+        stop: CancellationToken,
+        hard_stop: CancellationToken,
+    ) -> Result<(), super::InputError> {
+        run(&self.cfg, self.http.clone(), pipeline, stop, hard_stop)
+            .await
+            .map_err(|detail| super::InputError::Config {
+                key: "notification.google_pub_sub.google_application_credentials",
+                detail,
+            })
+    }
+}
+
 /// One attempt to reach the subscription (`replicate check`): what was found.
-pub async fn probe(cfg: &PubSubSettings, http: reqwest::Client) -> Result<String, String> {
+async fn probe(cfg: &PubSubSettings, http: reqwest::Client) -> Result<String, String> {
     let (client, sub) = connect(cfg, http)?;
     match client.call(reqwest::Method::GET, &sub, None).await? {
         (200, _) => Ok(format!("Pub/Sub subscription {sub}")),
@@ -110,7 +146,7 @@ pub async fn probe(cfg: &PubSubSettings, http: reqwest::Client) -> Result<String
 }
 
 /// Consume until `stop` fires; in-flight work gets until `hard_stop`.
-pub async fn run(
+async fn run(
     cfg: &PubSubSettings,
     http: reqwest::Client,
     pipeline: Arc<Pipeline>,
@@ -249,14 +285,12 @@ async fn pull(
                 ack_id: ack_ids[i].clone(),
                 id: msg["messageId"].as_str().unwrap_or("").to_string(),
             };
-            let event = RawEvent {
-                key: msg["attributes"]["key"].as_str().unwrap_or("").to_string(),
-                defect: None,
-                payload: base64::engine::general_purpose::STANDARD
+            let event = RawEvent::new(
+                msg["attributes"]["key"].as_str().unwrap_or(""),
+                base64::engine::general_purpose::STANDARD
                     .decode(msg["data"].as_str().unwrap_or(""))
-                    .unwrap_or_default()
-                    .into(),
-            };
+                    .unwrap_or_default(),
+            );
             let sent = tokio::select! {
                 _ = stop.cancelled() => false,
                 r = tx.send((message, event)) => r.is_ok(),
@@ -297,7 +331,7 @@ async fn ensure_subscription(
 ) -> bool {
     let topic = format!("projects/{}/topics/{}", cfg.project_id, cfg.topic);
     let what = format!("Pub/Sub subscription {sub}");
-    crate::sink::wait_until_healthy(&what, stop, || async {
+    crate::retry::wait_until_healthy(&what, stop, || async {
         match client.call(reqwest::Method::GET, sub, None).await? {
             (200, _) => return Ok(()),
             (404, _) => {}

@@ -28,7 +28,35 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 const DLX_TTL_MS: i64 = 600_000;
 
 /// Consume until `stop` fires; in-flight work gets until `hard_stop`.
-pub async fn run(
+/// This input as an [`Input`](super::Input).
+pub struct RabbitInput {
+    pub cfg: RabbitSettings,
+}
+
+#[async_trait::async_trait]
+impl super::Input for RabbitInput {
+    fn describe(&self) -> String {
+        format!("RabbitMQ queue {}", self.cfg.queue)
+    }
+
+    async fn probe(&self) -> Result<String, super::InputError> {
+        probe(&self.cfg)
+            .await
+            .map_err(super::InputError::Unreachable)
+    }
+
+    async fn run(
+        &self,
+        pipeline: Arc<Pipeline>,
+        stop: CancellationToken,
+        hard_stop: CancellationToken,
+    ) -> Result<(), super::InputError> {
+        run(&self.cfg, pipeline, stop, hard_stop).await;
+        Ok(())
+    }
+}
+
+async fn run(
     cfg: &RabbitSettings,
     pipeline: Arc<Pipeline>,
     stop: CancellationToken,
@@ -41,7 +69,7 @@ pub async fn run(
 }
 
 /// One attempt to connect (`replicate check`): what was found.
-pub async fn probe(cfg: &RabbitSettings) -> Result<String, String> {
+async fn probe(cfg: &RabbitSettings) -> Result<String, String> {
     let conn = Connection::connect(&cfg.server_url, ConnectionProperties::default())
         .await
         .map_err(|e| e.to_string())?;
@@ -118,11 +146,7 @@ async fn session(
                         .unwrap_or_else(|| format!("delivery {}", delivery.delivery_tag)),
                     acker: delivery.acker.clone(),
                 };
-                let event = RawEvent {
-                    key,
-                    defect: None,
-                    payload: delivery.data.into(),
-                };
+                let event = RawEvent::new(key, delivery.data);
                 if tx.send((message, event)).await.is_err() {
                     return;
                 }

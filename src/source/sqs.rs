@@ -28,7 +28,43 @@ const POLL_SECONDS: i32 = 5;
 const RETRY_AFTER: i32 = 10;
 
 /// Consume until `stop` fires; in-flight work gets until `hard_stop`.
-pub async fn run(
+/// This input as an [`Input`](super::Input).
+pub struct SqsInput {
+    pub cfg: SqsSettings,
+}
+
+#[async_trait::async_trait]
+impl super::Input for SqsInput {
+    fn describe(&self) -> String {
+        format!(
+            "SQS queue {} (region {})",
+            if self.cfg.queue_url.is_empty() {
+                &self.cfg.queue_name
+            } else {
+                &self.cfg.queue_url
+            },
+            self.cfg.region
+        )
+    }
+
+    async fn probe(&self) -> Result<String, super::InputError> {
+        probe(&self.cfg)
+            .await
+            .map_err(super::InputError::Unreachable)
+    }
+
+    async fn run(
+        &self,
+        pipeline: Arc<Pipeline>,
+        stop: CancellationToken,
+        hard_stop: CancellationToken,
+    ) -> Result<(), super::InputError> {
+        run(&self.cfg, pipeline, stop, hard_stop).await;
+        Ok(())
+    }
+}
+
+async fn run(
     cfg: &SqsSettings,
     pipeline: Arc<Pipeline>,
     stop: CancellationToken,
@@ -179,7 +215,7 @@ async fn client(cfg: &SqsSettings) -> Client {
 }
 
 /// One attempt to reach the queue (`replicate check`): what was found.
-pub async fn probe(cfg: &SqsSettings) -> Result<String, String> {
+async fn probe(cfg: &SqsSettings) -> Result<String, String> {
     let client = client(cfg).await;
     let url = if cfg.queue_url.is_empty() {
         client
@@ -222,7 +258,7 @@ async fn queue_url(client: &Client, cfg: &SqsSettings, stop: &CancellationToken)
         "SQS queue {} (missing, wrong region or credentials?)",
         cfg.queue_name
     );
-    crate::sink::wait_until_healthy(&what, stop, || async {
+    crate::retry::wait_until_healthy(&what, stop, || async {
         let r = client
             .get_queue_url()
             .queue_name(&cfg.queue_name)
@@ -259,11 +295,10 @@ fn raw_event(m: &Message, cfg: &SqsSettings) -> RawEvent {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    RawEvent {
-        key: attr("key").unwrap_or_default().to_string(),
-        defect: None,
-        payload: super::gocdk::sqs_body(body, attr("base64encoded") == Some("true")),
-    }
+    RawEvent::new(
+        attr("key").unwrap_or_default(),
+        super::gocdk::sqs_body(body, attr("base64encoded") == Some("true")),
+    )
 }
 
 /// Renew the message's invisibility every half period (until dropped).

@@ -16,7 +16,6 @@ use crate::filer::{FilerSource, status_is_outage};
 use crate::pb;
 use crate::pipeline::{Disposition, Origin, Pipeline};
 use crate::retry::Retry;
-use prost::Message;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -31,7 +30,50 @@ struct Progress {
 
 /// Consume until `stop` fires (in-flight work gets until `hard_stop`), then save the
 /// checkpoint.
-pub async fn run(
+/// The source filer's metadata log (no queue) as an [`Input`](super::Input).
+pub struct SubscribeInput {
+    pub cfg: SubscribeSettings,
+    pub source: Arc<FilerSource>,
+    /// The replicated directory.
+    pub directory: String,
+}
+
+#[async_trait::async_trait]
+impl super::Input for SubscribeInput {
+    fn describe(&self) -> String {
+        format!("the source filer's metadata log under {}", self.directory)
+    }
+
+    /// The log is the source filer's: reaching the filer is reaching the input.
+    async fn probe(&self) -> Result<String, super::InputError> {
+        self.source
+            .client()
+            .get_filer_configuration(crate::pb::GetFilerConfigurationRequest {})
+            .await
+            .map(|_| self.describe())
+            .map_err(|e| super::InputError::Unreachable(e.message().to_string()))
+    }
+
+    async fn run(
+        &self,
+        pipeline: Arc<Pipeline>,
+        stop: CancellationToken,
+        hard_stop: CancellationToken,
+    ) -> Result<(), super::InputError> {
+        run(
+            &self.cfg,
+            self.source.clone(),
+            &self.directory,
+            pipeline,
+            stop,
+            hard_stop,
+        )
+        .await;
+        Ok(())
+    }
+}
+
+async fn run(
     cfg: &SubscribeSettings,
     source: Arc<FilerSource>,
     directory: &str,
@@ -440,11 +482,7 @@ fn raw_event(resp: pb::SubscribeMetadataResponse) -> Option<RawEvent> {
         .or(ev.new_entry.as_ref())
         .map(|e| e.name.clone())?;
     let dir = resp.directory.trim_end_matches('/');
-    Some(RawEvent {
-        key: format!("{dir}/{name}"),
-        defect: None,
-        payload: ev.encode_to_vec().into(),
-    })
+    Some(RawEvent::from_notification(format!("{dir}/{name}"), ev))
 }
 
 fn rand_i32() -> i32 {
@@ -468,7 +506,7 @@ async fn snapshot(
     // A patient walk ends only at its end or when stopped.
     while let Ok(Some(page)) = tree.next(stop).await {
         for entry in page.entries {
-            let event = crate::ops::create_event(&page.dir, &entry);
+            let event = RawEvent::created(&page.dir, &entry);
             let origin = Origin::Log { ts_ns: 0 };
             match process(pipeline, &event, &origin, hard_stop).await {
                 Some(Disposition::Done | Disposition::Held) => count += 1,

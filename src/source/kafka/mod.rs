@@ -12,15 +12,56 @@ mod offsets;
 mod watermarks;
 mod worker;
 
-pub use client::{KafkaConfigError, probe};
+pub use client::KafkaConfigError;
+use client::probe;
 
 use crate::config::settings::KafkaSettings;
 use crate::pipeline::Pipeline;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// `[notification.kafka]` as an [`Input`](super::Input).
+pub struct KafkaInput {
+    pub cfg: KafkaSettings,
+}
+
+#[async_trait::async_trait]
+impl super::Input for KafkaInput {
+    fn describe(&self) -> String {
+        let mode = match &self.cfg.group {
+            Some(g) => format!("consumer group {}", g.id),
+            None => "offset file".to_string(),
+        };
+        format!(
+            "Kafka topic {} at {} ({mode})",
+            self.cfg.topic,
+            self.cfg.hosts.join(",")
+        )
+    }
+
+    async fn probe(&self) -> Result<String, super::InputError> {
+        probe(&self.cfg)
+            .await
+            .map_err(super::InputError::Unreachable)
+    }
+
+    async fn run(
+        &self,
+        pipeline: Arc<Pipeline>,
+        stop: CancellationToken,
+        hard_stop: CancellationToken,
+    ) -> Result<(), super::InputError> {
+        run(&self.cfg, pipeline, stop, hard_stop)
+            .await
+            .map_err(|e| super::InputError::Config {
+                key: "notification.kafka",
+                detail: e.to_string(),
+            })
+    }
+}
+
 /// Consume until `stop` fires; in-flight events get until `hard_stop`.
-pub async fn run(
+async fn run(
     cfg: &KafkaSettings,
     pipeline: Arc<Pipeline>,
     stop: CancellationToken,

@@ -60,9 +60,8 @@ pub(super) async fn worker(
 
 /// A Kafka record as an event: its key (the path) and its value (the `EventNotification`).
 pub(super) fn event_of<M: rdkafka::message::Message>(m: &M) -> RawEvent {
-    RawEvent {
-        key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-        defect: None,
-        payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-    }
+    RawEvent::new(
+        String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+        bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+    )
 }

@@ -6,8 +6,10 @@
 
 use super::client::{KafkaConfigError, KafkaLogs, client_config};
 use super::offsets::OffsetBook;
-use super::watermarks::{WATERMARK_INTERVAL, Watermarks, fetch_watermarks, wait_for_partitions};
-use super::worker::{IDLE_AFTER, IDLE_CHECK, LANE_DEPTH, RESUME_GRACE, event_of, worker};
+use super::watermarks::{Watermarks, fetch_watermarks, news, wait_for_partitions, watermark_loop};
+use super::worker::{
+    IDLE_AFTER, IDLE_CHECK, LANE_DEPTH, Problems, RESUME_GRACE, event_of, resume_fetching, worker,
+};
 use crate::config::settings::KafkaSettings;
 use crate::event::RawEvent;
 use crate::pipeline::Pipeline;
@@ -90,18 +92,23 @@ pub(super) async fn run(
         let (marks, book) = (marks.clone(), book.clone());
         crate::metrics::get().set_lag_source(&cfg.topic, Box::new(move || marks.lag(&book)));
     }
-    let lag = tokio::spawn(watermark_loop(
-        consumer.clone(),
-        cfg.topic.clone(),
-        partitions.clone(),
-        marks.clone(),
-        stop.clone(),
-    ));
+    let lag = {
+        let ps = partitions.clone();
+        tokio::spawn(watermark_loop(
+            Arc::downgrade(&consumer),
+            cfg.topic.clone(),
+            marks.clone(),
+            stop.clone(),
+            false,
+            move || ps.clone(),
+            |_| async {},
+        ))
+    };
 
     // librdkafka reconnects on its own; the errors it reports are logged once per kind
     // until a message arrives again (then once more, as a recovery), and consumption
     // simply continues.
-    let mut problems: HashMap<String, std::time::Instant> = HashMap::new();
+    let mut problems = Problems::default();
     // The next offset to consume per partition, as far as this loop has seen.
     let mut next: HashMap<i32, i64> = partitions
         .iter()
@@ -124,9 +131,8 @@ pub(super) async fn run(
                 wait_while_idle(&consumer, &tpl, &cfg.topic, &partitions, &next, &marks, &stop).await;
                 idle_after = RESUME_GRACE;
                 let answered = crate::metrics::get().is_up(crate::metrics::Component::Input);
-                if answered == Some(true) && let Some(since) = problems.values().min() {
-                    tracing::info!(down_for = ?since.elapsed(), "kafka working again");
-                    problems.clear();
+                if answered == Some(true) {
+                    problems.working();
                 }
                 continue;
             }
@@ -135,9 +141,7 @@ pub(super) async fn run(
             next.insert(m.partition(), m.offset() + 1);
             marks.seen(m.partition(), m.offset());
             idle_after = IDLE_AFTER;
-            if let Some(since) = problems.values().min() {
-                tracing::info!(down_for = ?since.elapsed(), "kafka working again");
-                problems.clear();
+            if problems.working() {
                 crate::metrics::get().set_up(crate::metrics::Component::Input, true);
             }
         }
@@ -154,19 +158,7 @@ pub(super) async fn run(
                     r = lane.tx.send((offset, event)) => if r.is_err() { break },
                 }
             }
-            Err(e) => {
-                let kind = format!("{:?}", e.rdkafka_error_code());
-                match problems.entry(kind) {
-                    std::collections::hash_map::Entry::Occupied(_) => {
-                        tracing::debug!(error = %e, "kafka still reports a problem")
-                    }
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        tracing::warn!(error = %e, "kafka reports a problem; the client keeps reconnecting");
-                        v.insert(std::time::Instant::now());
-                        crate::metrics::get().set_up(crate::metrics::Component::Input, false);
-                    }
-                }
-            }
+            Err(e) => problems.problem(&e),
         }
     }
     drop(lanes);
@@ -260,29 +252,19 @@ async fn wait_while_idle(
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(IDLE_CHECK) => {}
         }
-        let marks = fetch_watermarks(consumer, topic, partitions).await;
-        for (p, m) in &marks {
-            if let Ok((low, high)) = m {
-                watermarks.set(*p, *low, *high);
-            }
-        }
+        let fetched = fetch_watermarks(consumer, topic, partitions).await;
         // The broker answers: the input is up, even on a topic too quiet for a message
         // to say so.
-        if marks.iter().any(|(_, m)| m.is_ok()) {
+        if watermarks.record(&fetched, |_| true) {
             crate::metrics::get().set_up(crate::metrics::Component::Input, true);
         }
-        let news = marks.iter().any(|(p, m)| match m {
-            Ok((low, high)) => *high > next.get(p).copied().unwrap_or(*low),
-            // Cannot tell (broker away): let the consumer find out.
-            Err(_) => true,
-        });
-        if news {
+        if news(&fetched, |p, low| {
+            Some(next.get(&p).copied().unwrap_or(low))
+        }) {
             break;
         }
     }
-    if let Err(e) = consumer.resume(tpl) {
-        tracing::warn!(error = %e, "resuming fetches failed");
-    }
+    resume_fetching(&**consumer, tpl);
 }
 
 async fn save_loop(book: Arc<OffsetBook>, interval: Duration, stop: CancellationToken) {
@@ -300,27 +282,6 @@ async fn save_loop(book: Arc<OffsetBook>, interval: Duration, stop: Cancellation
             Err(e) => {
                 retry.failed("saving offsets failed", &e);
             }
-        }
-    }
-}
-
-/// Ask for each partition's watermarks every `WATERMARK_INTERVAL` until `stop`.
-async fn watermark_loop(
-    consumer: Arc<Kafka>,
-    topic: String,
-    partitions: Vec<i32>,
-    marks: Arc<Watermarks>,
-    stop: CancellationToken,
-) {
-    loop {
-        for (p, m) in fetch_watermarks(&consumer, &topic, &partitions).await {
-            if let Ok((low, high)) = m {
-                marks.set(p, low, high);
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(WATERMARK_INTERVAL) => {}
         }
     }
 }

@@ -22,8 +22,10 @@
 
 use super::client::{KafkaConfigError, KafkaLogs, client_config};
 use super::offsets::OffsetBook;
-use super::watermarks::{Watermarks, fetch_watermarks, wait_for_partitions};
-use super::worker::{IDLE_AFTER, IDLE_CHECK, LANE_DEPTH, RESUME_GRACE, event_of, worker};
+use super::watermarks::{Watermarks, fetch_watermarks_now, news, wait_for_partitions};
+use super::worker::{
+    IDLE_AFTER, IDLE_CHECK, LANE_DEPTH, Problems, RESUME_GRACE, event_of, resume_fetching, worker,
+};
 use crate::config::settings::{GroupSettings, KafkaSettings};
 use crate::event::RawEvent;
 use crate::metrics::Component;
@@ -46,8 +48,6 @@ type Group = BaseConsumer<GroupContext>;
 const POLL: Duration = Duration::from_millis(10);
 /// Messages taken from one partition's queue in a row, before the next partition's turn.
 const PARTITION_BATCH: usize = 64;
-/// How often the owned partitions' watermarks are asked for (the lag metric).
-const WATERMARK_INTERVAL: Duration = Duration::from_secs(10);
 /// librdkafka looks for new partitions of the topic this often.
 const METADATA_REFRESH_MS: &str = "10000";
 
@@ -675,7 +675,7 @@ fn poll_loop(consumer: Arc<Group>, shared: Arc<Shared>, commit_every: Duration) 
 /// metrics and the log (a kind of error is logged once until messages flow again).
 #[derive(Default)]
 struct InputState {
-    problems: HashMap<String, Instant>,
+    problems: Problems,
 }
 
 impl InputState {
@@ -685,10 +685,7 @@ impl InputState {
         shared: &Shared,
         idle: &mut Idle,
     ) -> (i32, i64, RawEvent) {
-        if let Some(since) = self.problems.values().min() {
-            tracing::info!(down_for = ?since.elapsed(), "kafka working again");
-            self.problems.clear();
-        }
+        self.problems.working();
         crate::metrics::get().set_up(Component::Input, true);
         shared.marks.seen(m.partition(), m.offset());
         idle.delivered.insert(m.partition(), m.offset() + 1);
@@ -696,14 +693,7 @@ impl InputState {
     }
 
     fn problem(&mut self, e: &rdkafka::error::KafkaError) {
-        let kind = format!("{:?}", e.rdkafka_error_code());
-        if let std::collections::hash_map::Entry::Vacant(v) = self.problems.entry(kind) {
-            tracing::warn!(error = %e, "kafka reports a problem; the client keeps reconnecting");
-            v.insert(Instant::now());
-            crate::metrics::get().set_up(Component::Input, false);
-        } else {
-            tracing::debug!(error = %e, "kafka still reports a problem");
-        }
+        self.problems.problem(e);
     }
 }
 
@@ -756,46 +746,42 @@ impl Idle {
                 if flowing.count() > 0 && consumer.pause(&flowing).is_ok() {
                     tracing::debug!("idle: fetching paused until a high watermark moves");
                     self.paused = true;
-                    self.at_pause.clear();
-                    for p in shared.partitions() {
-                        if let Ok((_, high)) =
-                            consumer.fetch_watermarks(&shared.topic, p, Duration::from_secs(1))
-                        {
-                            self.at_pause.insert(p, high);
-                        }
-                    }
+                    let fetched = fetch_watermarks_now(
+                        consumer,
+                        &shared.topic,
+                        &shared.partitions(),
+                        Duration::from_secs(1),
+                    );
+                    self.at_pause = fetched
+                        .into_iter()
+                        .filter_map(|(p, m)| Some((p, m.ok()?.1)))
+                        .collect();
                 }
             }
             return;
         }
         let owned = shared.partitions();
         self.learn_positions(consumer, shared, &owned);
-        let mut news = false;
-        for &p in &owned {
-            match consumer.fetch_watermarks(&shared.topic, p, Duration::from_secs(1)) {
-                Ok((low, high)) => {
-                    shared.marks.set(p, low, high);
-                    crate::metrics::get().set_up(Component::Input, true);
-                    let known = self
-                        .delivered
-                        .get(&p)
-                        .copied()
-                        .into_iter()
-                        .chain(shared.book.resume_at(p))
-                        .max();
-                    // Nothing delivered and nothing committed: the partition starts at
-                    // its oldest offset, or (latest) where its end was at the pause.
-                    let at = known.or(if shared.reset_latest {
-                        self.at_pause.get(&p).copied()
-                    } else {
-                        Some(low)
-                    });
-                    news |= at.is_none_or(|at| high > at);
-                }
-                // The broker cannot say (it is away): let the consumer find out.
-                Err(_) => news = true,
-            }
+        let fetched = fetch_watermarks_now(consumer, &shared.topic, &owned, Duration::from_secs(1));
+        if shared.marks.record(&fetched, |_| true) {
+            crate::metrics::get().set_up(Component::Input, true);
         }
+        let news = news(&fetched, |p, low| {
+            let known = self
+                .delivered
+                .get(&p)
+                .copied()
+                .into_iter()
+                .chain(shared.book.resume_at(p))
+                .max();
+            // Nothing delivered and nothing committed: the partition starts at its
+            // oldest offset, or (latest) where its end was at the pause.
+            known.or(if shared.reset_latest {
+                self.at_pause.get(&p).copied()
+            } else {
+                Some(low)
+            })
+        });
         if news {
             tracing::debug!("news in the topic: fetching resumed");
             self.resume(consumer, shared);
@@ -838,63 +824,55 @@ impl Idle {
         self.paused = false;
         self.since = Instant::now();
         self.after = RESUME_GRACE;
-        if let Err(e) = consumer.resume(&shared.all_owned()) {
-            tracing::warn!(error = %e, "resuming fetches failed");
-        }
+        resume_fetching(consumer, &shared.all_owned());
     }
 }
 
-/// Ask for the owned partitions' watermarks every `WATERMARK_INTERVAL` (the lag metric);
-/// ends with the consumer.
+/// Ask for the owned partitions' watermarks on an interval (the lag metric), learning
+/// the committed offsets of partitions with no known position on the way; ends with the
+/// consumer.
 async fn watermark_loop(consumer: Weak<Group>, shared: Arc<Shared>) {
-    loop {
-        let partitions = shared.partitions();
-        let Some(c) = consumer.upgrade() else {
-            return;
-        };
-        let marks = fetch_watermarks(&c, &shared.topic, &partitions).await;
-        drop(c);
-        if marks.iter().any(|(_, m)| m.is_ok()) {
-            crate::metrics::get().set_up(Component::Input, true);
-        }
-        // Where idle partitions stand: their committed offsets (a busy one learns it
-        // from its first message).
-        let unknown: Vec<i32> = partitions
-            .iter()
-            .copied()
-            .filter(|p| shared.book.resume_at(*p).is_none())
-            .collect();
-        if !unknown.is_empty()
-            && let Some(c) = consumer.upgrade()
-        {
-            let mut tpl = TopicPartitionList::new();
-            for &p in &unknown {
-                tpl.add_partition(&shared.topic, p);
-            }
-            let asked = tokio::task::spawn_blocking(move || {
-                c.committed_offsets(tpl, Duration::from_secs(5))
-            })
-            .await;
-            if let Ok(Ok(tpl)) = asked {
-                let owned = shared.partitions();
-                for (p, next) in offsets_of(&tpl) {
-                    if owned.contains(&p) {
-                        shared.book.done(p, next - 1);
-                    }
-                }
-            }
-        }
+    let owned = {
+        let shared = shared.clone();
+        move || shared.partitions()
+    };
+    super::watermarks::watermark_loop(
+        consumer.clone(),
+        shared.topic.clone(),
+        shared.marks.clone(),
+        shared.stop.clone(),
+        true,
+        owned,
+        |asked| learn_committed(consumer.clone(), shared.clone(), asked),
+    )
+    .await;
+}
+
+/// Where idle partitions among `partitions` stand: their committed offsets (a busy one
+/// learns it from its first message). Only partitions still owned are recorded.
+async fn learn_committed(consumer: Weak<Group>, shared: Arc<Shared>, partitions: Vec<i32>) {
+    let unknown: Vec<i32> = partitions
+        .into_iter()
+        .filter(|p| shared.book.resume_at(*p).is_none())
+        .collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let Some(c) = consumer.upgrade() else {
+        return;
+    };
+    let mut tpl = TopicPartitionList::new();
+    for &p in &unknown {
+        tpl.add_partition(&shared.topic, p);
+    }
+    let asked =
+        tokio::task::spawn_blocking(move || c.committed_offsets(tpl, Duration::from_secs(5))).await;
+    if let Ok(Ok(tpl)) = asked {
         let owned = shared.partitions();
-        for (p, m) in marks {
-            if let Ok((low, high)) = m
-                && owned.contains(&p)
-            {
-                shared.marks.set(p, low, high);
+        for (p, next) in offsets_of(&tpl) {
+            if owned.contains(&p) {
+                shared.book.done(p, next - 1);
             }
-        }
-        tokio::select! {
-            _ = shared.stop.cancelled() => return,
-            _ = tokio::time::sleep(WATERMARK_INTERVAL) => {}
         }
     }
 }

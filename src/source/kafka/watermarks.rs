@@ -3,8 +3,9 @@
 
 use super::offsets::OffsetBook;
 use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -74,6 +75,20 @@ impl Watermarks {
         }
     }
 
+    /// Record the answers for the partitions `keep` accepts; whether any answered.
+    pub(super) fn record(&self, fetched: &Fetched, keep: impl Fn(i32) -> bool) -> bool {
+        let mut answered = false;
+        for (p, m) in fetched {
+            if let Ok((low, high)) = m {
+                answered = true;
+                if keep(*p) {
+                    self.set(*p, *low, *high);
+                }
+            }
+        }
+        answered
+    }
+
     pub(super) fn set(&self, partition: i32, low: i64, high: i64) {
         let mut marks = self.lock();
         let m = marks.entry(partition).or_insert((low, high));
@@ -95,22 +110,88 @@ impl Watermarks {
     }
 }
 
+/// Each partition's (low, high) watermarks as the broker answered, or why it did not.
+pub(super) type Fetched = Vec<(i32, KafkaResult<(i64, i64)>)>;
+
+/// Ask the broker for each partition's watermarks, blocking (the group's poll thread).
+pub(super) fn fetch_watermarks_now<C, X>(
+    consumer: &C,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Fetched
+where
+    C: Consumer<X>,
+    X: ConsumerContext,
+{
+    partitions
+        .iter()
+        .map(|&p| (p, consumer.fetch_watermarks(topic, p, timeout)))
+        .collect()
+}
+
 /// Each partition's (low, high) watermarks, asked of the broker (off the runtime threads).
 pub(super) async fn fetch_watermarks<C, X>(
     consumer: &Arc<C>,
     topic: &str,
     partitions: &[i32],
-) -> Vec<(i32, rdkafka::error::KafkaResult<(i64, i64)>)>
+) -> Fetched
 where
     C: Consumer<X> + Send + Sync + 'static,
     X: ConsumerContext + 'static,
 {
     let (c, t, ps) = (consumer.clone(), topic.to_string(), partitions.to_vec());
-    tokio::task::spawn_blocking(move || {
-        ps.iter()
-            .map(|&p| (p, c.fetch_watermarks(&t, p, Duration::from_secs(5))))
-            .collect::<Vec<_>>()
+    tokio::task::spawn_blocking(move || fetch_watermarks_now(&*c, &t, &ps, Duration::from_secs(5)))
+        .await
+        .unwrap_or_default()
+}
+
+/// Whether a partition holds something not yet consumed: its high watermark is past
+/// `at(partition, low)`, the next offset known for it (`None`: nothing known, which is
+/// news). A partition the broker could not answer for is news too: the consumer finds
+/// out what is wrong.
+pub(super) fn news(fetched: &Fetched, at: impl Fn(i32, i64) -> Option<i64>) -> bool {
+    fetched.iter().any(|(p, m)| match m {
+        Ok((low, high)) => at(*p, *low).is_none_or(|at| *high > at),
+        Err(_) => true,
     })
-    .await
-    .unwrap_or_default()
+}
+
+/// Ask for the partitions' watermarks every `WATERMARK_INTERVAL` until `stop` or until
+/// the consumer is gone (it is only borrowed while asking). `partitions` says which
+/// partitions are this consumer's, before asking and again after (a revoked one is not
+/// recorded); `between` runs after each answer with the partitions asked about.
+/// `report_up`: an answer marks the input up.
+pub(super) async fn watermark_loop<C, X, F>(
+    consumer: Weak<C>,
+    topic: String,
+    marks: Arc<Watermarks>,
+    stop: CancellationToken,
+    report_up: bool,
+    partitions: impl Fn() -> Vec<i32>,
+    mut between: impl FnMut(Vec<i32>) -> F,
+) where
+    C: Consumer<X> + Send + Sync + 'static,
+    X: ConsumerContext + 'static,
+    F: std::future::Future<Output = ()>,
+{
+    loop {
+        let asked = partitions();
+        let Some(c) = consumer.upgrade() else {
+            return;
+        };
+        let fetched = fetch_watermarks(&c, &topic, &asked).await;
+        // Never the last holder across an await: the consumer's own thread drops it.
+        drop(c);
+        if report_up && fetched.iter().any(|(_, m)| m.is_ok()) {
+            crate::metrics::get().set_up(crate::metrics::Component::Input, true);
+        }
+        between(asked).await;
+        let owned = partitions();
+        marks.record(&fetched, |p| owned.contains(&p));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(WATERMARK_INTERVAL) => {}
+        }
+    }
 }

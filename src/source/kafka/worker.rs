@@ -1,5 +1,6 @@
-//! One partition's worker, and the pacing both modes share: how many events wait
-//! ahead of a worker, when a consumer counts as idle, and how a record becomes an event.
+//! One partition's worker, and what both modes share around it: how many events wait
+//! ahead of a worker, when a consumer counts as idle and how fetching resumes, how a
+//! record becomes an event, and how the client's errors are logged.
 
 use super::offsets::OffsetBook;
 use crate::event::RawEvent;
@@ -20,6 +21,46 @@ pub(super) const RESUME_GRACE: Duration = Duration::from_secs(5);
 /// While idle, the high watermarks are checked this often (at most the added latency of
 /// the first event after a quiet spell).
 pub(super) const IDLE_CHECK: Duration = Duration::from_millis(500);
+
+/// Resume fetching the partitions in `tpl` (after an idle pause).
+pub(super) fn resume_fetching<C, X>(consumer: &C, tpl: &rdkafka::TopicPartitionList)
+where
+    C: rdkafka::consumer::Consumer<X>,
+    X: rdkafka::consumer::ConsumerContext,
+{
+    if let Err(e) = consumer.resume(tpl) {
+        tracing::warn!(error = %e, "resuming fetches failed");
+    }
+}
+
+/// The errors librdkafka reports while it reconnects on its own: each kind is logged
+/// once (and marks the input down) until messages flow again, which is logged once more.
+#[derive(Default)]
+pub(super) struct Problems(std::collections::HashMap<String, std::time::Instant>);
+
+impl Problems {
+    pub(super) fn problem(&mut self, e: &rdkafka::error::KafkaError) {
+        let kind = format!("{:?}", e.rdkafka_error_code());
+        if let std::collections::hash_map::Entry::Vacant(v) = self.0.entry(kind) {
+            tracing::warn!(error = %e, "kafka reports a problem; the client keeps reconnecting");
+            v.insert(std::time::Instant::now());
+            crate::metrics::get().set_up(crate::metrics::Component::Input, false);
+        } else {
+            tracing::debug!(error = %e, "kafka still reports a problem");
+        }
+    }
+
+    /// Kafka works (a message arrived, or the broker answered): the recovery is logged
+    /// if there was a problem; whether there was.
+    pub(super) fn working(&mut self) -> bool {
+        let Some(since) = self.0.values().min() else {
+            return false;
+        };
+        tracing::info!(down_for = ?since.elapsed(), "kafka working again");
+        self.0.clear();
+        true
+    }
+}
 
 pub(super) async fn worker(
     partition: i32,

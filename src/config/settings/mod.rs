@@ -1,0 +1,476 @@
+//! Typed settings resolved from the merged key space, one module per area: `source`,
+//! `input`, `sink`, `security`, `replicate` and `metrics`, each with its types and its
+//! resolve. This module runs them in that order (problems are listed in it) and joins
+//! what depends on two areas (the metadata-log input's checkpoint key).
+
+mod input;
+mod metrics;
+mod replicate;
+mod security;
+mod sink;
+mod source;
+
+pub use input::*;
+pub use metrics::*;
+pub use replicate::*;
+pub use security::*;
+pub use sink::*;
+pub use source::*;
+
+use super::{ConfigErrors, Problem, RawConfig, Reader};
+use crate::filer::jwt::ReadSigner;
+use crate::replicate::path::{components, normalize_dir};
+pub use crate::sink::filer::FilerSinkOptions;
+pub use crate::sink::object::azure::AzureSinkOptions;
+pub use crate::sink::object::b2::B2SinkOptions;
+pub use crate::sink::object::gcs::GcsSinkOptions;
+pub use crate::sink::object::s3::S3SinkOptions;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Inputs in upstream's precedence order.
+pub const INPUTS: [&str; 4] = ["aws_sqs", "gocdk_pub_sub", "google_pub_sub", "kafka"];
+/// Sinks in upstream's precedence order.
+pub const SINKS: [&str; 7] = [
+    "azure",
+    "backblaze",
+    "filer",
+    "google_cloud_storage",
+    "local_incremental",
+    "local",
+    "s3",
+];
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: SourceSettings,
+    pub input: InputSettings,
+    pub sink: SinkSettings,
+    pub security: SecuritySettings,
+    pub replicate: ReplicateSettings,
+    pub metrics: MetricsSettings,
+    /// Keys that mean nothing (misspelt, unknown sections, in the wrong file): warnings,
+    /// or errors under `-strict`.
+    pub typos: Vec<Problem>,
+}
+
+fn enabled_sections(r: &mut Reader, prefix: &str, names: &[&'static str]) -> Vec<&'static str> {
+    names
+        .iter()
+        .copied()
+        .filter(|n| r.bool(&format!("{prefix}.{n}.enabled"), false))
+        .collect()
+}
+
+/// A section's `aws_access_key_id` and `aws_secret_access_key`: both, or neither (the
+/// default credential chain).
+fn aws_keys(r: &mut Reader, section: &str) -> (String, String) {
+    let id = r.string(&format!("{section}.aws_access_key_id"), "");
+    let secret = r.string(&format!("{section}.aws_secret_access_key"), "");
+    if id.is_empty() != secret.is_empty() {
+        r.problem(&format!("{section}.aws_access_key_id"), "aws_access_key_id and aws_secret_access_key must be set together (or both left empty for the default credential chain)");
+    }
+    (id, secret)
+}
+
+/// Resolve typed settings, relative paths against `cwd`. Pure apart from reading nothing.
+pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
+    let mut r = Reader::new(raw);
+    let source = resolve_source(&mut r);
+    let (mut input, subscribe) = resolve_inputs(&mut r, cwd);
+    let sink = resolve_sinks(&mut r, &source, cwd);
+    let security = resolve_security(&mut r, cwd);
+    let replicate = resolve_replicate(&mut r, cwd);
+    let metrics = resolve_metrics(&mut r);
+
+    if subscribe.enabled
+        && let Some(sink) = &sink
+    {
+        input = Some(subscribe_input(&subscribe, &source, sink));
+    }
+
+    #[cfg(test)]
+    super::typos::assert_templates_know(&r.read.borrow());
+    let typos = super::typos::find(raw, &r.read.borrow());
+    let typos = if super::STRICT.load(std::sync::atomic::Ordering::Relaxed) {
+        r.problems.extend(typos);
+        Vec::new()
+    } else {
+        typos
+    };
+    match (input, sink) {
+        (Some(input), Some(sink)) if r.problems.is_empty() => Ok(Settings {
+            source,
+            input,
+            sink,
+            security,
+            replicate,
+            metrics,
+            typos,
+        }),
+        _ => Err(ConfigErrors(r.problems)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const GOOD: &str = r#"
+[source.filer]
+grpcAddress = "localhost:18888"
+directory = "/buckets/"
+excludeDirectories = "/buckets/tmp /buckets/cache"
+[sink.local]
+enabled = true
+directory = "/data"
+[notification.kafka]
+enabled = true
+hosts = ["localhost:9092"]
+topic = "seaweedfs_filer"
+offsetFile = "./last.offset"
+offsetSaveIntervalSeconds = 10
+"#;
+
+    fn resolve_text(text: &str) -> Result<Settings, ConfigErrors> {
+        resolve(
+            &RawConfig::from_toml(text, HashMap::new()),
+            Path::new("/work"),
+        )
+    }
+
+    fn with_input(input: &str) -> String {
+        let base = GOOD.split("[notification.kafka]").next().unwrap();
+        format!("{base}{input}")
+    }
+
+    #[test]
+    fn object_store_directories_as_upstream_accepts_them() {
+        // (source directory, sink directory, incremental) -> (directory, GCS slashless)
+        for (source, dir, inc, want, slashless) in [
+            ("/buckets", "backup", false, "/backup", true),
+            ("/buckets", "/backup", false, "/backup", false),
+            ("/buckets", "", false, "/", false),
+            ("/buckets/", "", false, "/", true),
+            ("/", "", false, "/", true),
+            ("/buckets", "", true, "/", true),
+            ("/buckets", "/", true, "/", false),
+        ] {
+            let text = GOOD
+                .replace(
+                    "directory = \"/buckets/\"",
+                    &format!("directory = \"{source}\""),
+                )
+                .replace(
+                    "[sink.local]\nenabled = true\ndirectory = \"/data\"",
+                    &format!(
+                        "[sink.google_cloud_storage]\nenabled = true\nbucket = \"b\"\n\
+                         directory = \"{dir}\"\nis_incremental = {inc}\n\
+                         [sink.s3]\nenabled = false\nbucket = \"b\"\ndirectory = \"{dir}\""
+                    ),
+                );
+            let s = resolve_text(&text).unwrap();
+            let SinkSettings::Gcs(g) = &s.sink else {
+                panic!("gcs expected")
+            };
+            assert_eq!(
+                (g.directory.as_str(), g.slashless),
+                (want, slashless),
+                "{source} {dir:?} {inc}"
+            );
+        }
+        let text = GOOD.replace("directory = \"/data\"", "directory = \"a/../../x\"");
+        let text = text.replace("[sink.local]", "[sink.s3]\nbucket = \"b\"");
+        let e = resolve_text(&text).unwrap_err();
+        assert!(e.to_string().contains("sink.s3.directory"), "{e}");
+    }
+
+    #[test]
+    fn gocdk_urls_map_onto_the_native_inputs() {
+        let s = resolve_text(&with_input(
+            "[notification.gocdk_pub_sub]\nenabled = true\n\
+             sub_url = \"awssqs://sqs.eu-west-1.amazonaws.com/123456789012/filer?region=eu-west-1\"\n",
+        ))
+        .unwrap();
+        let InputSettings::Sqs(q) = &s.input else {
+            panic!("sqs expected")
+        };
+        assert_eq!(q.region, "eu-west-1");
+        assert_eq!(q.queue_name, "filer");
+        assert_eq!(
+            q.queue_url,
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/filer"
+        );
+        assert!(q.gocdk && !q.raw && q.endpoint.is_empty());
+        let s = resolve_text(&with_input(
+            "[notification.gocdk_pub_sub]\nenabled = true\n\
+             sub_url = \"awssqs://h:1/1/q?raw=true&endpoint=http%3A%2F%2Fh%3A1\"\n",
+        ))
+        .unwrap();
+        let InputSettings::Sqs(q) = &s.input else {
+            panic!("sqs expected")
+        };
+        assert!(q.raw && q.endpoint == "http://h:1", "{q:?}");
+        let e = resolve_text(&with_input(
+            "[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"awssqs://h/1/q?raw=yes\"\n",
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("raw=\"yes\" is not a boolean"),
+            "{e}"
+        );
+        let s = resolve_text(&with_input(
+            "[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"gcppubsub://projects/p1/subscriptions/s1\"\n",
+        ))
+        .unwrap();
+        let InputSettings::PubSub(p) = &s.input else {
+            panic!("pubsub expected")
+        };
+        assert_eq!(
+            (p.project_id.as_str(), p.subscription.as_str()),
+            ("p1", "s1")
+        );
+        assert!(
+            p.topic.is_empty(),
+            "a subscription URL names no topic to create"
+        );
+        for (url, want) in [
+            (
+                "gcppubsub://projects/p1/topics/t",
+                "expected gcppubsub://projects/",
+            ),
+            ("kafka://x", "expected rabbit://"),
+        ] {
+            let e = resolve_text(&with_input(&format!(
+                "[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"{url}\"\n"
+            )))
+            .unwrap_err();
+            assert!(e.to_string().contains(want), "{url}: {e}");
+        }
+        if std::env::var_os("RABBIT_SERVER_URL").is_none() {
+            let e = resolve_text(&with_input(
+                "[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"rabbit://q\"\n",
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("RABBIT_SERVER_URL"), "{e}");
+        }
+    }
+
+    #[test]
+    fn queue_inputs_and_the_metadata_log() {
+        let s = resolve_text(&with_input(
+            "[notification.aws_sqs]\nenabled = true\nsqs_queue_name = \"q\"\nendpoint = \"http://localhost:4566\"\n",
+        ))
+        .unwrap();
+        assert!(
+            matches!(&s.input, InputSettings::Sqs(q) if q.queue_name == "q" && q.endpoint == "http://localhost:4566")
+        );
+        let s = resolve_text(&with_input(
+            "[notification.google_pub_sub]\nenabled = true\nproject_id = \"p\"\ntopic = \"t\"\n",
+        ))
+        .unwrap();
+        assert!(
+            matches!(&s.input, InputSettings::PubSub(p) if p.subscription == "seaweedfs_sub"),
+            "upstream's subscription name by default"
+        );
+        let subscribe = GOOD
+            .split("[notification.kafka]")
+            .next()
+            .unwrap()
+            .replace("[source.filer]\n", "[source.filer]\nsubscribe = true\n");
+        let s = resolve_text(&subscribe).unwrap();
+        let InputSettings::Subscribe(a) = &s.input else {
+            panic!("subscribe expected")
+        };
+        let other =
+            resolve_text(&subscribe.replace("directory = \"/data\"", "directory = \"/other\""))
+                .unwrap();
+        let InputSettings::Subscribe(b) = &other.input else {
+            panic!("subscribe expected")
+        };
+        assert_ne!(
+            a.checkpoint_key, b.checkpoint_key,
+            "one checkpoint per sink"
+        );
+        let e =
+            resolve_text(&GOOD.replace("[source.filer]\n", "[source.filer]\nsubscribe = true\n"))
+                .unwrap_err();
+        assert!(e.to_string().contains("use one input"), "{e}");
+        let e = resolve_text(&GOOD.replace(
+            "[source.filer]\n",
+            "[source.filer]\ninitial_snapshot = true\n",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("only with subscribe"), "{e}");
+    }
+
+    #[test]
+    fn good_config_resolves() {
+        let s = resolve_text(GOOD).unwrap();
+        assert_eq!(s.source.directory, "/buckets");
+        assert_eq!(
+            s.source.exclude_directories,
+            vec!["/buckets/tmp", "/buckets/cache"]
+        );
+        let InputSettings::Kafka(k) = &s.input else {
+            panic!("kafka input expected")
+        };
+        assert_eq!(k.offset_file, PathBuf::from("/work/./last.offset"));
+        assert_eq!(k.offset_save_interval, Duration::from_secs(10));
+        assert_eq!(s.sink.name(), "local");
+        assert_eq!(s.replicate.on_failure, FailurePolicy::Park);
+    }
+
+    #[test]
+    fn group_mode_keys() {
+        let s = resolve_text(GOOD).unwrap();
+        let InputSettings::Kafka(k) = &s.input else {
+            panic!("kafka input expected")
+        };
+        assert!(k.group.is_none(), "the offset file stays the default");
+        let s = resolve_text(&GOOD.replace(
+            "offsetSaveIntervalSeconds = 10",
+            "group_id = \"replicas\"\nauto_offset_reset = \"Latest\"\nimport_offset_file = true\nsession_timeout_seconds = 10",
+        ))
+        .unwrap();
+        let InputSettings::Kafka(k) = &s.input else {
+            panic!("kafka input expected")
+        };
+        let g = k.group.as_ref().unwrap();
+        assert_eq!(
+            (
+                g.id.as_str(),
+                g.auto_offset_reset.as_str(),
+                g.import_offset_file
+            ),
+            ("replicas", "latest", true)
+        );
+        assert_eq!(g.session_timeout, Duration::from_secs(10));
+        assert_eq!(g.assignment, "cooperative-sticky");
+        let errs = resolve_text(&GOOD.replace(
+            "offsetSaveIntervalSeconds = 10",
+            "auto_offset_reset = \"newest\"\nimport_offset_file = true\nsession_timeout_seconds = 2\npartition_assignment_strategy = \"sticky\"",
+        ))
+        .unwrap_err()
+        .0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "notification.kafka.auto_offset_reset",
+                "notification.kafka.session_timeout_seconds",
+                "notification.kafka.partition_assignment_strategy",
+                "notification.kafka.import_offset_file",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key() {
+        let text = r#"
+[source.filer]
+grpcAddress = "localhost"
+directory = "buckets"
+[sink.local]
+enabled = true
+directory = "/a"
+[sink.s3]
+enabled = true
+[notification.kafka]
+enabled = true
+hosts = []
+topic = "t"
+sasl_enabled = true
+sasl_mechanism = "GSSAPI"
+sasl_username = "u"
+[notification.aws_sqs]
+enabled = true
+"#;
+        let errs = resolve_text(text).unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "source.filer.grpcAddress",
+                "source.filer.directory",
+                "notification.kafka.enabled",
+                "sink.s3.enabled",
+            ],
+            "{errs:#?}"
+        );
+        assert!(
+            errs[2]
+                .message
+                .contains("notification.aws_sqs, notification.kafka"),
+            "{}",
+            errs[2]
+        );
+    }
+
+    #[test]
+    fn nothing_enabled_and_empty_directory_are_errors() {
+        let errs = resolve_text("[source.filer]\ngrpcAddress = \"h:1\"\n")
+            .unwrap_err()
+            .0;
+        let text: Vec<String> = errs.iter().map(|p| p.to_string()).collect();
+        assert_eq!(errs.len(), 3, "{text:#?}");
+        assert!(text[0].contains("source.filer.directory: is empty"));
+        assert!(text[1].contains("no input is enabled"));
+        assert!(text[2].contains("no sink is enabled"));
+    }
+
+    #[test]
+    fn kafka_key_checks() {
+        let text = GOOD.replace("offsetSaveIntervalSeconds = 10", "sasl_enabled = true\nsasl_mechanism = \"scram-sha-512\"\nsasl_username = \"\"\ntls_enabled = true\ntls_client_cert = \"/nonexistent.pem\"");
+        let errs = resolve_text(&text).unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "notification.kafka.sasl_username",
+                "notification.kafka.tls_client_cert",
+                "notification.kafka.tls_client_cert"
+            ]
+        );
+    }
+
+    #[test]
+    fn grpc_tls_prefers_client_cert_and_needs_all_three() {
+        let with = |extra: &str| resolve_text(&format!("{GOOD}\n{extra}"));
+        let s = with("[grpc]\nca = \"/ca.pem\"\n[grpc.client]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nclient_cert = \"/cc.pem\"\nclient_key = \"/ck.pem\"").unwrap();
+        let t = s.security.grpc_tls.unwrap();
+        assert_eq!(
+            (t.ca.to_str(), t.cert.to_str(), t.key.to_str()),
+            (Some("/ca.pem"), Some("/cc.pem"), Some("/ck.pem"))
+        );
+        let s =
+            with("[grpc]\nca = \"/ca.pem\"\n[grpc.client]\ncert = \"/c.pem\"\nkey = \"/k.pem\"")
+                .unwrap();
+        assert_eq!(s.security.grpc_tls.unwrap().cert.to_str(), Some("/c.pem"));
+        assert!(
+            with("[grpc]\nca = \"/ca.pem\"")
+                .unwrap()
+                .security
+                .grpc_tls
+                .is_none(),
+            "no client pair: plaintext, as upstream"
+        );
+        let errs = with("[grpc.client]\nclient_cert = \"/cc.pem\"")
+            .unwrap_err()
+            .0;
+        assert_eq!(errs[0].key, "grpc.client.client_cert");
+    }
+
+    #[test]
+    fn filer_sink_inside_source_on_same_filer_is_refused() {
+        let text = GOOD.replace("[sink.local]\nenabled = true", "[sink.filer]\nenabled = true\ngrpcAddress = \"localhost:18888\"\ndirectory = \"/buckets/backup\"\n[sink.local]\nenabled = false");
+        let errs = resolve_text(&text).unwrap_err().0;
+        assert!(
+            errs.iter()
+                .any(|p| p.key == "sink.filer.directory" && p.message.contains("feed itself")),
+            "{errs:#?}"
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! The sink: `[sink.*]`, in upstream's precedence order.
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub enum SinkSettings {
+    /// `[sink.local]` or `[sink.local_incremental]`.
+    Local {
+        name: &'static str,
+        directory: PathBuf,
+        incremental: bool,
+    },
+    /// `[sink.filer]`.
+    Filer(FilerSinkOptions),
+    /// `[sink.s3]`.
+    S3(S3SinkOptions),
+    /// `[sink.google_cloud_storage]`.
+    Gcs(GcsSinkOptions),
+    /// `[sink.azure]`.
+    Azure(AzureSinkOptions),
+    /// `[sink.backblaze]`.
+    B2(B2SinkOptions),
+}
+
+impl SinkSettings {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkSettings::Local { name, .. } => name,
+            SinkSettings::Filer(_) => "filer",
+            SinkSettings::S3(_) => "s3",
+            SinkSettings::Gcs(_) => "google_cloud_storage",
+            SinkSettings::Azure(_) => "azure",
+            SinkSettings::B2(_) => "backblaze",
+        }
+    }
+    pub fn directory(&self) -> String {
+        match self {
+            SinkSettings::Local { directory, .. } => directory.display().to_string(),
+            SinkSettings::Filer(o) => o.directory.clone(),
+            SinkSettings::S3(o) => o.directory.clone(),
+            SinkSettings::Gcs(o) => o.directory.clone(),
+            SinkSettings::Azure(o) => o.directory.clone(),
+            SinkSettings::B2(o) => o.directory.clone(),
+        }
+    }
+    /// What this sink writes to, for telling checkpoints apart: the kind, the target
+    /// (path, filer, bucket, container) and the directory.
+    pub fn identity(&self) -> String {
+        let target = match self {
+            SinkSettings::Local { .. } => String::new(),
+            SinkSettings::Filer(o) => o.grpc_address.clone(),
+            SinkSettings::S3(o) => format!("{}/{}", o.endpoint, o.bucket),
+            SinkSettings::Gcs(o) => format!("{}/{}", o.endpoint, o.bucket),
+            SinkSettings::Azure(o) => format!("{}/{}/{}", o.endpoint, o.account_name, o.container),
+            SinkSettings::B2(o) => format!("{}/{}", o.endpoint, o.bucket),
+        };
+        format!("{}|{target}|{}", self.name(), self.directory())
+    }
+    pub fn incremental(&self) -> bool {
+        match self {
+            SinkSettings::Local { incremental, .. } => *incremental,
+            SinkSettings::Filer(o) => o.incremental,
+            SinkSettings::S3(o) => o.incremental,
+            SinkSettings::Gcs(o) => o.incremental,
+            SinkSettings::Azure(o) => o.incremental,
+            SinkSettings::B2(o) => o.incremental,
+        }
+    }
+}
+
+/// The one enabled sink.
+pub(super) fn resolve_sinks(
+    r: &mut Reader,
+    source: &SourceSettings,
+    cwd: &Path,
+) -> Option<SinkSettings> {
+    let sinks = enabled_sections(r, "sink", &SINKS);
+    match sinks.as_slice() {
+        [] => {
+            r.problem(
+                "sink",
+                format!(
+                    "no sink is enabled; set enabled = true in exactly one of {}",
+                    SINKS.map(|n| format!("[sink.{n}]")).join(", ")
+                ),
+            );
+            None
+        }
+        [one] => resolve_sink(r, one, source, cwd),
+        many => {
+            r.problem(
+                &format!("sink.{}.enabled", many[1]),
+                format!(
+                    "several sinks are enabled ({}); one replicate process feeds one sink, run one per sink",
+                    many.iter().map(|n| format!("sink.{n}")).collect::<Vec<_>>().join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn resolve_sink(
+    r: &mut Reader,
+    name: &'static str,
+    source: &SourceSettings,
+    cwd: &Path,
+) -> Option<SinkSettings> {
+    let p = format!("sink.{name}");
+    match name {
+        "local" | "local_incremental" => {
+            let dir = r.string(&format!("{p}.directory"), "");
+            if dir.is_empty() {
+                r.problem(
+                    &format!("{p}.directory"),
+                    "is empty; set the local directory to replicate into",
+                );
+                return None;
+            }
+            let incremental = r.bool(&format!("{p}.is_incremental"), name == "local_incremental");
+            Some(SinkSettings::Local {
+                name,
+                directory: cwd.join(dir),
+                incremental,
+            })
+        }
+        "filer" => {
+            let grpc_address = r.string("sink.filer.grpcAddress", "");
+            check_grpc_address(r, "sink.filer.grpcAddress", &grpc_address);
+            let dir = r.string("sink.filer.directory", "");
+            let directory = match normalize_dir(&dir) {
+                Ok(d) => d,
+                Err(e) => {
+                    r.problem(
+                        "sink.filer.directory",
+                        format!(
+                            "{dir:?} must be an absolute filer path without . or ..: {}",
+                            e.why
+                        ),
+                    );
+                    return None;
+                }
+            };
+            let under = |a: &str, b: &str| matches!((components(a), components(b)), (Ok(a), Ok(b)) if crate::replicate::path::is_equal_or_under(&a, &b));
+            if grpc_address.eq_ignore_ascii_case(&source.grpc_address)
+                && under(&directory, &source.directory)
+                && !source
+                    .exclude_directories
+                    .iter()
+                    .any(|ex| under(&directory, ex))
+            {
+                r.problem(
+                    "sink.filer.directory",
+                    format!("{directory:?} is equal to or under source.filer.directory {:?} on the same filer: replication would feed itself", source.directory),
+                );
+            }
+            let ttl_sec = r.int("sink.filer.ttlSec", 0);
+            let chunk_concurrency = r.count("sink.filer.chunk_concurrency", 8);
+            if chunk_concurrency == 0 || chunk_concurrency > 1024 {
+                r.problem(
+                    "sink.filer.chunk_concurrency",
+                    format!("must be between 1 and 1024, got {chunk_concurrency}"),
+                );
+            }
+            Some(SinkSettings::Filer(FilerSinkOptions {
+                grpc_address,
+                directory,
+                replication: r.string("sink.filer.replication", ""),
+                collection: r.string("sink.filer.collection", ""),
+                ttl_sec: i32::try_from(ttl_sec).unwrap_or(0),
+                disk: r.string("sink.filer.disk", ""),
+                data_center: r.string("sink.filer.dataCenter", ""),
+                incremental: r.bool("sink.filer.is_incremental", false),
+                chunk_concurrency: chunk_concurrency.clamp(1, 1024) as usize,
+                https: r.bool("https.client.enabled", false),
+                grpc_tls: None,
+                journal_dir: None,
+            }))
+        }
+        "s3" => {
+            let bucket = r.string("sink.s3.bucket", "");
+            if bucket.is_empty() {
+                r.problem(
+                    "sink.s3.bucket",
+                    "is empty; set the (existing) bucket to replicate into",
+                );
+            }
+            let (directory, _) = object_store_dir(r, "sink.s3");
+            let (access_key_id, secret_access_key) = aws_keys(r, "sink.s3");
+            // uploader_part_size_mb wins; upstream's code reads only uploader_part_size (MiB).
+            let part_mb = if r.is_set("sink.s3.uploader_part_size_mb") {
+                r.count("sink.s3.uploader_part_size_mb", 8)
+            } else {
+                match r.count("sink.s3.uploader_part_size", 0) {
+                    0 => 8,
+                    n => n,
+                }
+            };
+            let max_parts = r.count("sink.s3.uploader_max_upload_parts", 1000);
+            if max_parts == 0 || max_parts > 10_000 {
+                r.problem(
+                    "sink.s3.uploader_max_upload_parts",
+                    format!("must be between 1 and 10000, got {max_parts}"),
+                );
+            }
+            let concurrency = r.count("sink.s3.uploader_concurrency", 8);
+            if concurrency == 0 || concurrency > 256 {
+                r.problem(
+                    "sink.s3.uploader_concurrency",
+                    format!("must be between 1 and 256, got {concurrency}"),
+                );
+            }
+            let region = r.string("sink.s3.region", "us-east-2");
+            Some(SinkSettings::S3(S3SinkOptions {
+                access_key_id,
+                secret_access_key,
+                region: if region.is_empty() {
+                    "us-east-2".into()
+                } else {
+                    region
+                },
+                bucket,
+                directory,
+                endpoint: r.string("sink.s3.endpoint", ""),
+                acl: r.string("sink.s3.acl", ""),
+                incremental: r.bool("sink.s3.is_incremental", false),
+                keep_part_size: r.bool("sink.s3.keep_part_size", true),
+                max_upload_parts: max_parts.clamp(1, 10_000),
+                part_size: part_mb.max(5) * 1024 * 1024,
+                concurrency: concurrency.clamp(1, 256) as usize,
+                force_path_style: r.bool("sink.s3.s3_force_path_style", true),
+            }))
+        }
+        "google_cloud_storage" => {
+            let bucket = r.string(&format!("{p}.bucket"), "");
+            if bucket.is_empty() {
+                r.problem(
+                    &format!("{p}.bucket"),
+                    "is empty; set the (existing) bucket to replicate into",
+                );
+            }
+            let (directory, given) = object_store_dir(r, &p);
+            let incremental = r.bool(&format!("{p}.is_incremental"), false);
+            // util.Join(directory, date, key[len(source.directory):]): no leading `/` when
+            // the directory is relative, or empty with a date first or a source directory
+            // that ends in `/` (so the rest of the key does not start with one).
+            let source_slash = r.string("source.filer.directory", "").ends_with('/');
+            let slashless = if given.is_empty() {
+                incremental || source_slash
+            } else {
+                !given.starts_with('/')
+            };
+            let mut credentials = r.string(&format!("{p}.google_application_credentials"), "");
+            if let Some(rest) = credentials.strip_prefix("~/")
+                && let Some(home) = std::env::var_os("HOME")
+            {
+                credentials = std::path::Path::new(&home).join(rest).display().to_string();
+            }
+            if !credentials.is_empty() && !credentials.trim_start().starts_with('{') {
+                credentials = cwd.join(&credentials).display().to_string();
+                if !std::path::Path::new(&credentials).is_file() {
+                    r.problem(
+                        &format!("{p}.google_application_credentials"),
+                        format!("file {credentials:?} does not exist"),
+                    );
+                }
+            }
+            Some(SinkSettings::Gcs(GcsSinkOptions {
+                credentials,
+                bucket,
+                directory,
+                incremental,
+                endpoint: r.string(&format!("{p}.endpoint"), ""),
+                slashless,
+            }))
+        }
+        "azure" => {
+            let account_name = r.string("sink.azure.account_name", "");
+            if !(3..=24).contains(&account_name.len())
+                || !account_name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                r.problem("sink.azure.account_name", format!("{account_name:?} is not a storage account name (3-24 lowercase letters and digits)"));
+            }
+            let account_key = r.string("sink.azure.account_key", "");
+            // Empty: Entra ID credentials, chosen when the sink starts.
+            if !account_key.is_empty()
+                && base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    account_key.trim(),
+                )
+                .is_err()
+            {
+                r.problem(
+                    "sink.azure.account_key",
+                    "is not base64 (copy the key as the portal shows it)",
+                );
+            }
+            let container = r.string("sink.azure.container", "");
+            if container.is_empty() {
+                r.problem(
+                    "sink.azure.container",
+                    "is empty; set the (existing) container to replicate into",
+                );
+            }
+            let (directory, _) = object_store_dir(r, "sink.azure");
+            Some(SinkSettings::Azure(AzureSinkOptions {
+                account_name,
+                account_key,
+                client_id: r.string("sink.azure.client_id", ""),
+                endpoint: r.string("sink.azure.endpoint", ""),
+                container,
+                directory,
+                incremental: r.bool("sink.azure.is_incremental", false),
+            }))
+        }
+        "backblaze" => {
+            let mut key_id = r.string("sink.backblaze.b2_account_id", "");
+            let mut key = r.string("sink.backblaze.b2_master_application_key", "");
+            if key_id.is_empty() && key.is_empty() {
+                key_id = std::env::var("B2_APPLICATION_KEY_ID").unwrap_or_default();
+                key = std::env::var("B2_APPLICATION_KEY").unwrap_or_default();
+            }
+            if key_id.is_empty() || key.is_empty() {
+                r.problem("sink.backblaze.b2_account_id", "b2_account_id (the application key id) and b2_master_application_key must both be set, here or as B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY");
+            }
+            let bucket = r.string("sink.backblaze.bucket", "");
+            if bucket.is_empty() {
+                r.problem(
+                    "sink.backblaze.bucket",
+                    "is empty; set the (existing) bucket to replicate into",
+                );
+            }
+            Some(SinkSettings::B2(B2SinkOptions {
+                key_id,
+                key,
+                bucket,
+                directory: object_store_dir(r, "sink.backblaze").0,
+                incremental: r.bool("sink.backblaze.is_incremental", false),
+                endpoint: r.string("sink.backblaze.endpoint", ""),
+            }))
+        }
+        other => {
+            r.problem(
+                &format!("{p}.enabled"),
+                format!("the {other} sink is not supported by this version"),
+            );
+            None
+        }
+    }
+}
+
+/// An object-store sink's `directory`, made absolute (`/` when empty), and as it was
+/// given. Upstream accepts relative and empty ones: S3, Azure and B2 strip the leading `/`
+/// of object names, so `backup` and `/backup` name the same objects there; GCS does not
+/// (see `GcsSinkOptions::slashless`).
+fn object_store_dir(r: &mut Reader, section: &str) -> (String, String) {
+    let key = format!("{section}.directory");
+    let dir = r.string(&key, "/");
+    let relative = !dir.starts_with('/');
+    let absolute = format!("/{}", dir.trim_start_matches('/'));
+    let normalized = normalize_dir(if relative { &absolute } else { &dir }).unwrap_or_else(|e| {
+        r.problem(
+            &key,
+            format!(
+                "{:?} must be a path without . or ..: {}",
+                crate::config::cut(&dir),
+                e.why
+            ),
+        );
+        "/".into()
+    });
+    (normalized, dir)
+}

@@ -4,26 +4,27 @@
 //! them, `replicate` turns each into a sink operation, `sink` applies it, and the
 //! acknowledgement travels back to the input only after the sink has the change.
 
+// Modules the binary or the integration tests use are `pub`; the rest are the crate's.
 pub mod app;
 pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod event;
-pub mod fence;
+pub(crate) mod fence;
 pub mod filer;
-pub mod gaps;
-pub mod gcp;
-pub mod go;
+pub(crate) mod gaps;
+pub(crate) mod gcp;
+pub(crate) mod go;
 pub mod http;
 pub mod lane;
-pub mod logfile;
-pub mod metrics;
-pub mod notify;
-pub mod ops;
+pub(crate) mod logfile;
+pub(crate) mod metrics;
+pub(crate) mod notify;
+pub(crate) mod ops;
 pub mod pipeline;
 pub mod replicate;
 pub mod retry;
-pub mod setup;
+pub(crate) mod setup;
 pub mod sink;
 pub mod source;
 

@@ -122,6 +122,7 @@ impl Retry {
         }
     }
 
+    #[cfg(test)]
     pub fn is_failing(&self) -> bool {
         self.down.is_some()
     }

@@ -281,6 +281,7 @@ impl RawConfig {
     }
 
     /// Build from TOML text standing in for the merged files (tests).
+    #[cfg(test)]
     pub fn from_toml(text: &str, env: HashMap<String, String>) -> RawConfig {
         let mut raw = RawConfig {
             env,

@@ -103,14 +103,14 @@ impl GoogleAuth {
     /// A current access token (`None` for an emulator). After a failure the credentials
     /// are loaded again for the next call (the crate keeps a failed refresh for good), so
     /// a key file fixed in place is picked up without a restart.
-    pub async fn token(&self) -> Result<Option<String>, String> {
+    pub async fn token(&self) -> Result<Option<String>, CredentialsError> {
         if self.anonymous {
             return Ok(None);
         }
         let credentials = {
             let mut slot = self.credentials.lock().await;
             if slot.is_none() {
-                *slot = Some(Self::build(&self.source, self.scope).map_err(|e| e.0)?);
+                *slot = Some(Self::build(&self.source, self.scope)?);
             }
             slot.clone().expect("set above")
         };
@@ -118,7 +118,10 @@ impl GoogleAuth {
             Ok(t) => Ok(Some(t.token)),
             Err(e) => {
                 *self.credentials.lock().await = None;
-                Err(format!("getting an access token: {}", chain(&e)))
+                Err(CredentialsError(format!(
+                    "getting an access token: {}",
+                    chain(&e)
+                )))
             }
         }
     }

@@ -264,7 +264,10 @@ impl Setup {
     /// skip; `None` if `stop` fires first.
     pub async fn connect(&self, open: &OpenSink, stop: &CancellationToken) -> Option<Vec<i32>> {
         let what = open.sink.describe();
-        wait_until_healthy(&what, stop, || open.sink.probe()).await?;
+        wait_until_healthy(&what, stop, || async {
+            open.sink.probe().await.map_err(|e| e.to_string())
+        })
+        .await?;
         tracing::info!("{what} reachable");
         let mut skip_signatures = Vec::new();
         if let Some((address, client)) = &open.target {

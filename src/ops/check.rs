@@ -110,7 +110,11 @@ pub async fn run(
     let open = setup.sink().await?;
     let what = open.sink.describe();
     if !probe("sink", async {
-        open.sink.probe().await.map(|()| what.clone())
+        open.sink
+            .probe()
+            .await
+            .map(|()| what.clone())
+            .map_err(|e| e.to_string())
     })
     .await
     {

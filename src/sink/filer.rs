@@ -775,12 +775,15 @@ impl Sink for FilerSink {
         )
     }
 
-    async fn probe(&self) -> Result<(), String> {
+    async fn probe(&self) -> Result<(), SinkError> {
         self.client()
             .get_filer_configuration(pb::GetFilerConfigurationRequest {})
             .await
             .map(drop)
-            .map_err(|s| s.to_string())
+            .map_err(|s| {
+                let outage = crate::filer::status_is_outage(&s);
+                SinkError::remote("probe", &self.opts.grpc_address, s, true, outage)
+            })
     }
 
     async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {
@@ -929,8 +932,14 @@ impl Sink for FilerSink {
         }
     }
 
-    async fn recover(&self) -> Result<(), String> {
-        let deleted = self.recover_uploads().await?;
+    async fn recover(&self) -> Result<(), SinkError> {
+        let deleted = self
+            .recover_uploads()
+            .await
+            .map_err(|why| SinkError::Refused {
+                key: self.opts.directory.clone(),
+                why: format!("cleaning up interrupted copies: {why}"),
+            })?;
         if deleted > 0 {
             tracing::info!(
                 chunks = deleted,

@@ -407,34 +407,41 @@ impl Sink for LocalSink {
     /// Creates nothing (a `check` against an unmounted mount point must not create the
     /// directory on the root filesystem): the root, or the nearest directory above it
     /// where it will be created, must be a writable directory.
-    async fn probe(&self) -> Result<(), String> {
+    async fn probe(&self) -> Result<(), SinkError> {
         let root = self.root.clone();
+        let refused = |dir: &Path, why: String| SinkError::Refused {
+            key: dir.display().to_string(),
+            why,
+        };
         tokio::task::spawn_blocking(move || {
             let mut dir = root.as_path();
             loop {
                 match std::fs::metadata(dir) {
                     Ok(m) if m.is_dir() => break,
-                    Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+                    Ok(_) => return Err(refused(dir, "is not a directory".into())),
                     Err(e) if e.kind() == ErrorKind::NotFound => {
                         dir = dir
                             .parent()
-                            .ok_or_else(|| format!("no directory above {}", root.display()))?;
+                            .ok_or_else(|| refused(&root, "has no directory above it".into()))?;
                     }
-                    Err(e) => return Err(format!("{}: {e}", dir.display())),
+                    Err(e) => return Err(refused(dir, e.to_string())),
                 }
             }
             use std::os::unix::ffi::OsStrExt;
             let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-                .map_err(|_| format!("{} contains NUL", dir.display()))?;
+                .map_err(|_| refused(dir, "contains NUL".into()))?;
             // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
             if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
                 let e = std::io::Error::last_os_error();
-                return Err(format!("{} is not writable: {e}", dir.display()));
+                return Err(refused(dir, format!("is not writable: {e}")));
             }
             Ok(())
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| SinkError::Refused {
+            key: self.root.display().to_string(),
+            why: e.to_string(),
+        })?
     }
 
     async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {

@@ -76,7 +76,7 @@ pub trait Sink: Send + Sync {
     /// At start-up, before any event: clean up what an earlier run left half done
     /// (the filer sink's chunks of interrupted copies). `Err` says why it could not;
     /// the caller logs it and goes on.
-    async fn recover(&self) -> Result<(), String> {
+    async fn recover(&self) -> Result<(), SinkError> {
         Ok(())
     }
     /// What this sink is, for logs and `replicate check` (`S3 bucket b (endpoint …)`).
@@ -84,7 +84,7 @@ pub trait Sink: Send + Sync {
         format!("{} sink", self.name())
     }
     /// One attempt to reach the sink (its bucket, container or filer); why it failed.
-    async fn probe(&self) -> Result<(), String> {
+    async fn probe(&self) -> Result<(), SinkError> {
         Ok(())
     }
     /// For `replicate verify`: every file under the sink root, by its path relative to

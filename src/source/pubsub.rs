@@ -41,7 +41,7 @@ impl Client {
             .http
             .request(method, format!("{}/v1/{path}", self.base))
             .timeout(Duration::from_secs(30));
-        if let Some(token) = self.auth.token().await? {
+        if let Some(token) = self.auth.token().await.map_err(|e| e.to_string())? {
             req = req.bearer_auth(token);
         }
         if let Some(body) = body {

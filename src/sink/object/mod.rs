@@ -380,8 +380,8 @@ impl<S: ObjectStore> Sink for ObjectSink<S> {
         self.store.describe()
     }
 
-    async fn probe(&self) -> Result<(), String> {
-        self.store.probe().await.map_err(|e| e.detail)
+    async fn probe(&self) -> Result<(), SinkError> {
+        Ok(self.store.probe().await?)
     }
 
     async fn create_entry(

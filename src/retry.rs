@@ -56,6 +56,9 @@ pub struct Retry {
     /// The component whose reachability this retry reports (the `replicate_up` metric
     /// and `/readyz`).
     reports: Option<crate::metrics::Component>,
+    /// A start-up check (see [`Retry::for_start_up`]): the last reason logged, since each
+    /// new reason is news there.
+    reason: Option<String>,
 }
 
 impl Default for Retry {
@@ -64,6 +67,7 @@ impl Default for Retry {
             backoff: Backoff::new(FIRST, CAP),
             down: None,
             reports: None,
+            reason: None,
         }
     }
 }
@@ -77,12 +81,35 @@ impl Retry {
         }
     }
 
+    /// A check made before anything runs (a sink, a queue): backing off up to a minute,
+    /// and logged as an error again whenever the reason changes, since fixing one
+    /// configuration problem often shows the next.
+    pub fn for_start_up() -> Self {
+        Retry {
+            backoff: Backoff::new(FIRST, Duration::from_secs(60)),
+            reason: Some(String::new()),
+            ..Retry::default()
+        }
+    }
+
     /// A failed attempt: logged as a warning if it is the first since the last success
     /// (at debug level otherwise). Returns how long to wait before the next attempt.
     pub fn failed(&mut self, what: &str, error: &dyn Display) -> Duration {
         let wait = self.backoff.next_wait();
         if let Some(c) = self.reports {
             crate::metrics::get().set_up(c, false);
+        }
+        if let Some(last) = &mut self.reason {
+            let why = error.to_string();
+            if *last != why {
+                tracing::error!(error = %why, "{what}; retrying with backoff until it works");
+                *last = why;
+                self.down
+                    .get_or_insert_with(|| (Instant::now(), what.to_string()));
+            } else {
+                tracing::debug!(error = %error, retry_in = ?wait, "{what}; still retrying");
+            }
+            return wait;
         }
         if self.down.is_none() {
             tracing::warn!(error = %error, "{what}; retrying with backoff until it works");
@@ -114,6 +141,9 @@ impl Retry {
     /// backoff over.
     pub fn succeeded(&mut self) {
         self.backoff.reset();
+        if let Some(last) = &mut self.reason {
+            last.clear();
+        }
         if let Some(c) = self.reports {
             crate::metrics::get().set_up(c, true);
         }
@@ -136,8 +166,8 @@ pub fn attempt_limit(stall: std::time::Duration) -> std::time::Duration {
     (stall * 5).max(std::time::Duration::from_secs(300))
 }
 
-/// Run `check` until it succeeds, logging why it fails (with `what` it checks) and
-/// backing off up to a minute; its value, or `None` if `stop` fires first.
+/// Run `check` until it succeeds, logging why it fails (with `what` it checks) as a
+/// [`Retry::for_start_up`] does; its value, or `None` if `stop` fires first.
 pub async fn wait_until_healthy<T, F, Fut>(
     what: &str,
     stop: &tokio_util::sync::CancellationToken,
@@ -147,29 +177,19 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let mut backoff = Backoff::new(
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(60),
-    );
-    // Logged when the reason changes, not on every attempt.
-    let mut last: Option<String> = None;
+    let mut retry = Retry::for_start_up();
+    let what = format!("{what} cannot be reached with this configuration");
     loop {
         match check().await {
             Ok(value) => {
-                if last.is_some() {
-                    tracing::info!("{what} reachable now");
-                }
+                retry.succeeded();
                 return Some(value);
             }
-            Err(why) if last.as_ref() != Some(&why) => {
-                tracing::error!(error = %why, "{what} cannot be reached with this configuration; retrying with backoff");
-                last = Some(why);
+            Err(why) => {
+                if !retry.wait(&what, &why, stop).await {
+                    return None;
+                }
             }
-            Err(why) => tracing::debug!(error = %why, "{what} still cannot be reached"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(backoff.next_wait()) => {}
         }
     }
 }
@@ -177,6 +197,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_up_check_logs_each_new_reason_and_recovers() {
+        let mut r = Retry::for_start_up();
+        r.failed("sink", &"wrong key");
+        assert!(r.is_failing());
+        assert_eq!(r.reason.as_deref(), Some("wrong key"));
+        r.failed("sink", &"wrong key");
+        r.failed("sink", &"no such bucket");
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("no such bucket"),
+            "a new reason is news"
+        );
+        r.succeeded();
+        assert!(!r.is_failing());
+        assert_eq!(
+            r.reason.as_deref(),
+            Some(""),
+            "after a success any failure is news"
+        );
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter_and_restarts_on_success() {

@@ -4,11 +4,23 @@
 //! are zero-filled, manifests are resolved recursively, and any failure fails the
 //! read. A sink never receives a truncated or shifted file.
 
+mod codec;
+mod content;
+mod error;
 pub mod fileid;
+mod grpc;
 pub mod jwt;
+mod manifest;
 pub mod tls;
 pub mod tree;
 pub mod views;
+
+use codec::{decode_chunk, send_zeros};
+pub use content::{ContentHash, content_size};
+pub use error::ReadError;
+use error::chunk_err;
+pub use grpc::{connect_lazy, is_not_found, is_not_found_text, signature, status_is_outage};
+pub use manifest::{MAX_MANIFEST_DEPTH, MAX_MANIFESTS, resolve_manifests_with};
 
 use crate::event::chunk_file_id;
 use crate::pb::seaweed_filer_client::SeaweedFilerClient;
@@ -62,141 +74,6 @@ impl SourceOptions {
     }
 }
 
-/// Why a source read failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("looking up volume {vid} on the source filer: {status}")]
-    Lookup {
-        vid: String,
-        status: Box<tonic::Status>,
-    },
-    #[error("volume {vid} has no locations on the source filer")]
-    NoLocations { vid: String },
-    /// Asking the source filer what it holds at a path failed.
-    #[error("looking up {path} on the source filer: {status}")]
-    Entry {
-        path: String,
-        status: Box<tonic::Status>,
-    },
-    #[error("chunk {fid}: {detail}")]
-    Chunk {
-        fid: String,
-        detail: String,
-        retryable: bool,
-    },
-    /// No volume server holding the chunk could be connected to (or none answered in
-    /// time): an outage of the source, waited out like an unreachable filer.
-    #[error("chunk {fid}: volume server unreachable: {detail}")]
-    Unreachable { fid: String, detail: String },
-    #[error(
-        "chunk manifests under {fid} nest deeper than {MAX_MANIFEST_DEPTH} levels or list more than {MAX_MANIFESTS} manifests (a manifest that lists itself?)"
-    )]
-    ManifestTooDeep { fid: String },
-    #[error("chunk manifest {fid} does not decode: {source}")]
-    Manifest {
-        fid: String,
-        source: prost::DecodeError,
-    },
-    #[error("read stopped before the end of the file")]
-    Aborted,
-    #[error(
-        "the {size} bytes of this entry live only in remote storage (not cached in the cluster)"
-    )]
-    RemoteOnly { size: u64 },
-}
-
-impl ReadError {
-    /// The source filer cannot be reached: nothing is wrong with the event itself.
-    pub fn is_outage(&self) -> bool {
-        match self {
-            ReadError::Lookup { status, .. } | ReadError::Entry { status, .. } => {
-                status_is_outage(status)
-            }
-            ReadError::Unreachable { .. } => true,
-            _ => false,
-        }
-    }
-
-    /// The master knows no live server for the chunk's volume ("volume id 7 not found"):
-    /// its servers are down or, after a restart, not yet registered; or the volume is gone.
-    pub fn is_unlocated(&self) -> bool {
-        match self {
-            ReadError::NoLocations { .. } => true,
-            ReadError::Lookup { status, .. } => {
-                !status_is_outage(status) && status.message().contains("not found")
-            }
-            _ => false,
-        }
-    }
-
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ReadError::Lookup { .. }
-            | ReadError::Entry { .. }
-            | ReadError::NoLocations { .. }
-            | ReadError::Unreachable { .. }
-            | ReadError::Aborted => true,
-            ReadError::Chunk { retryable, .. } => *retryable,
-            ReadError::Manifest { .. }
-            | ReadError::ManifestTooDeep { .. }
-            | ReadError::RemoteOnly { .. } => false,
-        }
-    }
-}
-
-/// How deep manifests may nest. The filer writes one level (a manifest of data chunks,
-/// rarely a manifest of manifests); a deeper tree is a corrupt or hostile entry, such as
-/// a manifest that lists itself, which would otherwise be fetched forever.
-pub const MAX_MANIFEST_DEPTH: usize = 8;
-/// How many manifests one entry may have in all (each lists up to 10,000 chunks, so this
-/// allows a billion), against a manifest listing itself many times over.
-pub const MAX_MANIFESTS: usize = 100_000;
-
-/// Replace manifest chunks by the data chunks they list, recursively, with `fetch`
-/// giving a chunk's clear bytes. Fails on manifests nested deeper than
-/// [`MAX_MANIFEST_DEPTH`].
-pub async fn resolve_manifests_with<F, Fut>(
-    chunks: &[FileChunk],
-    fetch: F,
-) -> Result<Vec<FileChunk>, ReadError>
-where
-    F: Fn(FileChunk) -> Fut,
-    Fut: std::future::Future<Output = Result<Bytes, ReadError>>,
-{
-    // Depth-first, in order, without recursion: the rest of each level being expanded.
-    let mut out = Vec::with_capacity(chunks.len());
-    let mut fetched = 0;
-    let mut stack: Vec<std::vec::IntoIter<FileChunk>> = vec![Vec::from(chunks).into_iter()];
-    while let Some(level) = stack.last_mut() {
-        let Some(c) = level.next() else {
-            stack.pop();
-            continue;
-        };
-        if !c.is_chunk_manifest {
-            out.push(c);
-            continue;
-        }
-        let fid = chunk_file_id(&c).unwrap_or_default();
-        fetched += 1;
-        if stack.len() > MAX_MANIFEST_DEPTH || fetched > MAX_MANIFESTS {
-            return Err(ReadError::ManifestTooDeep { fid });
-        }
-        let blob = fetch(c).await?;
-        let manifest = FileChunkManifest::decode(blob)
-            .map_err(|source| ReadError::Manifest { fid, source })?;
-        stack.push(manifest.chunks.into_iter());
-    }
-    Ok(out)
-}
-
-fn chunk_err(fid: &str, detail: impl Into<String>, retryable: bool) -> ReadError {
-    ReadError::Chunk {
-        fid: fid.to_string(),
-        detail: detail.into(),
-        retryable,
-    }
-}
-
 /// A chunk's bytes as stored: `gzipped` when they are a gzip stream of the clear data.
 #[derive(Debug, Clone)]
 pub struct Verbatim {
@@ -212,71 +89,6 @@ pub struct FilerSource {
     locations: Mutex<HashMap<String, (Instant, Vec<Location>)>>,
     /// Chunks fetched ahead across all files being read at once.
     read_ahead: Arc<tokio::sync::Semaphore>,
-}
-
-/// A gRPC channel to a filer that connects lazily and reconnects on its own; over
-/// mutual TLS when `tls` is given.
-pub fn connect_lazy(
-    address: &str,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<SeaweedFilerClient<Channel>, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        .http2_keep_alive_interval(Duration::from_secs(60))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let channel = match tls {
-        None => endpoint.connect_lazy(),
-        Some(config) => endpoint.connect_with_connector_lazy(tls::connector(config.clone())),
-    };
-    Ok(SeaweedFilerClient::new(channel)
-        .max_decoding_message_size(1 << 30)
-        .max_encoding_message_size(1 << 30))
-}
-
-/// A filer's signature (`GetFilerConfiguration`), retried with backoff until it
-/// answers; `None` if `stop` fires first.
-pub async fn signature(
-    mut client: SeaweedFilerClient<Channel>,
-    address: &str,
-    stop: &tokio_util::sync::CancellationToken,
-) -> Option<i32> {
-    let mut retry = crate::retry::Retry::default();
-    loop {
-        match client
-            .get_filer_configuration(crate::pb::GetFilerConfigurationRequest {})
-            .await
-        {
-            Ok(r) => {
-                retry.succeeded();
-                return Some(r.into_inner().signature);
-            }
-            Err(e) => {
-                let what = format!("filer {address} unavailable; waiting for it");
-                if !retry.wait(&what, &e, stop).await {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-/// A gRPC status that means the server could not be reached or did not answer.
-pub fn status_is_outage(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-    )
-}
-
-/// A gRPC status that means "no such entry" (older filers say so only in the text).
-pub fn is_not_found(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::NotFound || is_not_found_text(status.message())
-}
-
-/// An error text that means "no such entry".
-pub fn is_not_found_text(text: &str) -> bool {
-    text.contains("no entry is found") || text.contains("not found")
 }
 
 /// `mtime` and `mtime_ns` of an entry as nanoseconds.
@@ -598,119 +410,11 @@ impl FilerSource {
     }
 }
 
-/// The length and SHA-256 of content read piece by piece (`replicate verify` compares
-/// source and sink this way).
-#[derive(Default)]
-pub struct ContentHash {
-    hash: sha2::Sha256,
-    len: u64,
-}
-
-impl ContentHash {
-    pub fn update(&mut self, piece: &[u8]) {
-        use sha2::Digest;
-        self.hash.update(piece);
-        self.len += piece.len() as u64;
-    }
-
-    pub fn finish(self) -> (u64, [u8; 32]) {
-        use sha2::Digest;
-        (self.len, self.hash.finalize().into())
-    }
-}
-
 /// Entries asked for per directory listing call.
 pub const LIST_PAGE: usize = 1024;
 
 /// How many files' worth of read-ahead all reads share.
 const READ_AHEAD_FILES: usize = 2;
-
-/// The number of bytes [`FilerSource::open`] yields for an entry without manifests;
-/// with manifests the resolved chunks decide, so sinks count what they receive.
-pub fn content_size(entry: &Entry) -> u64 {
-    let recorded = entry.attributes.as_ref().map(|a| a.file_size).unwrap_or(0);
-    if entry.chunks.is_empty() {
-        recorded.max(entry.content.len() as u64)
-    } else {
-        views::file_size(recorded, &entry.chunks)
-    }
-}
-
-async fn send_zeros(
-    tx: &mpsc::Sender<Result<Bytes, ReadError>>,
-    mut n: u64,
-) -> Result<(), ReadError> {
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64) as usize;
-        tx.send(Ok(Bytes::from_static(&ZEROS[..k])))
-            .await
-            .map_err(|_| ReadError::Aborted)?;
-        n -= k as u64;
-    }
-    Ok(())
-}
-
-fn gunzip(fid: &str, data: &[u8]) -> Result<Vec<u8>, ReadError> {
-    let mut out = Vec::with_capacity(data.len() * 2);
-    flate2::read::GzDecoder::new(data)
-        .read_to_end(&mut out)
-        .map_err(|e| chunk_err(fid, format!("gunzip: {e}"), false))?;
-    Ok(out)
-}
-
-/// Turn the bytes a volume server returned into the chunk's clear bytes.
-fn decode_chunk(
-    fid: &str,
-    body: Bytes,
-    gzipped: bool,
-    chunk: &FileChunk,
-    check_size: bool,
-) -> Result<Bytes, ReadError> {
-    let mut data = if gzipped {
-        Bytes::from(gunzip(fid, &body)?)
-    } else {
-        body
-    };
-    if !chunk.cipher_key.is_empty() {
-        data = Bytes::from(decrypt(fid, &chunk.cipher_key, &data)?);
-        if chunk.is_compressed {
-            data = Bytes::from(gunzip(fid, &data)?);
-        }
-    }
-    if check_size && data.len() as u64 != chunk.size {
-        // A compressed needle served without Content-Encoding still starts with the gzip magic.
-        if data.starts_with(&[0x1f, 0x8b])
-            && let Ok(clear) = gunzip(fid, &data)
-            && clear.len() as u64 == chunk.size
-        {
-            return Ok(Bytes::from(clear));
-        }
-        return Err(chunk_err(
-            fid,
-            format!("got {} bytes, the entry says {}", data.len(), chunk.size),
-            true,
-        ));
-    }
-    Ok(data)
-}
-
-/// AES-256-GCM with the 12-byte nonce in front, as the filer writes encrypted chunks.
-fn decrypt(fid: &str, key: &[u8], data: &[u8]) -> Result<Vec<u8>, ReadError> {
-    let cipher = Aes256Gcm::new_from_slice(key)
-        .map_err(|_| chunk_err(fid, "cipher key is not 32 bytes", false))?;
-    if data.len() < 12 + 16 {
-        return Err(chunk_err(
-            fid,
-            "encrypted chunk shorter than nonce and tag",
-            true,
-        ));
-    }
-    let (nonce, sealed) = data.split_at(12);
-    let nonce = aes_gcm::Nonce::try_from(nonce).map_err(|_| chunk_err(fid, "bad nonce", false))?;
-    cipher
-        .decrypt(&nonce, sealed)
-        .map_err(|_| chunk_err(fid, "decryption failed (wrong key or corrupt data)", false))
-}
 
 #[cfg(test)]
 mod tests {

@@ -435,6 +435,13 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// An environment variable from the environment the configuration was loaded with
+    /// (never the process's own at resolve time, so resolving stays pure); `None` when
+    /// unset or empty.
+    pub fn env(&self, name: &str) -> Option<String> {
+        self.raw.env.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+
     /// The raw value of `key`, noting that it was asked for.
     fn get(&self, key: &str) -> Option<(toml::Value, Origin)> {
         self.read.borrow_mut().insert(key.to_lowercase());

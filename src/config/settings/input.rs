@@ -332,7 +332,16 @@ fn resolve_input(r: &mut Reader, name: &str, cwd: &Path) -> Option<InputSettings
 fn resolve_gocdk(r: &mut Reader) -> Option<InputSettings> {
     let key = "notification.gocdk_pub_sub.sub_url";
     let url = r.string(key, "");
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    // The variables gocdk reads, from the environment the configuration came with.
+    let vars: std::collections::HashMap<&str, Option<String>> = [
+        "RABBIT_SERVER_URL",
+        "NATS_SERVER_URL",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+    ]
+    .into_iter()
+    .map(|name| (name, r.env(name)))
+    .collect();
+    let env = |name: &str| vars.get(name).cloned().flatten();
     let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     let params = crate::go::query_pairs(query);

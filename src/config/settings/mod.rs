@@ -249,13 +249,18 @@ offsetSaveIntervalSeconds = 10
             .unwrap_err();
             assert!(e.to_string().contains(want), "{url}: {e}");
         }
-        if std::env::var_os("RABBIT_SERVER_URL").is_none() {
-            let e = resolve_text(&with_input(
-                "[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"rabbit://q\"\n",
-            ))
-            .unwrap_err();
-            assert!(e.to_string().contains("RABBIT_SERVER_URL"), "{e}");
-        }
+        // Resolving reads the environment the configuration was loaded with, never the
+        // process's: without RABBIT_SERVER_URL there, a rabbit:// URL is a problem.
+        let e = resolve_text(&with_input(
+            "[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"rabbit://q\"\n",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("RABBIT_SERVER_URL"), "{e}");
+        let text =
+            with_input("[notification.gocdk_pub_sub]\nenabled = true\nsub_url = \"rabbit://q\"\n");
+        let env = HashMap::from([("RABBIT_SERVER_URL".to_string(), "amqp://h/".to_string())]);
+        let s = resolve(&RawConfig::from_toml(&text, env), Path::new("/")).unwrap();
+        assert!(matches!(&s.input, InputSettings::Rabbit(r) if r.server_url == "amqp://h/"));
     }
 
     #[test]

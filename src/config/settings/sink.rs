@@ -252,7 +252,7 @@ fn resolve_sink(
             };
             let mut credentials = r.string(&format!("{p}.google_application_credentials"), "");
             if let Some(rest) = credentials.strip_prefix("~/")
-                && let Some(home) = std::env::var_os("HOME")
+                && let Some(home) = r.env("HOME")
             {
                 credentials = std::path::Path::new(&home).join(rest).display().to_string();
             }
@@ -319,8 +319,8 @@ fn resolve_sink(
             let mut key_id = r.string("sink.backblaze.b2_account_id", "");
             let mut key = r.string("sink.backblaze.b2_master_application_key", "");
             if key_id.is_empty() && key.is_empty() {
-                key_id = std::env::var("B2_APPLICATION_KEY_ID").unwrap_or_default();
-                key = std::env::var("B2_APPLICATION_KEY").unwrap_or_default();
+                key_id = r.env("B2_APPLICATION_KEY_ID").unwrap_or_default();
+                key = r.env("B2_APPLICATION_KEY").unwrap_or_default();
             }
             if key_id.is_empty() || key.is_empty() {
                 r.problem("sink.backblaze.b2_account_id", "b2_account_id (the application key id) and b2_master_application_key must both be set, here or as B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY");

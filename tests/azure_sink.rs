@@ -168,7 +168,7 @@ fn storage_jwt() -> String {
 /// It serves HTTPS with `cert` (the SDK accepts no other authority).
 async fn start_token_endpoint(assertion: String, cert: &Path, key: &Path) -> (u16, Seen) {
     use rustls::pki_types::pem::PemObject;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -197,29 +197,8 @@ async fn start_token_endpoint(assertion: String, cert: &Path, key: &Path) -> (u1
                 let Ok(mut conn) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut raw = Vec::new();
-                let mut buf = [0u8; 4096];
-                let (head, body) = loop {
-                    let n = conn.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    raw.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&raw).to_string();
-                    if let Some(i) = text.find("\r\n\r\n") {
-                        let head = text[..i].to_string();
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if raw.len() >= i + 4 + len {
-                            break (head, text[i + 4..i + 4 + len].to_string());
-                        }
-                    }
+                let Some((head, body)) = read_http_request(&mut conn).await else {
+                    return;
                 };
                 let request_line = head.lines().next().unwrap_or("").to_string();
                 let identity_header = head

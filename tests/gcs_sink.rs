@@ -192,7 +192,7 @@ async fn gcs_object_names_follow_upstreams_join() {
 /// An OAuth token endpoint as far as a client sees it: a refresh with `good-refresh`
 /// gets a token, anything else Google's `invalid_grant`. Every request body is kept.
 async fn start_token_endpoint() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
@@ -201,29 +201,8 @@ async fn start_token_endpoint() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Str
         while let Ok((mut conn, _)) = listener.accept().await {
             let log = log.clone();
             tokio::spawn(async move {
-                let mut raw = Vec::new();
-                let mut buf = [0u8; 4096];
-                let body = loop {
-                    let n = conn.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    raw.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&raw).to_string();
-                    let Some(i) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let len = text[..i]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if raw.len() >= i + 4 + len {
-                        break text[i + 4..i + 4 + len].to_string();
-                    }
+                let Some((_, body)) = read_http_request(&mut conn).await else {
+                    return;
                 };
                 log.lock().unwrap().push(body.clone());
                 let (status, json) = if body.contains("good-refresh") {

@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 const ACK_WAIT: Duration = Duration::from_secs(60);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
-/// Consume until `stop` fires; in-flight work gets until `hard_stop`.
 /// This input as an [`Input`](super::Input).
 pub struct NatsInput {
     pub cfg: NatsSettings,
@@ -51,6 +50,7 @@ impl super::Input for NatsInput {
     }
 }
 
+/// Consume until `stop` fires; in-flight work gets until `hard_stop`.
 async fn run(
     cfg: &NatsSettings,
     pipeline: Arc<Pipeline>,

@@ -27,7 +27,6 @@ const PREFETCH: u16 = 16;
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 const DLX_TTL_MS: i64 = 600_000;
 
-/// Consume until `stop` fires; in-flight work gets until `hard_stop`.
 /// This input as an [`Input`](super::Input).
 pub struct RabbitInput {
     pub cfg: RabbitSettings,
@@ -56,6 +55,7 @@ impl super::Input for RabbitInput {
     }
 }
 
+/// Consume until `stop` fires; in-flight work gets until `hard_stop`.
 async fn run(
     cfg: &RabbitSettings,
     pipeline: Arc<Pipeline>,

@@ -27,7 +27,6 @@ const POLL_SECONDS: i32 = 5;
 /// A held message (`on_failure = "hold"`) comes back after this long.
 const RETRY_AFTER: i32 = 10;
 
-/// Consume until `stop` fires; in-flight work gets until `hard_stop`.
 /// This input as an [`Input`](super::Input).
 pub struct SqsInput {
     pub cfg: SqsSettings,
@@ -64,6 +63,7 @@ impl super::Input for SqsInput {
     }
 }
 
+/// Consume until `stop` fires; in-flight work gets until `hard_stop`.
 async fn run(
     cfg: &SqsSettings,
     pipeline: Arc<Pipeline>,

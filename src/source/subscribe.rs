@@ -29,7 +29,6 @@ struct Progress {
 }
 
 /// Consume until `stop` fires (in-flight work gets until `hard_stop`), then save the
-/// checkpoint.
 /// The source filer's metadata log (no queue) as an [`Input`](super::Input).
 pub struct SubscribeInput {
     pub cfg: SubscribeSettings,
@@ -73,6 +72,7 @@ impl super::Input for SubscribeInput {
     }
 }
 
+/// checkpoint.
 async fn run(
     cfg: &SubscribeSettings,
     source: Arc<FilerSource>,

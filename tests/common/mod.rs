@@ -1192,3 +1192,37 @@ pub fn output(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// One HTTP/1.1 request read from `conn` (a test server's connection): its head (request
+/// line and headers) and its body, by `content-length`. `None` if the peer closed first.
+pub async fn read_http_request<S>(conn: &mut S) -> Option<(String, String)>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let Some(i) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = text[..i].to_string();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            })
+            .unwrap_or(0);
+        if raw.len() >= i + 4 + len {
+            return Some((head, text[i + 4..i + 4 + len].to_string()));
+        }
+    }
+}

@@ -185,6 +185,71 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Every object under `prefix` with its size, handed to `each` a page at a time, so
+    /// that a walk over millions of objects holds one page.
+    async fn each_page<F, Fut>(&self, prefix: &str, mut each: F) -> Result<(), StoreError>
+    where
+        F: FnMut(Vec<(String, u64)>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.opts.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err("list objects", prefix, e))?;
+            let objects = page
+                .contents()
+                .iter()
+                .filter_map(|o| Some((o.key()?.to_string(), o.size().unwrap_or(0).max(0) as u64)))
+                .collect();
+            each(objects).await?;
+        }
+        Ok(())
+    }
+
+    /// Delete up to a thousand objects in one request.
+    async fn delete_batch(
+        &self,
+        prefix: &str,
+        batch: Vec<(String, u64)>,
+    ) -> Result<(), StoreError> {
+        let ids: Vec<ObjectIdentifier> = batch
+            .iter()
+            .filter_map(|(k, _)| ObjectIdentifier::builder().key(k).build().ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let delete = Delete::builder()
+            .set_objects(Some(ids))
+            .quiet(true)
+            .build()
+            .map_err(|e| StoreError::new("delete objects", prefix, Failure::Invalid, e))?;
+        let r = self
+            .client
+            .delete_objects()
+            .bucket(&self.opts.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| sdk_err("delete objects", prefix, e))?;
+        match r.errors().first() {
+            Some(failed) => Err(StoreError::new(
+                "delete objects",
+                prefix,
+                Failure::Other,
+                format!("{failed:?}"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     fn name(&self) -> &'static str {
@@ -365,68 +430,19 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    /// A thousand objects per request.
+    /// A page (up to a thousand objects) per request, as it is listed.
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.opts.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_err("list objects", prefix, e))?;
-            let ids: Vec<ObjectIdentifier> = page
-                .contents()
-                .iter()
-                .filter_map(|o| o.key())
-                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
-            let delete = Delete::builder()
-                .set_objects(Some(ids))
-                .quiet(true)
-                .build()
-                .map_err(|e| StoreError::new("delete objects", prefix, Failure::Invalid, e))?;
-            let r = self
-                .client
-                .delete_objects()
-                .bucket(&self.opts.bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| sdk_err("delete objects", prefix, e))?;
-            if let Some(failed) = r.errors().first() {
-                return Err(StoreError::new(
-                    "delete objects",
-                    prefix,
-                    Failure::Other,
-                    format!("{failed:?}"),
-                ));
-            }
-        }
-        Ok(())
+        self.each_page(prefix, |page| self.delete_batch(prefix, page))
+            .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.opts.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
         let mut objects = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_err("list objects", prefix, e))?;
-            objects.extend(
-                page.contents().iter().filter_map(|o| {
-                    Some((o.key()?.to_string(), o.size().unwrap_or(0).max(0) as u64))
-                }),
-            );
-        }
+        self.each_page(prefix, |page| {
+            objects.extend(page);
+            async { Ok(()) }
+        })
+        .await?;
         Ok(objects)
     }
 

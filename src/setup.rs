@@ -9,7 +9,6 @@ use crate::metrics::Component;
 use crate::pb::seaweed_filer_client::SeaweedFilerClient;
 use crate::pipeline::Pipeline;
 use crate::replicate::Rules;
-use crate::replicate::path::components;
 use crate::retry::wait_until_healthy;
 use crate::sink::Sink;
 use crate::sink::filer::FilerSink;
@@ -222,13 +221,8 @@ impl Setup {
     pub fn rules(&self, skip_signatures: Vec<i32>) -> Rules {
         let settings = &self.settings;
         Rules {
-            source_dir: components(&settings.source.directory).expect("validated"),
-            excludes: settings
-                .source
-                .exclude_directories
-                .iter()
-                .map(|d| components(d).expect("validated"))
-                .collect(),
+            source_dir: settings.source.directory_parts.clone(),
+            excludes: settings.source.exclude_parts.clone(),
             sink_dir: settings.sink.directory(),
             incremental: settings.sink.incremental(),
             skip_other_cluster: matches!(settings.sink, SinkSettings::Filer(_)),

@@ -141,12 +141,29 @@ pub struct KafkaSettings {
     pub group: Option<Box<GroupSettings>>,
 }
 
+/// Where a consumer group's partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    /// librdkafka's `auto.offset.reset` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
 /// `[notification.kafka]` keys of consumer-group mode.
 #[derive(Debug, Clone)]
 pub struct GroupSettings {
     pub id: String,
-    /// Where a partition without a committed offset starts: "earliest" or "latest".
-    pub auto_offset_reset: String,
+    /// Where a partition without a committed offset starts.
+    pub auto_offset_reset: OffsetReset,
     /// Start a group that has no committed offsets from the offset file (then renamed).
     pub import_offset_file: bool,
     /// After this long without a heartbeat, a member's partitions go to the others.
@@ -557,15 +574,20 @@ fn resolve_kafka(r: &mut Reader, cwd: &Path) -> Option<InputSettings> {
 
 fn resolve_group(r: &mut Reader, p: &str) -> Option<Box<GroupSettings>> {
     let id = r.string(&format!("{p}.group_id"), "");
-    let auto_offset_reset = r
+    let reset = r
         .string(&format!("{p}.auto_offset_reset"), "earliest")
         .to_lowercase();
-    if !matches!(auto_offset_reset.as_str(), "earliest" | "latest") {
-        r.problem(
-            &format!("{p}.auto_offset_reset"),
-            format!("must be \"earliest\" or \"latest\", got {auto_offset_reset:?}"),
-        );
-    }
+    let auto_offset_reset = match reset.as_str() {
+        "latest" => OffsetReset::Latest,
+        "earliest" => OffsetReset::Earliest,
+        _ => {
+            r.problem(
+                &format!("{p}.auto_offset_reset"),
+                format!("must be \"earliest\" or \"latest\", got {reset:?}"),
+            );
+            OffsetReset::Earliest
+        }
+    };
     let import_offset_file = r.bool(&format!("{p}.import_offset_file"), false);
     let session = r.count(&format!("{p}.session_timeout_seconds"), 45);
     if !(6..=1800).contains(&session) {

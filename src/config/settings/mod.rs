@@ -345,12 +345,8 @@ offsetSaveIntervalSeconds = 10
         };
         let g = k.group.as_ref().unwrap();
         assert_eq!(
-            (
-                g.id.as_str(),
-                g.auto_offset_reset.as_str(),
-                g.import_offset_file
-            ),
-            ("replicas", "latest", true)
+            (g.id.as_str(), g.auto_offset_reset, g.import_offset_file),
+            ("replicas", OffsetReset::Latest, true)
         );
         assert_eq!(g.session_timeout, Duration::from_secs(10));
         assert_eq!(g.assignment, "cooperative-sticky");

@@ -8,7 +8,11 @@ pub struct SourceSettings {
     pub grpc_address: String,
     /// Normalised, absolute.
     pub directory: String,
+    /// `directory` as path components (validated).
+    pub directory_parts: Vec<String>,
     pub exclude_directories: Vec<String>,
+    /// `exclude_directories` as path components (validated).
+    pub exclude_parts: Vec<Vec<String>>,
     pub data_center: String,
 }
 
@@ -61,9 +65,13 @@ pub(super) fn resolve_source(r: &mut Reader) -> SourceSettings {
         }
     }
     let data_center = r.string("source.filer.dataCenter", "");
+    // Normalised above, so every one of them splits into components.
+    let parts = |d: &str| components(d).unwrap_or_default();
     SourceSettings {
         grpc_address,
+        directory_parts: parts(&directory),
         directory,
+        exclude_parts: exclude_directories.iter().map(|d| parts(d)).collect(),
         exclude_directories,
         data_center,
     }

@@ -72,7 +72,7 @@ pub async fn run(
     config
         .set("group.id", &group.id)
         .set("partition.assignment.strategy", &group.assignment)
-        .set("auto.offset.reset", &group.auto_offset_reset)
+        .set("auto.offset.reset", group.auto_offset_reset.as_str())
         .set("session.timeout.ms", session_ms.to_string())
         .set("heartbeat.interval.ms", heartbeat_ms.to_string())
         // librdkafka refuses a session longer than this (default 300 s), and the poll
@@ -103,7 +103,7 @@ pub async fn run(
         commit_trouble: Mutex::new(None),
         newly_assigned: false.into(),
         consumer: std::sync::OnceLock::new(),
-        reset_latest: group.auto_offset_reset == "latest",
+        reset_latest: group.auto_offset_reset == crate::config::settings::OffsetReset::Latest,
         waiting: Mutex::new(Some(Instant::now())),
         stuck_after: (group.session_timeout * 2).max(Duration::from_secs(30)),
     });

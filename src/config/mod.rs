@@ -178,6 +178,24 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// How resolving learns whether a file the settings name exists: the real file system
+/// for a loaded configuration, anything a test says for one built in memory. Resolving
+/// itself never touches the disk.
+#[derive(Clone, Copy)]
+pub struct FileCheck(pub fn(&Path) -> bool);
+
+impl Default for FileCheck {
+    fn default() -> Self {
+        FileCheck(|p| p.is_file())
+    }
+}
+
+impl std::fmt::Debug for FileCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileCheck")
+    }
+}
+
 /// The merged key space.
 #[derive(Debug, Clone, Default)]
 pub struct RawConfig {
@@ -187,6 +205,8 @@ pub struct RawConfig {
     /// The line each key was set on, in the file its value came from.
     lines: HashMap<String, usize>,
     env: HashMap<String, String>,
+    /// Whether a named file exists (see [`FileCheck`]).
+    pub file_check: FileCheck,
 }
 
 impl RawConfig {
@@ -440,6 +460,11 @@ impl<'a> Reader<'a> {
     /// unset or empty.
     pub fn env(&self, name: &str) -> Option<String> {
         self.raw.env.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+
+    /// Whether the file at `path` exists, as the configuration's [`FileCheck`] says.
+    pub fn is_file(&self, path: &Path) -> bool {
+        (self.raw.file_check.0)(path)
     }
 
     /// The raw value of `key`, noting that it was asked for.

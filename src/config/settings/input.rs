@@ -315,7 +315,7 @@ fn resolve_input(r: &mut Reader, name: &str, cwd: &Path) -> Option<InputSettings
             let mut credentials = r.string(&format!("{p}.google_application_credentials"), "");
             if !credentials.is_empty() && !credentials.trim_start().starts_with('{') {
                 credentials = cwd.join(&credentials).display().to_string();
-                if !Path::new(&credentials).is_file() {
+                if !r.is_file(Path::new(&credentials)) {
                     r.problem(
                         &format!("{p}.google_application_credentials"),
                         format!("file {credentials:?} does not exist"),
@@ -552,7 +552,7 @@ fn resolve_kafka(r: &mut Reader, cwd: &Path) -> Option<InputSettings> {
             ("tls_client_cert", &t.client_cert),
             ("tls_client_key", &t.client_key),
         ] {
-            if !v.is_empty() && !cwd.join(v).is_file() {
+            if !v.is_empty() && !r.is_file(&cwd.join(v)) {
                 r.problem(&format!("{p}.{k}"), format!("file {v:?} does not exist"));
             }
         }

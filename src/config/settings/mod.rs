@@ -1,4 +1,5 @@
-//! Typed settings resolved from the merged key space, one module per area: `source`,
+//! Typed settings resolved (purely: files and environment come through the `Reader`)
+//! from the merged key space, one module per area: `source`,
 //! `input`, `sink`, `security`, `replicate` and `metrics`, each with its types and its
 //! resolve. This module runs them in that order (problems are listed in it) and joins
 //! what depends on two areas (the metadata-log input's checkpoint key).
@@ -17,6 +18,8 @@ pub use security::*;
 pub use sink::*;
 pub use source::*;
 
+#[cfg(test)]
+use super::FileCheck;
 use super::{ConfigErrors, Problem, RawConfig, Reader};
 use crate::filer::jwt::ReadSigner;
 use crate::replicate::path::{components, normalize_dir};
@@ -144,6 +147,27 @@ offsetSaveIntervalSeconds = 10
     fn with_input(input: &str) -> String {
         let base = GOOD.split("[notification.kafka]").next().unwrap();
         format!("{base}{input}")
+    }
+
+    #[test]
+    fn named_files_are_checked_through_the_configuration_not_the_disk() {
+        let text = GOOD.replace(
+            "[sink.local]\nenabled = true\ndirectory = \"/data\"",
+            "[sink.google_cloud_storage]\nenabled = true\nbucket = \"b\"\n\
+             google_application_credentials = \"keys/gcs.json\"",
+        );
+        let mut raw = RawConfig::from_toml(&text, HashMap::new());
+        let e = resolve(&raw, Path::new("/nowhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("google_application_credentials") && e.contains("does not exist"),
+            "{e}"
+        );
+        // The same configuration where the check says the file is there: no disk asked.
+        raw.file_check = FileCheck(|p| p == Path::new("/nowhere/keys/gcs.json"));
+        let s = resolve(&raw, Path::new("/nowhere")).unwrap();
+        assert_eq!(s.sink.name(), "google_cloud_storage");
     }
 
     #[test]

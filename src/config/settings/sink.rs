@@ -258,7 +258,7 @@ fn resolve_sink(
             }
             if !credentials.is_empty() && !credentials.trim_start().starts_with('{') {
                 credentials = cwd.join(&credentials).display().to_string();
-                if !std::path::Path::new(&credentials).is_file() {
+                if !r.is_file(std::path::Path::new(&credentials)) {
                     r.problem(
                         &format!("{p}.google_application_credentials"),
                         format!("file {credentials:?} does not exist"),

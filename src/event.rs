@@ -36,9 +36,8 @@ impl RawEvent {
 
     /// The event a filer would publish had `entry` just been created in `dir`.
     pub fn created(dir: &str, entry: &crate::pb::Entry) -> Self {
-        let key = format!("{}/{}", dir.trim_end_matches('/'), entry.name);
         Self::from_notification(
-            key,
+            full_path(dir, entry),
             EventNotification {
                 new_entry: Some(entry.clone()),
                 new_parent_path: dir.to_string(),
@@ -66,6 +65,11 @@ impl RawEvent {
     pub fn notification(&self) -> Result<&EventNotification, &DecodeError> {
         self.decoded.get_or_init(|| decode(&self.payload)).as_ref()
     }
+}
+
+/// The full path of `entry` in directory `dir` (an event's key).
+pub fn full_path(dir: &str, entry: &crate::pb::Entry) -> String {
+    format!("{}/{}", dir.trim_end_matches('/'), entry.name)
 }
 
 /// Why an event could not be decoded.

@@ -53,28 +53,21 @@ pub fn seaweed(
 ) -> Result<reqwest::Client, HttpError> {
     let mut http = builder(read_timeout);
     if let Some(https) = https {
+        let problem = |key: &'static str, path: &str, detail: String| HttpError::File {
+            key,
+            path: path.to_string(),
+            detail,
+        };
         let read = |key: &'static str, path: &str| {
-            std::fs::read(path).map_err(|e| HttpError::File {
-                key,
-                path: path.to_string(),
-                detail: e.to_string(),
-            })
+            std::fs::read(path).map_err(|e| problem(key, path, e.to_string()))
         };
         http = http.danger_accept_invalid_certs(https.insecure_skip_verify);
         if !https.ca.is_empty() {
-            let pem = read("https.client.ca", &https.ca)?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| HttpError::File {
-                    key: "https.client.ca",
-                    path: https.ca.clone(),
-                    detail: e.to_string(),
-                })?;
+            let key = "https.client.ca";
+            let certs = reqwest::Certificate::from_pem_bundle(&read(key, &https.ca)?)
+                .map_err(|e| problem(key, &https.ca, e.to_string()))?;
             if certs.is_empty() {
-                return Err(HttpError::File {
-                    key: "https.client.ca",
-                    path: https.ca.clone(),
-                    detail: "no certificate in the file".into(),
-                });
+                return Err(problem(key, &https.ca, "no certificate in the file".into()));
             }
             for cert in certs {
                 http = http.add_root_certificate(cert);
@@ -84,11 +77,8 @@ pub fn seaweed(
             let mut pem = read("https.client.cert", &https.cert)?;
             pem.push(b'\n');
             pem.extend(read("https.client.key", &https.key)?);
-            let id = reqwest::Identity::from_pem(&pem).map_err(|e| HttpError::File {
-                key: "https.client.cert",
-                path: https.cert.clone(),
-                detail: e.to_string(),
-            })?;
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| problem("https.client.cert", &https.cert, e.to_string()))?;
             http = http.identity(id);
         }
     }

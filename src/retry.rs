@@ -93,30 +93,33 @@ impl Retry {
     }
 
     /// A failed attempt: logged as a warning if it is the first since the last success
-    /// (at debug level otherwise). Returns how long to wait before the next attempt.
+    /// (a start-up check: as an error, and again whenever the reason changes), at debug
+    /// level otherwise. Returns how long to wait before the next attempt.
     pub fn failed(&mut self, what: &str, error: &dyn Display) -> Duration {
         let wait = self.backoff.next_wait();
         if let Some(c) = self.reports {
             crate::metrics::get().set_up(c, false);
         }
-        if let Some(last) = &mut self.reason {
-            let why = error.to_string();
-            if *last != why {
-                tracing::error!(error = %why, "{what}; retrying with backoff until it works");
+        let news = match &mut self.reason {
+            Some(last) => {
+                let why = error.to_string();
+                let new = *last != why;
                 *last = why;
-                self.down
-                    .get_or_insert_with(|| (Instant::now(), what.to_string()));
-            } else {
-                tracing::debug!(error = %error, retry_in = ?wait, "{what}; still retrying");
+                new
             }
+            None => self.down.is_none(),
+        };
+        if !news {
+            tracing::debug!(error = %error, retry_in = ?wait, "{what}; still retrying");
             return wait;
         }
-        if self.down.is_none() {
-            tracing::warn!(error = %error, "{what}; retrying with backoff until it works");
-            self.down = Some((Instant::now(), what.to_string()));
+        if self.reason.is_some() {
+            tracing::error!(error = %error, "{what}; retrying with backoff until it works");
         } else {
-            tracing::debug!(error = %error, retry_in = ?wait, "{what}; still retrying");
+            tracing::warn!(error = %error, "{what}; retrying with backoff until it works");
         }
+        self.down
+            .get_or_insert_with(|| (Instant::now(), what.to_string()));
         wait
     }
 

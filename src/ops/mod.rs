@@ -8,12 +8,8 @@ pub mod reconcile;
 pub mod verify;
 
 pub use crate::filer::tree::{Page, SourceTree};
-use crate::pb::Entry;
 
-/// The full path of `entry` in directory `dir`.
-pub fn full_path(dir: &str, entry: &Entry) -> String {
-    format!("{}/{}", dir.trim_end_matches('/'), entry.name)
-}
+pub use crate::event::full_path;
 
 /// `path` as components, if it is a plain path: one that maps back onto itself (`a//b`
 /// on an object store would be read as `a/b`, a different, legitimate file).
@@ -42,6 +38,7 @@ pub fn human_bytes(bytes: u64) -> String {
 mod tests {
     use super::*;
     use crate::event::RawEvent;
+    use crate::pb::Entry;
 
     #[test]
     fn human_sizes() {

@@ -312,16 +312,7 @@ fn resolve_input(r: &mut Reader, name: &str, cwd: &Path) -> Option<InputSettings
                     "is empty; set the topic the filer publishes to",
                 );
             }
-            let mut credentials = r.string(&format!("{p}.google_application_credentials"), "");
-            if !credentials.is_empty() && !credentials.trim_start().starts_with('{') {
-                credentials = cwd.join(&credentials).display().to_string();
-                if !r.is_file(Path::new(&credentials)) {
-                    r.problem(
-                        &format!("{p}.google_application_credentials"),
-                        format!("file {credentials:?} does not exist"),
-                    );
-                }
-            }
+            let credentials = google_credentials(r, p, cwd, false);
             let subscription = r.string(&format!("{p}.subscription"), "seaweedfs_sub");
             Some(InputSettings::PubSub(PubSubSettings {
                 credentials,

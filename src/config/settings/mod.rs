@@ -77,6 +77,27 @@ fn aws_keys(r: &mut Reader, section: &str) -> (String, String) {
     (id, secret)
 }
 
+/// `{section}.google_application_credentials`: inline JSON as it is, else a file path
+/// made absolute against `cwd` (after `~/` is expanded, where `expand_home`) that must
+/// exist. Empty means application default credentials.
+fn google_credentials(r: &mut Reader, section: &str, cwd: &Path, expand_home: bool) -> String {
+    let key = format!("{section}.google_application_credentials");
+    let mut credentials = r.string(&key, "");
+    if expand_home
+        && let Some(rest) = credentials.strip_prefix("~/")
+        && let Some(home) = r.env("HOME")
+    {
+        credentials = Path::new(&home).join(rest).display().to_string();
+    }
+    if !credentials.is_empty() && !credentials.trim_start().starts_with('{') {
+        credentials = cwd.join(&credentials).display().to_string();
+        if !r.is_file(Path::new(&credentials)) {
+            r.problem(&key, format!("file {credentials:?} does not exist"));
+        }
+    }
+    credentials
+}
+
 /// Resolve typed settings, relative paths against `cwd`. Pure apart from reading nothing.
 pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
     let mut r = Reader::new(raw);

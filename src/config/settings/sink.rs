@@ -250,21 +250,7 @@ fn resolve_sink(
             } else {
                 !given.starts_with('/')
             };
-            let mut credentials = r.string(&format!("{p}.google_application_credentials"), "");
-            if let Some(rest) = credentials.strip_prefix("~/")
-                && let Some(home) = r.env("HOME")
-            {
-                credentials = std::path::Path::new(&home).join(rest).display().to_string();
-            }
-            if !credentials.is_empty() && !credentials.trim_start().starts_with('{') {
-                credentials = cwd.join(&credentials).display().to_string();
-                if !r.is_file(std::path::Path::new(&credentials)) {
-                    r.problem(
-                        &format!("{p}.google_application_credentials"),
-                        format!("file {credentials:?} does not exist"),
-                    );
-                }
-            }
+            let credentials = google_credentials(r, &p, cwd, true);
             Some(SinkSettings::Gcs(GcsSinkOptions {
                 credentials,
                 bucket,

@@ -170,12 +170,16 @@ impl EntraCredential {
     /// The SDK's credential for this source, talking through our HTTP client to the
     /// authority the source names.
     fn make(&self) -> azure_core::Result<Arc<dyn TokenCredential>> {
-        let options = |authority: &str| {
-            let mut cloud = CustomConfiguration::default();
-            cloud.authority_host = authority.to_string();
+        // Our HTTP client, and the authority when the flow has one.
+        let options = |authority: Option<&str>| {
+            let cloud = authority.map(|authority| {
+                let mut cloud = CustomConfiguration::default();
+                cloud.authority_host = authority.to_string();
+                Arc::new(CloudConfiguration::Custom(cloud))
+            });
             ClientOptions {
                 transport: Some(Transport::new(Arc::new(self.http.clone()))),
-                cloud: Some(Arc::new(CloudConfiguration::Custom(cloud))),
+                cloud,
                 ..Default::default()
             }
         };
@@ -190,7 +194,7 @@ impl EntraCredential {
                 client_id.clone(),
                 Secret::new(secret.clone()),
                 Some(ClientSecretCredentialOptions {
-                    client_options: options(authority),
+                    client_options: options(Some(authority)),
                 }),
             )?,
             TokenSource::Workload {
@@ -200,7 +204,7 @@ impl EntraCredential {
                 token_file,
             } => WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
                 credential_options: ClientAssertionCredentialOptions {
-                    client_options: options(authority),
+                    client_options: options(Some(authority)),
                 },
                 client_id: Some(client_id.clone()),
                 tenant_id: Some(tenant.clone()),
@@ -210,10 +214,7 @@ impl EntraCredential {
                 ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                     user_assigned_id: (!client_id.is_empty())
                         .then(|| UserAssignedId::ClientId(client_id.clone())),
-                    client_options: ClientOptions {
-                        transport: Some(Transport::new(Arc::new(self.http.clone()))),
-                        ..Default::default()
-                    },
+                    client_options: options(None),
                 }))?
             }
         })

@@ -262,7 +262,7 @@ impl<S: ObjectStore> ObjectSink<S> {
 
     /// The store already holds this version (same size and source mtime): a replay.
     async fn already_current(&self, name: &str, entry: &Entry, size: u64) -> bool {
-        let mtime = entry.attributes.as_ref().map_or(0, |a| a.mtime);
+        let mtime = mtime(entry);
         if mtime == 0 {
             return false;
         }

@@ -589,6 +589,119 @@ async fn no_chunk_is_left_unreferenced_on_the_target() {
     assert!(clean, "orphaned chunks on the target:\n{last}");
 }
 
+/// A copy abandoned halfway while the process keeps running (its partition moved to
+/// another member, or the shutdown grace ran out: the pipeline drops the write) deletes
+/// the chunks it uploaded at once, not at some later start. Dropped at a deterministic
+/// point: between two polls of the write, as soon as it has noted an upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_copy_deletes_its_chunks_without_a_restart() {
+    use seaweed_replicate::filer::{FilerSource, SourceOptions};
+    use seaweed_replicate::sink::filer::{FilerSink, FilerSinkOptions};
+    use seaweed_replicate::sink::{Sink, SinkKey};
+    let a = TestBed::start(BedOptions::default());
+    let b = TestBed::start(BedOptions::default());
+    let big = bytes(11, 12 * 1024 * 1024);
+    a.upload("/data/big.bin", &big, "maxMB=1").await;
+    let entry = a
+        .grpc()
+        .await
+        .lookup_directory_entry(pb::LookupDirectoryEntryRequest {
+            directory: "/data".into(),
+            name: "big.bin".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    assert!(entry.chunks.len() >= 12, "{} chunks", entry.chunks.len());
+    let http = seaweed_replicate::http::plain();
+    let source = std::sync::Arc::new(
+        FilerSource::new(SourceOptions::plain(a.var("FILER_GRPC")), http.clone()).unwrap(),
+    );
+    let journal = tempfile::tempdir().unwrap();
+    let notes = || -> usize {
+        std::fs::read_dir(journal.path())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        std::fs::read_to_string(e.path())
+                            .unwrap_or_default()
+                            .lines()
+                            .count()
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let sink = FilerSink::new(
+        FilerSinkOptions {
+            grpc_address: b.var("FILER_GRPC").to_string(),
+            directory: "/backup".into(),
+            replication: String::new(),
+            collection: String::new(),
+            ttl_sec: 0,
+            disk: String::new(),
+            data_center: String::new(),
+            incremental: false,
+            chunk_concurrency: 1,
+            https: false,
+            grpc_tls: None,
+            journal_dir: Some(journal.path().to_path_buf()),
+        },
+        source,
+        http,
+    )
+    .unwrap();
+    let key = SinkKey {
+        rel: vec!["big.bin".into()],
+        full: "/backup/big.bin".into(),
+    };
+    {
+        let write = sink.create_entry(&key, &entry, &[]);
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut write => panic!("the write ended before it was abandoned: {done:?}"),
+                _ = tokio::task::yield_now() => {}
+            }
+            // The key's line and at least one noted chunk.
+            if notes() >= 2 {
+                break;
+            }
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(120), || async { notes() == 0 }).await,
+        "the abandoned copy's notes stay: {} lines",
+        notes()
+    );
+    let on_target = b.try_get("/backup/big.bin").await;
+    assert!(
+        on_target.starts_with(b"<unreadable: HTTP 404"),
+        "{}",
+        String::from_utf8_lossy(&on_target[..on_target.len().min(80)])
+    );
+    let mut last = String::new();
+    let clean = eventually(Duration::from_secs(90), || {
+        let (n, text) = orphan_needles_of(&b);
+        last = text;
+        async move { n == 0 }
+    })
+    .await;
+    assert!(
+        clean,
+        "the abandoned copy's chunks stay on the target:\n{last}"
+    );
+    // The same write, not abandoned, lands whole and leaves nothing behind.
+    sink.create_entry(&key, &entry, &[]).await.unwrap();
+    assert_eq!(b.get("/backup/big.bin").await, big);
+    assert_eq!(notes(), 0);
+    let (n, text) = orphan_needles_of(&b);
+    assert_eq!(n, 0, "{text}");
+}
+
 /// Finding 1 of the reliability issue into another cluster: a replayed directory
 /// rename carries nothing created under the old name later (see the local sink's test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -754,6 +867,16 @@ async fn a_member_that_stood_still_does_not_overwrite_newer_data() {
     );
     a.assert_same_tree("/data", &b, "/backup", &[], &second.log())
         .await;
+    // Whichever ended its copy (the fence, or the partition moving away first), the
+    // chunks it had uploaded are gone from the target, without a restart.
+    let mut last = String::new();
+    let clean = eventually(Duration::from_secs(90), || {
+        let (n, text) = orphan_needles_of(&b);
+        last = text;
+        async move { n == 0 }
+    })
+    .await;
+    assert!(clean, "orphaned chunks on the target:\n{last}");
     assert!(rep_first.stop().0.success());
     assert!(rep_second.stop().0.success());
 }

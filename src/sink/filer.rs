@@ -55,20 +55,27 @@ pub struct FilerSinkOptions {
 const ORPHANS: &str = "/.seaweed-replicate/orphans";
 
 /// One attempt to write an entry: the chunks it uploaded, noted (before each upload) in
-/// a journal file until the entry referencing them is written. A failed attempt's
-/// chunks are deleted at once; a process killed mid-attempt leaves the file, and the
-/// next start deletes what no entry references ([`FilerSink::recover_uploads`]). Without this,
+/// a journal file until the entry referencing them is written. When the attempt fails,
+/// the chunks the target's entry does not reference are deleted at once (a write whose
+/// answer was lost may have landed). An attempt dropped before it ends (its event
+/// abandoned because its partition moved or the shutdown grace ran out) does the same in
+/// the background, retried until the target takes it; a process killed mid-attempt
+/// leaves the file for the next start ([`FilerSink::recover_uploads`]). Without this,
 /// every interrupted or failed copy left its chunks on the target for good.
 struct Attempt {
     fids: std::sync::Mutex<Vec<String>>,
     journal: Option<(std::path::PathBuf, std::sync::Mutex<std::fs::File>)>,
+    /// The target key the chunks are for.
+    full: String,
+    target: SeaweedFilerClient<Channel>,
+    reader: Arc<FilerSource>,
 }
 
 impl Attempt {
-    fn start(dir: Option<&std::path::Path>, key: &SinkKey) -> Attempt {
+    fn start(sink: &FilerSink, key: &SinkKey) -> Attempt {
         use std::io::Write;
         static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let journal = dir.and_then(|dir| {
+        let journal = sink.opts.journal_dir.as_deref().and_then(|dir| {
             let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let path = dir.join(format!("{}-{serial}.fids", std::process::id()));
             let opened = std::fs::create_dir_all(dir).and_then(|_| {
@@ -87,6 +94,9 @@ impl Attempt {
         Attempt {
             fids: Default::default(),
             journal,
+            full: key.full.clone(),
+            target: sink.target.clone(),
+            reader: sink.reader.clone(),
         }
     }
 
@@ -102,15 +112,65 @@ impl Attempt {
         }
     }
 
-    fn uploaded(&self) -> Vec<String> {
-        self.fids.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The entry is written (or the chunks are deleted): the notes are not needed.
-    fn close(self) {
-        if let Some((path, _)) = self.journal {
+    /// End the attempt: a written entry references its chunks, so only the notes go;
+    /// after a failure the chunks nothing references are deleted first (in the
+    /// background, retried, if the target does not answer now).
+    async fn settle(mut self, written: bool) {
+        if !written {
+            let fids = self.fids.get_mut().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = reclaim(&self.target, &self.reader, &self.full, fids).await {
+                tracing::warn!(error = %e, chunks = fids.len(), "cannot delete the chunks of a failed copy now; retrying in the background");
+                return;
+            }
+        }
+        self.fids
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        if let Some((path, _)) = self.journal.take() {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+impl Drop for Attempt {
+    /// An attempt that did not settle: its chunks are deleted in the background, with
+    /// backoff until the target answers; then the notes go. Outside a runtime (or as it
+    /// shuts down) the notes stay for the next start.
+    fn drop(&mut self) {
+        let fids = std::mem::take(self.fids.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let journal = self.journal.take().map(|(path, _)| path);
+        if fids.is_empty() {
+            if let Some(path) = journal {
+                let _ = std::fs::remove_file(path);
+            }
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (target, reader, full) = (self.target.clone(), self.reader.clone(), self.full.clone());
+        runtime.spawn(async move {
+            let mut retry = crate::retry::Retry::default();
+            let never = tokio_util::sync::CancellationToken::new();
+            loop {
+                match reclaim(&target, &reader, &full, &fids).await {
+                    Ok(deleted) => {
+                        retry.succeeded();
+                        tracing::debug!(key = %full, chunks = deleted, "deleted the chunks of an interrupted copy");
+                        break;
+                    }
+                    Err(e) => {
+                        retry
+                            .wait("deleting the chunks of an interrupted copy", &e, &never)
+                            .await;
+                    }
+                }
+            }
+            if let Some(path) = journal {
+                let _ = std::fs::remove_file(path);
+            }
+        });
     }
 }
 
@@ -163,6 +223,172 @@ fn split(full: &str) -> (String, String) {
         Some(("", name)) => ("/".into(), name.into()),
         Some((dir, name)) => (dir.into(), name.into()),
         None => ("/".into(), full.into()),
+    }
+}
+
+/// Send `write`, the request that makes an entry reference `attempt`'s chunks (its
+/// answer: the error text the filer returned, empty for none), unless the fence is
+/// closed, and settle the attempt by the outcome. The write runs to its end in a task
+/// of its own, so that an event abandoned meanwhile cannot drop it halfway and leave
+/// nobody knowing whether the chunks are referenced.
+async fn commit<W>(
+    attempt: Attempt,
+    key: &SinkKey,
+    op: &'static str,
+    write: W,
+) -> Result<(), SinkError>
+where
+    W: std::future::Future<Output = Result<String, tonic::Status>> + Send + 'static,
+{
+    if let Err(fenced) = crate::fence::check(&key.full) {
+        attempt.settle(false).await;
+        return Err(fenced);
+    }
+    let for_task = key.clone();
+    let task = tokio::spawn(async move {
+        let outcome = match write.await {
+            Ok(error) if error.is_empty() => Ok(()),
+            Ok(error) => Err(remote_err(op, &for_task, error, false)),
+            Err(status) => Err(rpc_err(op, &for_task, status)),
+        };
+        attempt.settle(outcome.is_ok()).await;
+        outcome
+    });
+    task.await.unwrap_or_else(|e| {
+        Err(remote_err(
+            op,
+            key,
+            format!("the write did not finish: {e}"),
+            true,
+        ))
+    })
+}
+
+/// Delete those of `noted` (chunks uploaded for entry `full`) that the entry on the
+/// target, or a manifest of it, does not reference; how many that was.
+async fn reclaim(
+    target: &SeaweedFilerClient<Channel>,
+    reader: &FilerSource,
+    full: &str,
+    noted: &[String],
+) -> Result<usize, String> {
+    if noted.is_empty() {
+        return Ok(0);
+    }
+    let (directory, name) = split(full);
+    let entry = reader
+        .lookup_entry(&format!("{}/{name}", directory.trim_end_matches('/')))
+        .await
+        .map_err(|s| format!("looking up {full} on the target: {}", s.message()))?;
+    let mut referenced: std::collections::HashSet<String> = Default::default();
+    if let Some(e) = entry {
+        referenced.extend(e.chunks.iter().filter_map(chunk_file_id));
+        if e.chunks.iter().any(|c| c.is_chunk_manifest) {
+            let data = reader
+                .resolve_manifests(&e.chunks)
+                .await
+                .map_err(|err| format!("reading the manifests of {full} on the target: {err}"))?;
+            referenced.extend(data.iter().filter_map(chunk_file_id));
+        }
+    }
+    let orphans: Vec<String> = noted
+        .iter()
+        .filter(|f| !referenced.contains(*f))
+        .cloned()
+        .collect();
+    discard(target, &orphans).await.map_err(|s| {
+        format!(
+            "deleting chunks of an interrupted copy of {full}: {}",
+            s.message()
+        )
+    })?;
+    Ok(orphans.len())
+}
+
+/// Delete chunks no entry references: the filer adopts them in an entry of its own
+/// (under [`ORPHANS`]) and deletes it with its data, so the filer's own credentials
+/// and deletion queue do the work whatever the volume servers' security.
+async fn discard(
+    target: &SeaweedFilerClient<Channel>,
+    fids: &[String],
+) -> Result<(), tonic::Status> {
+    if fids.is_empty() {
+        return Ok(());
+    }
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!(
+        "{}-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+        SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let chunks = fids
+        .iter()
+        .enumerate()
+        .map(|(i, fid)| FileChunk {
+            file_id: fid.clone(),
+            offset: i as i64,
+            size: 1,
+            ..Default::default()
+        })
+        .collect();
+    let created = target
+        .clone()
+        .create_entry(pb::CreateEntryRequest {
+            directory: ORPHANS.into(),
+            entry: Some(Entry {
+                name: name.clone(),
+                chunks,
+                attributes: Some(crate::pb::FuseAttributes {
+                    file_mode: 0o600,
+                    mtime: chrono::Utc::now().timestamp(),
+                    file_size: fids.len() as u64,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            is_from_other_cluster: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    if !created.error.is_empty() {
+        return Err(tonic::Status::internal(created.error));
+    }
+    remove(target, ORPHANS, &name, &[]).await?;
+    tracing::debug!(chunks = fids.len(), "deleted the chunks of a failed copy");
+    Ok(())
+}
+
+/// Delete `directory/name` and everything under it on the target, with its data (the
+/// data of a replicated entry belongs to this sink); gone already is done. An error the
+/// filer reports in its answer comes back as an `Internal` status.
+async fn remove(
+    target: &SeaweedFilerClient<Channel>,
+    directory: &str,
+    name: &str,
+    signatures: &[i32],
+) -> Result<(), tonic::Status> {
+    let request = pb::DeleteEntryRequest {
+        directory: directory.to_string(),
+        name: name.to_string(),
+        is_delete_data: true,
+        is_recursive: true,
+        ignore_recursive_error: true,
+        is_from_other_cluster: true,
+        signatures: signatures.to_vec(),
+        ..Default::default()
+    };
+    let error = target
+        .clone()
+        .delete_entry(request)
+        .await?
+        .into_inner()
+        .error;
+    if error.is_empty() || is_not_found_text(&error) {
+        Ok(())
+    } else {
+        Err(tonic::Status::internal(error))
     }
 }
 
@@ -462,16 +688,22 @@ impl FilerSink {
         entry: &Entry,
         reuse: &HashMap<String, FileChunk>,
         signatures: &[i32],
-        attempt: &Attempt,
+        attempt: Attempt,
     ) -> Result<(), SinkError> {
-        let (directory, name) = (directory.to_string(), name.to_string());
-        let chunks = self
-            .replicate_chunks(key, &name, &entry.chunks, reuse, attempt)
-            .await?;
+        let chunks = match self
+            .replicate_chunks(key, name, &entry.chunks, reuse, &attempt)
+            .await
+        {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                attempt.settle(false).await;
+                return Err(e);
+            }
+        };
         let request = pb::CreateEntryRequest {
-            directory,
+            directory: directory.to_string(),
             entry: Some(Entry {
-                name,
+                name: name.to_string(),
                 is_directory: entry.is_directory,
                 chunks,
                 attributes: entry.attributes.clone(),
@@ -484,18 +716,11 @@ impl FilerSink {
             signatures: signatures.to_vec(),
             ..Default::default()
         };
-        crate::fence::check(&key.full)?;
-        let resp = self
-            .target
-            .clone()
-            .create_entry(request)
-            .await
-            .map_err(|s| rpc_err("create entry", key, s))?;
-        let resp = resp.into_inner();
-        if !resp.error.is_empty() {
-            return Err(remote_err("create entry", key, resp.error, false));
-        }
-        Ok(())
+        let mut target = self.target.clone();
+        commit(attempt, key, "create entry", async move {
+            Ok(target.create_entry(request).await?.into_inner().error)
+        })
+        .await
     }
 
     /// Copy the chunks and update the entry in place (one attempt of
@@ -509,11 +734,18 @@ impl FilerSink {
         delete_chunks: bool,
         reuse: &HashMap<String, FileChunk>,
         signatures: &[i32],
-        attempt: &Attempt,
+        attempt: Attempt,
     ) -> Result<(), SinkError> {
-        let mut chunks = self
-            .replicate_chunks(key, &existing.name, &new.chunks, reuse, attempt)
-            .await?;
+        let mut chunks = match self
+            .replicate_chunks(key, &existing.name, &new.chunks, reuse, &attempt)
+            .await
+        {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                attempt.settle(false).await;
+                return Err(e);
+            }
+        };
         if !delete_chunks {
             // As upstream: without delete_chunks the old data stays referenced.
             let kept: std::collections::HashSet<&str> =
@@ -527,96 +759,29 @@ impl FilerSink {
             chunks.extend(stale);
         }
         let (directory, _) = split(&key.full);
-        let entry = Entry {
-            name: existing.name.clone(),
-            is_directory: new.is_directory,
-            chunks,
-            attributes: new.attributes.clone(),
-            extended: new.extended.clone(),
-            hard_link_id: new.hard_link_id.clone(),
-            hard_link_counter: new.hard_link_counter,
-            content: new.content.clone(),
-            remote_entry: new.remote_entry.clone(),
-            ..Default::default()
+        let request = pb::UpdateEntryRequest {
+            directory,
+            entry: Some(Entry {
+                name: existing.name.clone(),
+                is_directory: new.is_directory,
+                chunks,
+                attributes: new.attributes.clone(),
+                extended: new.extended.clone(),
+                hard_link_id: new.hard_link_id.clone(),
+                hard_link_counter: new.hard_link_counter,
+                content: new.content.clone(),
+                remote_entry: new.remote_entry.clone(),
+                ..Default::default()
+            }),
+            is_from_other_cluster: true,
+            signatures: signatures.to_vec(),
         };
-        crate::fence::check(&key.full)?;
-        self.target
-            .clone()
-            .update_entry(pb::UpdateEntryRequest {
-                directory,
-                entry: Some(entry),
-                is_from_other_cluster: true,
-                signatures: signatures.to_vec(),
-            })
-            .await
-            .map_err(|s| rpc_err("update entry", key, s))?;
-        Ok(())
-    }
-
-    /// End an attempt: a failed one's chunks are deleted (through the filer, see
-    /// [`FilerSink::discard`]); the notes go once nothing is left to clean up.
-    async fn settle(&self, attempt: Attempt, written: bool) {
-        if !written {
-            let fids = attempt.uploaded();
-            if let Err(e) = self.discard(&fids).await {
-                tracing::warn!(error = %e, chunks = fids.len(), "cannot delete the chunks of a failed copy now; the next start does");
-                return;
-            }
-        }
-        attempt.close();
-    }
-
-    /// Delete chunks no entry references: the filer adopts them in an entry of its own
-    /// (under [`ORPHANS`]) and deletes it with its data, so the filer's own credentials
-    /// and deletion queue do the work whatever the volume servers' security.
-    async fn discard(&self, fids: &[String]) -> Result<(), tonic::Status> {
-        if fids.is_empty() {
-            return Ok(());
-        }
-        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let name = format!(
-            "{}-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
-            SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let chunks = fids
-            .iter()
-            .enumerate()
-            .map(|(i, fid)| FileChunk {
-                file_id: fid.clone(),
-                offset: i as i64,
-                size: 1,
-                ..Default::default()
-            })
-            .collect();
-        let created = self
-            .target
-            .clone()
-            .create_entry(pb::CreateEntryRequest {
-                directory: ORPHANS.into(),
-                entry: Some(Entry {
-                    name: name.clone(),
-                    chunks,
-                    attributes: Some(crate::pb::FuseAttributes {
-                        file_mode: 0o600,
-                        mtime: chrono::Utc::now().timestamp(),
-                        file_size: fids.len() as u64,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                is_from_other_cluster: true,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        if !created.error.is_empty() {
-            return Err(tonic::Status::internal(created.error));
-        }
-        self.remove(ORPHANS, &name, &[]).await?;
-        tracing::debug!(chunks = fids.len(), "deleted the chunks of a failed copy");
-        Ok(())
+        let mut target = self.target.clone();
+        commit(attempt, key, "update entry", async move {
+            target.update_entry(request).await?;
+            Ok(String::new())
+        })
+        .await
     }
 
     /// Delete what interrupted attempts of an earlier run uploaded and no entry
@@ -644,37 +809,7 @@ impl FilerSink {
                 continue;
             };
             let noted: Vec<String> = lines.filter(|l| !l.is_empty()).map(String::from).collect();
-            let (directory, name) = split(full);
-            let entry = self
-                .reader
-                .lookup_entry(&format!("{}/{name}", directory.trim_end_matches('/')))
-                .await
-                .map_err(|s| format!("looking up {full} on the target: {}", s.message()))?;
-            let mut referenced: std::collections::HashSet<String> = Default::default();
-            if let Some(e) = entry {
-                referenced.extend(e.chunks.iter().filter_map(chunk_file_id));
-                if e.chunks.iter().any(|c| c.is_chunk_manifest) {
-                    let data = self
-                        .reader
-                        .resolve_manifests(&e.chunks)
-                        .await
-                        .map_err(|err| {
-                            format!("reading the manifests of {full} on the target: {err}")
-                        })?;
-                    referenced.extend(data.iter().filter_map(chunk_file_id));
-                }
-            }
-            let orphans: Vec<String> = noted
-                .into_iter()
-                .filter(|f| !referenced.contains(f))
-                .collect();
-            self.discard(&orphans).await.map_err(|s| {
-                format!(
-                    "deleting chunks of an interrupted copy of {full}: {}",
-                    s.message()
-                )
-            })?;
-            deleted += orphans.len();
+            deleted += reclaim(&self.target, &self.reader, full, &noted).await?;
             let _ = std::fs::remove_file(file);
         }
         Ok(deleted)
@@ -712,7 +847,7 @@ impl FilerSink {
                         continue;
                     }
                     if existing.is_some() {
-                        self.remove(&new, &child.name, signatures).await?;
+                        remove(&self.target, &new, &child.name, signatures).await?;
                     }
                     let request = pb::AtomicRenameEntryRequest {
                         old_directory: old.clone(),
@@ -728,41 +863,8 @@ impl FilerSink {
                 }
             }
             let (directory, name) = split(&old);
-            self.remove(&directory, &name, signatures).await
+            remove(&self.target, &directory, &name, signatures).await
         })
-    }
-
-    /// Delete `directory/name` and everything under it on the target, with its data (the
-    /// data of a replicated entry belongs to this sink). An error the filer reports in its
-    /// answer comes back as an `Internal` status.
-    async fn remove(
-        &self,
-        directory: &str,
-        name: &str,
-        signatures: &[i32],
-    ) -> Result<(), tonic::Status> {
-        let request = pb::DeleteEntryRequest {
-            directory: directory.to_string(),
-            name: name.to_string(),
-            is_delete_data: true,
-            is_recursive: true,
-            ignore_recursive_error: true,
-            is_from_other_cluster: true,
-            signatures: signatures.to_vec(),
-            ..Default::default()
-        };
-        let error = self
-            .target
-            .clone()
-            .delete_entry(request)
-            .await?
-            .into_inner()
-            .error;
-        if error.is_empty() || is_not_found_text(&error) {
-            Ok(())
-        } else {
-            Err(tonic::Status::internal(error))
-        }
     }
 }
 
@@ -875,12 +977,9 @@ impl Sink for FilerSink {
                 .as_ref()
                 .filter(|e| e.is_directory == entry.is_directory),
         );
-        let attempt = Attempt::start(self.opts.journal_dir.as_deref(), key);
-        let written = self
-            .write_entry(key, &directory, &name, entry, &reuse, signatures, &attempt)
-            .await;
-        self.settle(attempt, written.is_ok()).await;
-        written
+        let attempt = Attempt::start(self, key);
+        self.write_entry(key, &directory, &name, entry, &reuse, signatures, attempt)
+            .await
     }
 
     async fn update_entry(
@@ -899,20 +998,18 @@ impl Sink for FilerSink {
             return Ok(false);
         }
         let reuse = Self::reusable(Some(&existing));
-        let attempt = Attempt::start(self.opts.journal_dir.as_deref(), key);
-        let written = self
-            .rewrite_entry(
-                key,
-                &existing,
-                new,
-                delete_chunks,
-                &reuse,
-                signatures,
-                &attempt,
-            )
-            .await;
-        self.settle(attempt, written.is_ok()).await;
-        written.map(|()| true)
+        let attempt = Attempt::start(self, key);
+        self.rewrite_entry(
+            key,
+            &existing,
+            new,
+            delete_chunks,
+            &reuse,
+            signatures,
+            attempt,
+        )
+        .await
+        .map(|()| true)
     }
 
     async fn delete_entry(
@@ -925,7 +1022,7 @@ impl Sink for FilerSink {
         super::refuse_root(key, "delete")?;
         crate::fence::check(&key.full)?;
         let (directory, name) = split(&key.full);
-        match self.remove(&directory, &name, signatures).await {
+        match remove(&self.target, &directory, &name, signatures).await {
             Ok(()) => Ok(()),
             Err(s) if is_not_found(&s) => Ok(()),
             Err(s) => Err(rpc_err("delete entry", key, s)),

@@ -209,11 +209,23 @@ where
     }
 }
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error(transparent)]
+    Flag(#[from] crate::cli::FlagError),
+    #[error("-logdir={}: {source}", dir.display())]
+    LogDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Set up logging from the flags: standard error, and with `-logdir` log files too
 /// (`-logtostderr`: standard error only; `-alsologtostderr=false`: standard error gets
 /// only `-stderrthreshold` and up). An error for a bad flag value or a log directory that
 /// cannot be written.
-pub fn init_logging(cli: &Cli) -> Result<(), String> {
+pub fn init_logging(cli: &Cli) -> Result<(), LoggingError> {
     use crate::cli::flag_bool;
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::filter::LevelFilter;
@@ -240,10 +252,10 @@ pub fn init_logging(cli: &Cli) -> Result<(), String> {
         Some("WARNING" | "1") => LevelFilter::WARN,
         Some("INFO" | "0") => LevelFilter::INFO,
         Some(other) => {
-            return Err(format!(
-                "-stderrthreshold={:?}: expected INFO, WARNING, ERROR, FATAL or 0-3",
-                crate::config::cut(other)
-            ));
+            return Err(crate::cli::FlagError::Threshold {
+                value: crate::config::cut(other).to_string(),
+            }
+            .into());
         }
     };
     let files = match (&cli.logdir, only_stderr) {
@@ -262,8 +274,12 @@ pub fn init_logging(cli: &Cli) -> Result<(), String> {
                 compress,
             };
             Some(
-                crate::logfile::LogFiles::open(dir, policy)
-                    .map_err(|e| format!("-logdir={}: {e}", dir.display()))?,
+                crate::logfile::LogFiles::open(dir, policy).map_err(|source| {
+                    LoggingError::LogDir {
+                        dir: dir.clone(),
+                        source,
+                    }
+                })?,
             )
         }
         _ => None,

@@ -123,15 +123,41 @@ impl Cli {
     }
 }
 
+/// A flag value that cannot be used, said with where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    #[error("-{name}={value:?}: not a boolean (true, false, 1, 0)")]
+    NotBoolean { name: String, value: String },
+    #[error("{from}: -{name}={value:?} is not a whole number")]
+    NotNumber {
+        from: String,
+        name: String,
+        value: String,
+    },
+    #[error("{var} is empty; -v takes a number (0 to 4)")]
+    EmptyVerbosity { var: String },
+    #[error("-options={file}: {source}")]
+    OptionsFile {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {name} has no value")]
+    NoValue {
+        file: String,
+        line: usize,
+        name: String,
+    },
+    #[error("-stderrthreshold={value:?}: expected INFO, WARNING, ERROR, FATAL or 0-3")]
+    Threshold { value: String },
+}
+
 /// A boolean flag's value as Go's flag package reads it.
-pub fn flag_bool(name: &str, value: Option<&str>, default: bool) -> Result<bool, String> {
+pub fn flag_bool(name: &str, value: Option<&str>, default: bool) -> Result<bool, FlagError> {
     match value {
         None => Ok(default),
-        Some(v) => crate::go::parse_bool(v).ok_or_else(|| {
-            format!(
-                "-{name}={:?}: not a boolean (true, false, 1, 0)",
-                crate::config::cut(v)
-            )
+        Some(v) => crate::go::parse_bool(v).ok_or_else(|| FlagError::NotBoolean {
+            name: name.to_string(),
+            value: crate::config::cut(v).to_string(),
         }),
     }
 }
@@ -157,7 +183,7 @@ const GLOBAL_FLAGS: [(&str, bool); 15] = [
 ];
 
 /// A value for a numeric flag that will not parse, said with where it came from.
-fn check_number(name: &str, value: &str, from: &str) -> Result<(), String> {
+fn check_number(name: &str, value: &str, from: &str) -> Result<(), FlagError> {
     let ok = match name {
         "v" => value.parse::<u8>().is_ok(),
         // Go ints: 0 or less means the default (or, for hours, never).
@@ -167,10 +193,11 @@ fn check_number(name: &str, value: &str, from: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{from}: -{name}={:?} is not a whole number",
-            crate::config::cut(value)
-        ))
+        Err(FlagError::NotNumber {
+            from: from.to_string(),
+            name: name.to_string(),
+            value: crate::config::cut(value).to_string(),
+        })
     }
 }
 
@@ -182,7 +209,7 @@ pub fn with_flags_from_env_and_options(
     args: Vec<String>,
     env: &dyn Fn(&str) -> Option<String>,
     read: &dyn Fn(&std::path::Path) -> std::io::Result<String>,
-) -> Result<Vec<String>, Vec<String>> {
+) -> Result<Vec<String>, Vec<FlagError>> {
     let on_cli = |name: &str| {
         let long = format!("--{name}");
         args.iter()
@@ -215,7 +242,7 @@ pub fn with_flags_from_env_and_options(
         let value = match (value.is_empty(), boolean) {
             (true, true) => "true".to_string(),
             (true, false) if name == "v" => {
-                problems.push(format!("{var} is empty; -v takes a number (0 to 4)"));
+                problems.push(FlagError::EmptyVerbosity { var });
                 continue;
             }
             (true, false) => continue,
@@ -247,7 +274,7 @@ pub fn with_flags_from_env_and_options(
         });
     if let Some(file) = options.filter(|f| !f.is_empty()) {
         match read(std::path::Path::new(&file)) {
-            Err(e) => problems.push(format!("-options={file}: {e}")),
+            Err(source) => problems.push(FlagError::OptionsFile { file, source }),
             Ok(text) => {
                 for (n, line) in text.lines().enumerate() {
                     let line = line.trim();
@@ -278,7 +305,11 @@ pub fn with_flags_from_env_and_options(
                         value.to_string()
                     };
                     if value.is_empty() {
-                        problems.push(format!("{file}:{}: {name} has no value", n + 1));
+                        problems.push(FlagError::NoValue {
+                            file: file.clone(),
+                            line: n + 1,
+                            name: name.to_string(),
+                        });
                         continue;
                     }
                     if let Err(e) = check_number(name, &value, &format!("{file}:{}", n + 1)) {
@@ -464,7 +495,8 @@ mod tests {
                     Err(std::io::Error::from(std::io::ErrorKind::NotFound))
                 }
             },
-        )?;
+        )
+        .map_err(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         Cli::try_parse_from(args).map_err(|e| vec![e.to_string()])
     }
 

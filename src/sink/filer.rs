@@ -787,7 +787,7 @@ impl FilerSink {
     /// Delete what interrupted attempts of an earlier run uploaded and no entry
     /// references: each journal file names the entry and the chunks; those the entry
     /// (or a manifest of it) does not reference are deleted.
-    pub async fn recover_uploads(&self) -> Result<usize, String> {
+    async fn recover_uploads(&self) -> Result<usize, String> {
         let Some(dir) = &self.opts.journal_dir else {
             return Ok(0);
         };

@@ -172,7 +172,33 @@ pub struct GroupSettings {
     /// abandoned (the next owner delivers them again).
     pub revoke_grace: Duration,
     /// librdkafka's `partition.assignment.strategy`.
-    pub assignment: String,
+    pub assignment: AssignmentStrategy,
+}
+
+/// How a consumer group spreads partitions over its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssignmentStrategy {
+    /// Moves only the partitions that must move; the others keep working meanwhile.
+    CooperativeSticky,
+    RoundRobin,
+    Range,
+}
+
+impl AssignmentStrategy {
+    /// librdkafka's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AssignmentStrategy::CooperativeSticky => "cooperative-sticky",
+            AssignmentStrategy::RoundRobin => "roundrobin",
+            AssignmentStrategy::Range => "range",
+        }
+    }
+}
+
+impl std::fmt::Display for AssignmentStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -600,15 +626,18 @@ fn resolve_group(r: &mut Reader, p: &str) -> Option<Box<GroupSettings>> {
             "cooperative-sticky",
         )
         .to_lowercase();
-    if !matches!(
-        assignment.as_str(),
-        "cooperative-sticky" | "roundrobin" | "range"
-    ) {
-        r.problem(
-            &format!("{p}.partition_assignment_strategy"),
-            format!("must be cooperative-sticky, roundrobin or range, got {assignment:?}"),
-        );
-    }
+    let assignment = match assignment.as_str() {
+        "cooperative-sticky" => AssignmentStrategy::CooperativeSticky,
+        "roundrobin" => AssignmentStrategy::RoundRobin,
+        "range" => AssignmentStrategy::Range,
+        _ => {
+            r.problem(
+                &format!("{p}.partition_assignment_strategy"),
+                format!("must be cooperative-sticky, roundrobin or range, got {assignment:?}"),
+            );
+            AssignmentStrategy::CooperativeSticky
+        }
+    };
     if id.is_empty() {
         if import_offset_file {
             r.problem(

@@ -233,6 +233,32 @@ offsetSaveIntervalSeconds = 10
     }
 
     #[test]
+    fn an_s3_acl_is_one_of_the_canned_ones() {
+        let s3 = |acl: &str| {
+            GOOD.replace(
+                "[sink.local]\nenabled = true\ndirectory = \"/data\"",
+                &format!("[sink.s3]\nenabled = true\nbucket = \"b\"\nacl = \"{acl}\""),
+            )
+        };
+        let s = resolve_text(&s3("bucket-owner-full-control")).unwrap();
+        let SinkSettings::S3(o) = &s.sink else {
+            panic!("s3 expected")
+        };
+        assert_eq!(
+            o.acl,
+            Some(aws_sdk_s3::types::ObjectCannedAcl::BucketOwnerFullControl)
+        );
+        let SinkSettings::S3(o) = &resolve_text(&s3("")).unwrap().sink else {
+            panic!("s3 expected")
+        };
+        assert_eq!(o.acl, None);
+        let e = resolve_text(&s3("public")).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "sink.s3.acl");
+        assert!(e.to_string().contains("public-read"), "{e}");
+    }
+
+    #[test]
     fn gocdk_urls_map_onto_the_native_inputs() {
         let s = resolve_text(&with_input(
             "[notification.gocdk_pub_sub]\nenabled = true\n\
@@ -394,7 +420,7 @@ offsetSaveIntervalSeconds = 10
             ("replicas", OffsetReset::Latest, true)
         );
         assert_eq!(g.session_timeout, Duration::from_secs(10));
-        assert_eq!(g.assignment, "cooperative-sticky");
+        assert_eq!(g.assignment, AssignmentStrategy::CooperativeSticky);
         let errs = resolve_text(&GOOD.replace(
             "offsetSaveIntervalSeconds = 10",
             "auto_offset_reset = \"newest\"\nimport_offset_file = true\nsession_timeout_seconds = 2\npartition_assignment_strategy = \"sticky\"",

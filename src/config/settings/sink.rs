@@ -222,7 +222,7 @@ fn resolve_sink(
                 bucket,
                 directory,
                 endpoint: r.string("sink.s3.endpoint", ""),
-                acl: r.string("sink.s3.acl", ""),
+                acl: canned_acl(r),
                 incremental: r.bool("sink.s3.is_incremental", false),
                 keep_part_size: r.bool("sink.s3.keep_part_size", true),
                 max_upload_parts: max_parts.clamp(1, 10_000),
@@ -358,4 +358,25 @@ fn object_store_dir(r: &mut Reader, section: &str) -> (String, String) {
         "/".into()
     });
     (normalized, dir)
+}
+
+/// `sink.s3.acl`: empty for none, else one of S3's canned ACLs (upstream reads the key
+/// but never applies it; an unknown one would have every write refused).
+fn canned_acl(r: &mut Reader) -> Option<aws_sdk_s3::types::ObjectCannedAcl> {
+    use aws_sdk_s3::types::ObjectCannedAcl;
+    let acl = r.string("sink.s3.acl", "");
+    if acl.is_empty() {
+        return None;
+    }
+    if !ObjectCannedAcl::values().contains(&acl.as_str()) {
+        r.problem(
+            "sink.s3.acl",
+            format!(
+                "must be empty or one of {}, got {acl:?}",
+                ObjectCannedAcl::values().join(", ")
+            ),
+        );
+        return None;
+    }
+    Some(ObjectCannedAcl::from(acl.as_str()))
 }

@@ -64,10 +64,8 @@ pub struct SharedKey {
 }
 
 impl SharedKey {
-    pub fn new(account: &str, base64_key: &str) -> Result<Self, String> {
-        let key = B64
-            .decode(base64_key.trim())
-            .map_err(|e| format!("account_key is not base64: {e}"))?;
+    pub fn new(account: &str, base64_key: &str) -> Result<Self, base64::DecodeError> {
+        let key = B64.decode(base64_key.trim())?;
         Ok(SharedKey {
             account: account.to_string(),
             key,
@@ -192,12 +190,21 @@ fn xml_all(xml: &str, tag: &str) -> Vec<String> {
     out
 }
 
+/// Why the Azure sink cannot be set up with its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum AzureSetupError {
+    #[error("account_key is not base64: {0}")]
+    AccountKey(#[from] base64::DecodeError),
+    #[error("account_key is empty, so Entra ID is used, and {0}")]
+    Credential(#[from] super::entra::CredentialProblem),
+}
+
 impl AzureStore {
-    pub fn new(opts: AzureSinkOptions, http: reqwest::Client) -> Result<Self, String> {
+    pub fn new(opts: AzureSinkOptions, http: reqwest::Client) -> Result<Self, AzureSetupError> {
         let auth = if opts.account_key.is_empty() {
             let source = TokenSource::choose(&opts.client_id, |k| std::env::var(k).ok());
             if let Some(problem) = source.problem() {
-                return Err(problem);
+                return Err(problem.into());
             }
             Auth::Entra(EntraCredential::new(source, http.clone()))
         } else {

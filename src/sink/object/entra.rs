@@ -119,24 +119,33 @@ impl TokenSource {
     }
 
     /// What is missing for this source to work, if anything.
-    pub fn problem(&self) -> Option<String> {
+    pub fn problem(&self) -> Option<CredentialProblem> {
         match self {
             TokenSource::ClientSecret { tenant, .. } | TokenSource::Workload { tenant, .. }
                 if tenant.is_empty() =>
             {
-                Some(format!("{self:?} needs AZURE_TENANT_ID"))
+                Some(CredentialProblem::NoTenant(format!("{self:?}")))
             }
             TokenSource::ClientSecret { authority, .. }
             | TokenSource::Workload { authority, .. }
                 if !authority.to_ascii_lowercase().starts_with("https://") =>
             {
-                Some(format!(
-                    "AZURE_AUTHORITY_HOST must be an https:// URL, not {authority:?}"
-                ))
+                Some(CredentialProblem::PlainAuthority(authority.clone()))
             }
             _ => None,
         }
     }
+}
+
+/// What keeps a token source from working (found before anything is asked of Entra ID).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialProblem {
+    /// A flow that needs a tenant, without one (the source, as its `Debug` prints it).
+    #[error("{0} needs AZURE_TENANT_ID")]
+    NoTenant(String),
+    /// The SDK refuses a plain-http authority.
+    #[error("AZURE_AUTHORITY_HOST must be an https:// URL, not {0:?}")]
+    PlainAuthority(String),
 }
 
 /// Access tokens from one source, through the Azure SDK's own credentials (which cache
@@ -329,7 +338,7 @@ mod tests {
                 &[("AZURE_CLIENT_ID", "c"), ("AZURE_CLIENT_SECRET", "s")]
             )
             .problem()
-            .is_some_and(|p| p.contains("AZURE_TENANT_ID"))
+            .is_some_and(|p| matches!(p, CredentialProblem::NoTenant(_)))
         );
         assert!(
             choose(
@@ -342,7 +351,9 @@ mod tests {
                 ]
             )
             .problem()
-            .is_some_and(|p| p.contains("https")),
+                == Some(CredentialProblem::PlainAuthority(
+                    "http://login.example/".into()
+                )),
             "the SDK refuses a plain-http authority; say so at start-up"
         );
     }

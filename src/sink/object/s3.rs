@@ -45,7 +45,8 @@ pub struct S3SinkOptions {
     /// Normalised absolute directory (`/` by default).
     pub directory: String,
     pub endpoint: String,
-    pub acl: String,
+    /// A canned ACL set on every object written (checked when the settings are read).
+    pub acl: Option<ObjectCannedAcl>,
     pub incremental: bool,
     pub keep_part_size: bool,
     pub max_upload_parts: u64,
@@ -181,7 +182,7 @@ impl S3Store {
     }
 
     fn acl(&self) -> Option<ObjectCannedAcl> {
-        (!self.opts.acl.is_empty()).then(|| ObjectCannedAcl::from(self.opts.acl.as_str()))
+        self.opts.acl.clone()
     }
 }
 

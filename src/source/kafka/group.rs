@@ -71,7 +71,7 @@ pub async fn run(
     let mut config = client_config(cfg);
     config
         .set("group.id", &group.id)
-        .set("partition.assignment.strategy", &group.assignment)
+        .set("partition.assignment.strategy", group.assignment.name())
         .set("auto.offset.reset", group.auto_offset_reset.as_str())
         .set("session.timeout.ms", session_ms.to_string())
         .set("heartbeat.interval.ms", heartbeat_ms.to_string())

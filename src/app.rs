@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How long in-flight events may run after SIGTERM/SIGINT before they are abandoned.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
 
 pub async fn run(cli: Cli) -> Result<(), AppError> {
     match cli.command {

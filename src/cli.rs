@@ -152,7 +152,7 @@ pub enum FlagError {
 }
 
 /// A boolean flag's value as Go's flag package reads it.
-pub fn flag_bool(name: &str, value: Option<&str>, default: bool) -> Result<bool, FlagError> {
+pub(crate) fn flag_bool(name: &str, value: Option<&str>, default: bool) -> Result<bool, FlagError> {
     match value {
         None => Ok(default),
         Some(v) => crate::go::parse_bool(v).ok_or_else(|| FlagError::NotBoolean {

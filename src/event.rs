@@ -28,14 +28,14 @@ impl RawEvent {
 
     /// The event a filer would publish for `ev` under `key` (synthesized events: backfill,
     /// verify's repairs, the metadata log); nothing is decoded again.
-    pub fn from_notification(key: impl Into<String>, ev: EventNotification) -> Self {
+    pub(crate) fn from_notification(key: impl Into<String>, ev: EventNotification) -> Self {
         let event = Self::new(key, ev.encode_to_vec());
         let _ = event.decoded.set(Ok(ev));
         event
     }
 
     /// The event a filer would publish had `entry` just been created in `dir`.
-    pub fn created(dir: &str, entry: &crate::pb::Entry) -> Self {
+    pub(crate) fn created(dir: &str, entry: &crate::pb::Entry) -> Self {
         Self::from_notification(
             full_path(dir, entry),
             EventNotification {
@@ -47,7 +47,7 @@ impl RawEvent {
     }
 
     /// The event a filer would publish had the file at `path` just been deleted.
-    pub fn deleted(path: &str) -> Self {
+    pub(crate) fn deleted(path: &str) -> Self {
         let name = path.rsplit('/').next().unwrap_or_default().to_string();
         Self::from_notification(
             path,
@@ -62,13 +62,13 @@ impl RawEvent {
     }
 
     /// The payload as an `EventNotification`, decoded on the first call only.
-    pub fn notification(&self) -> Result<&EventNotification, &DecodeError> {
+    pub(crate) fn notification(&self) -> Result<&EventNotification, &DecodeError> {
         self.decoded.get_or_init(|| decode(&self.payload)).as_ref()
     }
 }
 
 /// The full path of `entry` in directory `dir` (an event's key).
-pub fn full_path(dir: &str, entry: &crate::pb::Entry) -> String {
+pub(crate) fn full_path(dir: &str, entry: &crate::pb::Entry) -> String {
     format!("{}/{}", dir.trim_end_matches('/'), entry.name)
 }
 
@@ -85,7 +85,7 @@ pub fn decode(payload: &[u8]) -> Result<EventNotification, DecodeError> {
 }
 
 /// What kind of change an event describes, for logging and counting.
-pub fn kind(ev: &EventNotification) -> &'static str {
+pub(crate) fn kind(ev: &EventNotification) -> &'static str {
     match (&ev.old_entry, &ev.new_entry) {
         (None, Some(_)) => "add",
         (Some(_), None) => "delete",
@@ -96,7 +96,7 @@ pub fn kind(ev: &EventNotification) -> &'static str {
 
 /// The change an event describes, for metrics: `create`, `update`, `delete` or `rename`
 /// (`key` is the event's key, the old path of a rename).
-pub fn change(key: &str, ev: &EventNotification) -> &'static str {
+pub(crate) fn change(key: &str, ev: &EventNotification) -> &'static str {
     match (&ev.old_entry, &ev.new_entry) {
         (None, Some(_)) => "create",
         (Some(_), None) => "delete",
@@ -115,7 +115,7 @@ pub fn change(key: &str, ev: &EventNotification) -> &'static str {
 }
 
 /// The string id of a chunk ("vid,keycookie"), derived from `fid` when `file_id` is empty.
-pub fn chunk_file_id(chunk: &FileChunk) -> Option<String> {
+pub(crate) fn chunk_file_id(chunk: &FileChunk) -> Option<String> {
     if !chunk.file_id.is_empty() {
         return Some(chunk.file_id.clone());
     }
@@ -125,13 +125,13 @@ pub fn chunk_file_id(chunk: &FileChunk) -> Option<String> {
 /// Go's `os.FileMode` bits as the filer stores them.
 pub mod mode {
     pub const DIR: u32 = 1 << 31;
-    pub const SYMLINK: u32 = 1 << 27;
-    pub const SETUID: u32 = 1 << 23;
-    pub const SETGID: u32 = 1 << 22;
-    pub const STICKY: u32 = 1 << 20;
+    pub(crate) const SYMLINK: u32 = 1 << 27;
+    pub(crate) const SETUID: u32 = 1 << 23;
+    pub(crate) const SETGID: u32 = 1 << 22;
+    pub(crate) const STICKY: u32 = 1 << 20;
 
     /// Convert Go mode bits to a Unix permission mode (rwx plus setuid, setgid, sticky).
-    pub fn to_unix(go_mode: u32) -> u32 {
+    pub(crate) fn to_unix(go_mode: u32) -> u32 {
         let mut m = go_mode & 0o777;
         if go_mode & SETUID != 0 {
             m |= 0o4000;

@@ -39,7 +39,7 @@ struct Fence {
 static FENCE: OnceLock<Fence> = OnceLock::new();
 
 /// Arm the fence for a consumer group with this session timeout (once per process).
-pub fn arm(session_timeout: Duration, heartbeat: Duration) {
+pub(crate) fn arm(session_timeout: Duration, heartbeat: Duration) {
     let fence = FENCE.get_or_init(|| Fence {
         epoch: Instant::now(),
         last_tick: AtomicU64::new(0),
@@ -107,12 +107,12 @@ impl Fence {
 }
 
 /// Whether writes may go ahead now (always, when the fence is not armed).
-pub fn is_open() -> bool {
+pub(crate) fn is_open() -> bool {
     FENCE.get().is_none_or(Fence::open)
 }
 
 /// For a sink, right before the write that commits a change to `key`.
-pub fn check(key: &str) -> Result<(), crate::sink::SinkError> {
+pub(crate) fn check(key: &str) -> Result<(), crate::sink::SinkError> {
     if is_open() {
         return Ok(());
     }
@@ -122,7 +122,7 @@ pub fn check(key: &str) -> Result<(), crate::sink::SinkError> {
 }
 
 /// Wait until the fence is open.
-pub async fn opened() {
+pub(crate) async fn opened() {
     while !is_open() {
         tokio::time::sleep(TICK).await;
     }

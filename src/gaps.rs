@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 /// Why the input knows it missed events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// The saved offset is past the end of the partition: the topic was re-created, or
     /// the broker lost its log.
     OffsetAheadOfTopic,
@@ -29,7 +29,7 @@ pub enum Reason {
 
 impl Reason {
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Reason::OffsetAheadOfTopic => "offset_ahead_of_topic",
             Reason::OffsetBeforeOldest => "offset_before_oldest",
@@ -41,7 +41,7 @@ impl Reason {
 
 /// What the input does after reporting a gap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Then {
+pub(crate) enum Then {
     GoOn,
     /// `on_gap = "stop"`: consume nothing more.
     Stop,
@@ -70,7 +70,7 @@ fn gaps() -> &'static Mutex<Gaps> {
 /// Set the policy. Under `reconcile`, the receiver gets one message per gap (and one at
 /// once if `marker` says a reconciliation is still owed from an earlier run); the caller
 /// runs the reconciliation (see [`crate::ops::reconcile`]) and then calls [`reconciled`].
-pub fn init(
+pub(crate) fn init(
     policy: GapPolicy,
     marker: std::path::PathBuf,
 ) -> Option<mpsc::UnboundedReceiver<Reason>> {
@@ -91,7 +91,7 @@ pub fn init(
 }
 
 /// A reconciliation finished: nothing is owed any more.
-pub fn reconciled() {
+pub(crate) fn reconciled() {
     let g = gaps().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(m) = &g.marker
         && let Err(e) = std::fs::remove_file(m)
@@ -102,7 +102,7 @@ pub fn reconciled() {
 }
 
 /// An input found a gap: log it, count it, and say what to do.
-pub fn report(reason: Reason, detail: &str) -> Then {
+pub(crate) fn report(reason: Reason, detail: &str) -> Then {
     crate::metrics::get().gap(reason.label());
     let g = gaps().lock().unwrap_or_else(|p| p.into_inner());
     match g.policy {

@@ -14,10 +14,10 @@ use google_cloud_auth::credentials::{
 /// Why credentials could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct CredentialsError(String);
+pub(crate) struct CredentialsError(String);
 
 /// Access tokens for one scope.
-pub struct GoogleAuth {
+pub(crate) struct GoogleAuth {
     /// A path, inline JSON, or empty for application default credentials.
     source: String,
     scope: &'static str,
@@ -62,7 +62,7 @@ impl GoogleAuth {
     /// `credentials`: a file path, inline JSON, or empty for application default
     /// credentials; `emulator`: no credentials at all (unless given explicitly).
     /// Must be called within the runtime (the crate refreshes tokens in a task).
-    pub fn new(
+    pub(crate) fn new(
         credentials: &str,
         emulator: bool,
         scope: &'static str,
@@ -103,7 +103,7 @@ impl GoogleAuth {
     /// A current access token (`None` for an emulator). After a failure the credentials
     /// are loaded again for the next call (the crate keeps a failed refresh for good), so
     /// a key file fixed in place is picked up without a restart.
-    pub async fn token(&self) -> Result<Option<String>, CredentialsError> {
+    pub(crate) async fn token(&self) -> Result<Option<String>, CredentialsError> {
         if self.anonymous {
             return Ok(None);
         }

@@ -4,7 +4,7 @@
 /// Go's `url.PathUnescape` (`plus` false) or `url.QueryUnescape` (`plus` true: `+` is a
 /// space); `None` where Go returns an error (a `%` not followed by two hex digits), or
 /// where the bytes are not UTF-8 (a path here is a Rust string).
-pub fn unescape(s: &str, plus: bool) -> Option<String> {
+pub(crate) fn unescape(s: &str, plus: bool) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -33,7 +33,7 @@ pub fn unescape(s: &str, plus: bool) -> Option<String> {
 }
 
 /// Go's `strconv.ParseBool`.
-pub fn parse_bool(v: &str) -> Option<bool> {
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
     match v {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
@@ -43,7 +43,7 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 
 /// Go's `url.Values` of a query string (`url.ParseQuery`, without its error): pairs in
 /// order, a name alone has the value "", a pair that does not unescape is dropped.
-pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|kv| !kv.is_empty() && !kv.contains(';'))

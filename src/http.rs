@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// Why an HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// A file `security.toml` names (`key`) could not be read or used.
     #[error("{path}: {detail}")]
     File {
@@ -47,7 +47,7 @@ fn builder(read_timeout: Duration) -> reqwest::ClientBuilder {
 }
 
 /// The client for SeaweedFS's servers.
-pub fn seaweed(
+pub(crate) fn seaweed(
     read_timeout: Duration,
     https: Option<&HttpsClient>,
 ) -> Result<reqwest::Client, HttpError> {
@@ -86,7 +86,7 @@ pub fn seaweed(
 }
 
 /// The client for clouds and their token endpoints.
-pub fn cloud(read_timeout: Duration) -> Result<reqwest::Client, HttpError> {
+pub(crate) fn cloud(read_timeout: Duration) -> Result<reqwest::Client, HttpError> {
     Ok(builder(read_timeout).build()?)
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 /// How a lane ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LaneEnd {
+pub(crate) enum LaneEnd {
     /// The input closed the stream and everything finished.
     Closed,
     /// Shutdown (or its grace ending) interrupted it.
@@ -76,7 +76,7 @@ struct Slot<T> {
 /// they are related) until `rx` closes or an event ends the lane. Returns how it ended and
 /// the tokens of events received but never started, including those already waiting in
 /// `rx` (for the input to release); `rx` itself is left open.
-pub async fn run<T, F, Fut>(
+pub(crate) async fn run<T, F, Fut>(
     rx: &mut mpsc::Receiver<(T, RawEvent)>,
     concurrency: usize,
     mut start: F,

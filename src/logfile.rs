@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// How the files are kept.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub max_bytes: u64,
     pub max_files: usize,
     /// `None`: no rotation by age.
@@ -22,7 +22,7 @@ pub struct Policy {
 
 /// A `MakeWriter` for tracing's fmt layer; cheap to clone.
 #[derive(Clone)]
-pub struct LogFiles(Arc<Mutex<State>>);
+pub(crate) struct LogFiles(Arc<Mutex<State>>);
 
 struct State {
     dir: PathBuf,
@@ -41,7 +41,7 @@ struct State {
 impl LogFiles {
     /// Open the first file now, so that a directory that cannot be written is a start-up
     /// error rather than silence.
-    pub fn open(dir: &Path, policy: Policy) -> std::io::Result<LogFiles> {
+    pub(crate) fn open(dir: &Path, policy: Policy) -> std::io::Result<LogFiles> {
         let host = hostname();
         let user = std::env::var("USER")
             .ok()
@@ -200,7 +200,7 @@ fn gzip(path: &Path) {
 }
 
 /// One log line's writer.
-pub struct LineWriter(Arc<Mutex<State>>);
+pub(crate) struct LineWriter(Arc<Mutex<State>>);
 
 impl Write for LineWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -22,11 +22,11 @@ type Static<const N: usize> = [(&'static str, &'static str); N];
 type PartitionLabels = [(&'static str, String); 2];
 
 /// The current lag per partition.
-pub type LagSource = Box<dyn Fn() -> Vec<(i32, i64)> + Send + Sync>;
+pub(crate) type LagSource = Box<dyn Fn() -> Vec<(i32, i64)> + Send + Sync>;
 
 /// The parts of the process whose reachability is tracked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Component {
+pub(crate) enum Component {
     /// The queue (or metadata log) events come from.
     Input,
     /// The source cluster's filer and volume servers (file content).
@@ -52,7 +52,7 @@ impl Component {
     }
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     events: Family<Static<2>, Counter>,
     bytes: Counter,
@@ -85,12 +85,12 @@ pub struct Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The process's metrics.
-pub fn get() -> &'static Metrics {
+pub(crate) fn get() -> &'static Metrics {
     &METRICS
 }
 
 /// File content bytes read from the source so far.
-pub fn get_copied() -> u64 {
+pub(crate) fn get_copied() -> u64 {
     METRICS.bytes.get()
 }
 
@@ -181,18 +181,18 @@ impl Metrics {
     }
 
     /// The input found it had missed events.
-    pub fn gap(&self, reason: &'static str) {
+    pub(crate) fn gap(&self, reason: &'static str) {
         self.gaps.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// The input goes no further, for this reason (shown by `/readyz`).
-    pub fn halt(&self, why: String) {
+    pub(crate) fn halt(&self, why: String) {
         *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
 
     /// A consumer-group rebalance that does not complete (`Some` with why), or the end
     /// of one (`None`); whether this is news (none was reported before).
-    pub fn set_rebalance_stuck(&self, why: Option<String>) -> bool {
+    pub(crate) fn set_rebalance_stuck(&self, why: Option<String>) -> bool {
         let mut r = self.rebalance.lock().unwrap_or_else(|p| p.into_inner());
         let news = r.is_none() && why.is_some();
         *r = why;
@@ -200,17 +200,17 @@ impl Metrics {
     }
 
     /// How long this consumer-group member has waited for an assignment (0: it has one).
-    pub fn set_group_wait(&self, waited: Duration) {
+    pub(crate) fn set_group_wait(&self, waited: Duration) {
         self.group_wait.set(waited.as_secs_f64());
     }
 
     /// `/readyz` fails while the oldest unfinished event has waited longer than `age`.
-    pub fn set_max_event_age(&self, age: Option<Duration>) {
+    pub(crate) fn set_max_event_age(&self, age: Option<Duration>) {
         *self.max_event_age.lock().unwrap_or_else(|p| p.into_inner()) = age;
     }
 
     /// One event finished with `outcome`.
-    pub fn event(&self, kind: &'static str, outcome: &'static str) {
+    pub(crate) fn event(&self, kind: &'static str, outcome: &'static str) {
         self.events
             .get_or_create(&[("kind", kind), ("outcome", outcome)])
             .inc();
@@ -219,21 +219,21 @@ impl Metrics {
         }
     }
 
-    pub fn copied(&self, bytes: u64) {
+    pub(crate) fn copied(&self, bytes: u64) {
         self.bytes.inc_by(bytes);
     }
 
     /// Events being applied now.
-    pub fn in_flight(&self) -> i64 {
+    pub(crate) fn in_flight(&self) -> i64 {
         self.in_flight.get()
     }
 
-    pub fn retried(&self) {
+    pub(crate) fn retried(&self) {
         self.retries.inc();
     }
 
     /// An event was taken from the input; it counts as pending until the guard drops.
-    pub fn taken(&'static self) -> Pending {
+    pub(crate) fn taken(&'static self) -> Pending {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.pending
             .lock()
@@ -244,7 +244,7 @@ impl Metrics {
     }
 
     /// The wait of the oldest pending event.
-    pub fn oldest_pending(&self) -> Duration {
+    pub(crate) fn oldest_pending(&self) -> Duration {
         let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending
             .values()
@@ -253,7 +253,7 @@ impl Metrics {
             .unwrap_or_default()
     }
 
-    pub fn set_up(&self, component: Component, up: bool) {
+    pub(crate) fn set_up(&self, component: Component, up: bool) {
         self.state[component.index()].store(i64::from(up), Ordering::Relaxed);
         self.up
             .get_or_create(&[("component", component.name())])
@@ -261,14 +261,14 @@ impl Metrics {
     }
 
     /// `Some(up)` once the component's state is known.
-    pub fn is_up(&self, component: Component) -> Option<bool> {
+    pub(crate) fn is_up(&self, component: Component) -> Option<bool> {
         match self.state[component.index()].load(Ordering::Relaxed) {
             -1 => None,
             v => Some(v == 1),
         }
     }
 
-    pub fn set_started(&self) {
+    pub(crate) fn set_started(&self) {
         self.started.store(true, Ordering::Relaxed);
     }
 
@@ -287,14 +287,14 @@ impl Metrics {
     }
 
     /// Where the lag of `topic` comes from: called at each scrape and progress line.
-    pub fn set_lag_source(&self, topic: &str, source: LagSource) {
+    pub(crate) fn set_lag_source(&self, topic: &str, source: LagSource) {
         *self.lag_source.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((topic.to_string(), source));
     }
 
     /// The summed Kafka lag, if known, after updating the per-partition gauges from the
     /// registered source.
-    pub fn lag(&self) -> Option<i64> {
+    pub(crate) fn lag(&self) -> Option<i64> {
         let guard = self.lag_source.lock().unwrap_or_else(|p| p.into_inner());
         let (topic, source) = guard.as_ref()?;
         let lag = source();
@@ -306,7 +306,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         self.oldest_age.set(self.oldest_pending().as_secs_f64());
         self.lag();
         let mut out = String::new();
@@ -316,7 +316,7 @@ impl Metrics {
     }
 
     /// Whether the process is ready, and a line per component saying why (not).
-    pub fn readiness(&self) -> (bool, String) {
+    pub(crate) fn readiness(&self) -> (bool, String) {
         let mut text = String::new();
         let started = self.started.load(Ordering::Relaxed);
         text.push_str(if started {
@@ -376,7 +376,7 @@ impl Metrics {
 }
 
 /// An event taken from the input and not finished yet.
-pub struct Pending {
+pub(crate) struct Pending {
     metrics: &'static Metrics,
     id: u64,
 }
@@ -393,7 +393,7 @@ impl Drop for Pending {
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
-pub async fn serve(listener: tokio::net::TcpListener, stop: CancellationToken) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, stop: CancellationToken) {
     use axum::http::{StatusCode, header};
     use axum::routing::get as route;
     let app = axum::Router::new()
@@ -429,7 +429,7 @@ pub async fn serve(listener: tokio::net::TcpListener, stop: CancellationToken) {
 }
 
 /// Bind the metrics listener: `host:port`, or Go-style `:port` for every interface.
-pub async fn bind(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(address: &str) -> std::io::Result<tokio::net::TcpListener> {
     let address = if address.starts_with(':') {
         format!("0.0.0.0{address}")
     } else {
@@ -440,7 +440,7 @@ pub async fn bind(address: &str) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Log a one-line summary every `interval` while there is something to tell: events
 /// handled since the last line, their rate, what is in flight, and the Kafka lag.
-pub async fn progress(interval: Duration, stop: CancellationToken) {
+pub(crate) async fn progress(interval: Duration, stop: CancellationToken) {
     let m = get();
     let outcomes = ["replicated", "skipped", "parked", "held", "bad_message"];
     let mut last: Vec<u64> = outcomes.iter().map(|o| m.events_by_outcome(o)).collect();

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 /// Send one state line to systemd, if it asked for them. Errors are logged, never fatal.
-pub fn notify(state: &str) {
+pub(crate) fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -29,7 +29,7 @@ pub fn notify(state: &str) {
 }
 
 /// How often to ping systemd's watchdog: half its timeout, if it set one for this process.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if let Ok(pid) = std::env::var("WATCHDOG_PID")
         && pid.parse::<u32>().ok() != Some(std::process::id())
@@ -41,7 +41,7 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 /// Ping the watchdog from the runtime for as long as it runs: a wedged runtime stops the
 /// pings, and systemd restarts the service.
-pub fn spawn_watchdog() {
+pub(crate) fn spawn_watchdog() {
     let Some(every) = watchdog_interval() else {
         return;
     };

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Where an event came from, for logs and the parked file.
 #[derive(Debug, Clone)]
-pub enum Origin {
+pub(crate) enum Origin {
     Kafka {
         partition: i32,
         offset: i64,
@@ -74,7 +74,7 @@ impl Origin {
 
 /// What the input should do with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
+pub(crate) enum Disposition {
     /// Replicated, skipped by the rules, or parked: commit it.
     Done,
     /// Failed under the hold policy: do not commit it or anything after it.
@@ -87,7 +87,7 @@ pub enum Disposition {
 
 /// Counters, logged at shutdown.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub replicated: AtomicU64,
     /// Messages that are not events: no key, too large, not an `EventNotification`.
     pub bad_messages: AtomicU64,
@@ -97,7 +97,7 @@ pub struct Stats {
     pub retries: AtomicU64,
 }
 
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     rules: Rules,
     /// For supersession checks: is a failing event already stale on the source?
     source: Option<Arc<FilerSource>>,
@@ -228,7 +228,7 @@ enum Failure {
 }
 
 /// What the pipeline needs besides the sink: the `[replicate]` policies.
-pub struct Policies {
+pub(crate) struct Policies {
     /// Events in flight per ordered stream.
     pub concurrency: usize,
     pub on_failure: FailurePolicy,
@@ -239,7 +239,7 @@ pub struct Policies {
 }
 
 impl Pipeline {
-    pub fn new(
+    pub(crate) fn new(
         rules: Rules,
         source: Option<Arc<FilerSource>>,
         sink: Box<dyn Sink>,
@@ -277,7 +277,7 @@ impl Pipeline {
 
     /// Until `stop`: end outages that nothing has run into for a while (see
     /// [`Availability::expire`]).
-    pub async fn watch_outages(self: Arc<Self>, stop: CancellationToken) {
+    pub(crate) async fn watch_outages(self: Arc<Self>, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -289,11 +289,11 @@ impl Pipeline {
     }
 
     /// Events in flight per ordered stream (`[replicate] concurrency`).
-    pub fn concurrency(&self) -> usize {
+    pub(crate) fn concurrency(&self) -> usize {
         self.concurrency
     }
 
-    pub async fn handle(&self, raw: &RawEvent, origin: &Origin) -> Disposition {
+    pub(crate) async fn handle(&self, raw: &RawEvent, origin: &Origin) -> Disposition {
         let metrics = crate::metrics::get();
         let _pending = metrics.taken();
         let mut kind = "invalid";

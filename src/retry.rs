@@ -19,14 +19,14 @@ fn jittered(wait: Duration) -> Duration {
 /// Waits that double from `first` up to `cap`, each jittered to between half and all
 /// of its nominal length.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     first: Duration,
     cap: Duration,
     nominal: Duration,
 }
 
 impl Backoff {
-    pub fn new(first: Duration, cap: Duration) -> Self {
+    pub(crate) fn new(first: Duration, cap: Duration) -> Self {
         Backoff {
             first,
             cap,
@@ -35,21 +35,21 @@ impl Backoff {
     }
 
     /// The next wait; the one after it is twice as long, up to the cap.
-    pub fn next_wait(&mut self) -> Duration {
+    pub(crate) fn next_wait(&mut self) -> Duration {
         let wait = jittered(self.nominal);
         self.nominal = (self.nominal * 2).min(self.cap);
         wait
     }
 
     /// Start over from the first wait.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.nominal = self.first;
     }
 }
 
 /// The state of one retried dependency.
 #[derive(Debug)]
-pub struct Retry {
+pub(crate) struct Retry {
     backoff: Backoff,
     /// Since when, and as what, it has been failing.
     down: Option<(Instant, String)>,
@@ -74,7 +74,7 @@ impl Default for Retry {
 
 impl Retry {
     /// A retry whose failures and successes mark the input down and up.
-    pub fn for_input() -> Self {
+    pub(crate) fn for_input() -> Self {
         Retry {
             reports: Some(crate::metrics::Component::Input),
             ..Retry::default()
@@ -84,7 +84,7 @@ impl Retry {
     /// A check made before anything runs (a sink, a queue): backing off up to a minute,
     /// and logged as an error again whenever the reason changes, since fixing one
     /// configuration problem often shows the next.
-    pub fn for_start_up() -> Self {
+    pub(crate) fn for_start_up() -> Self {
         Retry {
             backoff: Backoff::new(FIRST, Duration::from_secs(60)),
             reason: Some(String::new()),
@@ -95,7 +95,7 @@ impl Retry {
     /// A failed attempt: logged as a warning if it is the first since the last success
     /// (a start-up check: as an error, and again whenever the reason changes), at debug
     /// level otherwise. Returns how long to wait before the next attempt.
-    pub fn failed(&mut self, what: &str, error: &dyn Display) -> Duration {
+    pub(crate) fn failed(&mut self, what: &str, error: &dyn Display) -> Duration {
         let wait = self.backoff.next_wait();
         if let Some(c) = self.reports {
             crate::metrics::get().set_up(c, false);
@@ -125,7 +125,7 @@ impl Retry {
 
     /// [`Retry::failed`], then the wait; false if `stop` fired meanwhile. The returned
     /// future holds neither `what` nor `error`, so it is `Send` whatever the error is.
-    pub fn wait<'a>(
+    pub(crate) fn wait<'a>(
         &mut self,
         what: &str,
         error: &dyn Display,
@@ -142,7 +142,7 @@ impl Retry {
 
     /// A successful attempt: logs the recovery, if there was a failure, and starts the
     /// backoff over.
-    pub fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         self.backoff.reset();
         if let Some(last) = &mut self.reason {
             last.clear();
@@ -156,7 +156,7 @@ impl Retry {
     }
 
     #[cfg(test)]
-    pub fn is_failing(&self) -> bool {
+    pub(crate) fn is_failing(&self) -> bool {
         self.down.is_some()
     }
 }
@@ -165,13 +165,13 @@ impl Retry {
 /// peer stalls while it is still sending (a large upload to a frozen server, which no
 /// read timeout sees) fails after this and is retried like any outage. Generous, as a
 /// part of a large file on a slow link may take minutes.
-pub fn attempt_limit(stall: std::time::Duration) -> std::time::Duration {
+pub(crate) fn attempt_limit(stall: std::time::Duration) -> std::time::Duration {
     (stall * 5).max(std::time::Duration::from_secs(300))
 }
 
 /// Run `check` until it succeeds, logging why it fails (with `what` it checks) as a
 /// [`Retry::for_start_up`] does; its value, or `None` if `stop` fires first.
-pub async fn wait_until_healthy<T, F, Fut>(
+pub(crate) async fn wait_until_healthy<T, F, Fut>(
     what: &str,
     stop: &tokio_util::sync::CancellationToken,
     mut check: F,

@@ -56,7 +56,7 @@ impl AppError {
 
 /// What every command needs from the configuration: the settings, the HTTP and gRPC
 /// clients, and the source cluster.
-pub struct Setup {
+pub(crate) struct Setup {
     pub raw: RawConfig,
     pub settings: Settings,
     /// For SeaweedFS's servers (`security.toml`'s `[https.client]`).
@@ -68,14 +68,14 @@ pub struct Setup {
 }
 
 /// A sink, and for a filer sink the target filer's client (for its signature).
-pub struct OpenSink {
+pub(crate) struct OpenSink {
     pub sink: Box<dyn Sink>,
     pub target: Option<(String, SeaweedFilerClient<Channel>)>,
 }
 
 impl Setup {
     /// Warn about keys that mean nothing (`check` lists them as failures instead).
-    pub fn warn_typos(&self) {
+    pub(crate) fn warn_typos(&self) {
         for typo in &self.settings.typos {
             tracing::warn!("{typo} (-strict makes this an error)");
         }
@@ -83,7 +83,7 @@ impl Setup {
 
     /// Load and resolve the configuration and build the clients; every configuration
     /// problem is an `AppError::Config`.
-    pub fn load(
+    pub(crate) fn load(
         config_dir: Option<std::path::PathBuf>,
         config: Option<std::path::PathBuf>,
     ) -> Result<Setup, AppError> {
@@ -147,7 +147,7 @@ impl Setup {
     }
 
     /// The configured input (nothing is contacted yet).
-    pub fn input(&self) -> Box<dyn crate::source::Input> {
+    pub(crate) fn input(&self) -> Box<dyn crate::source::Input> {
         crate::source::open(
             &self.settings.input,
             crate::source::InputContext {
@@ -159,7 +159,7 @@ impl Setup {
     }
 
     /// Build the configured sink (nothing is contacted yet).
-    pub async fn sink(&self) -> Result<OpenSink, AppError> {
+    pub(crate) async fn sink(&self) -> Result<OpenSink, AppError> {
         let (raw, cloud, source) = (&self.raw, &self.cloud, &self.source);
         let sink: Box<dyn Sink> = match &self.settings.sink {
             SinkSettings::Local {
@@ -218,7 +218,7 @@ impl Setup {
 
     /// The replication rules; `skip_signatures` are the filers whose changes are not
     /// replicated back (the target filer's).
-    pub fn rules(&self, skip_signatures: Vec<i32>) -> Rules {
+    pub(crate) fn rules(&self, skip_signatures: Vec<i32>) -> Rules {
         let settings = &self.settings;
         Rules {
             source_dir: settings.source.directory_parts.clone(),
@@ -231,7 +231,7 @@ impl Setup {
     }
 
     /// The pipeline events run through.
-    pub fn pipeline(
+    pub(crate) fn pipeline(
         &self,
         rules: Rules,
         sink: Box<dyn Sink>,
@@ -256,7 +256,11 @@ impl Setup {
 
     /// Wait until the sink answers and, for a filer sink, learn which signatures to
     /// skip; `None` if `stop` fires first.
-    pub async fn connect(&self, open: &OpenSink, stop: &CancellationToken) -> Option<Vec<i32>> {
+    pub(crate) async fn connect(
+        &self,
+        open: &OpenSink,
+        stop: &CancellationToken,
+    ) -> Option<Vec<i32>> {
         let what = open.sink.describe();
         wait_until_healthy(&what, stop, || async {
             open.sink.probe().await.map_err(|e| e.to_string())
@@ -287,7 +291,7 @@ impl Setup {
     }
 }
 
-pub fn config_problem(
+pub(crate) fn config_problem(
     raw: &RawConfig,
     key: &str,
     value: &str,
@@ -297,7 +301,7 @@ pub fn config_problem(
 }
 
 /// A configuration error about `key`, naming where it was set (or the file it belongs in).
-pub fn config_error(raw: &RawConfig, key: &str, message: String) -> AppError {
+pub(crate) fn config_error(raw: &RawConfig, key: &str, message: String) -> AppError {
     AppError::Config(ConfigErrors(vec![crate::config::Problem {
         origin: raw
             .get(key)

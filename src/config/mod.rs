@@ -8,22 +8,22 @@
 //! [`settings::resolve`] turns the merged keys into typed settings, reporting every
 //! problem at once with the file and key it concerns.
 
-pub mod scaffold;
-pub mod settings;
-pub mod typos;
+pub(crate) mod scaffold;
+pub(crate) mod settings;
+pub(crate) mod typos;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use settings::{Settings, resolve};
+pub(crate) use settings::{Settings, resolve};
 
 /// The three logical files, in load order.
-pub const FILES: [&str; 3] = ["security", "replication", "notification"];
+pub(crate) const FILES: [&str; 3] = ["security", "replication", "notification"];
 
 /// Where to look for the files.
 #[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
+pub(crate) struct LoadOptions {
     /// `-config_dir`: searched first.
     pub config_dir: Option<PathBuf>,
     /// `-config FILE`: the replication file; the other two are looked for beside it first.
@@ -43,7 +43,10 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// Options for the real process: its cwd, `$HOME`, the system dirs and environment.
-    pub fn from_process(config_dir: Option<PathBuf>, replication_file: Option<PathBuf>) -> Self {
+    pub(crate) fn from_process(
+        config_dir: Option<PathBuf>,
+        replication_file: Option<PathBuf>,
+    ) -> Self {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let expand = |p: PathBuf| match (p.strip_prefix("~"), &home) {
             (Ok(rest), Some(h)) => h.join(rest),
@@ -83,7 +86,7 @@ pub static STRICT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 
 /// A value echoed in a message, cut to a readable length (a pasted key or a whole file
 /// in the wrong place should not fill the screen).
-pub fn cut(s: &str) -> String {
+pub(crate) fn cut(s: &str) -> String {
     const MAX: usize = 80;
     match s.char_indices().nth(MAX) {
         None => s.to_string(),
@@ -94,7 +97,7 @@ pub fn cut(s: &str) -> String {
 /// The environment as text. A variable that is not UTF-8 (any byte string is allowed)
 /// is left out; if it is a `WEED_*` one, its lossy name is returned as a problem instead
 /// of being read wrongly or silently ignored.
-pub fn utf8_env(
+pub(crate) fn utf8_env(
     vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
 ) -> (HashMap<String, String>, Vec<String>) {
     let mut env = HashMap::new();
@@ -182,7 +185,7 @@ impl fmt::Display for ConfigErrors {
 /// for a loaded configuration, anything a test says for one built in memory. Resolving
 /// itself never touches the disk.
 #[derive(Clone, Copy)]
-pub struct FileCheck(pub fn(&Path) -> bool);
+pub(crate) struct FileCheck(pub fn(&Path) -> bool);
 
 impl Default for FileCheck {
     fn default() -> Self {
@@ -198,7 +201,7 @@ impl std::fmt::Debug for FileCheck {
 
 /// The merged key space.
 #[derive(Debug, Clone, Default)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     /// Which file each logical name was loaded from.
     pub files: Vec<(String, PathBuf)>,
     values: HashMap<String, (toml::Value, PathBuf)>,
@@ -211,7 +214,7 @@ pub struct RawConfig {
 
 impl RawConfig {
     /// Find, parse and merge the three files.
-    pub fn load(opts: &LoadOptions) -> Result<RawConfig, ConfigErrors> {
+    pub(crate) fn load(opts: &LoadOptions) -> Result<RawConfig, ConfigErrors> {
         let mut raw = RawConfig {
             env: opts.env.clone(),
             ..Default::default()
@@ -302,7 +305,7 @@ impl RawConfig {
 
     /// Build from TOML text standing in for the merged files (tests).
     #[cfg(test)]
-    pub fn from_toml(text: &str, env: HashMap<String, String>) -> RawConfig {
+    pub(crate) fn from_toml(text: &str, env: HashMap<String, String>) -> RawConfig {
         let mut raw = RawConfig {
             env,
             ..Default::default()
@@ -318,14 +321,14 @@ impl RawConfig {
     }
 
     /// The environment variable that overrides `key`.
-    pub fn env_name(key: &str) -> String {
+    pub(crate) fn env_name(key: &str) -> String {
         format!("WEED_{}", key.replace('.', "_").to_uppercase())
     }
 
     /// The value of `key` (environment first), with where it came from. An empty
     /// variable counts as unset, as with upstream's viper (`AllowEmptyEnv` off): an
     /// empty `WEED_SINK_LOCAL_ENABLED=` must not turn off the sink the file enables.
-    pub fn get(&self, key: &str) -> Option<(toml::Value, Origin)> {
+    pub(crate) fn get(&self, key: &str) -> Option<(toml::Value, Origin)> {
         let var = Self::env_name(key);
         if let Some(v) = self.env.get(&var)
             && !v.is_empty()
@@ -342,7 +345,7 @@ impl RawConfig {
     }
 
     /// Every key set in a file (lower case), with the file and the line it is on.
-    pub fn entries(&self) -> Vec<(&str, &Path, Option<usize>)> {
+    pub(crate) fn entries(&self) -> Vec<(&str, &Path, Option<usize>)> {
         let mut out: Vec<(&str, &Path, Option<usize>)> = self
             .values
             .iter()
@@ -355,7 +358,7 @@ impl RawConfig {
     }
 
     /// The file a missing key belongs in, for messages.
-    pub fn home_of(&self, key: &str) -> Origin {
+    pub(crate) fn home_of(&self, key: &str) -> Origin {
         let name = match key.split('.').next().unwrap_or("") {
             "notification" => "notification",
             "grpc" | "jwt" | "https" | "s3" => "security",
@@ -439,7 +442,7 @@ fn flatten(
 }
 
 /// Typed access to the key space that records every problem instead of stopping.
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     raw: &'a RawConfig,
     pub problems: Vec<Problem>,
     /// Every key asked for (lower case), so that none of them is called unknown.
@@ -447,7 +450,7 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(raw: &'a RawConfig) -> Self {
+    pub(crate) fn new(raw: &'a RawConfig) -> Self {
         Reader {
             raw,
             problems: Vec::new(),
@@ -458,12 +461,12 @@ impl<'a> Reader<'a> {
     /// An environment variable from the environment the configuration was loaded with
     /// (never the process's own at resolve time, so resolving stays pure); `None` when
     /// unset or empty.
-    pub fn env(&self, name: &str) -> Option<String> {
+    pub(crate) fn env(&self, name: &str) -> Option<String> {
         self.raw.env.get(name).filter(|v| !v.is_empty()).cloned()
     }
 
     /// Whether the file at `path` exists, as the configuration's [`FileCheck`] says.
-    pub fn is_file(&self, path: &Path) -> bool {
+    pub(crate) fn is_file(&self, path: &Path) -> bool {
         (self.raw.file_check.0)(path)
     }
 
@@ -474,7 +477,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Record a problem with `key`, naming where it was set (or where it belongs).
-    pub fn problem(&mut self, key: &str, message: impl Into<String>) {
+    pub(crate) fn problem(&mut self, key: &str, message: impl Into<String>) {
         let origin = self
             .raw
             .get(key)
@@ -487,11 +490,11 @@ impl<'a> Reader<'a> {
         });
     }
 
-    pub fn is_set(&self, key: &str) -> bool {
+    pub(crate) fn is_set(&self, key: &str) -> bool {
         self.get(key).is_some()
     }
 
-    pub fn string(&mut self, key: &str, default: &str) -> String {
+    pub(crate) fn string(&mut self, key: &str, default: &str) -> String {
         match self.get(key) {
             None => default.to_string(),
             Some((toml::Value::String(s), _)) => s,
@@ -505,7 +508,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn bool(&mut self, key: &str, default: bool) -> bool {
+    pub(crate) fn bool(&mut self, key: &str, default: bool) -> bool {
         match self.get(key) {
             None => default,
             Some((toml::Value::Boolean(b), _)) => b,
@@ -523,7 +526,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn int(&mut self, key: &str, default: i64) -> i64 {
+    pub(crate) fn int(&mut self, key: &str, default: i64) -> i64 {
         match self.get(key) {
             None => default,
             Some((toml::Value::Integer(i), _)) => i,
@@ -540,7 +543,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A non-negative integer.
-    pub fn count(&mut self, key: &str, default: u64) -> u64 {
+    pub(crate) fn count(&mut self, key: &str, default: u64) -> u64 {
         let v = self.int(key, default as i64);
         if v < 0 {
             self.problem(key, format!("must not be negative, got {v}"));
@@ -550,7 +553,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A list: a TOML array, or a string split on whitespace (commas are not separators).
-    pub fn list(&mut self, key: &str) -> Vec<String> {
+    pub(crate) fn list(&mut self, key: &str) -> Vec<String> {
         match self.get(key) {
             None => Vec::new(),
             Some((toml::Value::String(s), _)) => s.split_whitespace().map(String::from).collect(),

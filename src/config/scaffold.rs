@@ -5,7 +5,7 @@
 //! `weed filer.replicate`.
 
 /// The template for a logical file name, if there is one.
-pub fn template(name: &str) -> Option<&'static str> {
+pub(crate) fn template(name: &str) -> Option<&'static str> {
     match name {
         "replication" => Some(REPLICATION),
         "notification" => Some(NOTIFICATION),
@@ -14,7 +14,7 @@ pub fn template(name: &str) -> Option<&'static str> {
     }
 }
 
-pub const REPLICATION: &str = r#"# replication.toml: what to replicate, and where to.
+pub(crate) const REPLICATION: &str = r#"# replication.toml: what to replicate, and where to.
 # Read by `replicate` (and by `weed filer.replicate`) from -config_dir, ., $HOME/.seaweedfs,
 # /usr/local/etc/seaweedfs or /etc/seaweedfs. Any key can be overridden by an environment
 # variable: WEED_ + the key in upper case with dots as underscores (WEED_SINK_LOCAL_DIRECTORY).
@@ -168,7 +168,7 @@ progress_interval_seconds = 60
 ready_max_event_age_seconds = 900
 "#;
 
-pub const NOTIFICATION: &str = r#"# notification.toml: where the filer publishes its metadata changes, and where
+pub(crate) const NOTIFICATION: &str = r#"# notification.toml: where the filer publishes its metadata changes, and where
 # `replicate` reads them. Exactly one input may be enabled. [notification.log] and
 # [notification.webhook] are publisher-only: the filer uses them, replicate cannot read them.
 
@@ -262,7 +262,7 @@ workers = 5
 buffer_size = 10000
 "#;
 
-pub const SECURITY: &str = r#"# security.toml: keys and certificates shared by the SeaweedFS components.
+pub(crate) const SECURITY: &str = r#"# security.toml: keys and certificates shared by the SeaweedFS components.
 # replicate uses [grpc] ca with [grpc.client] client_cert/client_key (or cert/key) for
 # mutual TLS to the filers, jwt.signing.read (to read chunks from volume servers that
 # require it) and https.client (https to volume servers). [better] the read token is sent on

@@ -74,7 +74,7 @@ fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
 }
 
 /// Every key set in a file that nothing reads, with the reason and a suggestion.
-pub fn find(raw: &RawConfig, read: &HashSet<String>) -> Vec<Problem> {
+pub(crate) fn find(raw: &RawConfig, read: &HashSet<String>) -> Vec<Problem> {
     let known = known();
     let sections: BTreeSet<String> = known
         .iter()
@@ -167,7 +167,7 @@ pub fn find(raw: &RawConfig, read: &HashSet<String>) -> Vec<Problem> {
 /// which between them enable every input and sink), so none is ever called unknown and
 /// `scaffold` shows them all.
 #[cfg(test)]
-pub fn assert_templates_know(read: &HashSet<String>) {
+pub(crate) fn assert_templates_know(read: &HashSet<String>) {
     let known = known();
     let unknown: Vec<&String> = read
         .iter()

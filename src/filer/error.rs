@@ -47,7 +47,7 @@ pub enum ReadError {
 
 impl ReadError {
     /// The source filer cannot be reached: nothing is wrong with the event itself.
-    pub fn is_outage(&self) -> bool {
+    pub(crate) fn is_outage(&self) -> bool {
         match self {
             ReadError::Lookup { status, .. } | ReadError::Entry { status, .. } => {
                 status_is_outage(status)
@@ -59,7 +59,7 @@ impl ReadError {
 
     /// The master knows no live server for the chunk's volume ("volume id 7 not found"):
     /// its servers are down or, after a restart, not yet registered; or the volume is gone.
-    pub fn is_unlocated(&self) -> bool {
+    pub(crate) fn is_unlocated(&self) -> bool {
         match self {
             ReadError::NoLocations { .. } => true,
             ReadError::Lookup { status, .. } => {
@@ -69,7 +69,7 @@ impl ReadError {
         }
     }
 
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             ReadError::Lookup { .. }
             | ReadError::Entry { .. }

@@ -4,7 +4,7 @@ use crate::pb::FileId;
 
 /// Format a `FileId` the way upstream does: the 8-byte big-endian key with its
 /// leading zero bytes removed, then the 4-byte cookie, all lower-case hex.
-pub fn format(fid: &FileId) -> String {
+pub(crate) fn format(fid: &FileId) -> String {
     let mut bytes = [0u8; 12];
     bytes[..8].copy_from_slice(&fid.file_key.to_be_bytes());
     bytes[8..].copy_from_slice(&fid.cookie.to_be_bytes());
@@ -13,7 +13,7 @@ pub fn format(fid: &FileId) -> String {
 }
 
 /// Parse `"vid,keycookie"` into a `FileId`.
-pub fn parse(file_id: &str) -> Option<FileId> {
+pub(crate) fn parse(file_id: &str) -> Option<FileId> {
     let vid = volume_id(file_id)?;
     let rest = &file_id[vid.len() + 1..];
     let (key, cookie) = rest.split_at(rest.len() - 8);
@@ -25,7 +25,7 @@ pub fn parse(file_id: &str) -> Option<FileId> {
 }
 
 /// The volume id part of a file id string (before the last comma).
-pub fn volume_id(file_id: &str) -> Option<&str> {
+pub(crate) fn volume_id(file_id: &str) -> Option<&str> {
     let (vid, rest) = file_id.rsplit_once(',')?;
     if vid.is_empty()
         || rest.len() <= 8

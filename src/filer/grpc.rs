@@ -4,7 +4,7 @@ use super::*;
 
 /// A gRPC channel to a filer that connects lazily and reconnects on its own; over
 /// mutual TLS when `tls` is given.
-pub fn connect_lazy(
+pub(crate) fn connect_lazy(
     address: &str,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<SeaweedFilerClient<Channel>, tonic::transport::Error> {
@@ -24,7 +24,7 @@ pub fn connect_lazy(
 
 /// A filer's signature (`GetFilerConfiguration`), retried with backoff until it
 /// answers; `None` if `stop` fires first.
-pub async fn signature(
+pub(crate) async fn signature(
     mut client: SeaweedFilerClient<Channel>,
     address: &str,
     stop: &tokio_util::sync::CancellationToken,
@@ -50,7 +50,7 @@ pub async fn signature(
 }
 
 /// A gRPC status that means the server could not be reached or did not answer.
-pub fn status_is_outage(status: &tonic::Status) -> bool {
+pub(crate) fn status_is_outage(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
@@ -58,11 +58,11 @@ pub fn status_is_outage(status: &tonic::Status) -> bool {
 }
 
 /// A gRPC status that means "no such entry" (older filers say so only in the text).
-pub fn is_not_found(status: &tonic::Status) -> bool {
+pub(crate) fn is_not_found(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::NotFound || is_not_found_text(status.message())
 }
 
 /// An error text that means "no such entry".
-pub fn is_not_found_text(text: &str) -> bool {
+pub(crate) fn is_not_found_text(text: &str) -> bool {
     text.contains("no entry is found") || text.contains("not found")
 }

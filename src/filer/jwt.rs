@@ -22,7 +22,7 @@ impl std::fmt::Debug for ReadSigner {
 
 impl ReadSigner {
     /// `expires_after_seconds` of 0 means 60, as upstream.
-    pub fn new(key: &str, expires_after_seconds: u64) -> Self {
+    pub(crate) fn new(key: &str, expires_after_seconds: u64) -> Self {
         let expires_after_seconds = if expires_after_seconds == 0 {
             60
         } else {
@@ -34,7 +34,7 @@ impl ReadSigner {
         }
     }
 
-    pub fn sign(&self, file_id: &str) -> String {
+    pub(crate) fn sign(&self, file_id: &str) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

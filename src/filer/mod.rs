@@ -7,19 +7,19 @@
 mod codec;
 mod content;
 mod error;
-pub mod fileid;
+pub(crate) mod fileid;
 mod grpc;
-pub mod jwt;
+pub(crate) mod jwt;
 mod manifest;
-pub mod tls;
-pub mod tree;
-pub mod views;
+pub(crate) mod tls;
+pub(crate) mod tree;
+pub(crate) mod views;
 
 use codec::{decode_chunk, send_zeros};
-pub use content::{ContentHash, content_size};
+pub(crate) use content::{ContentHash, content_size};
 pub use error::ReadError;
 use error::chunk_err;
-pub use grpc::{connect_lazy, is_not_found, is_not_found_text, signature, status_is_outage};
+pub(crate) use grpc::{connect_lazy, is_not_found, is_not_found_text, signature, status_is_outage};
 pub use manifest::{MAX_MANIFEST_DEPTH, MAX_MANIFESTS, resolve_manifests_with};
 
 use crate::event::chunk_file_id;
@@ -76,7 +76,7 @@ impl SourceOptions {
 
 /// A chunk's bytes as stored: `gzipped` when they are a gzip stream of the clear data.
 #[derive(Debug, Clone)]
-pub struct Verbatim {
+pub(crate) struct Verbatim {
     pub body: Bytes,
     pub gzipped: bool,
 }
@@ -92,7 +92,7 @@ pub struct FilerSource {
 }
 
 /// `mtime` and `mtime_ns` of an entry as nanoseconds.
-pub fn mtime_ns(e: &Entry) -> i64 {
+pub(crate) fn mtime_ns(e: &Entry) -> i64 {
     e.attributes.as_ref().map_or(0, |a| {
         a.mtime
             .saturating_mul(1_000_000_000)
@@ -118,7 +118,7 @@ impl FilerSource {
 
     /// A reader for another filer (the target of a filer sink, for `replicate verify`)
     /// with the same security settings.
-    pub fn at(&self, grpc_address: &str) -> Result<FilerSource, tonic::transport::Error> {
+    pub(crate) fn at(&self, grpc_address: &str) -> Result<FilerSource, tonic::transport::Error> {
         FilerSource::new(
             SourceOptions {
                 grpc_address: grpc_address.to_string(),
@@ -129,7 +129,11 @@ impl FilerSource {
     }
 
     /// Up to [`LIST_PAGE`] entries of directory `dir`, in name order, after `start`.
-    pub async fn list_page(&self, dir: &str, start: &str) -> Result<Vec<Entry>, tonic::Status> {
+    pub(crate) async fn list_page(
+        &self,
+        dir: &str,
+        start: &str,
+    ) -> Result<Vec<Entry>, tonic::Status> {
         let request = crate::pb::ListEntriesRequest {
             directory: dir.to_string(),
             start_from_file_name: start.to_string(),
@@ -145,7 +149,10 @@ impl FilerSource {
     }
 
     /// The SHA-256 of a file's content, and its length, read as a sink would read it.
-    pub async fn digest(self: &Arc<Self>, entry: &Entry) -> Result<(u64, [u8; 32]), ReadError> {
+    pub(crate) async fn digest(
+        self: &Arc<Self>,
+        entry: &Entry,
+    ) -> Result<(u64, [u8; 32]), ReadError> {
         let mut hash = ContentHash::default();
         let mut rx = self.open(entry);
         while let Some(piece) = rx.recv().await {
@@ -155,7 +162,7 @@ impl FilerSource {
     }
 
     /// The entry at `path` on the source, `None` if it does not exist.
-    pub async fn lookup_entry(&self, path: &str) -> Result<Option<Entry>, tonic::Status> {
+    pub(crate) async fn lookup_entry(&self, path: &str) -> Result<Option<Entry>, tonic::Status> {
         let (directory, name) = match path.rsplit_once('/') {
             Some(("", name)) => ("/".to_string(), name.to_string()),
             Some((dir, name)) => (dir.to_string(), name.to_string()),
@@ -174,7 +181,7 @@ impl FilerSource {
     }
 
     /// The gRPC client of the source filer.
-    pub fn client(&self) -> SeaweedFilerClient<Channel> {
+    pub(crate) fn client(&self) -> SeaweedFilerClient<Channel> {
         self.grpc.clone()
     }
 
@@ -227,7 +234,7 @@ impl FilerSource {
 
     /// Fetch one chunk's clear bytes: tries every replica, re-looks the volume up
     /// once after all replicas failed, decrypts and gunzips, and checks the size.
-    pub async fn fetch_chunk(
+    pub(crate) async fn fetch_chunk(
         &self,
         chunk: &FileChunk,
         check_size: bool,
@@ -240,7 +247,7 @@ impl FilerSource {
 
     /// Fetch one chunk as the volume server stores it (ciphertext stays encrypted, a
     /// gzip needle stays gzip), after checking that it decodes to the recorded size.
-    pub async fn fetch_verbatim(&self, chunk: &FileChunk) -> Result<Verbatim, ReadError> {
+    pub(crate) async fn fetch_verbatim(&self, chunk: &FileChunk) -> Result<Verbatim, ReadError> {
         self.with_replicas(chunk, |fid, body, gzipped| {
             let clear = decode_chunk(fid, body.clone(), gzipped, chunk, true)?;
             // A gzip needle served without Content-Encoding decodes to a different length.
@@ -326,7 +333,7 @@ impl FilerSource {
     }
 
     /// Replace manifest chunks by the data chunks they list, recursively.
-    pub async fn resolve_manifests(
+    pub(crate) async fn resolve_manifests(
         &self,
         chunks: &[FileChunk],
     ) -> Result<Vec<FileChunk>, ReadError> {
@@ -335,7 +342,10 @@ impl FilerSource {
 
     /// Stream a file's content in order. The total length equals [`content_size`].
     /// At most `prefetch` chunks are held in memory at once.
-    pub fn open(self: &Arc<Self>, entry: &Entry) -> mpsc::Receiver<Result<Bytes, ReadError>> {
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        entry: &Entry,
+    ) -> mpsc::Receiver<Result<Bytes, ReadError>> {
         let (tx, rx) = mpsc::channel(2);
         let this = Arc::clone(self);
         let entry = entry.clone();
@@ -411,7 +421,7 @@ impl FilerSource {
 }
 
 /// Entries asked for per directory listing call.
-pub const LIST_PAGE: usize = 1024;
+pub(crate) const LIST_PAGE: usize = 1024;
 
 /// How many files' worth of read-ahead all reads share.
 const READ_AHEAD_FILES: usize = 2;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 /// Why the TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("{path}: {detail}")]
     File { path: String, detail: String },
     #[error("TLS setup: {0}")]
@@ -30,7 +30,7 @@ fn file_err(path: &Path, detail: impl ToString) -> TlsError {
 }
 
 /// Build the client configuration from PEM files.
-pub fn client_config(
+pub(crate) fn client_config(
     ca: &Path,
     cert: &Path,
     key: &Path,
@@ -121,7 +121,7 @@ impl ServerCertVerifier for ChainOnly {
 }
 
 /// A tonic connector: TCP, then TLS with `config`; SNI is the host without the port.
-pub fn connector(
+pub(crate) fn connector(
     config: Arc<rustls::ClientConfig>,
 ) -> impl tower::Service<
     tonic::codegen::http::Uri,

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 /// The source tree under a directory, breadth first, one listing page at a time (so
 /// memory stays bounded by a page and the queue of directory names, however large a
 /// directory is), leaving out excluded directories.
-pub struct SourceTree<'a> {
+pub(crate) struct SourceTree<'a> {
     source: &'a FilerSource,
     excludes: &'a [Vec<String>],
     queue: VecDeque<String>,
@@ -21,7 +21,7 @@ pub struct SourceTree<'a> {
 }
 
 /// One page of one directory's listing.
-pub struct Page {
+pub(crate) struct Page {
     pub dir: String,
     pub entries: Vec<Entry>,
     /// The directory's last page.
@@ -29,7 +29,7 @@ pub struct Page {
 }
 
 impl<'a> SourceTree<'a> {
-    pub fn new(
+    pub(crate) fn new(
         source: &'a FilerSource,
         root: &str,
         excludes: &'a [Vec<String>],
@@ -45,7 +45,10 @@ impl<'a> SourceTree<'a> {
     }
 
     /// The next page; `Ok(None)` at the end, or when `stop` fired.
-    pub async fn next(&mut self, stop: &CancellationToken) -> Result<Option<Page>, tonic::Status> {
+    pub(crate) async fn next(
+        &mut self,
+        stop: &CancellationToken,
+    ) -> Result<Option<Page>, tonic::Status> {
         let (dir, start) = match self.current.take() {
             Some(c) => c,
             None => match self.queue.pop_front() {
@@ -84,7 +87,7 @@ impl<'a> SourceTree<'a> {
 
 /// One page (up to [`super::LIST_PAGE`] entries, after `start`) of a directory listing,
 /// waiting out an unreachable filer; `None` if `stop` fires first.
-pub async fn list_page(
+pub(crate) async fn list_page(
     source: &FilerSource,
     dir: &str,
     start: &str,

@@ -8,7 +8,7 @@ use crate::pb::FileChunk;
 
 /// A piece of the file served by one chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct View {
+pub(crate) struct View {
     /// Index into the chunk list the views were computed from.
     pub chunk: usize,
     /// Where the piece starts in the file.
@@ -20,7 +20,7 @@ pub struct View {
 
 /// The logical size of a file: the larger of its recorded size and the end of its
 /// furthest chunk.
-pub fn file_size(recorded: u64, chunks: &[FileChunk]) -> u64 {
+pub(crate) fn file_size(recorded: u64, chunks: &[FileChunk]) -> u64 {
     chunks
         .iter()
         .map(|c| (c.offset.max(0) as u64).saturating_add(c.size))
@@ -28,7 +28,7 @@ pub fn file_size(recorded: u64, chunks: &[FileChunk]) -> u64 {
 }
 
 /// Visible, non-overlapping views ordered by file offset, clipped to `size`.
-pub fn visible(chunks: &[FileChunk], size: u64) -> Vec<View> {
+pub(crate) fn visible(chunks: &[FileChunk], size: u64) -> Vec<View> {
     if let Some(views) = visible_without_overlaps(chunks, size) {
         return views;
     }

@@ -87,7 +87,7 @@ async fn count_files(
     }
 }
 
-pub async fn run(
+pub(crate) async fn run(
     config_dir: Option<std::path::PathBuf>,
     config: Option<std::path::PathBuf>,
     state_file: &Path,

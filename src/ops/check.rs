@@ -28,7 +28,7 @@ async fn probe<F: Future<Output = Result<String, String>>>(what: &str, f: F) -> 
     }
 }
 
-pub async fn run(
+pub(crate) async fn run(
     config_dir: Option<std::path::PathBuf>,
     config: Option<std::path::PathBuf>,
 ) -> Result<(), AppError> {

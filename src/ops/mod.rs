@@ -2,24 +2,24 @@
 //! `backfill`. They share the configuration loading of the replicator (`setup::Setup`)
 //! and a walk over the source tree.
 
-pub mod backfill;
-pub mod check;
-pub mod reconcile;
-pub mod verify;
+pub(crate) mod backfill;
+pub(crate) mod check;
+pub(crate) mod reconcile;
+pub(crate) mod verify;
 
-pub use crate::filer::tree::{Page, SourceTree};
+pub(crate) use crate::filer::tree::{Page, SourceTree};
 
-pub use crate::event::full_path;
+pub(crate) use crate::event::full_path;
 
 /// `path` as components, if it is a plain path: one that maps back onto itself (`a//b`
 /// on an object store would be read as `a/b`, a different, legitimate file).
-pub fn plain_path(path: &str) -> Option<Vec<String>> {
+pub(crate) fn plain_path(path: &str) -> Option<Vec<String>> {
     let parts = crate::replicate::path::components(path).ok()?;
     (crate::replicate::path::join(&parts) == path).then_some(parts)
 }
 
 /// `bytes` for people: `512 B`, `3.4 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut unit = 0;

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What one reconciliation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Source entries replayed (most already current on the sink).
     pub entries: u64,
     /// Sink files the source did not have, deleted.
@@ -36,7 +36,7 @@ fn origin(path: &str) -> Origin {
 }
 
 /// Reconcile once; `Err` when the source or the sink cannot be listed.
-pub async fn run(
+pub(crate) async fn run(
     setup: &Setup,
     pipeline: Arc<Pipeline>,
     stop: &CancellationToken,
@@ -120,7 +120,7 @@ pub async fn run(
 
 /// Run a reconciliation for each gap reported, one at a time (gaps reported while one
 /// runs lead to one more run after it), until `stop`.
-pub async fn serve(
+pub(crate) async fn serve(
     setup: Arc<Setup>,
     pipeline: Arc<Pipeline>,
     mut gaps: tokio::sync::mpsc::UnboundedReceiver<crate::gaps::Reason>,

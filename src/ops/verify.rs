@@ -22,7 +22,7 @@ const PARALLEL: usize = 8;
 
 /// One difference between source and sink, by the file's path relative to both roots.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Difference {
+pub(crate) enum Difference {
     /// On the source, not on the sink.
     Missing {
         size: u64,
@@ -77,7 +77,7 @@ impl SourceFile {
 
 /// What `replicate verify` was asked to do.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Mode {
+pub(crate) struct Mode {
     /// Replicate what is missing or differs.
     pub repair: bool,
     /// With `repair`, also delete what the source does not have.
@@ -86,7 +86,7 @@ pub struct Mode {
     pub size_only: bool,
 }
 
-pub async fn run(
+pub(crate) async fn run(
     config_dir: Option<std::path::PathBuf>,
     config: Option<std::path::PathBuf>,
     mode: Mode,

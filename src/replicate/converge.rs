@@ -79,7 +79,7 @@ impl Paths {
 
 /// Whether two entries are the same version of a file or directory: what a rename keeps
 /// (attributes, chunks, inline content) is equal.
-pub fn same_version(a: &Entry, b: &Entry) -> bool {
+pub(crate) fn same_version(a: &Entry, b: &Entry) -> bool {
     if a.is_directory != b.is_directory {
         return false;
     }

@@ -67,7 +67,7 @@ pub enum Plan {
 
 impl Plan {
     /// Whether applying it reads file data from the source's volume servers.
-    pub fn reads_source(&self) -> bool {
+    pub(crate) fn reads_source(&self) -> bool {
         match self {
             Plan::Create { entry, .. }
             | Plan::Move { entry, .. }
@@ -94,7 +94,7 @@ impl Rules {
     }
 
     /// Whether source path `p` (as components) is in an excluded directory.
-    pub fn excluded(&self, p: &[String]) -> bool {
+    pub(crate) fn excluded(&self, p: &[String]) -> bool {
         self.excludes.iter().any(|ex| is_equal_or_under(p, ex))
     }
 
@@ -254,7 +254,11 @@ impl Rules {
 /// Apply a plan to a sink, with upstream's fallbacks: a move the sink cannot do
 /// natively becomes create-then-delete (create first, so a crash leaves two copies
 /// rather than none); an update the sink cannot find becomes delete-then-create.
-pub async fn apply(plan: &Plan, sink: &dyn Sink, signatures: &[i32]) -> Result<(), SinkError> {
+pub(crate) async fn apply(
+    plan: &Plan,
+    sink: &dyn Sink,
+    signatures: &[i32],
+) -> Result<(), SinkError> {
     match plan {
         Plan::Skip(_) => Ok(()),
         Plan::Create { key, entry } => sink.create_entry(key, entry, signatures).await,

@@ -31,7 +31,7 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
 
 /// Split an absolute filer path into validated components. `/` gives no components.
 /// Repeated or trailing slashes are tolerated; `.` and `..` are not.
-pub fn components(path: &str) -> Result<Vec<String>, BadPath> {
+pub(crate) fn components(path: &str) -> Result<Vec<String>, BadPath> {
     if !path.starts_with('/') {
         return Err(BadPath {
             path: path.into(),
@@ -53,7 +53,7 @@ pub fn components(path: &str) -> Result<Vec<String>, BadPath> {
 }
 
 /// Join components into an absolute path.
-pub fn join(parts: &[String]) -> String {
+pub(crate) fn join(parts: &[String]) -> String {
     if parts.is_empty() {
         "/".into()
     } else {
@@ -67,12 +67,12 @@ pub fn join(parts: &[String]) -> String {
 }
 
 /// Normalise a configured directory: absolute, no trailing slash (except `/`), no `.`/`..`.
-pub fn normalize_dir(dir: &str) -> Result<String, BadPath> {
+pub(crate) fn normalize_dir(dir: &str) -> Result<String, BadPath> {
     Ok(join(&components(dir)?))
 }
 
 /// True if `path` equals `dir` or lies under it, on component boundaries.
-pub fn is_equal_or_under(path: &[String], dir: &[String]) -> bool {
+pub(crate) fn is_equal_or_under(path: &[String], dir: &[String]) -> bool {
     path.len() >= dir.len() && path[..dir.len()] == *dir
 }
 

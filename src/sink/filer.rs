@@ -447,7 +447,7 @@ impl FilerSink {
     }
 
     /// The target filer's gRPC client.
-    pub fn client(&self) -> SeaweedFilerClient<Channel> {
+    pub(crate) fn client(&self) -> SeaweedFilerClient<Channel> {
         self.target.clone()
     }
 

@@ -26,13 +26,13 @@ impl SinkKey {
     }
 
     /// The parent key (the root's parent is the root).
-    pub fn parent(&self, sink_dir: &str) -> SinkKey {
+    pub(crate) fn parent(&self, sink_dir: &str) -> SinkKey {
         let mut rel = self.rel.clone();
         rel.pop();
         SinkKey::new(sink_dir, rel)
     }
 
-    pub fn is_root(&self) -> bool {
+    pub(crate) fn is_root(&self) -> bool {
         self.rel.is_empty()
     }
 }

@@ -138,7 +138,7 @@ impl SinkError {
     /// The source or the sink is unavailable (a filer unreachable, a disk full): nothing is
     /// wrong with the event, so it is retried for as long as the outage lasts instead of
     /// running down its deadline and being parked.
-    pub fn is_outage(&self) -> bool {
+    pub(crate) fn is_outage(&self) -> bool {
         match self {
             SinkError::Io { source, .. } => matches!(
                 source.kind(),
@@ -153,12 +153,12 @@ impl SinkError {
     }
 
     /// Source data on a volume no live server holds (see [`ReadError::is_unlocated`]).
-    pub fn is_unlocated(&self) -> bool {
+    pub(crate) fn is_unlocated(&self) -> bool {
         matches!(self, SinkError::Read { source, .. } if source.is_unlocated())
     }
 
     /// Whether retrying the same operation later may succeed.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             SinkError::Io { source, .. } => !matches!(
                 source.kind(),
@@ -176,7 +176,7 @@ impl SinkError {
 
 impl SinkError {
     /// A failed call to a remote store.
-    pub fn remote(
+    pub(crate) fn remote(
         op: &'static str,
         key: &str,
         detail: impl std::fmt::Display,
@@ -195,7 +195,7 @@ impl SinkError {
 
 /// Refuse an operation on the sink root itself (the planner refuses these too; a sink
 /// checks again because a recursive delete of its root is the worst thing it can do).
-pub fn refuse_root(key: &SinkKey, op: &str) -> Result<(), SinkError> {
+pub(crate) fn refuse_root(key: &SinkKey, op: &str) -> Result<(), SinkError> {
     if key.is_root() {
         return Err(SinkError::Refused {
             key: key.full.clone(),

@@ -152,7 +152,7 @@ pub fn sqs_event(body: &str, attributes: Vec<(String, String)>, raw: bool) -> Ra
 /// Raw protobuf (upstream's filer) or base64 (gocdk, or any publisher that wants bodies
 /// SQS accepts). Raw protobuf of an event starts with a field tag (0x0a, 0x12, ...) that
 /// base64 never contains, so trying base64 first cannot misread a raw body.
-pub fn sqs_body(body: &str, flagged_base64: bool) -> bytes::Bytes {
+pub(crate) fn sqs_body(body: &str, flagged_base64: bool) -> bytes::Bytes {
     let b64 = base64::engine::general_purpose::STANDARD;
     if let Ok(decoded) = b64.decode(body.trim())
         && (flagged_base64 || crate::event::decode(&decoded).is_ok())

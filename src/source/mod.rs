@@ -4,12 +4,12 @@
 //! acknowledged.
 
 pub mod gocdk;
-pub mod kafka;
-pub mod nats;
-pub mod pubsub;
-pub mod rabbit;
-pub mod sqs;
-pub mod subscribe;
+pub(crate) mod kafka;
+pub(crate) mod nats;
+pub(crate) mod pubsub;
+pub(crate) mod rabbit;
+pub(crate) mod sqs;
+pub(crate) mod subscribe;
 
 use crate::config::settings::InputSettings;
 use crate::event::RawEvent;
@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 ///   cannot start with its configuration.
 /// - `probe` makes one attempt to reach the input and says what it found.
 #[async_trait::async_trait]
-pub trait Input: Send + Sync {
+pub(crate) trait Input: Send + Sync {
     /// For the start-up log: what is read (`SQS queue q (region r)`).
     fn describe(&self) -> String;
     async fn probe(&self) -> Result<String, InputError>;
@@ -46,7 +46,7 @@ pub trait Input: Send + Sync {
 
 /// Why an input failed.
 #[derive(Debug, thiserror::Error)]
-pub enum InputError {
+pub(crate) enum InputError {
     /// It cannot start with this configuration; `key` names the setting.
     #[error("{detail}")]
     Config { key: &'static str, detail: String },
@@ -56,7 +56,7 @@ pub enum InputError {
 }
 
 /// What the inputs may need beside their own settings.
-pub struct InputContext {
+pub(crate) struct InputContext {
     /// The HTTP client for clouds (Pub/Sub).
     pub cloud: reqwest::Client,
     /// The source filer (the metadata-log input reads it).
@@ -66,7 +66,7 @@ pub struct InputContext {
 }
 
 /// The configured input.
-pub fn open(settings: &InputSettings, ctx: InputContext) -> Box<dyn Input> {
+pub(crate) fn open(settings: &InputSettings, ctx: InputContext) -> Box<dyn Input> {
     match settings {
         InputSettings::Kafka(cfg) => Box::new(kafka::KafkaInput { cfg: cfg.clone() }),
         InputSettings::Sqs(cfg) => Box::new(sqs::SqsInput { cfg: cfg.clone() }),
@@ -86,7 +86,7 @@ pub fn open(settings: &InputSettings, ctx: InputContext) -> Box<dyn Input> {
 
 /// Run one event through the pipeline; `None` when `hard_stop` (the end of the shutdown
 /// grace) interrupts it, so that it is neither acknowledged nor recorded.
-pub async fn process(
+pub(crate) async fn process(
     pipeline: &Pipeline,
     event: &RawEvent,
     origin: &Origin,
@@ -103,7 +103,7 @@ pub async fn process(
 
 /// How a queue input acknowledges its messages (`T` is its handle for one message).
 #[async_trait::async_trait]
-pub trait Acks<T: Send + Sync>: Sync {
+pub(crate) trait Acks<T: Send + Sync>: Sync {
     /// Where the message came from, for logs and the parked file.
     fn origin(&self, message: &T) -> Origin;
     /// Runs while the message is worked on (extending its lease); it is dropped when the
@@ -118,7 +118,7 @@ pub trait Acks<T: Send + Sync>: Sync {
 /// Run a queue input: `feed` receives messages into the sender until `stop`; they run
 /// through the pipeline in a lane (up to `[replicate] concurrency` at once, in order where
 /// related) and are settled one by one; what was never started is released at the end.
-pub async fn run_queue<T, A, F>(
+pub(crate) async fn run_queue<T, A, F>(
     pipeline: &Pipeline,
     acks: &A,
     stop: &CancellationToken,
@@ -164,7 +164,7 @@ pub async fn run_queue<T, A, F>(
 
 /// Run `session` until it ends cleanly or `stop` fires, reconnecting with backoff (up to
 /// 30 s) after each error, which is logged as `what` being unavailable.
-pub async fn reconnecting<F, Fut, E>(what: &str, stop: &CancellationToken, mut session: F)
+pub(crate) async fn reconnecting<F, Fut, E>(what: &str, stop: &CancellationToken, mut session: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,

@@ -23,7 +23,7 @@ const ACK_WAIT: Duration = Duration::from_secs(60);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// This input as an [`Input`](super::Input).
-pub struct NatsInput {
+pub(crate) struct NatsInput {
     pub cfg: NatsSettings,
 }
 

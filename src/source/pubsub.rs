@@ -97,7 +97,7 @@ fn connect(cfg: &PubSubSettings, http: reqwest::Client) -> Result<(Client, Strin
 }
 
 /// `[notification.google_pub_sub]` as an [`Input`](super::Input).
-pub struct PubSubInput {
+pub(crate) struct PubSubInput {
     pub cfg: PubSubSettings,
     pub http: reqwest::Client,
 }

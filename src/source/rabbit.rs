@@ -28,7 +28,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 const DLX_TTL_MS: i64 = 600_000;
 
 /// This input as an [`Input`](super::Input).
-pub struct RabbitInput {
+pub(crate) struct RabbitInput {
     pub cfg: RabbitSettings,
 }
 

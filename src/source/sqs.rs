@@ -28,7 +28,7 @@ const POLL_SECONDS: i32 = 5;
 const RETRY_AFTER: i32 = 10;
 
 /// This input as an [`Input`](super::Input).
-pub struct SqsInput {
+pub(crate) struct SqsInput {
     pub cfg: SqsSettings,
 }
 

@@ -30,7 +30,7 @@ struct Progress {
 
 /// Consume until `stop` fires (in-flight work gets until `hard_stop`), then save the
 /// The source filer's metadata log (no queue) as an [`Input`](super::Input).
-pub struct SubscribeInput {
+pub(crate) struct SubscribeInput {
     pub cfg: SubscribeSettings,
     pub source: Arc<FilerSource>,
     /// The replicated directory.

@@ -4,7 +4,7 @@
 use super::*;
 
 #[derive(Debug, Clone)]
-pub enum InputSettings {
+pub(crate) enum InputSettings {
     Kafka(KafkaSettings),
     /// `[source.filer] subscribe = true`: the filer's own metadata log, no queue.
     Subscribe(SubscribeSettings),
@@ -20,7 +20,7 @@ pub enum InputSettings {
 
 impl InputSettings {
     /// What kind of input, as the start-up log names it.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             InputSettings::Kafka(_) => "kafka",
             InputSettings::Subscribe(_) => "the source filer's metadata log",
@@ -34,7 +34,7 @@ impl InputSettings {
 
 /// An SQS queue.
 #[derive(Clone, Default)]
-pub struct SqsSettings {
+pub(crate) struct SqsSettings {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub region: String,
@@ -63,7 +63,7 @@ impl std::fmt::Debug for SqsSettings {
 
 /// A Google Pub/Sub subscription.
 #[derive(Debug, Clone, Default)]
-pub struct PubSubSettings {
+pub(crate) struct PubSubSettings {
     /// A credentials file path (or inline JSON); empty: application default credentials.
     pub credentials: String,
     pub project_id: String,
@@ -75,7 +75,7 @@ pub struct PubSubSettings {
 
 /// A RabbitMQ queue (gocdk's `rabbit://`).
 #[derive(Clone)]
-pub struct RabbitSettings {
+pub(crate) struct RabbitSettings {
     /// `RABBIT_SERVER_URL`, `amqp://user:password@host:5672/vhost`.
     pub server_url: String,
     pub queue: String,
@@ -95,7 +95,7 @@ impl std::fmt::Debug for RabbitSettings {
 
 /// A NATS subject (gocdk's `nats://`).
 #[derive(Clone)]
-pub struct NatsSettings {
+pub(crate) struct NatsSettings {
     /// `NATS_SERVER_URL`.
     pub server_url: String,
     pub subject: String,
@@ -117,7 +117,7 @@ impl std::fmt::Debug for NatsSettings {
 
 /// The queue-less input.
 #[derive(Debug, Clone)]
-pub struct SubscribeSettings {
+pub(crate) struct SubscribeSettings {
     /// Seed the sink from a walk of the live tree when there is no checkpoint yet.
     pub initial_snapshot: bool,
     /// Where the checkpoint lives in the source filer's KV store: distinct per source
@@ -128,7 +128,7 @@ pub struct SubscribeSettings {
 
 /// `[notification.kafka]`.
 #[derive(Debug, Clone)]
-pub struct KafkaSettings {
+pub(crate) struct KafkaSettings {
     pub hosts: Vec<String>,
     pub topic: String,
     pub offset_file: PathBuf,
@@ -143,14 +143,14 @@ pub struct KafkaSettings {
 
 /// Where a consumer group's partition without a committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OffsetReset {
+pub(crate) enum OffsetReset {
     Earliest,
     Latest,
 }
 
 impl OffsetReset {
     /// librdkafka's `auto.offset.reset` value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             OffsetReset::Earliest => "earliest",
             OffsetReset::Latest => "latest",
@@ -160,7 +160,7 @@ impl OffsetReset {
 
 /// `[notification.kafka]` keys of consumer-group mode.
 #[derive(Debug, Clone)]
-pub struct GroupSettings {
+pub(crate) struct GroupSettings {
     pub id: String,
     /// Where a partition without a committed offset starts.
     pub auto_offset_reset: OffsetReset,
@@ -177,7 +177,7 @@ pub struct GroupSettings {
 
 /// How a consumer group spreads partitions over its members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AssignmentStrategy {
+pub(crate) enum AssignmentStrategy {
     /// Moves only the partitions that must move; the others keep working meanwhile.
     CooperativeSticky,
     RoundRobin,
@@ -186,7 +186,7 @@ pub enum AssignmentStrategy {
 
 impl AssignmentStrategy {
     /// librdkafka's name for it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             AssignmentStrategy::CooperativeSticky => "cooperative-sticky",
             AssignmentStrategy::RoundRobin => "roundrobin",
@@ -202,7 +202,7 @@ impl std::fmt::Display for AssignmentStrategy {
 }
 
 #[derive(Debug, Clone)]
-pub struct Sasl {
+pub(crate) struct Sasl {
     /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     pub mechanism: String,
     pub username: String,
@@ -210,7 +210,7 @@ pub struct Sasl {
 }
 
 #[derive(Debug, Clone)]
-pub struct KafkaTls {
+pub(crate) struct KafkaTls {
     pub ca_cert: String,
     pub client_cert: String,
     pub client_key: String,

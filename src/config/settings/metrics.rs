@@ -4,7 +4,7 @@ use super::*;
 
 /// `[metrics]`: the metrics listener and the progress line (ours; upstream has neither).
 #[derive(Debug, Clone)]
-pub struct MetricsSettings {
+pub(crate) struct MetricsSettings {
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (`host:port` or `:port`).
     pub address: Option<String>,
     /// How often the progress line is logged; `None` for never.
@@ -14,7 +14,7 @@ pub struct MetricsSettings {
 }
 
 /// Check a listen address: `host:port` or Go-style `:port`.
-pub fn check_listen_address(address: &str) -> Result<(), String> {
+pub(crate) fn check_listen_address(address: &str) -> Result<(), String> {
     let port = address
         .rsplit_once(':')
         .map(|(_, p)| p)

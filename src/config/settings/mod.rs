@@ -11,30 +11,30 @@ mod security;
 mod sink;
 mod source;
 
-pub use input::*;
-pub use metrics::*;
-pub use replicate::*;
-pub use security::*;
-pub use sink::*;
-pub use source::*;
+pub(crate) use input::*;
+pub(crate) use metrics::*;
+pub(crate) use replicate::*;
+pub(crate) use security::*;
+pub(crate) use sink::*;
+pub(crate) use source::*;
 
 #[cfg(test)]
 use super::FileCheck;
 use super::{ConfigErrors, Problem, RawConfig, Reader};
 use crate::filer::jwt::ReadSigner;
 use crate::replicate::path::{components, normalize_dir};
-pub use crate::sink::filer::FilerSinkOptions;
-pub use crate::sink::object::azure::AzureSinkOptions;
-pub use crate::sink::object::b2::B2SinkOptions;
-pub use crate::sink::object::gcs::GcsSinkOptions;
-pub use crate::sink::object::s3::S3SinkOptions;
+pub(crate) use crate::sink::filer::FilerSinkOptions;
+pub(crate) use crate::sink::object::azure::AzureSinkOptions;
+pub(crate) use crate::sink::object::b2::B2SinkOptions;
+pub(crate) use crate::sink::object::gcs::GcsSinkOptions;
+pub(crate) use crate::sink::object::s3::S3SinkOptions;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Inputs in upstream's precedence order.
-pub const INPUTS: [&str; 4] = ["aws_sqs", "gocdk_pub_sub", "google_pub_sub", "kafka"];
+pub(crate) const INPUTS: [&str; 4] = ["aws_sqs", "gocdk_pub_sub", "google_pub_sub", "kafka"];
 /// Sinks in upstream's precedence order.
-pub const SINKS: [&str; 7] = [
+pub(crate) const SINKS: [&str; 7] = [
     "azure",
     "backblaze",
     "filer",
@@ -46,7 +46,7 @@ pub const SINKS: [&str; 7] = [
 
 /// Everything the daemon needs, validated.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub source: SourceSettings,
     pub input: InputSettings,
     pub sink: SinkSettings,
@@ -99,7 +99,7 @@ fn google_credentials(r: &mut Reader, section: &str, cwd: &Path, expand_home: bo
 }
 
 /// Resolve typed settings, relative paths against `cwd`. Pure apart from reading nothing.
-pub fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
+pub(crate) fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErrors> {
     let mut r = Reader::new(raw);
     let source = resolve_source(&mut r);
     let (mut input, subscribe) = resolve_inputs(&mut r, cwd);

@@ -4,7 +4,7 @@ use super::*;
 
 /// What happens to an event that cannot be replicated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailurePolicy {
+pub(crate) enum FailurePolicy {
     /// Write it to the parked-events file and move on (nothing is lost, nothing stalls).
     Park,
     /// Upstream's behaviour: keep processing, but never commit past the oldest
@@ -14,7 +14,7 @@ pub enum FailurePolicy {
 
 /// What happens to a message that is not an event (no key, too large, undecodable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BadMessagePolicy {
+pub(crate) enum BadMessagePolicy {
     /// Count, log, park and acknowledge it: the pipeline keeps moving.
     Park,
     /// The input stops at it (nothing after it is processed or acknowledged).
@@ -24,7 +24,7 @@ pub enum BadMessagePolicy {
 /// What happens when the input can tell that it missed events: a Kafka offset out of
 /// range (retention deleted unread messages, the topic was re-created).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GapPolicy {
+pub(crate) enum GapPolicy {
     /// Go on, and make the sink equal to the source again in the background: every
     /// source entry is replicated (what is already current is skipped cheaply) and what
     /// the sink holds that the source does not is removed.
@@ -37,7 +37,7 @@ pub enum GapPolicy {
 
 /// `[replicate]`: our own settings (upstream has none of these).
 #[derive(Debug, Clone)]
-pub struct ReplicateSettings {
+pub(crate) struct ReplicateSettings {
     /// What a gap in the input leads to.
     pub on_gap: GapPolicy,
     /// Events in flight per ordered stream (partition, queue, log).

@@ -4,7 +4,7 @@ use super::*;
 
 /// What `security.toml` says about talking to the source cluster.
 #[derive(Debug, Clone, Default)]
-pub struct SecuritySettings {
+pub(crate) struct SecuritySettings {
     pub read_jwt: Option<ReadSigner>,
     pub https_client: Option<HttpsClient>,
     /// gRPC mutual TLS to filers: `grpc.ca` plus a client certificate and key.
@@ -13,14 +13,14 @@ pub struct SecuritySettings {
 
 /// PEM files for gRPC mutual TLS.
 #[derive(Debug, Clone)]
-pub struct GrpcTls {
+pub(crate) struct GrpcTls {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct HttpsClient {
+pub(crate) struct HttpsClient {
     pub ca: String,
     pub cert: String,
     pub key: String,

@@ -3,7 +3,7 @@
 use super::*;
 
 #[derive(Debug, Clone)]
-pub enum SinkSettings {
+pub(crate) enum SinkSettings {
     /// `[sink.local]` or `[sink.local_incremental]`.
     Local {
         name: &'static str,
@@ -23,7 +23,7 @@ pub enum SinkSettings {
 }
 
 impl SinkSettings {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             SinkSettings::Local { name, .. } => name,
             SinkSettings::Filer(_) => "filer",
@@ -33,7 +33,7 @@ impl SinkSettings {
             SinkSettings::B2(_) => "backblaze",
         }
     }
-    pub fn directory(&self) -> String {
+    pub(crate) fn directory(&self) -> String {
         match self {
             SinkSettings::Local { directory, .. } => directory.display().to_string(),
             SinkSettings::Filer(o) => o.directory.clone(),
@@ -45,7 +45,7 @@ impl SinkSettings {
     }
     /// What this sink writes to, for telling checkpoints apart: the kind, the target
     /// (path, filer, bucket, container) and the directory.
-    pub fn identity(&self) -> String {
+    pub(crate) fn identity(&self) -> String {
         let target = match self {
             SinkSettings::Local { .. } => String::new(),
             SinkSettings::Filer(o) => o.grpc_address.clone(),
@@ -56,7 +56,7 @@ impl SinkSettings {
         };
         format!("{}|{target}|{}", self.name(), self.directory())
     }
-    pub fn incremental(&self) -> bool {
+    pub(crate) fn incremental(&self) -> bool {
         match self {
             SinkSettings::Local { incremental, .. } => *incremental,
             SinkSettings::Filer(o) => o.incremental,

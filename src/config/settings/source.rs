@@ -4,7 +4,7 @@ use super::*;
 
 /// `[source.filer]`.
 #[derive(Debug, Clone)]
-pub struct SourceSettings {
+pub(crate) struct SourceSettings {
     pub grpc_address: String,
     /// Normalised, absolute.
     pub directory: String,

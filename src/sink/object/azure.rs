@@ -29,7 +29,7 @@ const BLOCKS_IN_FLIGHT: usize = 4;
 
 /// `[sink.azure]` settings.
 #[derive(Clone, Default)]
-pub struct AzureSinkOptions {
+pub(crate) struct AzureSinkOptions {
     pub account_name: String,
     /// Base64 shared key; empty: Entra ID (see [`super::entra`]).
     pub account_key: String,
@@ -156,7 +156,7 @@ enum Auth {
     Entra(EntraCredential),
 }
 
-pub struct AzureStore {
+pub(crate) struct AzureStore {
     http: reqwest::Client,
     auth: Auth,
     base: String,
@@ -192,7 +192,7 @@ fn xml_all(xml: &str, tag: &str) -> Vec<String> {
 
 /// Why the Azure sink cannot be set up with its settings.
 #[derive(Debug, thiserror::Error)]
-pub enum AzureSetupError {
+pub(crate) enum AzureSetupError {
     #[error("account_key is not base64: {0}")]
     AccountKey(#[from] base64::DecodeError),
     #[error("account_key is empty, so Entra ID is used, and {0}")]
@@ -200,7 +200,10 @@ pub enum AzureSetupError {
 }
 
 impl AzureStore {
-    pub fn new(opts: AzureSinkOptions, http: reqwest::Client) -> Result<Self, AzureSetupError> {
+    pub(crate) fn new(
+        opts: AzureSinkOptions,
+        http: reqwest::Client,
+    ) -> Result<Self, AzureSetupError> {
         let auth = if opts.account_key.is_empty() {
             let source = TokenSource::choose(&opts.client_id, |k| std::env::var(k).ok());
             if let Some(problem) = source.problem() {
@@ -265,7 +268,7 @@ impl AzureStore {
     }
 
     /// How this sink authenticates, for the start-up log.
-    pub fn credential(&self) -> String {
+    pub(crate) fn credential(&self) -> String {
         match &self.auth {
             Auth::SharedKey(_) => "shared key".into(),
             Auth::Entra(c) => format!("Entra ID: {:?}", c.source()),

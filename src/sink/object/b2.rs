@@ -34,7 +34,7 @@ const UPLOAD_ATTEMPTS: usize = 3;
 
 /// `[sink.backblaze]` settings.
 #[derive(Clone, Default)]
-pub struct B2SinkOptions {
+pub(crate) struct B2SinkOptions {
     /// Application key id (or the account id for the master key).
     pub key_id: String,
     pub key: String,
@@ -125,7 +125,7 @@ impl B2Error {
     }
 }
 
-pub struct B2Store {
+pub(crate) struct B2Store {
     http: reqwest::Client,
     endpoint: String,
     opts: B2SinkOptions,
@@ -146,7 +146,7 @@ fn encode_name(name: &str) -> String {
 }
 
 impl B2Store {
-    pub fn new(opts: B2SinkOptions, http: reqwest::Client) -> Self {
+    pub(crate) fn new(opts: B2SinkOptions, http: reqwest::Client) -> Self {
         let endpoint = if opts.endpoint.is_empty() {
             DEFAULT_ENDPOINT.to_string()
         } else {

@@ -31,7 +31,7 @@ const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com/";
 
 /// Where tokens come from.
 #[derive(Clone, PartialEq)]
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     ClientSecret {
         authority: String,
         tenant: String,
@@ -78,7 +78,7 @@ impl std::fmt::Debug for TokenSource {
 
 impl TokenSource {
     /// Upstream's choice, from the config's `client_id` and `env` (a variable lookup).
-    pub fn choose(client_id: &str, env: impl Fn(&str) -> Option<String>) -> TokenSource {
+    pub(crate) fn choose(client_id: &str, env: impl Fn(&str) -> Option<String>) -> TokenSource {
         let var = |k: &str| env(k).filter(|v| !v.is_empty());
         let authority = var("AZURE_AUTHORITY_HOST").unwrap_or_else(|| DEFAULT_AUTHORITY.into());
         let tenant = var("AZURE_TENANT_ID").unwrap_or_default();
@@ -119,7 +119,7 @@ impl TokenSource {
     }
 
     /// What is missing for this source to work, if anything.
-    pub fn problem(&self) -> Option<CredentialProblem> {
+    pub(crate) fn problem(&self) -> Option<CredentialProblem> {
         match self {
             TokenSource::ClientSecret { tenant, .. } | TokenSource::Workload { tenant, .. }
                 if tenant.is_empty() =>
@@ -139,7 +139,7 @@ impl TokenSource {
 
 /// What keeps a token source from working (found before anything is asked of Entra ID).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CredentialProblem {
+pub(crate) enum CredentialProblem {
     /// A flow that needs a tenant, without one (the source, as its `Debug` prints it).
     #[error("{0} needs AZURE_TENANT_ID")]
     NoTenant(String),
@@ -152,14 +152,14 @@ pub enum CredentialProblem {
 /// each token until shortly before it expires). The credential is made at the first
 /// request and again after a failure, so a token file that appears later, or a refused
 /// token, is read afresh.
-pub struct EntraCredential {
+pub(crate) struct EntraCredential {
     source: TokenSource,
     http: reqwest::Client,
     credential: Mutex<Option<Arc<dyn TokenCredential>>>,
 }
 
 impl EntraCredential {
-    pub fn new(source: TokenSource, http: reqwest::Client) -> Self {
+    pub(crate) fn new(source: TokenSource, http: reqwest::Client) -> Self {
         EntraCredential {
             source,
             http,
@@ -167,12 +167,12 @@ impl EntraCredential {
         }
     }
 
-    pub fn source(&self) -> &TokenSource {
+    pub(crate) fn source(&self) -> &TokenSource {
         &self.source
     }
 
     /// Drop the credential and its cached token (the service refused it).
-    pub async fn forget(&self) {
+    pub(crate) async fn forget(&self) {
         *self.credential.lock().await = None;
     }
 
@@ -229,7 +229,7 @@ impl EntraCredential {
         })
     }
 
-    pub async fn token(&self) -> Result<String, StoreError> {
+    pub(crate) async fn token(&self) -> Result<String, StoreError> {
         let op = "get an Entra ID token";
         let failed = |e: azure_core::Error| {
             let failure = match e.kind() {

@@ -27,7 +27,7 @@ const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 
 /// `[sink.google_cloud_storage]` settings.
 #[derive(Clone, Default)]
-pub struct GcsSinkOptions {
+pub(crate) struct GcsSinkOptions {
     /// A path to a credentials JSON file, the JSON itself, or empty for ADC.
     pub credentials: String,
     pub bucket: String,
@@ -54,7 +54,7 @@ impl std::fmt::Debug for GcsSinkOptions {
     }
 }
 
-pub struct GcsStore {
+pub(crate) struct GcsStore {
     http: reqwest::Client,
     endpoint: String,
     opts: GcsSinkOptions,
@@ -67,7 +67,10 @@ fn encoded(s: &str) -> String {
 }
 
 impl GcsStore {
-    pub fn new(opts: GcsSinkOptions, http: reqwest::Client) -> Result<Self, CredentialsError> {
+    pub(crate) fn new(
+        opts: GcsSinkOptions,
+        http: reqwest::Client,
+    ) -> Result<Self, CredentialsError> {
         let emulator = std::env::var("STORAGE_EMULATOR_HOST")
             .ok()
             .filter(|h| !h.is_empty());

@@ -10,10 +10,10 @@
 //! SHA-1s and versions, GCS's resumable sessions, Azure's blocks).
 
 pub mod azure;
-pub mod b2;
-pub mod entra;
-pub mod gcs;
-pub mod s3;
+pub(crate) mod b2;
+pub(crate) mod entra;
+pub(crate) mod gcs;
+pub(crate) mod s3;
 
 use super::{Sink, SinkError, SinkKey};
 use crate::filer::{FilerSource, ReadError};
@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 /// What a failed store call means, which decides whether and how it is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The object, bucket or container is not there.
     NotFound,
     /// The credentials may not do this.
@@ -44,7 +44,7 @@ pub enum Failure {
 
 impl Failure {
     /// The meaning of an HTTP status from a store.
-    pub fn of_status(status: u16) -> Failure {
+    pub(crate) fn of_status(status: u16) -> Failure {
         match status {
             404 => Failure::NotFound,
             401 | 403 => Failure::PermissionDenied,
@@ -58,7 +58,7 @@ impl Failure {
 /// A failed call to an object store.
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {name}: {detail}")]
-pub struct StoreError {
+pub(crate) struct StoreError {
     pub op: &'static str,
     /// The object (or prefix, bucket) the call was about.
     pub name: String,
@@ -67,7 +67,7 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    pub fn new(
+    pub(crate) fn new(
         op: &'static str,
         name: &str,
         failure: Failure,
@@ -82,7 +82,7 @@ impl StoreError {
     }
 
     /// A request that got no answer: nothing answering (connect, timeout) is an outage.
-    pub fn http(op: &'static str, name: &str, e: reqwest::Error) -> Self {
+    pub(crate) fn http(op: &'static str, name: &str, e: reqwest::Error) -> Self {
         let failure = if e.is_connect() || e.is_timeout() {
             Failure::Unavailable
         } else {
@@ -93,7 +93,7 @@ impl StoreError {
     }
 
     /// An answer that is not a success, with the status and the body the store sent.
-    pub async fn answer(op: &'static str, name: &str, resp: reqwest::Response) -> Self {
+    pub(crate) async fn answer(op: &'static str, name: &str, resp: reqwest::Response) -> Self {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         Self::new(
@@ -118,7 +118,7 @@ impl From<StoreError> for SinkError {
 }
 
 /// `resp` if its status is a success, else the store's error.
-pub async fn ok(
+pub(crate) async fn ok(
     op: &'static str,
     name: &str,
     resp: reqwest::Response,
@@ -131,7 +131,7 @@ pub async fn ok(
 }
 
 /// A download's content as a stream (a successful status is checked).
-pub async fn download(
+pub(crate) async fn download(
     op: &'static str,
     name: &str,
     resp: reqwest::Response,
@@ -146,7 +146,7 @@ pub async fn download(
 
 /// What a store holds under a name, as far as the replay skip needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
+pub(crate) struct Stored {
     pub size: u64,
     /// The source mtime (seconds) stored with the object, if any.
     pub mtime: Option<i64>,
@@ -154,7 +154,7 @@ pub struct Stored {
 
 /// A multipart upload a store started.
 #[derive(Debug)]
-pub struct Upload {
+pub(crate) struct Upload {
     /// The store's handle: an upload id, a session URL, a large file's id.
     pub id: String,
     /// Every part is exactly this long but the last.
@@ -164,7 +164,7 @@ pub struct Upload {
 }
 
 /// One part of a multipart upload.
-pub struct Part {
+pub(crate) struct Part {
     /// From 1.
     pub number: u32,
     /// Where the part starts in the object.
@@ -187,7 +187,7 @@ pub struct Part {
 /// - `delete` and `delete_prefix` succeed when nothing is there;
 /// - every call has a bounded time (the HTTP client's timeouts).
 #[async_trait]
-pub trait ObjectStore: Send + Sync + 'static {
+pub(crate) trait ObjectStore: Send + Sync + 'static {
     /// The config section name (`s3`, `google_cloud_storage`, ...).
     fn name(&self) -> &'static str;
     /// For logs and `replicate check` (`S3 bucket b (endpoint …)`).
@@ -238,7 +238,7 @@ pub trait ObjectStore: Send + Sync + 'static {
 }
 
 /// The sink over any object store.
-pub struct ObjectSink<S> {
+pub(crate) struct ObjectSink<S> {
     store: S,
     /// Normalised absolute sink directory.
     directory: String,
@@ -246,7 +246,7 @@ pub struct ObjectSink<S> {
 }
 
 impl<S: ObjectStore> ObjectSink<S> {
-    pub fn new(store: S, directory: &str, source: Arc<FilerSource>) -> Self {
+    pub(crate) fn new(store: S, directory: &str, source: Arc<FilerSource>) -> Self {
         ObjectSink {
             store,
             directory: directory.to_string(),

@@ -37,7 +37,7 @@ const MTIME_META: &str = "mtime";
 
 /// `[sink.s3]` settings.
 #[derive(Clone, Default)]
-pub struct S3SinkOptions {
+pub(crate) struct S3SinkOptions {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub region: String,
@@ -69,7 +69,7 @@ impl std::fmt::Debug for S3SinkOptions {
     }
 }
 
-pub struct S3Store {
+pub(crate) struct S3Store {
     client: Client,
     opts: S3SinkOptions,
 }
@@ -115,7 +115,7 @@ fn sdk_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
 
 /// The part size for an object of `size` bytes: the configured size (or the source's chunk
 /// size with `keep_part_size`), raised so that the object fits in `max_parts` parts.
-pub fn part_size(opts: &S3SinkOptions, size: u64, first_chunk: Option<u64>) -> u64 {
+pub(crate) fn part_size(opts: &S3SinkOptions, size: u64, first_chunk: Option<u64>) -> u64 {
     let mut part = opts.part_size.max(MIN_PART);
     if opts.keep_part_size
         && let Some(first) = first_chunk
@@ -134,7 +134,7 @@ pub fn part_size(opts: &S3SinkOptions, size: u64, first_chunk: Option<u64>) -> u
 impl S3Store {
     /// `stall`: how long the endpoint may stay silent during a request before the
     /// attempt fails as an outage.
-    pub async fn new(opts: S3SinkOptions, stall: std::time::Duration) -> Self {
+    pub(crate) async fn new(opts: S3SinkOptions, stall: std::time::Duration) -> Self {
         let shared = crate::aws::sdk_config(
             &opts.region,
             &opts.access_key_id,

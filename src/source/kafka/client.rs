@@ -11,10 +11,10 @@ use std::time::Duration;
 /// A Kafka setting the client library rejected.
 #[derive(Debug, thiserror::Error)]
 #[error("Kafka client configuration: {0}")]
-pub struct KafkaConfigError(#[from] rdkafka::error::KafkaError);
+pub(crate) struct KafkaConfigError(#[from] rdkafka::error::KafkaError);
 
 /// The librdkafka settings for our keys.
-pub fn client_config(cfg: &KafkaSettings) -> ClientConfig {
+pub(crate) fn client_config(cfg: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", cfg.hosts.join(","))
         .set("group.id", "seaweed-replicate")
@@ -61,7 +61,7 @@ pub fn client_config(cfg: &KafkaSettings) -> ClientConfig {
 }
 
 /// One attempt to reach the brokers and the topic (`replicate check`): what was found.
-pub async fn probe(cfg: &KafkaSettings) -> Result<String, String> {
+pub(crate) async fn probe(cfg: &KafkaSettings) -> Result<String, String> {
     let consumer: rdkafka::consumer::BaseConsumer<ProbeLogs> = client_config(cfg)
         .create_with_context(ProbeLogs::default())
         .map_err(|e| e.to_string())?;
@@ -127,7 +127,7 @@ fn loud(level: RDKafkaLogLevel) -> bool {
 /// problem once (librdkafka repeats a failed connect with a new time, "N identical errors
 /// suppressed", and again as a global error), to be shown under the probe's result.
 #[derive(Default)]
-pub struct ProbeLogs {
+pub(crate) struct ProbeLogs {
     lines: std::sync::Mutex<(Vec<String>, std::collections::HashSet<String>)>,
 }
 
@@ -178,7 +178,7 @@ const REPEAT_AFTER: Duration = Duration::from_secs(600);
 /// (a failed connect, "all brokers down") for as long as it does. The first one keeps its
 /// detail (a refused connection, a failed TLS handshake, bad credentials).
 #[derive(Default)]
-pub struct KafkaLogs {
+pub(crate) struct KafkaLogs {
     seen: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 

@@ -53,7 +53,7 @@ const METADATA_REFRESH_MS: &str = "10000";
 
 /// Consume as a member of the group until `stop` fires; in-flight events get until
 /// `hard_stop`. What finished is committed before the process leaves the group.
-pub async fn run(
+pub(crate) async fn run(
     cfg: &KafkaSettings,
     group: &GroupSettings,
     pipeline: Arc<Pipeline>,

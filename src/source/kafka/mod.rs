@@ -12,7 +12,7 @@ mod offsets;
 mod watermarks;
 mod worker;
 
-pub use client::KafkaConfigError;
+pub(crate) use client::KafkaConfigError;
 use client::probe;
 
 use crate::config::settings::KafkaSettings;
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// `[notification.kafka]` as an [`Input`](super::Input).
-pub struct KafkaInput {
+pub(crate) struct KafkaInput {
     pub cfg: KafkaSettings,
 }
 

@@ -28,7 +28,7 @@ struct State {
 
 /// Progress of one topic, shared by the partition workers and the saver.
 #[derive(Debug)]
-pub struct OffsetBook {
+pub(crate) struct OffsetBook {
     path: PathBuf,
     topic: String,
     state: Mutex<State>,
@@ -37,7 +37,7 @@ pub struct OffsetBook {
 impl OffsetBook {
     /// Load progress from `path`. A missing file starts fresh; an unreadable file or
     /// one for another topic starts fresh with a warning (returned, for logging).
-    pub fn load(path: &Path, topic: &str) -> (OffsetBook, Option<String>) {
+    pub(crate) fn load(path: &Path, topic: &str) -> (OffsetBook, Option<String>) {
         let mut warning = None;
         let mut last = BTreeMap::new();
         match std::fs::read(path) {
@@ -96,7 +96,7 @@ impl OffsetBook {
     }
 
     /// Progress kept in memory only (consumer-group mode commits it to the broker).
-    pub fn in_memory(topic: &str) -> OffsetBook {
+    pub(crate) fn in_memory(topic: &str) -> OffsetBook {
         OffsetBook {
             path: PathBuf::new(),
             topic: topic.to_string(),
@@ -106,7 +106,7 @@ impl OffsetBook {
 
     /// Forget a partition's progress and holds (it moved to another consumer, or its
     /// offset was out of the topic's range).
-    pub fn forget(&self, partition: i32) {
+    pub(crate) fn forget(&self, partition: i32) {
         let mut s = self.lock();
         if s.last.remove(&partition).is_some() {
             s.dirty = true;
@@ -119,12 +119,12 @@ impl OffsetBook {
     }
 
     /// Where to resume a partition: the offset after the last processed one.
-    pub fn resume_at(&self, partition: i32) -> Option<i64> {
+    pub(crate) fn resume_at(&self, partition: i32) -> Option<i64> {
         self.lock().last.get(&partition).map(|o| o + 1)
     }
 
     /// The event at `offset` and every earlier one of its partition are finished.
-    pub fn done(&self, partition: i32, offset: i64) {
+    pub(crate) fn done(&self, partition: i32, offset: i64) {
         let mut s = self.lock();
         // Past a held event, everything before it is still finished.
         let offset = match s.held.get(&partition) {
@@ -138,19 +138,19 @@ impl OffsetBook {
     }
 
     /// The event at `offset` failed and is kept: never commit at or past it.
-    pub fn hold(&self, partition: i32, offset: i64) {
+    pub(crate) fn hold(&self, partition: i32, offset: i64) {
         let mut s = self.lock();
         let h = s.held.entry(partition).or_insert(offset);
         *h = (*h).min(offset);
     }
 
     /// The committed offsets.
-    pub fn snapshot(&self) -> BTreeMap<i32, i64> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<i32, i64> {
         self.lock().last.clone()
     }
 
     /// Write the file if anything changed since the last save.
-    pub fn save_if_dirty(&self) -> std::io::Result<bool> {
+    pub(crate) fn save_if_dirty(&self) -> std::io::Result<bool> {
         let snapshot = {
             let mut s = self.lock();
             if !s.dirty {

@@ -476,6 +476,20 @@ fn noted_uploads(work: &Workdir) -> Vec<usize> {
         .unwrap_or_default()
 }
 
+/// Wait until the target holds no needle that no entry references (the filer deletes
+/// adopted chunks from a queue, so this may take a moment); fail with `volume.fsck`'s
+/// report if it never does.
+async fn no_orphans_remain(b: &TestBed) {
+    let mut last = String::new();
+    let clean = eventually(Duration::from_secs(90), || {
+        let (n, text) = orphan_needles_of(b);
+        last = text;
+        async move { n == 0 }
+    })
+    .await;
+    assert!(clean, "orphaned chunks on the target:\n{last}");
+}
+
 /// Kill `rep` while a copy is under way: frozen (SIGSTOP) as soon as an attempt has
 /// noted an upload, killed if one still has while it is frozen (a state that cannot
 /// change under a frozen process), else woken to try again. Deterministic: the kill
@@ -578,15 +592,7 @@ async fn no_chunk_is_left_unreferenced_on_the_target() {
         "{:?}",
         noted_uploads(&work)
     );
-    // The filer deletes adopted chunks from a queue: wait for it.
-    let mut last = String::new();
-    let clean = eventually(Duration::from_secs(90), || {
-        let (n, text) = orphan_needles_of(&b);
-        last = text;
-        async move { n == 0 }
-    })
-    .await;
-    assert!(clean, "orphaned chunks on the target:\n{last}");
+    no_orphans_remain(&b).await;
 }
 
 /// A copy abandoned halfway while the process keeps running (its partition moved to
@@ -683,17 +689,7 @@ async fn an_abandoned_copy_deletes_its_chunks_without_a_restart() {
         "{}",
         String::from_utf8_lossy(&on_target[..on_target.len().min(80)])
     );
-    let mut last = String::new();
-    let clean = eventually(Duration::from_secs(90), || {
-        let (n, text) = orphan_needles_of(&b);
-        last = text;
-        async move { n == 0 }
-    })
-    .await;
-    assert!(
-        clean,
-        "the abandoned copy's chunks stay on the target:\n{last}"
-    );
+    no_orphans_remain(&b).await;
     // The same write, not abandoned, lands whole and leaves nothing behind.
     sink.create_entry(&key, &entry, &[]).await.unwrap();
     assert_eq!(b.get("/backup/big.bin").await, big);
@@ -869,14 +865,7 @@ async fn a_member_that_stood_still_does_not_overwrite_newer_data() {
         .await;
     // Whichever ended its copy (the fence, or the partition moving away first), the
     // chunks it had uploaded are gone from the target, without a restart.
-    let mut last = String::new();
-    let clean = eventually(Duration::from_secs(90), || {
-        let (n, text) = orphan_needles_of(&b);
-        last = text;
-        async move { n == 0 }
-    })
-    .await;
-    assert!(clean, "orphaned chunks on the target:\n{last}");
+    no_orphans_remain(&b).await;
     assert!(rep_first.stop().0.success());
     assert!(rep_second.stop().0.success());
 }

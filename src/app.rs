@@ -14,6 +14,23 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
 
 pub async fn run(cli: Cli) -> Result<(), AppError> {
+    let start_over = cli
+        .start_over()
+        .map_err(|e| AppError::Usage(e.to_string()))?;
+    if start_over.is_some()
+        && let Some(command) = cli.command.as_ref().filter(|c| !matches!(c, Command::Run))
+    {
+        let flag = if cli.time_ago.is_some() {
+            "-timeAgo"
+        } else {
+            "-fromTsMs"
+        };
+        let e = crate::cli::FlagError::StartElsewhere {
+            flag,
+            command: command.name(),
+        };
+        return Err(AppError::Usage(e.to_string()));
+    }
     match cli.command {
         Some(Command::Version) => {
             println!(
@@ -43,7 +60,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             crate::ops::backfill::run(cli.config_dir, cli.config, &state, restart).await
         }
         Some(Command::Run) | None => {
-            replicate(cli.config_dir, cli.config, cli.metrics_address).await
+            replicate(cli.config_dir, cli.config, cli.metrics_address, start_over).await
         }
     }
 }
@@ -71,11 +88,16 @@ async fn replicate(
     config_dir: Option<std::path::PathBuf>,
     config: Option<std::path::PathBuf>,
     metrics_address: Option<String>,
+    start_over: Option<crate::config::settings::StartFrom>,
 ) -> Result<(), AppError> {
     let stop = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     spawn_signal_handler(stop.clone(), hard_stop.clone());
-    let setup = Arc::new(Setup::load(config_dir, config)?);
+    let mut setup = Setup::load(config_dir, config)?;
+    if let Some(start) = start_over {
+        setup.start_over(start)?;
+    }
+    let setup = Arc::new(setup);
     setup.warn_typos();
     let settings = &setup.settings;
     let raw = &setup.raw;

@@ -84,6 +84,14 @@ pub struct Cli {
     /// With -logdir: gzip log files once a newer one is started.
     #[arg(long = "log_compress", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", global = true)]
     pub log_compress: Option<String>,
+    /// Metadata-log input: start this long ago (Go syntax: 90m, 1.5h, 2h45m), even over
+    /// an existing checkpoint (as `weed filer.backup -timeAgo`).
+    #[arg(long = "timeAgo", value_name = "DURATION", global = true)]
+    pub time_ago: Option<String>,
+    /// Metadata-log input: start at this Unix time in milliseconds, even over an existing
+    /// checkpoint (as `weed filer.sync -a.fromTsMs`).
+    #[arg(long = "fromTsMs", value_name = "MS", global = true)]
+    pub from_ts_ms: Option<String>,
     /// Accepted for compatibility with weed's glog flags; no effect here.
     #[arg(long = "vmodule", hide = true, global = true)]
     pub vmodule: Option<String>,
@@ -149,6 +157,61 @@ pub enum FlagError {
     },
     #[error("-stderrthreshold={value:?}: expected INFO, WARNING, ERROR, FATAL or 0-3")]
     Threshold { value: String },
+    #[error("-timeAgo={value:?}: not a duration (Go syntax: 90m, 1.5h, 2h45m)")]
+    TimeAgo { value: String },
+    #[error("-fromTsMs={value:?}: not Unix milliseconds")]
+    FromTsMs { value: String },
+    #[error("-timeAgo and -fromTsMs both say where to start; give one")]
+    TwoStarts,
+    #[error("{flag} starts the replicator's metadata log; `{command}` has none")]
+    StartElsewhere {
+        flag: &'static str,
+        command: &'static str,
+    },
+}
+
+impl Cli {
+    /// Where `-timeAgo` or `-fromTsMs` start the metadata log, over any checkpoint. As
+    /// upstream, 0 means not given.
+    pub(crate) fn start_over(
+        &self,
+    ) -> Result<Option<crate::config::settings::StartFrom>, FlagError> {
+        use crate::config::settings::StartFrom;
+        let ago = match self.time_ago.as_deref() {
+            None => None,
+            Some(v) => match crate::go::parse_duration(v) {
+                Some(0) => None,
+                Some(ns) if ns > 0 => {
+                    Some(StartFrom::Ago(std::time::Duration::from_nanos(ns as u64)))
+                }
+                _ => {
+                    return Err(FlagError::TimeAgo {
+                        value: crate::config::cut(v).to_string(),
+                    });
+                }
+            },
+        };
+        let at = match self.from_ts_ms.as_deref() {
+            None => None,
+            Some(v) => match v
+                .parse::<i64>()
+                .ok()
+                .and_then(|ms| ms.checked_mul(1_000_000))
+            {
+                Some(0) => None,
+                Some(ns) if ns > 0 => Some(StartFrom::At(ns)),
+                _ => {
+                    return Err(FlagError::FromTsMs {
+                        value: crate::config::cut(v).to_string(),
+                    });
+                }
+            },
+        };
+        match (ago, at) {
+            (Some(_), Some(_)) => Err(FlagError::TwoStarts),
+            (start, None) | (None, start) => Ok(start),
+        }
+    }
 }
 
 /// A boolean flag's value as Go's flag package reads it.
@@ -389,6 +452,20 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+}
+
+impl Command {
+    /// The command's name on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Run => "filer.replicate",
+            Command::Scaffold { .. } => "scaffold",
+            Command::Check => "check",
+            Command::Verify { .. } => "verify",
+            Command::Backfill { .. } => "backfill",
+            Command::Version => "version",
+        }
+    }
 }
 
 /// Rewrite Go-style single-dash long flags (`-config=x`, `-v=1`, `-config_dir`) as

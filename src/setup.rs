@@ -81,6 +81,26 @@ impl Setup {
         }
     }
 
+    /// Start the metadata log at `start` whatever its checkpoint says (`-timeAgo`,
+    /// `-fromTsMs`); a usage error for any other input.
+    pub(crate) fn start_over(
+        &mut self,
+        start: crate::config::settings::StartFrom,
+    ) -> Result<(), AppError> {
+        match &mut self.settings.input {
+            crate::config::settings::InputSettings::Subscribe(cfg) => {
+                cfg.start_over = Some(start);
+                Ok(())
+            }
+            other => Err(AppError::Usage(format!(
+                "-timeAgo and -fromTsMs start the source filer's metadata log \
+                 ([source.filer] subscribe = true); the input configured is {}, which has no \
+                 start time",
+                other.name()
+            ))),
+        }
+    }
+
     /// Load and resolve the configuration and build the clients; every configuration
     /// problem is an `AppError::Config`.
     pub(crate) fn load(

@@ -153,3 +153,114 @@ async fn survives_kill_9_mid_backlog() {
     );
     assert!(rep.stop().0.success());
 }
+
+/// Where the metadata log starts (issue 18, item 3): `start_from` when there is no
+/// checkpoint (Unix milliseconds, an RFC 3339 time or a duration ago), and `-timeAgo`
+/// over an existing checkpoint, as `weed filer.backup -timeAgo` and `weed filer.sync
+/// -a.fromTsMs`. The start lies between two uploads, a few milliseconds from each on the
+/// clock the filer stamps its events with; nothing depends on how fast anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metadata_log_starts_where_it_is_told() {
+    let bed = TestBed::start(BedOptions::default());
+    bed.upload("/data/before/a.txt", b"a", "").await;
+    bed.upload("/data/b.txt", b"b", "").await;
+    std::thread::sleep(Duration::from_millis(5));
+    let start = chrono::Utc::now();
+    std::thread::sleep(Duration::from_millis(5));
+    bed.upload("/data/c.txt", b"c", "").await;
+    let sink = tempfile::tempdir().unwrap();
+    let only_after = |root: &std::path::Path, log: &std::path::Path| {
+        let names: Vec<String> = std::fs::read_dir(root)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(names, ["c.txt"], "{}", tail(log, 20));
+    };
+    let mut works = Vec::new();
+    for (name, value) in [
+        ("ms", start.timestamp_millis().to_string()),
+        (
+            "rfc3339",
+            start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ),
+    ] {
+        let root = sink.path().join(name);
+        let work = subscribe_workdir(&bed, &root, &format!("start_from = \"{value}\""));
+        let rep = Replicator::start(&work);
+        let c = root.join("c.txt");
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                std::fs::read(&c).is_ok_and(|b| b == b"c")
+            })
+            .await,
+            "{}",
+            tail(&work.log(), 20)
+        );
+        // A graceful stop finishes whatever the log delivered before c.txt.
+        assert!(rep.stop().0.success());
+        only_after(&root, &work.log());
+        let log = std::fs::read_to_string(work.log()).unwrap();
+        assert!(
+            log.contains("no checkpoint: starting the metadata log at start_from"),
+            "{log}"
+        );
+        works.push((root, work));
+    }
+    // A duration ago: an hour takes in everything.
+    let root = sink.path().join("ago");
+    let work = subscribe_workdir(&bed, &root, "start_from = \"1h\"");
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    assert!(rep.stop().0.success());
+
+    // Over a checkpoint: -timeAgo starts there anyway, once; a plain restart resumes.
+    let (root, work) = works.remove(0);
+    bed.upload("/data/d.txt", b"d", "").await;
+    let rep = Replicator::start_with(&work, &[], &["-timeAgo=1h"]);
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    assert!(rep.stop().0.success());
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(
+        log.contains("starting the metadata log where the command line says, over the checkpoint"),
+        "{log}"
+    );
+    std::fs::write(work.log(), "").unwrap();
+    let rep = Replicator::start(&work);
+    bed.upload("/data/e.txt", b"e", "").await;
+    assert_converges(&bed, "/data", &[], &root, &work.log()).await;
+    assert!(rep.stop().0.success());
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert!(
+        log.contains("resuming the metadata log from the checkpoint"),
+        "{log}"
+    );
+
+    // Bad starts are usage errors before anything is contacted.
+    let (_, work) = works.remove(0);
+    for (args, says) in [
+        (vec!["-timeAgo=5x"], "-timeAgo=\"5x\": not a duration"),
+        (
+            vec!["-fromTsMs=soon"],
+            "-fromTsMs=\"soon\": not Unix milliseconds",
+        ),
+        (
+            vec!["-timeAgo=1h", "-fromTsMs=1"],
+            "both say where to start",
+        ),
+        (vec!["-timeAgo=1h", "check"], "`check` has none"),
+    ] {
+        std::fs::write(work.log(), "").unwrap();
+        let (status, _) = Replicator::start_with(&work, &[], &args).stop_when_exited();
+        assert_eq!(status.code(), Some(2), "{args:?}: {}", tail(&work.log(), 5));
+        let log = std::fs::read_to_string(work.log()).unwrap();
+        assert!(log.contains(says), "{args:?}: {log}");
+    }
+    let kafka = Workdir::new(&bed, "/data", &sink.path().join("kafka"), "");
+    let (status, _) = Replicator::start_with(&kafka, &[], &["-timeAgo=1h"]).stop_when_exited();
+    let log = std::fs::read_to_string(kafka.log()).unwrap();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("which has no start time"), "{log}");
+}

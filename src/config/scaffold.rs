@@ -37,6 +37,11 @@ subscribe = false
 # With subscribe and no checkpoint yet: copy the live tree first, then follow the log
 # (without it, the filer's whole retained log is replayed).
 initial_snapshot = false
+# [better] With subscribe and no checkpoint yet: start the log here instead (as
+# filer.backup -timeAgo and filer.sync -a.fromTsMs): a time ("2026-12-01T00:00:00Z"),
+# Unix milliseconds ("1796083200000") or a duration ago ("36h"). The command line's
+# -timeAgo or -fromTsMs start there even over a checkpoint.
+start_from = ""
 checkpoint_interval_seconds = 3
 
 # Exactly one sink may be enabled. [better] several enabled sinks is an error, not "first wins".

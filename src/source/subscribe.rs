@@ -5,12 +5,14 @@
 //! Progress is a checkpoint, the time (ns) of the last event the sink has, stored in the
 //! source filer's KV store under a key distinct per source directory and sink (8 bytes,
 //! big-endian, as `filer.backup` stores its own). It is written every few seconds and at
-//! shutdown; a restart resumes from it. Without a checkpoint, the whole retained log is
-//! replayed, or, with `initial_snapshot`, the live tree is walked first and the log
-//! followed from a minute before the walk started.
+//! shutdown; a restart resumes from it. Without a checkpoint, the log starts at
+//! `start_from` if set, else the whole retained log is replayed, or, with
+//! `initial_snapshot`, the live tree is walked first and the log followed from a minute
+//! before the walk started. `-timeAgo`/`-fromTsMs` on the command line start the log
+//! there even over a checkpoint.
 
 use super::process;
-use crate::config::settings::SubscribeSettings;
+use crate::config::settings::{StartFrom, SubscribeSettings};
 use crate::event::RawEvent;
 use crate::filer::{FilerSource, status_is_outage};
 use crate::pb;
@@ -86,8 +88,20 @@ async fn run(
     let Some(checkpoint) = load_checkpoint(&source, &key, &stop).await else {
         return;
     };
-    let since = match checkpoint {
-        Some(ts) => {
+    let since = match (cfg.start_over, checkpoint) {
+        (Some(start), checkpoint) => {
+            match checkpoint {
+                Some(ts) => tracing::warn!(
+                    %start, checkpoint = ts,
+                    "starting the metadata log where the command line says, over the checkpoint"
+                ),
+                None => {
+                    tracing::info!(%start, "starting the metadata log where the command line says")
+                }
+            }
+            start.ns(now_ns())
+        }
+        (None, Some(ts)) => {
             tracing::info!(checkpoint = ts, key = %cfg.checkpoint_key, "resuming the metadata log from the checkpoint");
             if check_retention(&source, ts).await == crate::gaps::Then::Stop {
                 stop.cancelled().await;
@@ -95,7 +109,12 @@ async fn run(
             }
             ts
         }
-        None if cfg.initial_snapshot => {
+        (None, None) if cfg.start_from.is_some() => {
+            let start = cfg.start_from.unwrap_or(StartFrom::At(0));
+            tracing::info!(%start, directory, "no checkpoint: starting the metadata log at start_from");
+            start.ns(now_ns())
+        }
+        (None, None) if cfg.initial_snapshot => {
             let started = now_ns();
             tracing::info!(
                 directory,
@@ -107,7 +126,7 @@ async fn run(
             // Changes made during the walk are in the log; replaying a few is harmless.
             started - 60_000_000_000
         }
-        None => {
+        (None, None) => {
             tracing::info!(
                 directory,
                 "no checkpoint: replaying the filer's whole retained metadata log"

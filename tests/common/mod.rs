@@ -1074,6 +1074,11 @@ impl Replicator {
 
     /// [`Replicator::start`] with these environment variables set.
     pub fn start_with_env(work: &Workdir, env: &[(&str, &str)]) -> Replicator {
+        Self::start_with(work, env, &[])
+    }
+
+    /// [`Replicator::start`] with these environment variables and these flags.
+    pub fn start_with(work: &Workdir, env: &[(&str, &str)], args: &[&str]) -> Replicator {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -1081,6 +1086,7 @@ impl Replicator {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_replicate"))
             .arg("-v=1")
+            .args(args)
             .current_dir(work.path())
             .env("HOME", work.path())
             .env_remove("RUST_LOG")
@@ -1100,6 +1106,18 @@ impl Replicator {
     /// Send `signal` and return at once (SIGSTOP freezes the process, SIGCONT wakes it).
     pub fn signal(&self, signal: i32) {
         unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Wait (up to a minute) for the process to exit on its own; its exit status.
+    pub fn stop_when_exited(mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("replicate did not exit on its own within 60 s");
     }
 
     /// SIGTERM, then wait; returns the exit status and how long it took.

@@ -120,10 +120,67 @@ impl std::fmt::Debug for NatsSettings {
 pub(crate) struct SubscribeSettings {
     /// Seed the sink from a walk of the live tree when there is no checkpoint yet.
     pub initial_snapshot: bool,
+    /// Where to start when there is no checkpoint yet (`start_from`); `None`: the
+    /// filer's whole retained log.
+    pub start_from: Option<StartFrom>,
+    /// Where to start whatever the checkpoint says (the command line's `-timeAgo` or
+    /// `-fromTsMs`, as upstream's `filer.backup` and `filer.sync`).
+    pub start_over: Option<StartFrom>,
     /// Where the checkpoint lives in the source filer's KV store: distinct per source
     /// directory, sink kind and destination.
     pub checkpoint_key: String,
     pub checkpoint_interval: Duration,
+}
+
+/// A position in the source filer's metadata log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartFrom {
+    /// A moment, in nanoseconds since the Unix epoch.
+    At(i64),
+    /// This long before the process started.
+    Ago(Duration),
+}
+
+impl StartFrom {
+    /// `start_from`'s forms: Unix milliseconds (digits only, as `filer.sync
+    /// -a.fromTsMs`), an RFC 3339 time (`2026-12-01T00:00:00Z`), or a duration meaning
+    /// that long ago, in Go's syntax (`36h`, `1h30m`, as `filer.backup -timeAgo`).
+    pub(crate) fn parse(text: &str) -> Option<StartFrom> {
+        let text = text.trim();
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            let ms: i64 = text.parse().ok()?;
+            return ms.checked_mul(1_000_000).map(StartFrom::At);
+        }
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+            return t.timestamp_nanos_opt().map(StartFrom::At);
+        }
+        let ns = crate::go::parse_duration(text)?;
+        (ns >= 0).then(|| StartFrom::Ago(Duration::from_nanos(ns as u64)))
+    }
+
+    /// The position in nanoseconds since the epoch, for a process started at `now_ns`.
+    pub(crate) fn ns(self, now_ns: i64) -> i64 {
+        match self {
+            StartFrom::At(ns) => ns,
+            StartFrom::Ago(d) => {
+                now_ns.saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for StartFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartFrom::At(ns) => write!(
+                f,
+                "{}",
+                chrono::DateTime::from_timestamp_nanos(*ns)
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ),
+            StartFrom::Ago(d) => write!(f, "{d:?} ago"),
+        }
+    }
 }
 
 /// `[notification.kafka]`.
@@ -222,6 +279,7 @@ pub(crate) struct KafkaTls {
 pub(super) struct Subscribe {
     pub(super) enabled: bool,
     initial_snapshot: bool,
+    start_from: Option<StartFrom>,
     checkpoint_seconds: u64,
 }
 
@@ -229,6 +287,23 @@ pub(super) struct Subscribe {
 pub(super) fn resolve_inputs(r: &mut Reader, cwd: &Path) -> (Option<InputSettings>, Subscribe) {
     let subscribe = r.bool("source.filer.subscribe", false);
     let initial_snapshot = r.bool("source.filer.initial_snapshot", false);
+    let start_text = r.string("source.filer.start_from", "");
+    let start_from = if start_text.is_empty() {
+        None
+    } else {
+        let start = StartFrom::parse(&start_text);
+        if start.is_none() {
+            r.problem(
+                "source.filer.start_from",
+                format!(
+                    "must be a time (RFC 3339, e.g. 2026-12-01T00:00:00Z), Unix milliseconds \
+                     (as -a.fromTsMs) or a duration ago (as -timeAgo, e.g. 36h), got {:?}",
+                    crate::config::cut(&start_text)
+                ),
+            );
+        }
+        start
+    };
     let checkpoint_seconds = r.count("source.filer.checkpoint_interval_seconds", 3);
     let inputs = enabled_sections(r, "notification", &INPUTS);
     let input = match inputs.as_slice() {
@@ -272,11 +347,24 @@ pub(super) fn resolve_inputs(r: &mut Reader, cwd: &Path) -> (Option<InputSetting
             "works only with subscribe = true (a queue cannot be rewound to a snapshot)",
         );
     }
+    if !start_text.is_empty() && !subscribe {
+        r.problem(
+            "source.filer.start_from",
+            "works only with subscribe = true (it is a position in the filer's metadata log)",
+        );
+    }
+    if start_from.is_some() && initial_snapshot {
+        r.problem(
+            "source.filer.start_from",
+            "and initial_snapshot both say where a first start begins; keep one",
+        );
+    }
     (
         input,
         Subscribe {
             enabled: subscribe,
             initial_snapshot,
+            start_from,
             checkpoint_seconds,
         },
     )
@@ -293,6 +381,8 @@ pub(super) fn subscribe_input(
     let digest = sha2::Sha256::digest(identity.as_bytes());
     InputSettings::Subscribe(SubscribeSettings {
         initial_snapshot: subscribe.initial_snapshot,
+        start_from: subscribe.start_from,
+        start_over: None,
         checkpoint_key: format!("replicate.checkpoint.{}", hex::encode(&digest[..8])),
         checkpoint_interval: Duration::from_secs(subscribe.checkpoint_seconds.max(1)),
     })

@@ -233,6 +233,64 @@ offsetSaveIntervalSeconds = 10
     }
 
     #[test]
+    fn the_metadata_log_starts_where_start_from_says() {
+        let subscribe = |extra: &str| {
+            GOOD.split("[notification.kafka]").next().unwrap().replace(
+                "[source.filer]\n",
+                &format!("[source.filer]\nsubscribe = true\n{extra}"),
+            )
+        };
+        let start = |extra: &str| match resolve_text(&subscribe(extra)).unwrap().input {
+            InputSettings::Subscribe(s) => (s.start_from, s.start_over),
+            _ => panic!("subscribe expected"),
+        };
+        assert_eq!(start(""), (None, None));
+        assert_eq!(
+            start("start_from = \"1764547200123\"\n"),
+            (Some(StartFrom::At(1_764_547_200_123_000_000)), None),
+            "Unix milliseconds, as -a.fromTsMs"
+        );
+        assert_eq!(
+            start("start_from = \"2026-12-01T01:00:00.5+01:00\"\n").0,
+            Some(StartFrom::At(1_796_083_200_500_000_000)),
+            "RFC 3339, offset included"
+        );
+        assert_eq!(
+            start("start_from = \"1h30m\"\n").0,
+            Some(StartFrom::Ago(Duration::from_secs(5400))),
+            "a duration ago, as -timeAgo"
+        );
+        assert_eq!(
+            StartFrom::Ago(Duration::from_secs(2)).ns(10_000_000_000),
+            8_000_000_000
+        );
+        assert_eq!(StartFrom::At(5).ns(10_000_000_000), 5);
+        assert_eq!(
+            StartFrom::At(1_796_083_200_500_000_000).to_string(),
+            "2026-12-01T00:00:00.500Z"
+        );
+        for bad in [
+            "yesterday",
+            "-1h",
+            "1d",
+            "2026-12-01",
+            "99999999999999999999",
+        ] {
+            let e = resolve_text(&subscribe(&format!("start_from = \"{bad}\"\n"))).unwrap_err();
+            assert_eq!(e.0.len(), 1, "{bad}: {e}");
+            assert_eq!(e.0[0].key, "source.filer.start_from", "{bad}");
+        }
+        let e =
+            resolve_text(&subscribe("start_from = \"1h\"\ninitial_snapshot = true\n")).unwrap_err();
+        assert!(e.to_string().contains("keep one"), "{e}");
+        let e = resolve_text(
+            &GOOD.replace("[source.filer]\n", "[source.filer]\nstart_from = \"1h\"\n"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("only with subscribe"), "{e}");
+    }
+
+    #[test]
     fn an_s3_acl_is_one_of_the_canned_ones() {
         let s3 = |acl: &str| {
             GOOD.replace(

@@ -243,6 +243,7 @@ impl Setup {
         Rules {
             source_dir: settings.source.directory_parts.clone(),
             excludes: settings.source.exclude_parts.clone(),
+            filter: settings.source.filter.clone(),
             sink_dir: settings.sink.directory(),
             incremental: settings.sink.incremental(),
             skip_other_cluster: matches!(settings.sink, SinkSettings::Filer(_)),

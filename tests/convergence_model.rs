@@ -331,6 +331,7 @@ fn rules() -> Rules {
     Rules {
         source_dir: vec!["data".into()],
         excludes: vec![vec!["data".into(), "skip".into()]],
+        filter: Default::default(),
         sink_dir: "/".into(),
         incremental: false,
         skip_other_cluster: false,

@@ -949,3 +949,89 @@ async fn a_failing_offset_save_is_said_once() {
         "{log}"
     );
 }
+
+/// The source tree as the filters of `name_and_pattern_filters_hold_through_renames`
+/// leave it: `*.tmp` and `._*` files, and anything with a `temp*` or `.snapshot`
+/// component, left out.
+fn filtered(tree: Tree) -> Tree {
+    tree.into_iter()
+        .filter(|(rel, content)| {
+            let parts: Vec<&str> = rel.split('/').collect();
+            let by_path = parts
+                .iter()
+                .any(|c| c.starts_with("temp") || *c == ".snapshot");
+            let name = parts.last().copied().unwrap_or_default();
+            // Directories are judged by path patterns only.
+            let by_name = content.is_some() && (name.ends_with(".tmp") || name.starts_with("._"));
+            !by_path && !by_name
+        })
+        .collect()
+}
+
+/// Wait until the local sink `root` holds the filtered source tree.
+async fn converged(bed: &TestBed, root: &std::path::Path, work: &Workdir, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let want = filtered(bed.tree("/data", &[]).await);
+        let last = diff(&want, &local_tree(root));
+        if last.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}:\n{last}\n{}",
+            tail(&work.log(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Issue 18, item 4: `excludeFileNames` and `excludePathPatterns` (upstream `filer.backup
+/// -filerExcludeFileNames`, `-filerExcludePathPatterns`), through the Kafka input, with
+/// renames onto and off excluded names, a directory renamed onto an excluded path and one
+/// renamed off it; `verify` then finds the mirror complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_and_pattern_filters_hold_through_renames() {
+    let bed = TestBed::start(BedOptions::default());
+    let sink = tempfile::tempdir().unwrap();
+    let root = sink.path().join("root");
+    let work = Workdir::new(
+        &bed,
+        "/data",
+        &root,
+        "excludeFileNames = \"*.tmp, ._*\"\nexcludePathPatterns = \"temp*,.snapshot\"",
+    );
+    for (path, body) in [
+        ("/data/keep.txt", "keep"),
+        ("/data/a.tmp", "tmp"),
+        ("/data/._x", "apple double"),
+        ("/data/d.tmp/inside.txt", "a directory is not a file"),
+        ("/data/docs/b.txt", "docs"),
+        ("/data/temp1/c.txt", "left out"),
+        ("/data/sub/.snapshot/s.txt", "left out"),
+        ("/data/off.txt", "renamed onto *.tmp"),
+        ("/data/on.tmp", "renamed off *.tmp"),
+        ("/data/temp2/f1.txt", "renamed off temp*"),
+    ] {
+        bed.upload(path, body.as_bytes(), "").await;
+    }
+    let rep = Replicator::start(&work);
+    converged(&bed, &root, &work, "before the renames").await;
+    assert!(root.join("docs/b.txt").exists() && !root.join("a.tmp").exists());
+    bed.mv("/data/off.txt", "/data/off.tmp").await;
+    bed.mv("/data/on.tmp", "/data/on.txt").await;
+    bed.mv("/data/docs", "/data/temp_docs").await;
+    bed.mv("/data/temp2", "/data/work").await;
+    converged(&bed, &root, &work, "after the renames").await;
+    for (gone, there) in [
+        ("off.txt", "on.txt"),
+        ("docs", "work/f1.txt"),
+        ("temp_docs", "keep.txt"),
+    ] {
+        assert!(!root.join(gone).exists(), "{gone} is still on the sink");
+        assert!(root.join(there).exists(), "{there} never arrived");
+    }
+    assert!(rep.stop().0.success());
+    let o = replicate_in(work.path(), &["verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
+}

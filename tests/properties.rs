@@ -22,6 +22,7 @@ fn rules(incremental: bool) -> Rules {
     Rules {
         source_dir: vec!["data".into()],
         excludes: vec![vec!["data".into(), "skip".into()]],
+        filter: Default::default(),
         sink_dir: "/backup".into(),
         incremental,
         skip_other_cluster: false,

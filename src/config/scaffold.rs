@@ -28,6 +28,14 @@ grpcAddress = "localhost:18888"
 directory = "/buckets"
 # Directories (with everything under them) to leave out; a list or a space-separated string.
 excludeDirectories = "/buckets/tmp"
+# [better] As filer.backup's -filerExcludeFileNames, for every input: files whose name
+# matches one of these comma-separated wildcards (* any run, ? one character) are left
+# out; a rename onto such a name deletes the file from the sink, a rename off it copies it.
+excludeFileNames = ""
+# [better] As filer.backup's -filerExcludePathPatterns, for every input: an entry with a
+# name, or a directory above it under `directory`, matching one of these wildcards is left
+# out with everything under it ("*.tmp,.snapshot,temp*").
+excludePathPatterns = ""
 # Volume servers in this data center are read from first.
 dataCenter = ""
 # [better] Recommended: read the changes from this filer's own metadata log instead of a

@@ -2,7 +2,6 @@
 
 use super::FilerSource;
 use crate::pb::Entry;
-use crate::replicate::path::is_equal_or_under;
 use crate::retry::Retry;
 use std::collections::VecDeque;
 use tokio_util::sync::CancellationToken;
@@ -12,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 /// directory is), leaving out excluded directories.
 pub(crate) struct SourceTree<'a> {
     source: &'a FilerSource,
-    excludes: &'a [Vec<String>],
+    /// Directories left out, with everything under them.
+    excluded: &'a (dyn Fn(&[String]) -> bool + Sync),
     queue: VecDeque<String>,
     /// The directory being listed, and the last name listed in it.
     current: Option<(String, String)>,
@@ -32,12 +32,12 @@ impl<'a> SourceTree<'a> {
     pub(crate) fn new(
         source: &'a FilerSource,
         root: &str,
-        excludes: &'a [Vec<String>],
+        excluded: &'a (dyn Fn(&[String]) -> bool + Sync),
         patient: bool,
     ) -> Self {
         SourceTree {
             source,
-            excludes,
+            excluded,
             queue: VecDeque::from([root.to_string()]),
             current: None,
             patient,
@@ -77,7 +77,7 @@ impl<'a> SourceTree<'a> {
         for e in entries.iter().filter(|e| e.is_directory) {
             let path = format!("{base}/{}", e.name);
             let parts = crate::replicate::path::components(&path).unwrap_or_default();
-            if !self.excludes.iter().any(|ex| is_equal_or_under(&parts, ex)) {
+            if !(self.excluded)(&parts) {
                 self.queue.push_back(path);
             }
         }

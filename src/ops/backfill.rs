@@ -65,15 +65,25 @@ impl Progress {
 async fn count_files(
     source: Arc<crate::filer::FilerSource>,
     root: String,
-    excludes: Vec<Vec<String>>,
+    rules: crate::replicate::Rules,
     progress: Arc<Progress>,
     stop: CancellationToken,
 ) {
-    let mut tree = SourceTree::new(&source, &root, &excludes, false);
+    let excluded = |p: &[String]| rules.excluded(p);
+    let mut tree = SourceTree::new(&source, &root, &excluded, false);
     loop {
         match tree.next(&stop).await {
             Ok(Some(page)) => {
-                let files = page.entries.iter().filter(|e| !e.is_directory).count();
+                let base = page.dir.trim_end_matches('/');
+                let files = page
+                    .entries
+                    .iter()
+                    .filter(|e| !e.is_directory)
+                    .filter(|e| {
+                        crate::replicate::path::components(&format!("{base}/{}", e.name))
+                            .is_ok_and(|p| !rules.excluded_entry(&p, false))
+                    })
+                    .count();
                 progress
                     .total_files
                     .fetch_add(files as u64, Ordering::Relaxed);
@@ -131,13 +141,13 @@ async fn backfill(
         return Err(AppError::Interrupted("backfill: interrupted".into()));
     };
     let rules = setup.rules(skip);
-    let excludes = rules.excludes.clone();
+    let walk_rules = rules.clone();
     let pipeline = setup.pipeline(rules, open.sink, stop.clone());
     let progress = Arc::new(Progress::default());
     tokio::spawn(count_files(
         setup.source.clone(),
         s.source.directory.clone(),
-        excludes.clone(),
+        walk_rules.clone(),
         progress.clone(),
         stop.clone(),
     ));
@@ -155,7 +165,8 @@ async fn backfill(
     }
 
     let started = Instant::now();
-    let mut tree = SourceTree::new(&setup.source, &s.source.directory, &excludes, true);
+    let excluded = |p: &[String]| walk_rules.excluded(p);
+    let mut tree = SourceTree::new(&setup.source, &s.source.directory, &excluded, true);
     let mut complete = true;
     // Whether every entry of the directory being listed reached the sink so far.
     let mut dir_ok = true;

@@ -50,7 +50,8 @@ pub(crate) async fn run(
     let mut summary = Summary::default();
     // The sink's name of every source file seen, to find the sink's extras after.
     let mut seen: HashSet<String> = HashSet::new();
-    let mut tree = SourceTree::new(&setup.source, &s.source.directory, &rules.excludes, true);
+    let excluded = |p: &[String]| rules.excluded(p);
+    let mut tree = SourceTree::new(&setup.source, &s.source.directory, &excluded, true);
     while let Some(page) = tree
         .next(stop)
         .await
@@ -98,7 +99,7 @@ pub(crate) async fn run(
             continue;
         }
         let path = format!("{root}/{rel}");
-        if super::plain_path(&path).is_none_or(|parts| rules.excluded(&parts)) {
+        if super::plain_path(&path).is_none_or(|parts| rules.excluded_entry(&parts, false)) {
             continue;
         }
         let pipeline = pipeline.clone();

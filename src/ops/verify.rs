@@ -138,7 +138,7 @@ pub(crate) async fn run(
         .filter(|(rel, _)| {
             let parts =
                 crate::replicate::path::components(&format!("{root}/{rel}")).unwrap_or_default();
-            !rules.excluded(&parts)
+            !rules.excluded_entry(&parts, false)
         })
         .collect();
     println!(
@@ -152,7 +152,8 @@ pub(crate) async fn run(
     let mut differences: BTreeMap<String, Difference> = BTreeMap::new();
     let mut to_repair: BTreeMap<String, SourceFile> = BTreeMap::new();
     let (mut files, mut bytes, mut links) = (0u64, 0u64, 0u64);
-    let mut tree = SourceTree::new(&setup.source, &s.source.directory, &rules.excludes, false);
+    let excluded = |p: &[String]| rules.excluded(p);
+    let mut tree = SourceTree::new(&setup.source, &s.source.directory, &excluded, false);
     let sink = open.sink.as_ref();
     while let Some(super::Page { dir, entries, .. }) = tree
         .next(&stop)
@@ -162,6 +163,12 @@ pub(crate) async fn run(
         let mut checks = Vec::new();
         for entry in entries.into_iter().filter(|e| !e.is_directory) {
             let path = full_path(&dir, &entry);
+            // Files the filters leave out are not the mirror's business either.
+            if crate::replicate::path::components(&path)
+                .is_ok_and(|parts| rules.excluded_entry(&parts, false))
+            {
+                continue;
+            }
             let rel = relative(&root, &path, sink);
             let on_sink = sink_files.remove(&rel);
             if entry

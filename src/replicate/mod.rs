@@ -8,6 +8,7 @@
 //! that would delete or move the sink root is refused.
 
 pub mod converge;
+pub mod filter;
 pub mod path;
 
 use crate::pb::{Entry, EventNotification};
@@ -22,6 +23,8 @@ pub struct Rules {
     pub source_dir: Vec<String>,
     /// Normalised `excludeDirectories`.
     pub excludes: Vec<Vec<String>>,
+    /// `excludeFileNames` and `excludePathPatterns`.
+    pub filter: filter::Filter,
     /// The sink's `directory` as given (used for display keys only).
     pub sink_dir: String,
     /// Date directories (`is_incremental`).
@@ -89,13 +92,24 @@ pub enum PlanError {
 }
 
 impl Rules {
-    fn in_scope(&self, p: &[String]) -> bool {
-        is_equal_or_under(p, &self.source_dir) && !self.excluded(p)
+    /// Whether the entry at source path `p` is replicated.
+    fn in_scope(&self, p: &[String], is_directory: bool) -> bool {
+        is_equal_or_under(p, &self.source_dir) && !self.excluded_entry(p, is_directory)
     }
 
-    /// Whether source path `p` (as components) is in an excluded directory.
+    /// Whether source path `p` (as components) is left out whatever it is: in an
+    /// excluded directory, or with a component (under the source directory) that a path
+    /// pattern matches.
     pub(crate) fn excluded(&self, p: &[String]) -> bool {
         self.excludes.iter().any(|ex| is_equal_or_under(p, ex))
+            || (is_equal_or_under(p, &self.source_dir)
+                && self.filter.excludes_path(&p[self.source_dir.len()..]))
+    }
+
+    /// [`Rules::excluded`], or a file whose name a file-name pattern matches.
+    pub(crate) fn excluded_entry(&self, p: &[String], is_directory: bool) -> bool {
+        self.excluded(p)
+            || (!is_directory && p.last().is_some_and(|n| self.filter.excludes_file_name(n)))
     }
 
     fn date_dir(&self, entry: Option<&Entry>) -> Option<String> {
@@ -138,13 +152,13 @@ impl Rules {
         match (&ev.old_entry, &ev.new_entry) {
             (None, None) => Ok(Plan::Skip("event has neither an old nor a new entry")),
             (None, Some(new)) => {
-                if !self.in_scope(&key_parts) {
+                if !self.in_scope(&key_parts, new.is_directory) {
                     return Ok(Plan::Skip("outside the source directory"));
                 }
                 self.create(key, key_parts, new)
             }
             (Some(old), None) => {
-                if !self.in_scope(&key_parts) {
+                if !self.in_scope(&key_parts, old.is_directory) {
                     return Ok(Plan::Skip("outside the source directory"));
                 }
                 self.delete(key, &key_parts, old, ev.delete_chunks)
@@ -163,7 +177,10 @@ impl Rules {
                 })?;
                 let mut target = target_parent.clone();
                 target.push(new.name.clone());
-                match (self.in_scope(&key_parts), self.in_scope(&target)) {
+                match (
+                    self.in_scope(&key_parts, old.is_directory),
+                    self.in_scope(&target, new.is_directory),
+                ) {
                     (false, false) => Ok(Plan::Skip("rename outside the source directory")),
                     (false, true) => self.create(&join(&target), target, new),
                     (true, false) => self.delete(key, &key_parts, old, ev.delete_chunks),
@@ -319,6 +336,7 @@ mod tests {
         Rules {
             source_dir: components(src).unwrap(),
             excludes: vec![components("/buckets/tmp").unwrap()],
+            filter: Default::default(),
             sink_dir: sink.into(),
             incremental: false,
             skip_other_cluster: false,
@@ -364,6 +382,114 @@ mod tests {
                 key, new_parent, ..
             } => format!("update {} in {}", key.full, new_parent.full),
         }
+    }
+
+    #[test]
+    fn filters_judge_both_sides_of_a_rename() {
+        let mut r = rules("/buckets", "/backup");
+        r.filter = filter::Filter {
+            file_names: vec![filter::Wildcard::new("*.tmp")],
+            path_patterns: vec![filter::Wildcard::new("temp*")],
+        };
+        let dir_rename = |old: &str, new_parent: &str, new_name: &str| EventNotification {
+            old_entry: Some(entry(old.rsplit('/').next().unwrap(), true)),
+            new_entry: Some(entry(new_name, true)),
+            new_parent_path: new_parent.into(),
+            ..Default::default()
+        };
+        let mkdir = |key: &str| {
+            let mut ev = create(key);
+            ev.new_entry.as_mut().unwrap().is_directory = true;
+            ev
+        };
+        let cases: Vec<(&str, EventNotification, &str)> = vec![
+            (
+                "/buckets/a.tmp",
+                create("/buckets/a.tmp"),
+                "skip: outside the source directory",
+            ),
+            (
+                "/buckets/a.txt",
+                create("/buckets/a.txt"),
+                "create /backup/a.txt",
+            ),
+            // A directory is not a file: a file-name pattern leaves it alone.
+            (
+                "/buckets/d.tmp",
+                mkdir("/buckets/d.tmp"),
+                "create /backup/d.tmp",
+            ),
+            (
+                "/buckets/d.tmp/x",
+                create("/buckets/d.tmp/x"),
+                "create /backup/d.tmp/x",
+            ),
+            // A path pattern leaves out a directory and all under it.
+            (
+                "/buckets/temp1",
+                mkdir("/buckets/temp1"),
+                "skip: outside the source directory",
+            ),
+            (
+                "/buckets/temp1/x",
+                create("/buckets/temp1/x"),
+                "skip: outside the source directory",
+            ),
+            (
+                "/buckets/a/temp.txt",
+                create("/buckets/a/temp.txt"),
+                "skip: outside the source directory",
+            ),
+            // Matched below the source directory only.
+            (
+                "/buckets/mytemp/x",
+                create("/buckets/mytemp/x"),
+                "create /backup/mytemp/x",
+            ),
+            // Renames: onto an excluded name deletes, off one creates.
+            (
+                "/buckets/a.txt",
+                rename("/buckets/a.txt", "/buckets", "a.tmp"),
+                "delete /backup/a.txt",
+            ),
+            (
+                "/buckets/b.tmp",
+                rename("/buckets/b.tmp", "/buckets", "b.txt"),
+                "create /backup/b.txt",
+            ),
+            (
+                "/buckets/b.tmp",
+                rename("/buckets/b.tmp", "/buckets", "c.tmp"),
+                "skip: rename outside the source directory",
+            ),
+            (
+                "/buckets/w",
+                dir_rename("/buckets/w", "/buckets", "temp2"),
+                "delete /backup/w",
+            ),
+            (
+                "/buckets/temp3",
+                dir_rename("/buckets/temp3", "/buckets", "w3"),
+                "create /backup/w3",
+            ),
+            (
+                "/buckets/temp3/f",
+                rename("/buckets/temp3/f", "/buckets/w3", "f"),
+                "create /backup/w3/f",
+            ),
+            (
+                "/buckets/w/f",
+                rename("/buckets/w/f", "/buckets/v", "f"),
+                "move /backup/w/f -> /backup/v/f",
+            ),
+        ];
+        for (key, ev, want) in cases {
+            assert_eq!(full(&r.plan(key, &ev).unwrap()), want, "{key}");
+        }
+        assert!(r.excluded(&components("/buckets/temp9/deep").unwrap()));
+        assert!(!r.excluded(&components("/temp").unwrap()));
+        assert!(r.excluded_entry(&components("/buckets/x/y.tmp").unwrap(), false));
+        assert!(!r.excluded_entry(&components("/buckets/x/y.tmp").unwrap(), true));
     }
 
     #[test]

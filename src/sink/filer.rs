@@ -892,8 +892,12 @@ impl Sink for FilerSink {
         let root = self.opts.directory.trim_end_matches('/');
         // A page at a time: only names and sizes are kept, not whole entries. What is not
         // there (yet), or is removed while the walk runs, is empty.
-        let mut tree =
-            crate::filer::tree::SourceTree::new(&self.reader, &self.opts.directory, &[], false);
+        let mut tree = crate::filer::tree::SourceTree::new(
+            &self.reader,
+            &self.opts.directory,
+            &|_| false,
+            false,
+        );
         let never = tokio_util::sync::CancellationToken::new();
         let mut out = Vec::new();
         while let Some(page) = tree.next(&never).await.map_err(|s| {

@@ -520,7 +520,7 @@ async fn snapshot(
     hard_stop: &CancellationToken,
 ) -> bool {
     // Excluded directories are walked too: the rules skip their entries, as for events.
-    let mut tree = crate::filer::tree::SourceTree::new(source, directory, &[], true);
+    let mut tree = crate::filer::tree::SourceTree::new(source, directory, &|_| false, true);
     let mut count = 0u64;
     // A patient walk ends only at its end or when stopped.
     while let Ok(Some(page)) = tree.next(stop).await {

@@ -291,6 +291,33 @@ offsetSaveIntervalSeconds = 10
     }
 
     #[test]
+    fn name_and_pattern_filters_are_comma_separated_wildcards() {
+        let s = resolve_text(&GOOD.replace(
+            "[source.filer]\n",
+            "[source.filer]\nexcludeFileNames = \"*.tmp, ._*,,\"\nexcludePathPatterns = \".snapshot\"\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            s.source.filter.file_names,
+            [
+                crate::replicate::filter::Wildcard::new("*.tmp"),
+                crate::replicate::filter::Wildcard::new("._*")
+            ]
+        );
+        assert_eq!(
+            s.source.filter.path_patterns,
+            [crate::replicate::filter::Wildcard::new(".snapshot")]
+        );
+        let e = resolve_text(&GOOD.replace(
+            "[source.filer]\n",
+            "[source.filer]\nexcludePathPatterns = \"a/b\"\n",
+        ))
+        .unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "source.filer.excludePathPatterns");
+    }
+
+    #[test]
     fn an_s3_acl_is_one_of_the_canned_ones() {
         let s3 = |acl: &str| {
             GOOD.replace(

@@ -13,7 +13,32 @@ pub(crate) struct SourceSettings {
     pub exclude_directories: Vec<String>,
     /// `exclude_directories` as path components (validated).
     pub exclude_parts: Vec<Vec<String>>,
+    /// `excludeFileNames` and `excludePathPatterns`.
+    pub filter: crate::replicate::filter::Filter,
     pub data_center: String,
+}
+
+/// Comma-separated wildcards, as upstream's `-filerExcludeFileNames` and
+/// `-filerExcludePathPatterns` take them (empty items ignored). A `/` cannot occur in a
+/// name, so a pattern with one would never match: a problem, not a silent no-op.
+fn wildcards(r: &mut Reader, key: &str) -> Vec<crate::replicate::filter::Wildcard> {
+    let text = r.string(key, "");
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        if item.contains('/') {
+            r.problem(
+                key,
+                format!(
+                    "{:?} contains '/': patterns match one name at a time \
+                     (use excludeDirectories for a path)",
+                    crate::config::cut(item)
+                ),
+            );
+            continue;
+        }
+        out.push(crate::replicate::filter::Wildcard::new(item));
+    }
+    out
 }
 
 pub(super) fn check_grpc_address(r: &mut Reader, key: &str, addr: &str) {
@@ -64,6 +89,10 @@ pub(super) fn resolve_source(r: &mut Reader) -> SourceSettings {
             ),
         }
     }
+    let filter = crate::replicate::filter::Filter {
+        file_names: wildcards(r, "source.filer.excludeFileNames"),
+        path_patterns: wildcards(r, "source.filer.excludePathPatterns"),
+    };
     let data_center = r.string("source.filer.dataCenter", "");
     // Normalised above, so every one of them splits into components.
     let parts = |d: &str| components(d).unwrap_or_default();
@@ -73,6 +102,7 @@ pub(super) fn resolve_source(r: &mut Reader) -> SourceSettings {
         directory,
         exclude_parts: exclude_directories.iter().map(|d| parts(d)).collect(),
         exclude_directories,
+        filter,
         data_center,
     }
 }

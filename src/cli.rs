@@ -159,7 +159,7 @@ pub enum FlagError {
     Threshold { value: String },
     #[error("-timeAgo={value:?}: not a duration (Go syntax: 90m, 1.5h, 2h45m)")]
     TimeAgo { value: String },
-    #[error("-fromTsMs={value:?}: not Unix milliseconds")]
+    #[error("-fromTsMs={value:?}: not Unix milliseconds of a moment past")]
     FromTsMs { value: String },
     #[error("-timeAgo and -fromTsMs both say where to start; give one")]
     TwoStarts,
@@ -199,7 +199,12 @@ impl Cli {
                 .and_then(|ms| ms.checked_mul(1_000_000))
             {
                 Some(0) => None,
-                Some(ns) if ns > 0 => Some(StartFrom::At(ns)),
+                Some(ns)
+                    if ns > 0
+                        && ns <= chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) =>
+                {
+                    Some(StartFrom::At(ns))
+                }
                 _ => {
                     return Err(FlagError::FromTsMs {
                         value: crate::config::cut(v).to_string(),

@@ -142,7 +142,8 @@ pub(crate) fn parse_duration(s: &str) -> Option<i64> {
                 return None;
             }
         }
-        total += v;
+        // Go's uint64 wraps here (two parts of 2^63 make 0, not an error): so does this.
+        total = total.wrapping_add(v);
         if total > LIMIT {
             return None;
         }

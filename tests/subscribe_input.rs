@@ -247,6 +247,10 @@ async fn the_metadata_log_starts_where_it_is_told() {
             "-fromTsMs=\"soon\": not Unix milliseconds",
         ),
         (
+            vec!["-fromTsMs=99999999999999"],
+            "-fromTsMs=\"99999999999999\": not Unix milliseconds of a moment past",
+        ),
+        (
             vec!["-timeAgo=1h", "-fromTsMs=1"],
             "both say where to start",
         ),
@@ -258,6 +262,18 @@ async fn the_metadata_log_starts_where_it_is_told() {
         let log = std::fs::read_to_string(work.log()).unwrap();
         assert!(log.contains(says), "{args:?}: {log}");
     }
+    let future = subscribe_workdir(
+        &bed,
+        &sink.path().join("future"),
+        "start_from = \"2200-01-01T00:00:00Z\"",
+    );
+    let (status, _) = Replicator::start(&future).stop_when_exited();
+    let log = std::fs::read_to_string(future.log()).unwrap();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("source.filer.start_from") && log.contains("is in the future"),
+        "{log}"
+    );
     let kafka = Workdir::new(&bed, "/data", &sink.path().join("kafka"), "");
     let (status, _) = Replicator::start_with(&kafka, &[], &["-timeAgo=1h"]).stop_when_exited();
     let log = std::fs::read_to_string(kafka.log()).unwrap();

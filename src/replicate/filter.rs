@@ -19,12 +19,14 @@ impl Wildcard {
         let (mut pi, mut ti) = (0, 0);
         let mut star: Option<(usize, usize)> = None;
         while ti < t.len() {
-            if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-                pi += 1;
-                ti += 1;
-            } else if pi < p.len() && p[pi] == '*' {
+            // A star first: a `*` in the name is text, and must not be taken as the
+            // pattern's star's literal match.
+            if pi < p.len() && p[pi] == '*' {
                 star = Some((pi, ti));
                 pi += 1;
+            } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+                pi += 1;
+                ti += 1;
             } else if let Some((sp, st)) = star {
                 pi = sp + 1;
                 ti = st + 1;
@@ -98,6 +100,11 @@ mod tests {
             ("temp*", "atemp", false),
             ("*a*a*a*a*b", &"a".repeat(60), false),
             ("snap[1]", "snap[1]", true),
+            ("*.tmp", "*x.tmp", true),
+            ("*b", "*ab", true),
+            ("a*b*c", "a*b*xc", true),
+            ("a*", "a*", true),
+            ("?", "*", true),
         ] {
             assert_eq!(
                 Wildcard::new(pattern).matches(text),

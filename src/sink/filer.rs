@@ -55,16 +55,19 @@ pub struct FilerSinkOptions {
 const ORPHANS: &str = "/.seaweed-replicate/orphans";
 
 /// One attempt to write an entry: the chunks it uploaded, noted (before each upload) in
-/// a journal file until the entry referencing them is written. When the attempt fails,
-/// the chunks the target's entry does not reference are deleted at once (a write whose
-/// answer was lost may have landed). An attempt dropped before it ends (its event
-/// abandoned because its partition moved or the shutdown grace ran out) does the same in
-/// the background, retried until the target takes it; a process killed mid-attempt
-/// leaves the file for the next start ([`FilerSink::recover_uploads`]). Without this,
-/// every interrupted or failed copy left its chunks on the target for good.
+/// a journal file until the entry referencing them is written. How an attempt ends
+/// decides what becomes of its chunks (see [`Attempt::settle`]). An attempt dropped before
+/// its write was sent (its event abandoned because its partition moved or the shutdown
+/// grace ran out) deletes its chunks in the background; the write itself, once sent,
+/// always runs to its answer ([`commit`]). A process killed mid-attempt leaves the file
+/// for the next start ([`FilerSink::recover_uploads`]). Without this, every interrupted
+/// or failed copy left its chunks on the target for good.
 struct Attempt {
     fids: std::sync::Mutex<Vec<String>>,
     journal: Option<(std::path::PathBuf, std::sync::Mutex<std::fs::File>)>,
+    /// The write that references the chunks was sent: until it is settled, an entry may
+    /// reference them.
+    sent: bool,
     /// The target key the chunks are for.
     full: String,
     target: SeaweedFilerClient<Channel>,
@@ -94,6 +97,7 @@ impl Attempt {
         Attempt {
             fids: Default::default(),
             journal,
+            sent: false,
             full: key.full.clone(),
             target: sink.target.clone(),
             reader: sink.reader.clone(),
@@ -112,31 +116,62 @@ impl Attempt {
         }
     }
 
-    /// End the attempt: a written entry references its chunks, so only the notes go;
-    /// after a failure the chunks nothing references are deleted first (in the
-    /// background, retried, if the target does not answer now).
-    async fn settle(mut self, written: bool) {
-        if !written {
-            let fids = self.fids.get_mut().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = reclaim(&self.target, &self.reader, &self.full, fids).await {
+    /// End the attempt by what became of its write:
+    /// - written: the entry references the chunks, so only the notes go;
+    /// - not written (never sent, or refused): nothing references the chunks, so all are
+    ///   deleted (if the target does not answer now, in the background: see `Drop`);
+    /// - unknown (sent, no answer): the chunks the entry on the target does not reference
+    ///   are deleted now, before the event is retried, so that no later event of the same
+    ///   path (a rename) can run in between; if the target does not answer, the notes stay
+    ///   for the next start, which decides by the same look-up before any event runs.
+    async fn settle(mut self, outcome: Outcome) {
+        let fids = std::mem::take(self.fids.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let done = match outcome {
+            Outcome::Written => Ok(()),
+            Outcome::NotWritten => discard(&self.target, &fids)
+                .await
+                .map_err(|s| s.message().to_string()),
+            Outcome::Unknown => reclaim(&self.target, &self.reader, &self.full, &fids)
+                .await
+                .map(|_| ()),
+        };
+        if let Err(e) = done {
+            if outcome == Outcome::NotWritten {
                 tracing::warn!(error = %e, chunks = fids.len(), "cannot delete the chunks of a failed copy now; retrying in the background");
-                return;
+                self.sent = false;
+            } else {
+                tracing::warn!(error = %e, chunks = fids.len(), key = %self.full, "cannot tell now which chunks of a write without an answer are unused; the next start deletes them");
             }
+            *self.fids.get_mut().unwrap_or_else(|p| p.into_inner()) = fids;
+            return;
         }
-        self.fids
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         if let Some((path, _)) = self.journal.take() {
             let _ = std::fs::remove_file(path);
         }
     }
 }
 
+/// What became of the write that references an attempt's chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Written,
+    /// Never sent, or refused by the filer: nothing references the chunks.
+    NotWritten,
+    /// Sent without an answer: it may have landed.
+    Unknown,
+}
+
+/// How many times a dropped attempt's chunks are tried to be deleted in the background
+/// (about ten minutes with the backoff) before the notes are left for the next start.
+const BACKGROUND_TRIES: u32 = 24;
+
 impl Drop for Attempt {
-    /// An attempt that did not settle: its chunks are deleted in the background, with
-    /// backoff until the target answers; then the notes go. Outside a runtime (or as it
-    /// shuts down) the notes stay for the next start.
+    /// An attempt that did not settle. If its write was never sent, nothing references
+    /// its chunks: they are deleted in the background, with backoff, then the notes go
+    /// (after [`BACKGROUND_TRIES`] failures, or outside a runtime, the notes stay for the
+    /// next start). If the write was sent, only a look-up can tell, and a later event may
+    /// already have moved the entry: the notes stay for the next start, which looks
+    /// before any event runs.
     fn drop(&mut self) {
         let fids = std::mem::take(self.fids.get_mut().unwrap_or_else(|p| p.into_inner()));
         let journal = self.journal.take().map(|(path, _)| path);
@@ -146,30 +181,35 @@ impl Drop for Attempt {
             }
             return;
         }
+        if self.sent {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (target, reader, full) = (self.target.clone(), self.reader.clone(), self.full.clone());
+        let target = self.target.clone();
+        let full = self.full.clone();
         runtime.spawn(async move {
             let mut retry = crate::retry::Retry::default();
             let never = tokio_util::sync::CancellationToken::new();
-            loop {
-                match reclaim(&target, &reader, &full, &fids).await {
-                    Ok(deleted) => {
+            for _ in 0..BACKGROUND_TRIES {
+                match discard(&target, &fids).await {
+                    Ok(()) => {
                         retry.succeeded();
-                        tracing::debug!(key = %full, chunks = deleted, "deleted the chunks of an interrupted copy");
-                        break;
+                        tracing::debug!(key = %full, chunks = fids.len(), "deleted the chunks of an interrupted copy");
+                        if let Some(path) = journal {
+                            let _ = std::fs::remove_file(path);
+                        }
+                        return;
                     }
                     Err(e) => {
                         retry
-                            .wait("deleting the chunks of an interrupted copy", &e, &never)
+                            .wait("deleting the chunks of an interrupted copy", &e.message(), &never)
                             .await;
                     }
                 }
             }
-            if let Some(path) = journal {
-                let _ = std::fs::remove_file(path);
-            }
+            tracing::warn!(key = %full, chunks = fids.len(), "gave up deleting the chunks of an interrupted copy; the next start deletes them");
         });
     }
 }
@@ -241,18 +281,36 @@ where
     W: std::future::Future<Output = Result<String, tonic::Status>> + Send + 'static,
 {
     if let Err(fenced) = crate::fence::check(&key.full) {
-        attempt.settle(false).await;
+        attempt.settle(Outcome::NotWritten).await;
         return Err(fenced);
     }
+    let mut attempt = attempt;
+    attempt.sent = true;
     let for_task = key.clone();
     let task = tokio::spawn(async move {
-        let outcome = match write.await {
-            Ok(error) if error.is_empty() => Ok(()),
-            Ok(error) => Err(remote_err(op, &for_task, error, false)),
-            Err(status) => Err(rpc_err(op, &for_task, status)),
+        let (outcome, result) = match write.await {
+            Ok(error) if error.is_empty() => (Outcome::Written, Ok(())),
+            Ok(error) => (
+                Outcome::NotWritten,
+                Err(remote_err(op, &for_task, error, false)),
+            ),
+            Err(status) => {
+                let refused = matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
+                );
+                let outcome = if refused {
+                    Outcome::NotWritten
+                } else {
+                    Outcome::Unknown
+                };
+                (outcome, Err(rpc_err(op, &for_task, status)))
+            }
         };
-        attempt.settle(outcome.is_ok()).await;
-        outcome
+        attempt.settle(outcome).await;
+        result
     });
     task.await.unwrap_or_else(|e| {
         Err(remote_err(
@@ -696,7 +754,7 @@ impl FilerSink {
         {
             Ok(chunks) => chunks,
             Err(e) => {
-                attempt.settle(false).await;
+                attempt.settle(Outcome::NotWritten).await;
                 return Err(e);
             }
         };
@@ -742,7 +800,7 @@ impl FilerSink {
         {
             Ok(chunks) => chunks,
             Err(e) => {
-                attempt.settle(false).await;
+                attempt.settle(Outcome::NotWritten).await;
                 return Err(e);
             }
         };
@@ -801,6 +859,19 @@ impl FilerSink {
             .iter()
             .filter(|f| f.extension().is_some_and(|x| x == "fids"))
         {
+            // Another process in this directory (a `backfill`, `verify -repair`) may be
+            // writing right now: its notes are its own.
+            let owner = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if owner.is_some_and(|pid| {
+                pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists()
+            }) {
+                tracing::debug!(file = %file.display(), "notes of a running process; left alone");
+                continue;
+            }
             let text =
                 std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
             let mut lines = text.lines();

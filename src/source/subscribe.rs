@@ -61,6 +61,19 @@ impl super::Input for SubscribeInput {
         stop: CancellationToken,
         hard_stop: CancellationToken,
     ) -> Result<(), super::InputError> {
+        // A start in the future would be saved as the checkpoint at the first tick, and
+        // everything until then skipped for good.
+        if let Some(StartFrom::At(ns)) = self.cfg.start_from
+            && ns > now_ns()
+        {
+            return Err(super::InputError::Config {
+                key: "source.filer.start_from",
+                detail: format!(
+                    "{} is in the future; the log would skip everything until then",
+                    StartFrom::At(ns)
+                ),
+            });
+        }
         run(
             &self.cfg,
             self.source.clone(),
@@ -83,6 +96,8 @@ async fn run(
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) {
+    // "That long ago" counts from the start, however long the checkpoint takes to read.
+    let started = now_ns();
     let key = cfg.checkpoint_key.as_bytes().to_vec();
     tracing::info!(checkpoint_key = %cfg.checkpoint_key, "checkpoints go to the source filer's KV store");
     let Some(checkpoint) = load_checkpoint(&source, &key, &stop).await else {
@@ -95,11 +110,15 @@ async fn run(
                     %start, checkpoint = ts,
                     "starting the metadata log where the command line says, over the checkpoint"
                 ),
+                None if cfg.initial_snapshot => tracing::info!(
+                    %start,
+                    "starting the metadata log where the command line says; initial_snapshot is not run (as upstream with -timeAgo)"
+                ),
                 None => {
                     tracing::info!(%start, "starting the metadata log where the command line says")
                 }
             }
-            start.ns(now_ns())
+            start.ns(started)
         }
         (None, Some(ts)) => {
             tracing::info!(checkpoint = ts, key = %cfg.checkpoint_key, "resuming the metadata log from the checkpoint");
@@ -112,7 +131,7 @@ async fn run(
         (None, None) if cfg.start_from.is_some() => {
             let start = cfg.start_from.unwrap_or(StartFrom::At(0));
             tracing::info!(%start, directory, "no checkpoint: starting the metadata log at start_from");
-            start.ns(now_ns())
+            start.ns(started)
         }
         (None, None) if cfg.initial_snapshot => {
             let started = now_ns();

@@ -295,16 +295,11 @@ where
                 Err(remote_err(op, &for_task, error, false)),
             ),
             Err(status) => {
-                let refused = matches!(
-                    status.code(),
-                    tonic::Code::InvalidArgument
-                        | tonic::Code::PermissionDenied
-                        | tonic::Code::Unauthenticated
-                );
-                let outcome = if refused {
-                    Outcome::NotWritten
-                } else {
+                // A status not worth retrying is the filer refusing the request.
+                let outcome = if retryable_status(&status) {
                     Outcome::Unknown
+                } else {
+                    Outcome::NotWritten
                 };
                 (outcome, Err(rpc_err(op, &for_task, status)))
             }

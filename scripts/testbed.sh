@@ -18,6 +18,8 @@
 #   NOTIFICATION_TOML        a notification.toml to give weed instead of the Kafka one
 #   WEED_EXTRA_ARGS          extra `weed server` flags, space-separated (e.g. -filer.encryptVolumeData)
 #   DOWN_SECONDS             restart-weed: seconds weed stays down before it starts again (default 0)
+#   MIN_FREE_SPACE           free disk below which weed's volumes turn read-only (default 256MiB;
+#                            weed's own default, 1% of the disk, failed CI on a large, busy disk)
 #
 # weed needs ~15 s to exit on SIGTERM even with -volume.preStopSeconds=0 (its filer's gRPC
 # graceful stop times out after 15 s); without that flag it is ~25 s.
@@ -41,6 +43,7 @@ readonly B2SDK_PIN="b2sdk==2.13.1"
 # Azurite (npm; newer releases need a newer Node than Debian's), for the Azure sink's tests.
 readonly AZURITE_PIN="azurite@3.35.0"
 
+MIN_FREE_SPACE="${MIN_FREE_SPACE:-256MiB}"
 CACHE_DIR="${SEAWEED_REPLICATE_CACHE:-${HOME}/.cache/seaweed-replicate}"
 VENV="${CACHE_DIR}/venv"
 NPM_PREFIX="${CACHE_DIR}/npm"
@@ -502,7 +505,7 @@ EOF
         -master.port="${master_port}" -master.port.grpc="$((master_port + 10000))"
         -master.volumeSizeLimitMB=256 -master.telemetry=false
         -volume.port="${volume_port}" -volume.port.grpc="$((volume_port + 10000))"
-        -volume.max=60 -volume.preStopSeconds=0
+        -volume.max=60 -volume.preStopSeconds=0 -volume.minFreeSpace="${MIN_FREE_SPACE}"
         -filer -filer.port="${filer_port}" -filer.port.grpc="$((filer_port + 10000))"
         "${socket_opt[@]}" "${extra_args[@]}")
     # Kept for `restart-weed`, which starts the same server on the same ports and data.
@@ -534,7 +537,9 @@ EOF
         sleep 0.3
     done
     if ((ready == 0)); then
-        log "weed not ready within 60 s; log tail:"
+        log "weed not ready within 60 s; free disk where its data is:"
+        df -h "${run_dir}" >&2 || true
+        log "log tail:"
         tail -n 30 "${run_dir}/weed.log" >&2 || true
         cmd_stop "${run_dir}" || true
         die "start failed"

@@ -504,6 +504,8 @@ impl TestBed {
                 "-ip.bind=127.0.0.1",
                 "-max=20",
                 "-preStopSeconds=0",
+                // As scripts/testbed.sh: weed's 1% of a large disk may be more than is free.
+                "-minFreeSpace=256MiB",
             ])
             .arg(format!("-mserver={}", self.var("MASTER")))
             .arg(format!("-port={port}"))

@@ -137,8 +137,8 @@ async fn survives_repeated_kill_9_while_draining() {
     let kills = env_or("KILLS", 20);
     let seed = env_or("KILL_SEED", 7);
     let bed = Arc::new(TestBed::start(BedOptions::default()));
-    let area = tempfile::tempdir().unwrap();
-    let root = area.path().join("sink");
+    // In the bed's directory, so that `KEEP_FAILED` keeps it for a post-mortem.
+    let root = bed.dir.path().join("sink");
     let work = Workdir::new(&bed, "/data", &root, "");
 
     // A backlog before the first start, then changes all through the kill loop.

@@ -366,6 +366,25 @@ impl TestBed {
         );
     }
 
+    /// The entry at `path`, as the filer's `LookupDirectoryEntry` answers.
+    pub async fn lookup(&self, path: &str) -> Option<pb::Entry> {
+        let (dir, name) = path.rsplit_once('/').unwrap();
+        let dir = if dir.is_empty() { "/" } else { dir };
+        match self
+            .grpc()
+            .await
+            .lookup_directory_entry(pb::LookupDirectoryEntryRequest {
+                directory: dir.into(),
+                name: name.into(),
+            })
+            .await
+        {
+            Ok(resp) => resp.into_inner().entry,
+            Err(status) if status.code() == tonic::Code::NotFound => None,
+            Err(status) => panic!("look up {path}: {status}"),
+        }
+    }
+
     /// Create an entry through gRPC (the filer publishes the event like any other).
     pub async fn create_entry(&self, dir: &str, entry: pb::Entry) {
         let resp = self
@@ -632,6 +651,19 @@ impl Drop for TestBed {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        keep_if_failed(&mut self.dir, "test bed");
+    }
+}
+
+/// With `KEEP_FAILED=1`, a failing test leaves its directory (logs, data, sink) behind
+/// and names it, for a post-mortem.
+pub fn keep_if_failed(dir: &mut tempfile::TempDir, what: &str) {
+    if std::thread::panicking()
+        && std::env::var_os("KEEP_FAILED").is_some()
+        && let Ok(empty) = tempfile::tempdir()
+    {
+        let kept = std::mem::replace(dir, empty).keep();
+        eprintln!("KEEP_FAILED: {what} kept at {}", kept.display());
     }
 }
 
@@ -954,6 +986,12 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// A working directory with upstream-format config files, as an operator would have.
 pub struct Workdir {
     pub dir: tempfile::TempDir,
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        keep_if_failed(&mut self.dir, "work directory");
+    }
 }
 
 impl Workdir {

@@ -11,6 +11,7 @@ use crate::config::settings::{BadMessagePolicy, FailurePolicy};
 use crate::event::{self, RawEvent};
 use crate::filer::{FilerSource, mtime_ns};
 use crate::pb::{Entry, EventNotification};
+use crate::replicate::converge::Applied;
 use crate::replicate::{self, Plan, Rules};
 use crate::sink::{Sink, SinkError};
 use base64::Engine;
@@ -119,6 +120,12 @@ pub(crate) struct Pipeline {
     /// The source filer itself was unreachable, and no read has worked since.
     source_filer_down: std::sync::atomic::AtomicBool,
 }
+
+/// How soon a delete the source has not finished yet is applied again, at first and at
+/// most. A recursive delete removes its entries once it has published all their events,
+/// so this is usually milliseconds away, and seconds for a directory of many thousands.
+const UNFINISHED_FIRST: Duration = Duration::from_millis(20);
+const UNFINISHED_MAX: Duration = Duration::from_secs(1);
 
 /// How long after start-up volumes without locations count as an outage of the source:
 /// a cluster that has just (re)started registers its volume servers with the master a
@@ -417,6 +424,9 @@ impl Pipeline {
             crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         // The outages this event ran into (their generations): only its success ends them.
         let (mut hit_sink, mut hit_source) = (None, None);
+        // A delete the source has not finished yet (see `Applied::NotYet`): since when,
+        // and how long to wait before looking again.
+        let mut unfinished: Option<(Instant, Duration)> = None;
         loop {
             let result = self.apply(&plan, &paths, &ev.signatures).await;
             if let Err(e) = &result
@@ -432,7 +442,25 @@ impl Pipeline {
                 }
             }
             match result {
-                Ok(()) => {
+                Ok(Applied::NotYet) => {
+                    if unfinished.is_none() {
+                        tracing::debug!(key = %raw.key, "the source has published this delete but not finished it; waiting for it");
+                    }
+                    let (since, wait) =
+                        unfinished.get_or_insert((Instant::now(), UNFINISHED_FIRST));
+                    if since.elapsed() >= self.deadline {
+                        tracing::warn!(key = %raw.key, waited = ?self.deadline,
+                            "the source published this delete but still holds the entry; it kept it, and so does the sink");
+                        return Ok(Some(false));
+                    }
+                    let pause = *wait;
+                    *wait = (*wait * 2).min(UNFINISHED_MAX);
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Ok(_) => {
                     self.sink_state.working(hit_sink);
                     if plan.reads_source() {
                         self.source_filer_down.store(false, Ordering::Release);
@@ -501,7 +529,7 @@ impl Pipeline {
         plan: &Plan,
         paths: &replicate::converge::Paths,
         signatures: &[i32],
-    ) -> Result<(), SinkError> {
+    ) -> Result<Applied, SinkError> {
         let sink = self.sink.as_ref();
         match &self.source {
             Some(source) if !self.rules.incremental => {
@@ -514,12 +542,14 @@ impl Pipeline {
                     signatures,
                 )
                 .await?;
-                if applied == replicate::converge::Applied::Overtaken {
+                if applied == Applied::Overtaken {
                     tracing::debug!(path = %paths.new, "the source has moved on since this event; a later event brings what it holds now");
                 }
-                Ok(())
+                Ok(applied)
             }
-            _ => replicate::apply(plan, sink, signatures).await,
+            _ => replicate::apply(plan, sink, signatures)
+                .await
+                .map(|()| Applied::Written),
         }
     }
 

@@ -12,7 +12,13 @@
 //!   entry (the later event that removed or replaced it does the rest).
 //! - **delete** of P: nothing if the source has P again as the same kind of entry (the
 //!   later event that made it brings it); otherwise the delete, then every ancestor
-//!   directory that the source no longer has and that is empty on the sink goes too.
+//!   directory that the source no longer has and that is empty on the sink goes too. If
+//!   the source still holds the very entry the event deleted, its delete is still under
+//!   way: a recursive delete publishes the event of every entry under the directory, and
+//!   the directory's own, before it removes them (`doBatchDeleteFolderMetaAndData`). The
+//!   event is applied again shortly ([`Applied::NotYet`]); were it taken for a new entry,
+//!   the sink would keep what the source deleted, for good once the directory is made
+//!   again.
 //! - **rename** O -> N: the new side is written only if the source holds this very
 //!   version at N (moved natively when the source no longer has O, else copied); the old
 //!   side is removed only if the source no longer has O. A directory rename creates the
@@ -96,6 +102,28 @@ pub(crate) fn same_version(a: &Entry, b: &Entry) -> bool {
         })
 }
 
+/// Whether two entries are one and the same, not merely alike: the same version of a
+/// file, or a directory that was never deleted and made again in between (it keeps its
+/// times to the nanosecond and its inode). Hard links of one file are told apart by
+/// their count, which a delete of one of them lowers.
+pub(crate) fn same_incarnation(a: &Entry, b: &Entry) -> bool {
+    if !same_version(a, b)
+        || a.hard_link_id != b.hard_link_id
+        || a.hard_link_counter != b.hard_link_counter
+    {
+        return false;
+    }
+    if !a.is_directory {
+        return true;
+    }
+    let identity = |e: &Entry| {
+        e.attributes
+            .as_ref()
+            .map(|t| (t.mtime, t.mtime_ns, t.crtime, t.inode))
+    };
+    identity(a).is_some() && identity(a) == identity(b)
+}
+
 /// What applying a plan did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -103,6 +131,9 @@ pub enum Applied {
     Written,
     /// The source has moved on: a later event brings what it holds now.
     Overtaken,
+    /// A delete the source has published but not finished: it still holds the very
+    /// entry the event deleted. Nothing was done; apply the plan again shortly.
+    NotYet,
 }
 
 fn read_err(key: &SinkKey, source: ReadError) -> SinkError {
@@ -166,12 +197,14 @@ pub async fn apply(
             key,
             is_directory,
             delete_chunks,
+            removed,
         } => {
-            if current(truth, &paths.old, key, *is_directory)
-                .await?
-                .is_some()
-            {
-                return Ok(Applied::Overtaken);
+            match current(truth, &paths.old, key, *is_directory).await? {
+                Some(now) if removed.as_ref().is_some_and(|r| same_incarnation(&now, r)) => {
+                    return Ok(Applied::NotYet);
+                }
+                Some(_) => return Ok(Applied::Overtaken),
+                None => {}
             }
             sink.delete_entry(key, *is_directory, *delete_chunks, signatures)
                 .await?;

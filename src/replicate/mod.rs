@@ -52,6 +52,9 @@ pub enum Plan {
         key: SinkKey,
         is_directory: bool,
         delete_chunks: bool,
+        /// What a delete event removed; `None` when the plan comes from a rename out of
+        /// scope, whose entry lives on elsewhere (and may be renamed back).
+        removed: Option<Entry>,
     },
     /// A real move; sinks without a native move get create-then-delete.
     Move {
@@ -161,7 +164,7 @@ impl Rules {
                 if !self.in_scope(&key_parts, old.is_directory) {
                     return Ok(Plan::Skip("outside the source directory"));
                 }
-                self.delete(key, &key_parts, old, ev.delete_chunks)
+                self.delete(key, &key_parts, old, ev.delete_chunks, true)
             }
             (Some(old), Some(new)) => {
                 let target_parent = if ev.new_parent_path.is_empty() {
@@ -183,7 +186,7 @@ impl Rules {
                 ) {
                     (false, false) => Ok(Plan::Skip("rename outside the source directory")),
                     (false, true) => self.create(&join(&target), target, new),
-                    (true, false) => self.delete(key, &key_parts, old, ev.delete_chunks),
+                    (true, false) => self.delete(key, &key_parts, old, ev.delete_chunks, false),
                     (true, true) => {
                         let date = self.date_dir(Some(new));
                         let old_key = self.map(&key_parts, &date);
@@ -247,6 +250,7 @@ impl Rules {
         parts: &[String],
         old: &Entry,
         delete_chunks: bool,
+        removed: bool,
     ) -> Result<Plan, PlanError> {
         if parts == self.source_dir.as_slice() {
             return Err(PlanError::SinkRoot {
@@ -264,6 +268,7 @@ impl Rules {
             key: self.map(parts, &date),
             is_directory: old.is_directory,
             delete_chunks,
+            removed: removed.then(|| old.clone()),
         })
     }
 }
@@ -283,6 +288,7 @@ pub(crate) async fn apply(
             key,
             is_directory,
             delete_chunks,
+            ..
         } => {
             sink.delete_entry(key, *is_directory, *delete_chunks, signatures)
                 .await

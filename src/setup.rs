@@ -144,6 +144,7 @@ impl Setup {
                     https: settings.security.https_client.is_some(),
                     prefetch: settings.replicate.prefetch_chunks,
                     grpc_tls: grpc_tls.clone(),
+                    proxy: settings.source.proxy.clone(),
                 },
                 http.clone(),
             )

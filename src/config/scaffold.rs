@@ -38,6 +38,12 @@ excludeFileNames = ""
 excludePathPatterns = ""
 # Volume servers in this data center are read from first.
 dataCenter = ""
+# [better] As filer.sync's -a.filerProxy and filer.backup's -filerProxy: read file content
+# through this filer's HTTP API instead of from the volume servers, for when only the filer
+# can be reached from here (Kubernetes, NAT, a firewall).
+filerProxy = false
+# The filer's HTTP host:port for filerProxy; empty: grpcAddress with its port less 10000.
+httpAddress = ""
 # [better] Recommended: read the changes from this filer's own metadata log instead of a
 # queue. No broker to run, and nothing the filer failed to publish is missed. Progress is
 # a checkpoint in the filer's KV store. With subscribe = true, enable no [notification.*].

@@ -1119,12 +1119,32 @@ impl Replicator {
 
     /// [`Replicator::start`] with these environment variables and these flags.
     pub fn start_with(work: &Workdir, env: &[(&str, &str)], args: &[&str]) -> Replicator {
+        Self::start_wrapped(work, &[], env, args)
+    }
+
+    /// [`Replicator::start_with`], run by `wrapper` (a command that ends by running the
+    /// one it is given in its own process, e.g. `ip netns exec NAME`).
+    pub fn start_wrapped(
+        work: &Workdir,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Replicator {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .open(work.log())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_replicate"))
+        let binary = env!("CARGO_BIN_EXE_replicate");
+        let mut command = match wrapper.split_first() {
+            None => Command::new(binary),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(binary);
+                c
+            }
+        };
+        let child = command
             .arg("-v=1")
             .args(args)
             .current_dir(work.path())

@@ -17,6 +17,7 @@ pub enum Mode {
 }
 
 pub struct Proxy {
+    ip: String,
     port: u16,
     mode: watch::Sender<Mode>,
 }
@@ -24,7 +25,12 @@ pub struct Proxy {
 impl Proxy {
     /// Listen on a free loopback port and forward to `upstream` (`host:port`).
     pub fn start(upstream: &str) -> Proxy {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1", upstream)
+    }
+
+    /// Listen on a free port of address `ip` and forward to `upstream` (`host:port`).
+    pub fn start_on(ip: &str, upstream: &str) -> Proxy {
+        let std_listener = std::net::TcpListener::bind((ip, 0)).unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let port = std_listener.local_addr().unwrap().port();
         let (mode, watcher) = watch::channel(Mode::Open);
@@ -67,12 +73,16 @@ impl Proxy {
                 }
             });
         });
-        Proxy { port, mode }
+        Proxy {
+            ip: ip.to_string(),
+            port,
+            mode,
+        }
     }
 
     /// `host:port` to give a client instead of the upstream's.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     pub fn set(&self, mode: Mode) {

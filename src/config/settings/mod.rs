@@ -318,6 +318,47 @@ offsetSaveIntervalSeconds = 10
     }
 
     #[test]
+    fn reads_through_the_filer_use_its_http_address() {
+        let with =
+            |keys: &str| GOOD.replace("[source.filer]\n", &format!("[source.filer]\n{keys}"));
+        assert_eq!(resolve_text(GOOD).unwrap().source.proxy, None);
+        // SeaweedFS's convention: the gRPC port is the HTTP port + 10000.
+        let s = resolve_text(&with("filerProxy = true\n")).unwrap();
+        let grpc = s.source.grpc_address.clone();
+        let (host, port) = grpc.rsplit_once(':').unwrap();
+        let port: u16 = port.parse().unwrap();
+        assert_eq!(s.source.proxy, Some(format!("{host}:{}", port - 10000)));
+        let s = resolve_text(&with(
+            "filerProxy = true\nhttpAddress = \"filer.local:80\"\n",
+        ))
+        .unwrap();
+        assert_eq!(s.source.proxy.as_deref(), Some("filer.local:80"));
+        for (keys, key, says) in [
+            (
+                "httpAddress = \"filer:8888\"\n",
+                "source.filer.httpAddress",
+                "filerProxy = true",
+            ),
+            (
+                "filerProxy = true\nhttpAddress = \"filer\"\n",
+                "source.filer.httpAddress",
+                "not host:port",
+            ),
+            ("filerProxy = \"yes\"\n", "source.filer.filerProxy", ""),
+        ] {
+            let e = resolve_text(&with(keys)).unwrap_err();
+            assert_eq!(e.0.len(), 1, "{keys}: {e}");
+            assert_eq!(e.0[0].key, key, "{keys}");
+            assert!(e.to_string().contains(says), "{keys}: {e}");
+        }
+        let low = GOOD.replace(&grpc, "filer:9000");
+        let e =
+            resolve_text(&low.replace("[source.filer]\n", "[source.filer]\nfilerProxy = true\n"))
+                .unwrap_err();
+        assert!(e.to_string().contains("set httpAddress"), "{e}");
+    }
+
+    #[test]
     fn an_s3_acl_is_one_of_the_canned_ones() {
         let s3 = |acl: &str| {
             GOOD.replace(

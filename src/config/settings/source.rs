@@ -16,6 +16,8 @@ pub(crate) struct SourceSettings {
     /// `excludeFileNames` and `excludePathPatterns`.
     pub filter: crate::replicate::filter::Filter,
     pub data_center: String,
+    /// `filerProxy`: the filer's HTTP `host:port`, to read chunks through.
+    pub proxy: Option<String>,
 }
 
 /// Comma-separated wildcards, as upstream's `-filerExcludeFileNames` and
@@ -49,17 +51,61 @@ pub(super) fn check_grpc_address(r: &mut Reader, key: &str, addr: &str) {
         );
         return;
     }
-    // host:port, or [v6]:port; a bare v6 address without brackets is ambiguous.
-    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty()
-            && port.parse::<u16>().is_ok_and(|p| p > 0)
-            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
-    });
-    if !ok {
+    check_host_port(r, key, addr);
+}
+
+/// `host:port`, or `[v6]:port`: the host and the port, if `addr` is one.
+fn host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    // A bare v6 address without brackets is ambiguous.
+    (!host.is_empty() && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']'))))
+        .then_some((host, port))
+}
+
+fn check_host_port(r: &mut Reader, key: &str, addr: &str) {
+    if host_port(addr).is_none() {
         r.problem(
             key,
             format!("{addr:?} is not host:port (a port is required)"),
         );
+    }
+}
+
+/// `filerProxy` and `httpAddress`: the filer's HTTP address to read chunks through, by
+/// default SeaweedFS's convention (the gRPC port less 10000, as `weed` derives them).
+fn resolve_proxy(r: &mut Reader, grpc_address: &str) -> Option<String> {
+    let proxy = r.bool("source.filer.filerProxy", false);
+    let http = r.string("source.filer.httpAddress", "");
+    if !http.is_empty() {
+        check_host_port(r, "source.filer.httpAddress", &http);
+        if !proxy {
+            r.problem(
+                "source.filer.httpAddress",
+                "is set, but only reads through the filer use it; set filerProxy = true too, or remove it",
+            );
+        }
+    }
+    if !proxy {
+        return None;
+    }
+    if !http.is_empty() {
+        return Some(http);
+    }
+    match host_port(grpc_address) {
+        Some((host, port)) if port > 10000 => Some(format!("{host}:{}", port - 10000)),
+        // The gRPC address's own problem is reported already.
+        None => None,
+        Some(_) => {
+            r.problem(
+                "source.filer.filerProxy",
+                format!(
+                    "the filer's HTTP port cannot be told from grpcAddress {grpc_address:?} \
+                     (its port is not above 10000); set httpAddress"
+                ),
+            );
+            None
+        }
     }
 }
 
@@ -94,6 +140,7 @@ pub(super) fn resolve_source(r: &mut Reader) -> SourceSettings {
         path_patterns: wildcards(r, "source.filer.excludePathPatterns"),
     };
     let data_center = r.string("source.filer.dataCenter", "");
+    let proxy = resolve_proxy(r, &grpc_address);
     // Normalised above, so every one of them splits into components.
     let parts = |d: &str| components(d).unwrap_or_default();
     SourceSettings {
@@ -104,5 +151,6 @@ pub(super) fn resolve_source(r: &mut Reader) -> SourceSettings {
         exclude_directories,
         filter,
         data_center,
+        proxy,
     }
 }

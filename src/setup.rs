@@ -2,7 +2,7 @@
 //! source reader and the sink built from it. Every command starts here (`app` for the
 //! replicator, `ops` for check, verify and backfill); nothing here depends on them.
 
-use crate::config::settings::SinkSettings;
+use crate::config::settings::{DeletePolicy, SinkSettings};
 use crate::config::{ConfigErrors, LoadOptions, RawConfig, Settings, resolve};
 use crate::filer::{FilerSource, SourceOptions, signature};
 use crate::metrics::Component;
@@ -247,6 +247,7 @@ impl Setup {
             filter: settings.source.filter.clone(),
             sink_dir: settings.sink.directory(),
             incremental: settings.sink.incremental(),
+            keep_deletes: settings.deletes == DeletePolicy::Keep,
             skip_other_cluster: matches!(settings.sink, SinkSettings::Filer(_)),
             skip_signatures,
         }

@@ -362,6 +362,7 @@ fn rules() -> Rules {
         filter: Default::default(),
         sink_dir: "/".into(),
         incremental: false,
+        keep_deletes: false,
         skip_other_cluster: false,
         skip_signatures: vec![],
     }

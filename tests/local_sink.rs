@@ -1035,3 +1035,87 @@ async fn name_and_pattern_filters_hold_through_renames() {
     let o = replicate_in(work.path(), &["verify"]);
     assert_eq!(o.status.code(), Some(0), "{}", output(&o));
 }
+
+/// `deletes = "keep"` (upstream `filer.backup` without `-doDeleteFiles`): what the source
+/// deletes stays on the sink, a rename adds the new name and keeps the old one, a move
+/// out of scope keeps the file, and `verify` counts what is kept without calling it a
+/// difference (and refuses `-delete`). A mistaken `rm -r` on the source empties nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_keeps_deletes_loses_nothing_to_rm_r() {
+    let bed = TestBed::start(BedOptions::default());
+    let root = bed.dir.path().join("sink");
+    let sink = format!(
+        "[sink.local]\nenabled = true\ndirectory = \"{}\"\ndeletes = \"keep\"\n",
+        root.display()
+    );
+    let work = Workdir::with_sink(&bed, "/data", &sink, "");
+    let rep = Replicator::start(&work);
+    let large = bytes(5, 2_600_000);
+    bed.upload("/data/keep/a.txt", b"a", "").await;
+    bed.upload("/data/keep/b.txt", b"b", "").await;
+    bed.upload("/data/keep/gone.txt", b"gone", "").await;
+    bed.upload("/data/keep/dir/c.bin", &large, "maxMB=1").await;
+    bed.upload("/data/keep/dir/sub/d.txt", b"d", "").await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            root.join("keep/dir/sub/d.txt").exists() && root.join("keep/gone.txt").exists()
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    bed.delete("/data/keep/a.txt", false).await;
+    bed.mv("/data/keep/b.txt", "/data/keep/moved/b2.txt").await;
+    bed.mv("/data/keep/gone.txt", "/elsewhere/gone.txt").await;
+    bed.delete("/data/keep/dir", true).await;
+    bed.upload("/data/keep/after.txt", b"after", "").await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            root.join("keep/after.txt").exists() && root.join("keep/moved/b2.txt").exists()
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    // SIGTERM finishes what is in flight, so every event above has been applied.
+    assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
+    let tree = local_tree(&root);
+    let want: Vec<(&str, &[u8])> = vec![
+        ("keep/a.txt", b"a"),
+        ("keep/after.txt", b"after"),
+        ("keep/b.txt", b"b"),
+        ("keep/dir/c.bin", &large),
+        ("keep/dir/sub/d.txt", b"d"),
+        ("keep/gone.txt", b"gone"),
+        ("keep/moved/b2.txt", b"b"),
+    ];
+    let files: Vec<(String, Vec<u8>)> = tree
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+    assert_eq!(
+        files,
+        want.iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        std::fs::read_to_string(work.log())
+            .unwrap()
+            .contains("the sink keeps what the source deletes"),
+        "{}",
+        tail(&work.log(), 20)
+    );
+
+    let o = replicate_in(work.path(), &["verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("5 sink files the source no longer has, kept"),
+        "{out}"
+    );
+    let o = replicate_in(work.path(), &["verify", "-repair", "-delete"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output(&o));
+    assert!(output(&o).contains("deletes = \"keep\""), "{}", output(&o));
+    assert!(root.join("keep/a.txt").exists());
+}

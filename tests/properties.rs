@@ -25,6 +25,7 @@ fn rules(incremental: bool) -> Rules {
         filter: Default::default(),
         sink_dir: "/backup".into(),
         incremental,
+        keep_deletes: false,
         skip_other_cluster: false,
         skip_signatures: vec![],
     }

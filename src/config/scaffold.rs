@@ -65,12 +65,18 @@ enabled = false
 directory = "/data"
 # Put each change under a YYYY-MM-DD directory (local time of the entry's mtime).
 is_incremental = false
+# [better] What the sink does when the source deletes: "mirror" deletes too, and a rename
+# moves (upstream filer.replicate); "keep" keeps what the source deletes, and a rename
+# adds the new name beside the old one (filer.backup without -doDeleteFiles). Dated
+# copies (is_incremental) are never deleted either way.
+deletes = "mirror"
 # [better] keeps mode, mtime, symlinks and directories; writes atomically; deletes recursively.
 
 [sink.local_incremental]
 enabled = false
 directory = "/data"
 is_incremental = true
+deletes = "mirror"
 
 [sink.filer]
 enabled = false
@@ -85,6 +91,7 @@ ttlSec = 0
 disk = ""
 dataCenter = ""
 is_incremental = false
+deletes = "mirror"
 # Chunk copies in flight across all files (upstream: 32, fixed); memory ≈ this × chunk size.
 chunk_concurrency = 8
 
@@ -101,6 +108,7 @@ endpoint = ""
 # A canned ACL for every object ([better] upstream reads it but never applies it).
 acl = ""
 is_incremental = false
+deletes = "mirror"
 keep_part_size = true
 uploader_max_upload_parts = 1000
 # [better] honoured (upstream reads only the misspelt uploader_part_size, also accepted here).
@@ -116,6 +124,7 @@ google_application_credentials = "/path/to/x.json"
 bucket = "your_bucket_seaweedfs"
 directory = "/"
 is_incremental = false
+deletes = "mirror"
 # [better] an emulator or private endpoint (STORAGE_EMULATOR_HOST works too); empty: Google.
 endpoint = ""
 
@@ -131,6 +140,7 @@ endpoint = ""
 container = "mycontainer"
 directory = "/"
 is_incremental = false
+deletes = "mirror"
 
 [sink.backblaze]
 enabled = false
@@ -142,6 +152,7 @@ b2_region = ""
 bucket = "mybucket"
 directory = "/"
 is_incremental = false
+deletes = "mirror"
 # [better] where to authorize; empty: https://api.backblazeb2.com.
 endpoint = ""
 

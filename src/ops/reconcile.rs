@@ -85,6 +85,10 @@ pub(crate) async fn run(
     if stop.is_cancelled() {
         return Ok(summary);
     }
+    if rules.keep_deletes {
+        tracing::info!(sink = %sink.describe(), "deletes = \"keep\": files the source no longer has stay on the sink");
+        return Ok(summary);
+    }
     let Some(inventory) = sink
         .inventory()
         .await

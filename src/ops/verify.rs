@@ -7,6 +7,7 @@
 //! listed).
 
 use super::{SourceTree, full_path, human_bytes};
+use crate::config::settings::DeletePolicy;
 use crate::event::RawEvent;
 use crate::pb::Entry;
 use crate::pipeline::{Disposition, Origin};
@@ -97,6 +98,14 @@ pub(crate) async fn run(
     if s.sink.incremental() {
         return Err(AppError::Usage(format!(
             "verify: the {} sink has is_incremental = true, so it keeps files by date instead of mirroring the source; there is nothing to compare",
+            s.sink.name()
+        )));
+    }
+    let keeps = s.deletes == DeletePolicy::Keep;
+    if keeps && mode.delete {
+        return Err(AppError::Usage(format!(
+            "verify: -delete would remove what the {} sink keeps on purpose (deletes = \"keep\"); \
+             set deletes = \"mirror\" to make it a mirror",
             s.sink.name()
         )));
     }
@@ -205,11 +214,21 @@ pub(crate) async fn run(
             }
         }
     }
-    // What is left on the sink has no source file.
+    // What is left on the sink has no source file: kept on purpose under
+    // deletes = "keep", a difference otherwise.
+    let kept = if keeps { sink_files.len() } else { 0 };
     for (rel, size) in std::mem::take(&mut sink_files) {
-        differences.insert(rel, Difference::Extra { size });
+        if !keeps {
+            differences.insert(rel, Difference::Extra { size });
+        }
     }
     report(&differences);
+    if kept > 0 {
+        println!(
+            "{kept} sink file{} the source no longer has, kept (deletes = \"keep\")",
+            plural(kept)
+        );
+    }
     println!(
         "checked {files} source files ({}): {}{}",
         human_bytes(bytes),

@@ -29,6 +29,9 @@ pub struct Rules {
     pub sink_dir: String,
     /// Date directories (`is_incremental`).
     pub incremental: bool,
+    /// `deletes = "keep"`: deletes are not replicated, and a rename adds the new name
+    /// and keeps the old one.
+    pub keep_deletes: bool,
     /// Skip events flagged `is_from_other_cluster` (filer sinks only).
     pub skip_other_cluster: bool,
     /// Skip events that already passed through one of these filers (the target filer's
@@ -37,6 +40,8 @@ pub struct Rules {
 }
 
 pub use crate::sink::SinkKey;
+
+const KEEPS: &str = "deletes = \"keep\": the sink keeps what the source deletes";
 
 /// One sink operation, or a reason to do nothing.
 // One plan exists per event in flight, so the size of the large variants does not matter.
@@ -186,14 +191,16 @@ impl Rules {
                 ) {
                     (false, false) => Ok(Plan::Skip("rename outside the source directory")),
                     (false, true) => self.create(&join(&target), target, new),
+                    (true, false) if self.keep_deletes => Ok(Plan::Skip(KEEPS)),
                     (true, false) => self.delete(key, &key_parts, old, ev.delete_chunks, false),
                     (true, true) => {
                         let date = self.date_dir(Some(new));
                         let old_key = self.map(&key_parts, &date);
                         let new_key = self.map(&target, &date);
-                        if self.incremental {
-                            // A dated copy is history: the rename adds the new name's copy
-                            // and keeps the old one.
+                        if self.incremental || (self.keep_deletes && old_key != new_key) {
+                            // A dated copy is history, and a sink that keeps what the
+                            // source deletes keeps the old name: the rename adds the new
+                            // name's copy and keeps the old one.
                             return self.create(&join(&target), target, new);
                         }
                         if old_key != new_key {
@@ -262,6 +269,9 @@ impl Rules {
             return Ok(Plan::Skip(
                 "incremental sinks keep every dated copy; deletes are not replicated",
             ));
+        }
+        if self.keep_deletes {
+            return Ok(Plan::Skip(KEEPS));
         }
         let date = self.date_dir(Some(old));
         Ok(Plan::Delete {
@@ -345,6 +355,7 @@ mod tests {
             filter: Default::default(),
             sink_dir: sink.into(),
             incremental: false,
+            keep_deletes: false,
             skip_other_cluster: false,
             skip_signatures: vec![],
         }
@@ -388,6 +399,60 @@ mod tests {
                 key, new_parent, ..
             } => format!("update {} in {}", key.full, new_parent.full),
         }
+    }
+
+    #[test]
+    fn a_sink_that_keeps_deletes_keeps_old_names_too() {
+        let mut r = rules("/buckets", "/backup");
+        r.keep_deletes = true;
+        let delete = EventNotification {
+            old_entry: Some(entry("a.txt", false)),
+            delete_chunks: true,
+            ..Default::default()
+        };
+        let mut rmdir = delete.clone();
+        rmdir.old_entry = Some(entry("d", true));
+        let cases: Vec<(&str, EventNotification, &str)> = vec![
+            ("/buckets/a.txt", delete, "skip: deletes = \"keep\""),
+            ("/buckets/d", rmdir, "skip: deletes = \"keep\""),
+            // Renamed: the new name is written, the old one stays.
+            (
+                "/buckets/a.txt",
+                rename("/buckets/a.txt", "/buckets/sub", "b.txt"),
+                "create /backup/sub/b.txt",
+            ),
+            // Out of scope: as good as deleted, so kept.
+            (
+                "/buckets/a.txt",
+                rename("/buckets/a.txt", "/elsewhere", "a.txt"),
+                "skip: deletes = \"keep\"",
+            ),
+            // Into scope, and updates in place, as ever.
+            (
+                "/elsewhere/a.txt",
+                rename("/elsewhere/a.txt", "/buckets", "a.txt"),
+                "create /backup/a.txt",
+            ),
+            (
+                "/buckets/a.txt",
+                rename("/buckets/a.txt", "/buckets", "a.txt"),
+                "update /backup/a.txt in /backup",
+            ),
+        ];
+        for (key, ev, want) in cases {
+            let got = full(&r.plan(key, &ev).unwrap());
+            assert!(got.starts_with(want), "{key}: {got}, want {want}");
+        }
+        // Without keep, the same rename is a move and the delete a delete.
+        r.keep_deletes = false;
+        let got = full(
+            &r.plan(
+                "/buckets/a.txt",
+                &rename("/buckets/a.txt", "/buckets/sub", "b.txt"),
+            )
+            .unwrap(),
+        );
+        assert_eq!(got, "move /backup/a.txt -> /backup/sub/b.txt");
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub(crate) struct Settings {
     pub source: SourceSettings,
     pub input: InputSettings,
     pub sink: SinkSettings,
+    /// The sink's `deletes`.
+    pub deletes: DeletePolicy,
     pub security: SecuritySettings,
     pub replicate: ReplicateSettings,
     pub metrics: MetricsSettings,
@@ -104,6 +106,10 @@ pub(crate) fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErr
     let source = resolve_source(&mut r);
     let (mut input, subscribe) = resolve_inputs(&mut r, cwd);
     let sink = resolve_sinks(&mut r, &source, cwd);
+    let deletes = match &sink {
+        Some(sink) => resolve_deletes(&mut r, sink.name()),
+        None => DeletePolicy::Mirror,
+    };
     let security = resolve_security(&mut r, cwd);
     let replicate = resolve_replicate(&mut r, cwd);
     let metrics = resolve_metrics(&mut r);
@@ -128,6 +134,7 @@ pub(crate) fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErr
             source,
             input,
             sink,
+            deletes,
             security,
             replicate,
             metrics,
@@ -315,6 +322,29 @@ offsetSaveIntervalSeconds = 10
         .unwrap_err();
         assert_eq!(e.0.len(), 1, "{e}");
         assert_eq!(e.0[0].key, "source.filer.excludePathPatterns");
+    }
+
+    #[test]
+    fn a_sink_mirrors_deletes_unless_told_to_keep_them() {
+        let with = |v: &str| {
+            GOOD.replace(
+                "[sink.local]\nenabled = true\n",
+                &format!("[sink.local]\nenabled = true\ndeletes = \"{v}\"\n"),
+            )
+        };
+        assert_eq!(resolve_text(GOOD).unwrap().deletes, DeletePolicy::Mirror);
+        assert_eq!(
+            resolve_text(&with("mirror")).unwrap().deletes,
+            DeletePolicy::Mirror
+        );
+        assert_eq!(
+            resolve_text(&with("keep")).unwrap().deletes,
+            DeletePolicy::Keep
+        );
+        let e = resolve_text(&with("trash")).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "sink.local.deletes");
+        assert!(e.to_string().contains("\"keep\""), "{e}");
     }
 
     #[test]

@@ -68,6 +68,36 @@ impl SinkSettings {
     }
 }
 
+/// `deletes`: what the sink does when the source deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeletePolicy {
+    /// Deletes, and the old names of renames, go: a mirror (upstream `filer.replicate`).
+    Mirror,
+    /// The sink keeps what the source deletes, and both names of what it renames (as
+    /// `filer.backup` without `-doDeleteFiles`): a backup a mistaken `rm -r` cannot empty.
+    Keep,
+}
+
+/// `[sink.<name>] deletes` of the enabled sink.
+pub(super) fn resolve_deletes(r: &mut Reader, sink: &str) -> DeletePolicy {
+    let key = format!("sink.{sink}.deletes");
+    match r.string(&key, "mirror").as_str() {
+        "mirror" => DeletePolicy::Mirror,
+        "keep" => DeletePolicy::Keep,
+        other => {
+            r.problem(
+                &key,
+                format!(
+                    "{:?} is not a delete policy; use \"mirror\" (deletes and renames are \
+                     replicated) or \"keep\" (the sink keeps what the source deletes)",
+                    crate::config::cut(other)
+                ),
+            );
+            DeletePolicy::Mirror
+        }
+    }
+}
+
 /// The one enabled sink.
 pub(super) fn resolve_sinks(
     r: &mut Reader,

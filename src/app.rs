@@ -140,6 +140,14 @@ async fn replicate(
         ))
     });
 
+    if let Some(days) = settings.retention_days {
+        tokio::spawn(crate::ops::retention::serve(
+            setup.clone(),
+            days,
+            stop.clone(),
+        ));
+    }
+
     // Start-up is done: the sink and the filers answered. systemd (Type=notify) may now
     // consider the service started.
     crate::notify::notify("READY=1");

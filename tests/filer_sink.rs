@@ -863,3 +863,55 @@ async fn a_member_that_stood_still_does_not_overwrite_newer_data() {
     assert!(rep_first.stop().0.success());
     assert!(rep_second.stop().0.success());
 }
+
+/// `retention_days` on an incremental filer sink: a dated directory older than the
+/// cut-off is deleted on the target filer, recursively; today's stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_old_dated_copies_on_the_target_filer() {
+    let a = TestBed::start(BedOptions::default());
+    let b = TestBed::start(BedOptions::default());
+    // An mtime in 2023 puts the copy under that day's directory.
+    a.create_entry("/data/old", inline_file("then.txt", b"then"))
+        .await;
+    a.upload("/data/now.txt", b"now", "").await;
+    let old_day = chrono::DateTime::from_timestamp(1_700_000_000, 0)
+        .unwrap()
+        .with_timezone(&chrono::Local)
+        .format("%Y-%m-%d")
+        .to_string();
+    let today = chrono::Local::now().format("%Y-%m-%d").to_string();
+    let (old, now) = (
+        format!("/inc/{old_day}/old/then.txt"),
+        format!("/inc/{today}/now.txt"),
+    );
+    let work = Workdir::filer(&a, "/data", &b, "/inc", "is_incremental = true");
+    let rep = Replicator::start(&work);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            b.lookup(&old).await.is_some() && b.lookup(&now).await.is_some()
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    assert!(rep.stop().0.success());
+
+    let config = work.path().join("replication.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "is_incremental = true",
+        "is_incremental = true\nretention_days = 30",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let rep = Replicator::start(&work);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            b.lookup(&format!("/inc/{old_day}")).await.is_none()
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    assert!(b.lookup(&now).await.is_some());
+    assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
+}

@@ -1119,3 +1119,69 @@ async fn a_sink_that_keeps_deletes_loses_nothing_to_rm_r() {
     assert!(output(&o).contains("deletes = \"keep\""), "{}", output(&o));
     assert!(root.join("keep/a.txt").exists());
 }
+
+/// `retention_days` on an incremental sink: dated directories older than the cut-off go
+/// at start (whole, whatever is in them), newer ones and anything that is not a
+/// top-level date stay, and replication goes on into today's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_dated_copies_older_than_its_days() {
+    let bed = TestBed::start(BedOptions::default());
+    let root = bed.dir.path().join("sink");
+    let day = |back: u64| {
+        (chrono::Local::now().date_naive() - chrono::Days::new(back))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let planted = [
+        (format!("{}/old.txt", day(31)), false),
+        (format!("{}/deep/er/x.bin", day(400)), false),
+        (format!("{}/recent.txt", day(29)), true),
+        (format!("notes/{}/kept.txt", day(400)), true),
+        ("2020-13-01/not-a-date.txt".to_string(), true),
+    ];
+    for (rel, _) in &planted {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, rel.as_bytes()).unwrap();
+    }
+    let sink = format!(
+        "[sink.local_incremental]\nenabled = true\ndirectory = \"{}\"\nretention_days = 30\n",
+        root.display()
+    );
+    let work = Workdir::with_sink(&bed, "/data", &sink, "");
+    let rep = Replicator::start(&work);
+    bed.upload("/data/today.txt", b"today", "").await;
+    let today = root.join(day(0)).join("today.txt");
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            today.exists() && !root.join(day(31)).exists() && !root.join(day(400)).exists()
+        })
+        .await,
+        "{:?}\n{}",
+        local_tree(&root).keys().collect::<Vec<_>>(),
+        tail(&work.log(), 20)
+    );
+    for (rel, stays) in &planted {
+        assert_eq!(root.join(rel).exists(), *stays, "{rel}");
+    }
+    assert_eq!(std::fs::read(&today).unwrap(), b"today");
+    assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    assert_eq!(
+        log.matches("retention: removed a dated copy").count(),
+        2,
+        "{log}"
+    );
+
+    // On a mirror it means nothing: a configuration error, exit 2.
+    let mirror = Workdir::new(&bed, "/data", &root, "");
+    let config = mirror.path().join("replication.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "is_incremental = false\n",
+        "is_incremental = false\nretention_days = 7\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let o = replicate_in(mirror.path(), &["check"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output(&o));
+    assert!(output(&o).contains("retention_days"), "{}", output(&o));
+}

@@ -70,6 +70,9 @@ is_incremental = false
 # adds the new name beside the old one (filer.backup without -doDeleteFiles). Dated
 # copies (is_incremental) are never deleted either way.
 deletes = "mirror"
+# [better] With is_incremental: dated directories older than this many days are removed,
+# at start and every hour (filer.backup's -retentionDays); 0 keeps them for ever.
+retention_days = 0
 # [better] keeps mode, mtime, symlinks and directories; writes atomically; deletes recursively.
 
 [sink.local_incremental]
@@ -77,6 +80,7 @@ enabled = false
 directory = "/data"
 is_incremental = true
 deletes = "mirror"
+retention_days = 0
 
 [sink.filer]
 enabled = false
@@ -92,6 +96,7 @@ disk = ""
 dataCenter = ""
 is_incremental = false
 deletes = "mirror"
+retention_days = 0
 # Chunk copies in flight across all files (upstream: 32, fixed); memory ≈ this × chunk size.
 chunk_concurrency = 8
 
@@ -109,6 +114,7 @@ endpoint = ""
 acl = ""
 is_incremental = false
 deletes = "mirror"
+retention_days = 0
 keep_part_size = true
 uploader_max_upload_parts = 1000
 # [better] honoured (upstream reads only the misspelt uploader_part_size, also accepted here).
@@ -125,6 +131,7 @@ bucket = "your_bucket_seaweedfs"
 directory = "/"
 is_incremental = false
 deletes = "mirror"
+retention_days = 0
 # [better] an emulator or private endpoint (STORAGE_EMULATOR_HOST works too); empty: Google.
 endpoint = ""
 
@@ -141,6 +148,7 @@ container = "mycontainer"
 directory = "/"
 is_incremental = false
 deletes = "mirror"
+retention_days = 0
 
 [sink.backblaze]
 enabled = false
@@ -153,6 +161,7 @@ bucket = "mybucket"
 directory = "/"
 is_incremental = false
 deletes = "mirror"
+retention_days = 0
 # [better] where to authorize; empty: https://api.backblazeb2.com.
 endpoint = ""
 

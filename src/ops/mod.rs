@@ -5,6 +5,7 @@
 pub(crate) mod backfill;
 pub(crate) mod check;
 pub(crate) mod reconcile;
+pub(crate) mod retention;
 pub(crate) mod verify;
 
 pub(crate) use crate::filer::tree::{Page, SourceTree};

@@ -144,6 +144,11 @@ impl Rules {
         SinkKey::new(&self.sink_dir, rel)
     }
 
+    /// The sink key of one dated directory (`YYYY-MM-DD`) of an incremental sink.
+    pub(crate) fn dated_root(&self, date: &str) -> SinkKey {
+        SinkKey::new(&self.sink_dir, vec![date.to_string()])
+    }
+
     /// Decide what one event means for the sink. Pure: no I/O.
     pub fn plan(&self, key: &str, ev: &EventNotification) -> Result<Plan, PlanError> {
         if ev.is_from_other_cluster && self.skip_other_cluster {

@@ -380,7 +380,13 @@ impl TestBed {
             .await
         {
             Ok(resp) => resp.into_inner().entry,
-            Err(status) if status.code() == tonic::Code::NotFound => None,
+            // The filer answers "no entry is found in filer store" with code Unknown.
+            Err(status)
+                if status.code() == tonic::Code::NotFound
+                    || status.message().contains("no entry is found") =>
+            {
+                None
+            }
             Err(status) => panic!("look up {path}: {status}"),
         }
     }

@@ -65,7 +65,8 @@ async fn converge(bed: &TestBed, s: &StoreUnderTest, prefix: &str, log: &Path) {
 
 /// The scenario: create (small, zero-byte, 65 MiB multi-chunk, inline content), then
 /// overwrite, rename, delete a file, delete a directory; content type and stored mtime;
-/// incremental layout; a full replay (offsets removed) that writes nothing again.
+/// incremental layout and its retention; a full replay (offsets removed) that writes
+/// nothing again.
 pub async fn conformance(bed: &TestBed, stores: Vec<StoreUnderTest>) {
     bed.upload("/data/notes.txt", b"first version of the notes", "")
         .await;
@@ -166,6 +167,46 @@ pub async fn conformance(bed: &TestBed, stores: Vec<StoreUnderTest>) {
     }
     for r in inc_reps {
         r.stop();
+    }
+    // retention_days: inline.txt's dated copy (its mtime is in 2023) is older than 30 days
+    // and goes, whole, at start; today's copies stay.
+    let old_day = chrono::DateTime::from_timestamp(1_700_000_000, 0)
+        .unwrap()
+        .with_timezone(&chrono::Local)
+        .format("%Y-%m-%d")
+        .to_string();
+    for (s, inc) in stores.iter().zip(&incs) {
+        let p = (s.prefix)("/inc");
+        let old = format!("{p}{old_day}/");
+        assert!(
+            !s.store.objects(&old).await.is_empty(),
+            "{}: no dated copy under {old}",
+            s.label
+        );
+        let config = inc.path().join("replication.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            text.replacen("[source.filer]", "retention_days = 30\n\n[source.filer]", 1),
+        )
+        .unwrap();
+        let r = Replicator::start(inc);
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                s.store.objects(&old).await.is_empty()
+            })
+            .await,
+            "{}: {old} outlived retention_days\n{}",
+            s.label,
+            tail(&inc.log(), 20)
+        );
+        let today = format!("{p}{day}/big/large.bin");
+        assert!(
+            s.store.info(&today).await.is_some(),
+            "{}: {today} went too",
+            s.label
+        );
+        assert!(r.stop().0.success(), "{}", tail(&inc.log(), 20));
     }
 
     // Replay everything: unchanged objects are not written again.

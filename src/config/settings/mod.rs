@@ -52,6 +52,8 @@ pub(crate) struct Settings {
     pub sink: SinkSettings,
     /// The sink's `deletes`.
     pub deletes: DeletePolicy,
+    /// The sink's `retention_days`, for dated copies.
+    pub retention_days: Option<u32>,
     pub security: SecuritySettings,
     pub replicate: ReplicateSettings,
     pub metrics: MetricsSettings,
@@ -110,6 +112,7 @@ pub(crate) fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErr
         Some(sink) => resolve_deletes(&mut r, sink.name()),
         None => DeletePolicy::Mirror,
     };
+    let retention_days = sink.as_ref().and_then(|s| resolve_retention(&mut r, s));
     let security = resolve_security(&mut r, cwd);
     let replicate = resolve_replicate(&mut r, cwd);
     let metrics = resolve_metrics(&mut r);
@@ -135,6 +138,7 @@ pub(crate) fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErr
             input,
             sink,
             deletes,
+            retention_days,
             security,
             replicate,
             metrics,

@@ -98,6 +98,31 @@ pub(super) fn resolve_deletes(r: &mut Reader, sink: &str) -> DeletePolicy {
     }
 }
 
+/// `[sink.<name>] retention_days` of the enabled sink: dated directories older than this
+/// many days are removed (`None`: kept for ever).
+pub(super) fn resolve_retention(r: &mut Reader, sink: &SinkSettings) -> Option<u32> {
+    let key = format!("sink.{}.retention_days", sink.name());
+    let days = r.count(&key, 0);
+    if days == 0 {
+        return None;
+    }
+    if !sink.incremental() {
+        r.problem(
+            &key,
+            "applies to dated copies only; set is_incremental = true, or remove it (a mirror \
+             holds what the source holds)",
+        );
+        return None;
+    }
+    match u32::try_from(days) {
+        Ok(d) if d <= 36_500 => Some(d),
+        _ => {
+            r.problem(&key, format!("{days} is more than 36500 (100 years)"));
+            None
+        }
+    }
+}
+
 /// The one enabled sink.
 pub(super) fn resolve_sinks(
     r: &mut Reader,

@@ -126,6 +126,9 @@ pub(crate) struct Pipeline {
 /// so this is usually milliseconds away, and seconds for a directory of many thousands.
 const UNFINISHED_FIRST: Duration = Duration::from_millis(20);
 const UNFINISHED_MAX: Duration = Duration::from_secs(1);
+/// How long a delete may stay unfinished on the source before the event fails (at most
+/// `event_deadline_seconds`).
+const UNFINISHED_LIMIT: Duration = Duration::from_secs(120);
 
 /// How long after start-up volumes without locations count as an outage of the source:
 /// a cluster that has just (re)started registers its volume servers with the master a
@@ -445,13 +448,23 @@ impl Pipeline {
                 Ok(Applied::NotYet) => {
                     if unfinished.is_none() {
                         tracing::debug!(key = %raw.key, "the source has published this delete but not finished it; waiting for it");
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::get().retried();
                     }
+                    // The event's own deadline counts from after this wait.
+                    started = Instant::now();
                     let (since, wait) =
                         unfinished.get_or_insert((Instant::now(), UNFINISHED_FIRST));
-                    if since.elapsed() >= self.deadline {
-                        tracing::warn!(key = %raw.key, waited = ?self.deadline,
-                            "the source published this delete but still holds the entry; it kept it, and so does the sink");
-                        return Ok(Some(false));
+                    let limit = self.deadline.min(UNFINISHED_LIMIT);
+                    if since.elapsed() >= limit {
+                        // A delete still under way after this long, or one that failed on
+                        // the source: either way an operator should know. Skipping it could
+                        // keep deleted files on the sink for good.
+                        return Err(Failure::GaveUp(format!(
+                            "the source published this delete {limit:?} ago and still holds \
+                             the very entry it deleted (a delete still under way, or one that \
+                             failed on the source)"
+                        )));
                     }
                     let pause = *wait;
                     *wait = (*wait * 2).min(UNFINISHED_MAX);
@@ -480,6 +493,7 @@ impl Pipeline {
                 // this event meanwhile.
                 Err(SinkError::Fenced { .. }) => {
                     started = Instant::now();
+                    unfinished = None;
                     tokio::select! {
                         _ = self.stop.cancelled() => return Ok(None),
                         _ = crate::fence::opened() => {}
@@ -490,6 +504,7 @@ impl Pipeline {
                         self.source_filer_down.store(true, Ordering::Release);
                     }
                     started = Instant::now();
+                    unfinished = None;
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::get().retried();
                     match e {

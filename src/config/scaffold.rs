@@ -71,7 +71,7 @@ is_incremental = false
 # copies (is_incremental) are never deleted either way.
 deletes = "mirror"
 # [better] With is_incremental: dated directories older than this many days are removed,
-# at start and every hour (filer.backup's -retentionDays); 0 keeps them for ever.
+# at start and daily (filer.backup's -retentionDays); 0 keeps them for ever.
 retention_days = 0
 # [better] keeps mode, mtime, symlinks and directories; writes atomically; deletes recursively.
 

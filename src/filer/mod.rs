@@ -273,14 +273,15 @@ impl FilerSource {
         let vid =
             fileid::volume_id(&fid).ok_or_else(|| chunk_err(&fid, "malformed file id", false))?;
         if let Some(filer) = &self.opts.proxy {
-            // The filer finds a replica, signs the read itself (with the volume servers'
-            // read key) and relays the answer; it retries nothing, the pipeline does.
+            // The filer finds a replica and relays the answer; it retries nothing, the
+            // pipeline does. Newer filers sign the read themselves (with the volume
+            // servers' read key), older ones pass the caller's token on: ours is sent.
             // `volume_id` checked it: digits, a comma and hex, nothing to escape.
             let url = format!(
                 "{}://{filer}/?proxyChunkId={fid}&readDeleted=true",
                 self.scheme()
             );
-            let (body, gzipped) = self.get(&url, &fid, false).await?;
+            let (body, gzipped) = self.get(&url, &fid).await?;
             crate::metrics::get().copied(body.len() as u64);
             return decode(&fid, body, gzipped);
         }
@@ -289,7 +290,7 @@ impl FilerSource {
             let locs = self.lookup(vid, refresh).await?;
             for loc in &locs {
                 let url = format!("{}://{}/{fid}?readDeleted=true", self.scheme(), loc.url);
-                let result = match self.get(&url, &fid, true).await {
+                let result = match self.get(&url, &fid).await {
                     Ok((body, gzipped)) => {
                         crate::metrics::get().copied(body.len() as u64);
                         decode(&fid, body, gzipped)
@@ -313,13 +314,13 @@ impl FilerSource {
         if self.opts.https { "https" } else { "http" }
     }
 
-    /// GET one chunk from `url`, with a read JWT for `fid` if `sign` and one is set up.
-    async fn get(&self, url: &str, fid: &str, sign: bool) -> Result<(Bytes, bool), ReadError> {
+    /// GET one chunk from `url`, with a read JWT for `fid` if one is set up.
+    async fn get(&self, url: &str, fid: &str) -> Result<(Bytes, bool), ReadError> {
         let mut req = self
             .http
             .get(url)
             .header(reqwest::header::ACCEPT_ENCODING, "gzip");
-        if sign && let Some(signer) = &self.opts.read_jwt {
+        if let Some(signer) = &self.opts.read_jwt {
             req = req.bearer_auth(signer.sign(fid));
         }
         let resp = req.send().await.map_err(|e| {

@@ -1,6 +1,6 @@
 //! `retention_days` (upstream `filer.backup -retentionDays`): an incremental sink keeps
 //! its dated copies (`YYYY-MM-DD/`, the local date of each entry's mtime) for that many
-//! days. Older dated directories are removed at start and then every hour, whole (a
+//! days. Older dated directories are removed at start and then daily, whole (a
 //! prefix delete on an object store). Upstream deletes one date a day, the one exactly
 //! N days back (and builds its path wrongly unless the sink directory is `/`); here
 //! every dated directory older than the cut-off goes, so a process that was down for a
@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// Each sweep lists the whole sink: daily, as upstream, keeps that cheap.
+const SWEEP_EVERY: Duration = Duration::from_secs(24 * 3600);
 
-/// The dated directories (first components of `files`, relative to the sink directory)
-/// strictly older than `today - days`.
+/// The dated directories (first components of `files`, relative to the sink directory,
+/// with something under them: a file named like a date is not one) strictly older than
+/// `today - days`.
 pub(crate) fn expired<'a>(
     files: impl IntoIterator<Item = &'a str>,
     today: NaiveDate,
@@ -25,7 +27,7 @@ pub(crate) fn expired<'a>(
     let cutoff = today - chrono::Days::new(u64::from(days));
     files
         .into_iter()
-        .filter_map(|rel| rel.split('/').next())
+        .filter_map(|rel| rel.split_once('/').map(|(top, _)| top))
         .filter(|d| d.len() == 10)
         .filter(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok_and(|date| date < cutoff))
         .map(str::to_string)
@@ -56,8 +58,8 @@ pub(crate) async fn sweep(setup: &Setup, days: u32) -> Result<usize, String> {
     Ok(dates.len())
 }
 
-/// Sweep at start and then every hour until `stop`; a failure is logged when it begins
-/// and when it ends, and tried again at the next sweep.
+/// Sweep at start and then daily until `stop`; a failure is logged when it begins and
+/// when it ends, and tried again at the next sweep.
 pub(crate) async fn serve(setup: Arc<Setup>, days: u32, stop: CancellationToken) {
     let mut failing = false;
     loop {
@@ -69,7 +71,7 @@ pub(crate) async fn serve(setup: Arc<Setup>, days: u32, stop: CancellationToken)
             Ok(_) => {}
             Err(e) if !failing => {
                 failing = true;
-                tracing::warn!(error = %e, "retention: sweeping dated copies failed; trying again every hour");
+                tracing::warn!(error = %e, "retention: sweeping dated copies failed; trying again tomorrow");
             }
             Err(_) => {}
         }
@@ -95,6 +97,7 @@ mod tests {
             "2025-12-31/f",
             "2026-02-30/g",       // not a date
             "notes/2020-01-01/h", // not at the top
+            "2025-01-01",         // a file, not a directory
             "2020-01-01x/i",
             "2020-1-01/j",
             "k",

@@ -13,9 +13,10 @@
 //! - **delete** of P: nothing if the source has P again as the same kind of entry (the
 //!   later event that made it brings it); otherwise the delete, then every ancestor
 //!   directory that the source no longer has and that is empty on the sink goes too. If
-//!   the source still holds the very entry the event deleted, its delete is still under
-//!   way: a recursive delete publishes the event of every entry under the directory, and
-//!   the directory's own, before it removes them (`doBatchDeleteFolderMetaAndData`). The
+//!   the source still holds the very entry the event deleted (and the delete frees its
+//!   chunks: one that keeps them is half of a rename), its delete is still under way: a
+//!   recursive delete publishes the event of every entry under the directory, and the
+//!   directory's own, before it removes them (`doBatchDeleteFolderMetaAndData`). The
 //!   event is applied again shortly ([`Applied::NotYet`]); were it taken for a new entry,
 //!   the sink would keep what the source deleted, for good once the directory is made
 //!   again.
@@ -200,7 +201,12 @@ pub async fn apply(
             removed,
         } => {
             match current(truth, &paths.old, key, *is_directory).await? {
-                Some(now) if removed.as_ref().is_some_and(|r| same_incarnation(&now, r)) => {
+                // A delete that keeps its chunks is the old half of a rename (the pre-4.18
+                // format), and a rename back may bring the very entry back: not waited for.
+                Some(now)
+                    if *delete_chunks
+                        && removed.as_ref().is_some_and(|r| same_incarnation(&now, r)) =>
+                {
                     return Ok(Applied::NotYet);
                 }
                 Some(_) => return Ok(Applied::Overtaken),

@@ -665,7 +665,7 @@ impl Drop for TestBed {
 /// and names it, for a post-mortem.
 pub fn keep_if_failed(dir: &mut tempfile::TempDir, what: &str) {
     if std::thread::panicking()
-        && std::env::var_os("KEEP_FAILED").is_some()
+        && std::env::var("KEEP_FAILED").is_ok_and(|v| v == "1")
         && let Ok(empty) = tempfile::tempdir()
     {
         let kept = std::mem::replace(dir, empty).keep();

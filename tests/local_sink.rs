@@ -124,13 +124,9 @@ async fn replicates_a_working_tree_byte_for_byte() {
 
     // The offset file is kept current while running (interval 1 s), not only at shutdown.
     let high = bed.high_watermarks();
-    let offsets_path = work.path().join("last.offset");
     assert!(
         eventually(Duration::from_secs(10), || async {
-            std::fs::read(&offsets_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .is_some_and(|v| v["partitionOffsets"]["0"] == high[&0] - 1)
+            work.saved_offset(0) == Some(high[&0] - 1)
         })
         .await,
         "offset file not written while running"
@@ -1082,11 +1078,7 @@ async fn a_sink_that_keeps_deletes_loses_nothing_to_rm_r() {
     let last = bed.high_watermarks()[&0] - 1;
     assert!(
         eventually(Duration::from_secs(60), || async {
-            std::fs::read(work.path().join("last.offset"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| v["partitionOffsets"]["0"].as_i64())
-                == Some(last)
+            work.saved_offset(0) == Some(last)
         })
         .await,
         "the offsets never reached {last}\n{}",

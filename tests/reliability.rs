@@ -114,11 +114,7 @@ impl Writer {
 }
 
 fn committed(work: &Workdir) -> i64 {
-    std::fs::read(work.path().join("last.offset"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["partitionOffsets"]["0"].as_i64())
-        .unwrap_or(0)
+    work.saved_offset(0).unwrap_or(0)
 }
 
 fn assert_nothing_parked(work: &Workdir) {

@@ -1097,6 +1097,15 @@ impl Workdir {
     pub fn offsets(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.path().join("last.offset")).unwrap()).unwrap()
     }
+
+    /// The offset file's saved offset for `partition` (upstream's: the last one done),
+    /// `None` while there is no readable file or no such partition in it.
+    pub fn saved_offset(&self, partition: i32) -> Option<i64> {
+        std::fs::read(self.path().join("last.offset"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["partitionOffsets"][partition.to_string()].as_i64())
+    }
 }
 
 /// A work directory that reads `/data` from the metadata log (no notification.toml at

@@ -122,7 +122,7 @@ pub(crate) struct Pipeline {
 }
 
 /// How soon a delete the source has not finished yet is applied again, at first and at
-/// most. A recursive delete removes its entries once it has published all their events,
+/// most (nominal waits, jittered as every retry's). A recursive delete removes its entries once it has published all their events,
 /// so this is usually milliseconds away, and seconds for a directory of many thousands.
 const UNFINISHED_FIRST: Duration = Duration::from_millis(20);
 const UNFINISHED_MAX: Duration = Duration::from_secs(1);
@@ -428,8 +428,8 @@ impl Pipeline {
         // The outages this event ran into (their generations): only its success ends them.
         let (mut hit_sink, mut hit_source) = (None, None);
         // A delete the source has not finished yet (see `Applied::NotYet`): since when,
-        // and how long to wait before looking again.
-        let mut unfinished: Option<(Instant, Duration)> = None;
+        // and the waits before looking again.
+        let mut unfinished: Option<(Instant, crate::retry::Backoff)> = None;
         loop {
             let result = self.apply(&plan, &paths, &ev.signatures).await;
             if let Err(e) = &result
@@ -453,8 +453,12 @@ impl Pipeline {
                     }
                     // The event's own deadline counts from after this wait.
                     started = Instant::now();
-                    let (since, wait) =
-                        unfinished.get_or_insert((Instant::now(), UNFINISHED_FIRST));
+                    let (since, waits) = unfinished.get_or_insert_with(|| {
+                        (
+                            Instant::now(),
+                            crate::retry::Backoff::new(UNFINISHED_FIRST, UNFINISHED_MAX),
+                        )
+                    });
                     let limit = self.deadline.min(UNFINISHED_LIMIT);
                     if since.elapsed() >= limit {
                         // A delete still under way after this long, or one that failed on
@@ -466,8 +470,7 @@ impl Pipeline {
                              failed on the source)"
                         )));
                     }
-                    let pause = *wait;
-                    *wait = (*wait * 2).min(UNFINISHED_MAX);
+                    let pause = waits.next_wait();
                     tokio::select! {
                         _ = self.stop.cancelled() => return Ok(None),
                         _ = tokio::time::sleep(pause) => {}

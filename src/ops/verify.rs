@@ -217,10 +217,12 @@ pub(crate) async fn run(
     // What is left on the sink has no source file: kept on purpose under
     // deletes = "keep", a difference otherwise.
     let kept = if keeps { sink_files.len() } else { 0 };
-    for (rel, size) in std::mem::take(&mut sink_files) {
-        if !keeps {
-            differences.insert(rel, Difference::Extra { size });
-        }
+    if !keeps {
+        differences.extend(
+            sink_files
+                .into_iter()
+                .map(|(rel, size)| (rel, Difference::Extra { size })),
+        );
     }
     report(&differences);
     if kept > 0 {

@@ -18,7 +18,10 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         .start_over()
         .map_err(|e| AppError::Usage(e.to_string()))?;
     if start_over.is_some()
-        && let Some(command) = cli.command.as_ref().filter(|c| !matches!(c, Command::Run))
+        && let Some(command) = cli
+            .command
+            .as_ref()
+            .filter(|c| !matches!(c, Command::Run | Command::FilerBackup(_)))
     {
         let flag = if cli.time_ago.is_some() {
             "-timeAgo"
@@ -59,8 +62,27 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         Some(Command::Backfill { state, restart }) => {
             crate::ops::backfill::run(cli.config_dir, cli.config, &state, restart).await
         }
+        Some(Command::FilerBackup(flags)) => {
+            let backup = crate::backup::Backup::new(&flags)
+                .map_err(|p| AppError::Config(crate::config::ConfigErrors(p)))?;
+            replicate(
+                cli.config_dir,
+                cli.config,
+                cli.metrics_address,
+                start_over,
+                Some(backup),
+            )
+            .await
+        }
         Some(Command::Run) | None => {
-            replicate(cli.config_dir, cli.config, cli.metrics_address, start_over).await
+            replicate(
+                cli.config_dir,
+                cli.config,
+                cli.metrics_address,
+                start_over,
+                None,
+            )
+            .await
         }
     }
 }
@@ -89,11 +111,12 @@ async fn replicate(
     config: Option<std::path::PathBuf>,
     metrics_address: Option<String>,
     start_over: Option<crate::config::settings::StartFrom>,
+    backup: Option<crate::backup::Backup>,
 ) -> Result<(), AppError> {
     let stop = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     spawn_signal_handler(stop.clone(), hard_stop.clone());
-    let mut setup = Setup::load(config_dir, config)?;
+    let mut setup = Setup::load_with(config_dir, config, backup.as_ref())?;
     if let Some(start) = start_over {
         setup.start_over(start)?;
     }
@@ -260,7 +283,12 @@ pub fn init_logging(cli: &Cli) -> Result<(), LoggingError> {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::prelude::*;
-    let level = match cli.verbosity {
+    // filer.backup's -debug prints every event it receives: -v=1 here.
+    let debug = match &cli.command {
+        Some(crate::cli::Command::FilerBackup(flags)) => crate::backup::Backup::debug(flags)?,
+        _ => false,
+    };
+    let level = match cli.verbosity.max(u8::from(debug)) {
         0 => "info",
         1 | 2 => "seaweed_replicate=debug,info",
         _ => "seaweed_replicate=trace,debug",

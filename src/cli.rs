@@ -455,8 +455,83 @@ pub enum Command {
         #[arg(long = "restart")]
         restart: bool,
     },
+    /// Follow the source filer's metadata log into the sink of replication.toml, as
+    /// `weed filer.backup` does, with its flags and its checkpoint (in the source filer's
+    /// KV store): either can take over from the other without copying again.
+    #[command(name = "filer.backup")]
+    FilerBackup(Box<BackupFlags>),
     /// Print the version.
     Version,
+}
+
+/// `weed filer.backup`'s flags, with its defaults. Booleans are Go's: `-debug`,
+/// `-debug=true`, `-doDeleteFiles=false`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackupFlags {
+    /// The source filer: host:port (its HTTP port; gRPC is that + 10000) or
+    /// host:port.grpcPort.
+    #[arg(
+        long = "filer",
+        value_name = "HOST:PORT",
+        default_value = "localhost:8888"
+    )]
+    pub filer: String,
+    /// The directory to back up.
+    #[arg(long = "filerPath", value_name = "DIR", default_value = "/")]
+    pub filer_path: String,
+    /// Directories to leave out, comma-separated.
+    #[arg(long = "filerExcludePaths", value_name = "DIRS", default_value = "")]
+    pub exclude_paths: String,
+    /// Deprecated upstream (use -filerExcludeFileNames): leave out files whose name this
+    /// regular expression matches.
+    #[arg(
+        long = "filerExcludeFileName",
+        value_name = "REGEXP",
+        default_value = ""
+    )]
+    pub exclude_file_name: String,
+    /// Comma-separated wildcards: leave out files whose name matches one ("*.tmp,._*").
+    #[arg(
+        long = "filerExcludeFileNames",
+        value_name = "WILDCARDS",
+        default_value = ""
+    )]
+    pub exclude_file_names: String,
+    /// Comma-separated wildcards: leave out entries under a directory whose name matches
+    /// one (".snapshot,temp*").
+    #[arg(
+        long = "filerExcludePathPatterns",
+        value_name = "WILDCARDS",
+        default_value = ""
+    )]
+    pub exclude_path_patterns: String,
+    /// Read file content through the filer instead of from the volume servers.
+    #[arg(long = "filerProxy", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub filer_proxy: Option<String>,
+    /// Delete on the sink what the source deletes (default false: a backup keeps it).
+    #[arg(long = "doDeleteFiles", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub do_delete_files: Option<String>,
+    /// Log every event (as -v=1).
+    #[arg(long = "debug", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub debug: Option<String>,
+    /// An incremental sink's dated directories older than this many days are removed.
+    #[arg(
+        long = "retentionDays",
+        value_name = "DAYS",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub retention_days: i64,
+    /// Do not retry a failing event: here it is parked (replicate.parked_file) instead.
+    #[arg(long = "disableErrorRetry", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub disable_error_retry: Option<String>,
+    /// Accepted; no effect here: content gone from the source is always settled against
+    /// the live source.
+    #[arg(long = "ignore404Error", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub ignore404_error: Option<String>,
+    /// Without a checkpoint: copy the live tree first, then follow the log.
+    #[arg(long = "initialSnapshot", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub initial_snapshot: Option<String>,
 }
 
 impl Command {
@@ -468,6 +543,7 @@ impl Command {
             Command::Check => "check",
             Command::Verify { .. } => "verify",
             Command::Backfill { .. } => "backfill",
+            Command::FilerBackup(_) => "filer.backup",
             Command::Version => "version",
         }
     }

@@ -7,6 +7,7 @@
 // Modules the binary or the integration tests use are `pub`; the rest are the crate's.
 pub mod app;
 pub mod aws;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod event;

@@ -107,12 +107,36 @@ impl Setup {
         config_dir: Option<std::path::PathBuf>,
         config: Option<std::path::PathBuf>,
     ) -> Result<Setup, AppError> {
-        let opts = LoadOptions::from_process(config_dir, config);
-        let raw = RawConfig::load(&opts)?;
+        Self::load_with(config_dir, config, None)
+    }
+
+    /// [`Setup::load`], for `filer.backup` with its flags standing for the source's keys.
+    pub(crate) fn load_with(
+        config_dir: Option<std::path::PathBuf>,
+        config: Option<std::path::PathBuf>,
+        backup: Option<&crate::backup::Backup>,
+    ) -> Result<Setup, AppError> {
+        let mut opts = LoadOptions::from_process(config_dir, config);
+        opts.without_notification = backup.is_some();
+        let mut raw = RawConfig::load(&opts)?;
         for (name, path) in &raw.files {
             tracing::info!(file = %path.display(), "loaded {name}");
         }
-        let settings = resolve(&raw, &opts.cwd)?;
+        if let Some(backup) = backup {
+            backup.configure(&mut raw);
+        }
+        let mut settings = resolve(&raw, &opts.cwd)?;
+        if let Some(backup) = backup {
+            for note in backup.adjust(&mut settings, &raw) {
+                tracing::info!("filer.backup: {note}");
+            }
+            tracing::info!(
+                filer = %backup.http_address,
+                grpc = %backup.grpc_address,
+                deletes = ?settings.deletes,
+                "filer.backup: following the source filer's metadata log; the checkpoint is weed filer.backup's own"
+            );
+        }
 
         let read_timeout = settings.replicate.read_timeout;
         let client_problem = |e: crate::http::HttpError| match e {

@@ -614,3 +614,67 @@ fn check_says_each_broker_problem_once() {
     );
     assert!(all.lines().count() < 20, "{all}");
 }
+
+/// `replicate filer.backup` with weed's flags: bad values are listed together with the
+/// flag that gave them (exit 2); flag values checked as configuration name the flag; a
+/// notification.toml is not read (weed filer.backup reads none), and a replication.toml
+/// without a sink is refused as weed refuses it.
+#[test]
+fn filer_backup_flags_are_checked_like_configuration() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("replication.toml"),
+        "[sink.local]\nenabled = true\ndirectory = \"/tmp/nowhere-backup\"\n",
+    )
+    .unwrap();
+    // An enabled queue that `filer.replicate` would use: filer.backup never looks.
+    std::fs::write(
+        d.path().join("notification.toml"),
+        "[notification.kafka]\nenabled = true\nhosts = [\"\"]\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["filer.backup"];
+        all.extend_from_slice(args);
+        let o = replicate(d.path(), &all);
+        (o.status.code(), stderr(&o))
+    };
+    let (code, e) = run(&[
+        "-filer=nohost",
+        "-doDeleteFiles=maybe",
+        "-initialSnapshot=yes",
+    ]);
+    assert_eq!(code, Some(2), "{e}");
+    for want in [
+        "flag -filer: \"nohost\": no port",
+        "flag -doDeleteFiles: -doDeleteFiles=\"maybe\": not a boolean",
+        "flag -initialSnapshot: -initialSnapshot=\"yes\": not a boolean",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in\n{e}");
+    }
+    let (code, e) = run(&[
+        "-filer=127.0.0.1:1",
+        "-filerPath=relative",
+        "-filerExcludeFileName=(",
+        "-filerExcludeFileNames=a/b",
+    ]);
+    assert_eq!(code, Some(2), "{e}");
+    for want in [
+        "flag -filerPath: source.filer.directory: must be an absolute filer path",
+        "flag -filerExcludeFileName: source.filer.excludeFileNameRegexp: \"(\" is not a regular expression",
+        "flag -filerExcludeFileNames: source.filer.excludeFileNames",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in\n{e}");
+    }
+    assert!(!e.contains("notification"), "{e}");
+    let (code, e) = run(&["-timeAgo=soon"]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("-timeAgo=\"soon\""), "{e}");
+    let (code, e) = run(&["-retentionDays=many"]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("--retentionDays"), "{e}");
+    std::fs::write(d.path().join("replication.toml"), "[sink.local]\n").unwrap();
+    let (code, e) = run(&["-filer=127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("no sink is enabled"), "{e}");
+}

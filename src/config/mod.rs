@@ -39,6 +39,9 @@ pub(crate) struct LoadOptions {
     /// `WEED_*` variables whose name or value is not UTF-8 (names shown lossily): each
     /// is a configuration problem. Other variables that are not UTF-8 are no concern.
     pub bad_env: Vec<String>,
+    /// Leave notification.toml unread (`filer.backup`, which reads the metadata log, as
+    /// upstream's reads only replication.toml and security.toml).
+    pub without_notification: bool,
 }
 
 impl LoadOptions {
@@ -61,6 +64,7 @@ impl LoadOptions {
             system_dirs: vec!["/usr/local/etc/seaweedfs".into(), "/etc/seaweedfs".into()],
             env,
             bad_env,
+            without_notification: false,
         }
     }
 
@@ -129,6 +133,8 @@ pub enum Origin {
     /// A key set on this line of the file.
     Line(PathBuf, usize),
     Env(String),
+    /// Set by this command-line flag (`filer.backup`'s flags stand for keys).
+    Flag(String),
     /// Not set anywhere; the file it belongs in.
     Missing(String),
 }
@@ -139,6 +145,7 @@ impl fmt::Display for Origin {
             Origin::File(p) => write!(f, "{}", p.display()),
             Origin::Line(p, line) => write!(f, "{}:{line}", p.display()),
             Origin::Env(v) => write!(f, "environment variable {v}"),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
             Origin::Missing(file) => write!(f, "{file}"),
         }
     }
@@ -208,6 +215,9 @@ pub(crate) struct RawConfig {
     /// The line each key was set on, in the file its value came from.
     lines: HashMap<String, usize>,
     env: HashMap<String, String>,
+    /// Keys set by command-line flags, with the flag: these win over the environment and
+    /// the files.
+    flags: HashMap<String, (toml::Value, String)>,
     /// Whether a named file exists (see [`FileCheck`]).
     pub file_check: FileCheck,
 }
@@ -229,6 +239,9 @@ impl RawConfig {
             })
             .collect();
         for name in FILES {
+            if name == "notification" && opts.without_notification {
+                continue;
+            }
             let given = opts
                 .replication_file
                 .as_ref()
@@ -329,6 +342,9 @@ impl RawConfig {
     /// variable counts as unset, as with upstream's viper (`AllowEmptyEnv` off): an
     /// empty `WEED_SINK_LOCAL_ENABLED=` must not turn off the sink the file enables.
     pub(crate) fn get(&self, key: &str) -> Option<(toml::Value, Origin)> {
+        if let Some((v, flag)) = self.flags.get(&key.to_lowercase()) {
+            return Some((v.clone(), Origin::Flag(flag.clone())));
+        }
         let var = Self::env_name(key);
         if let Some(v) = self.env.get(&var)
             && !v.is_empty()
@@ -342,6 +358,19 @@ impl RawConfig {
             None => Origin::File(path.clone()),
         };
         Some((v.clone(), origin))
+    }
+
+    /// Let the flag `flag` set `key`, over the environment and the files.
+    pub(crate) fn set_flag(&mut self, key: &str, value: toml::Value, flag: &str) {
+        self.flags
+            .insert(key.to_lowercase(), (value, flag.to_string()));
+    }
+
+    /// Whether a file or the environment sets `key` (flags left aside).
+    pub(crate) fn set_outside_flags(&self, key: &str) -> bool {
+        let var = Self::env_name(key);
+        self.env.get(&var).is_some_and(|v| !v.is_empty())
+            || self.values.contains_key(&key.to_lowercase())
     }
 
     /// Every key set in a file (lower case), with the file and the line it is on.

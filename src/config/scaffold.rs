@@ -36,6 +36,9 @@ excludeFileNames = ""
 # name, or a directory above it under `directory`, matching one of these wildcards is left
 # out with everything under it ("*.tmp,.snapshot,temp*").
 excludePathPatterns = ""
+# As filer.backup's -filerExcludeFileName (deprecated upstream; prefer excludeFileNames): files
+# whose name this regular expression (Go's RE2 syntax) matches anywhere are left out.
+excludeFileNameRegexp = ""
 # Volume servers in this data center are read from first.
 dataCenter = ""
 # [better] As filer.sync's -a.filerProxy and filer.backup's -filerProxy: read file content

@@ -53,7 +53,23 @@ pub struct Filter {
     /// `excludePathPatterns`: an entry is left out when its name or the name of any
     /// directory it is in (under the source directory) matches one.
     pub path_patterns: Vec<Wildcard>,
+    /// `excludeFileNameRegexp` (`-filerExcludeFileName`, deprecated upstream): a file
+    /// whose name this regular expression finds a match in is left out.
+    pub file_name_regexp: Option<NameRegexp>,
 }
+
+/// A regular expression over names (Go's RE2 syntax, which the `regex` crate shares),
+/// compared by its text.
+#[derive(Debug, Clone)]
+pub struct NameRegexp(pub regex::Regex);
+
+impl PartialEq for NameRegexp {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for NameRegexp {}
 
 impl Filter {
     /// Whether any component of `rel` (a path under the source directory) matches a path
@@ -68,10 +84,16 @@ impl Filter {
     /// Whether a file named `name` is left out by its name.
     pub fn excludes_file_name(&self, name: &str) -> bool {
         self.file_names.iter().any(|w| w.matches(name))
+            || self
+                .file_name_regexp
+                .as_ref()
+                .is_some_and(|r| r.0.is_match(name))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.file_names.is_empty() && self.path_patterns.is_empty()
+        self.file_names.is_empty()
+            && self.path_patterns.is_empty()
+            && self.file_name_regexp.is_none()
     }
 }
 
@@ -119,6 +141,7 @@ mod tests {
         let f = Filter {
             file_names: vec![Wildcard::new("*.tmp")],
             path_patterns: vec![Wildcard::new(".snapshot"), Wildcard::new("temp*")],
+            file_name_regexp: None,
         };
         let rel = |p: &str| p.split('/').map(String::from).collect::<Vec<_>>();
         assert!(f.excludes_file_name("x.tmp"));
@@ -128,5 +151,14 @@ mod tests {
         assert!(f.excludes_path(&rel("a/b/temp1.txt")));
         assert!(!f.excludes_path(&rel("a/b/mytemp")));
         assert!(!Filter::default().excludes_path(&rel("temp")));
+        // Upstream's deprecated regular expression: a match anywhere in the name.
+        let f = Filter {
+            file_name_regexp: Some(NameRegexp(regex::Regex::new(r"^\.~|\.swp$").unwrap())),
+            ..Filter::default()
+        };
+        assert!(f.excludes_file_name(".~lock"));
+        assert!(f.excludes_file_name("a.swp"));
+        assert!(!f.excludes_file_name("a.swp.txt"));
+        assert!(!f.is_empty());
     }
 }

@@ -466,6 +466,7 @@ mod tests {
         r.filter = filter::Filter {
             file_names: vec![filter::Wildcard::new("*.tmp")],
             path_patterns: vec![filter::Wildcard::new("temp*")],
+            file_name_regexp: None,
         };
         let dir_rename = |old: &str, new_parent: &str, new_name: &str| EventNotification {
             old_entry: Some(entry(old.rsplit('/').next().unwrap(), true)),

@@ -98,11 +98,27 @@ async fn run(
 ) {
     // "That long ago" counts from the start, however long the checkpoint takes to read.
     let started = now_ns();
-    let key = cfg.checkpoint_key.as_bytes().to_vec();
-    tracing::info!(checkpoint_key = %cfg.checkpoint_key, "checkpoints go to the source filer's KV store");
-    let Some(checkpoint) = load_checkpoint(&source, &key, &stop).await else {
+    let key = cfg.checkpoint_key.clone();
+    let shown = key.escape_ascii().to_string();
+    tracing::info!(checkpoint_key = %shown, "checkpoints go to the source filer's KV store");
+    let Some(mut checkpoint) = load_checkpoint(&source, &key, &stop).await else {
         return;
     };
+    if checkpoint.is_none()
+        && let Some(legacy) = &cfg.legacy_checkpoint_key
+    {
+        let Some(found) = load_checkpoint(&source, legacy, &stop).await else {
+            return;
+        };
+        if let Some(ts) = found {
+            tracing::info!(
+                checkpoint = ts,
+                key = %legacy.escape_ascii(),
+                "taking the checkpoint weed filer.backup kept before 4.48; it is saved under the new key from now on"
+            );
+        }
+        checkpoint = found;
+    }
     let since = match (cfg.start_over, checkpoint) {
         (Some(start), checkpoint) => {
             match checkpoint {
@@ -121,7 +137,7 @@ async fn run(
             start.ns(started)
         }
         (None, Some(ts)) => {
-            tracing::info!(checkpoint = ts, key = %cfg.checkpoint_key, "resuming the metadata log from the checkpoint");
+            tracing::info!(checkpoint = ts, key = %shown, "resuming the metadata log from the checkpoint");
             if check_retention(&source, ts).await == crate::gaps::Then::Stop {
                 stop.cancelled().await;
                 return;
@@ -164,7 +180,16 @@ async fn run(
         cfg.checkpoint_interval,
         stop.clone(),
     ));
-    follow(&source, directory, &pipeline, &progress, &stop, &hard_stop).await;
+    // The filer delivers the event at the checkpoint again: it is done, but maybe by
+    // another tool, whose copy our already-current checks do not recognise.
+    let resumed_at = match (cfg.start_over, checkpoint) {
+        (None, Some(ts)) => Some(ts),
+        _ => None,
+    };
+    follow(
+        &source, directory, &pipeline, &progress, resumed_at, &stop, &hard_stop,
+    )
+    .await;
     let _ = saver.await;
     match save(&source, &key, &progress).await {
         Ok(()) => tracing::info!(
@@ -363,6 +388,7 @@ async fn follow(
     directory: &str,
     pipeline: &Pipeline,
     progress: &Progress,
+    resumed_at: Option<i64>,
     stop: &CancellationToken,
     hard_stop: &CancellationToken,
 ) {
@@ -378,6 +404,9 @@ async fn follow(
             async move {
                 if stop.is_cancelled() {
                     return None;
+                }
+                if resumed_at == Some(ts) && pipeline.already_applied(&event).await {
+                    return Some(Disposition::Done);
                 }
                 let origin = Origin::Log { ts_ns: ts };
                 let d = process(pipeline, &event, &origin, hard_stop).await;

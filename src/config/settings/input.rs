@@ -127,8 +127,12 @@ pub(crate) struct SubscribeSettings {
     /// `-fromTsMs`, as upstream's `filer.backup` and `filer.sync`).
     pub start_over: Option<StartFrom>,
     /// Where the checkpoint lives in the source filer's KV store: distinct per source
-    /// directory, sink kind and destination.
-    pub checkpoint_key: String,
+    /// directory, sink kind and destination (`filer.backup`: upstream's own key, which
+    /// is not text).
+    pub checkpoint_key: Vec<u8>,
+    /// Where to look when `checkpoint_key` has nothing (`filer.backup`: the key older
+    /// versions of weed's used).
+    pub legacy_checkpoint_key: Option<Vec<u8>>,
     pub checkpoint_interval: Duration,
 }
 
@@ -383,7 +387,8 @@ pub(super) fn subscribe_input(
         initial_snapshot: subscribe.initial_snapshot,
         start_from: subscribe.start_from,
         start_over: None,
-        checkpoint_key: format!("replicate.checkpoint.{}", hex::encode(&digest[..8])),
+        checkpoint_key: format!("replicate.checkpoint.{}", hex::encode(&digest[..8])).into_bytes(),
+        legacy_checkpoint_key: None,
         checkpoint_interval: Duration::from_secs(subscribe.checkpoint_seconds.max(1)),
     })
 }

@@ -109,6 +109,28 @@ fn resolve_proxy(r: &mut Reader, grpc_address: &str) -> Option<String> {
     }
 }
 
+/// A regular expression over names (`-filerExcludeFileName`); empty: none.
+fn name_regexp(r: &mut Reader, key: &str) -> Option<crate::replicate::filter::NameRegexp> {
+    let text = r.string(key, "");
+    if text.is_empty() {
+        return None;
+    }
+    match regex::Regex::new(&text) {
+        Ok(re) => Some(crate::replicate::filter::NameRegexp(re)),
+        Err(e) => {
+            let why = e.to_string().lines().last().unwrap_or_default().to_string();
+            r.problem(
+                key,
+                format!(
+                    "{:?} is not a regular expression: {why}",
+                    crate::config::cut(&text)
+                ),
+            );
+            None
+        }
+    }
+}
+
 pub(super) fn resolve_source(r: &mut Reader) -> SourceSettings {
     let grpc_address = r.string("source.filer.grpcAddress", "");
     check_grpc_address(r, "source.filer.grpcAddress", &grpc_address);
@@ -138,6 +160,7 @@ pub(super) fn resolve_source(r: &mut Reader) -> SourceSettings {
     let filter = crate::replicate::filter::Filter {
         file_names: wildcards(r, "source.filer.excludeFileNames"),
         path_patterns: wildcards(r, "source.filer.excludePathPatterns"),
+        file_name_regexp: name_regexp(r, "source.filer.excludeFileNameRegexp"),
     };
     let data_center = r.string("source.filer.dataCenter", "");
     let proxy = resolve_proxy(r, &grpc_address);

@@ -9,7 +9,7 @@
 //! `checkpoint_interval_seconds`, ...) come from the files.
 
 use crate::cli::{BackupFlags, FlagError, flag_bool};
-use crate::config::settings::{DeletePolicy, FailurePolicy, InputSettings, Settings};
+use crate::config::settings::{DeletePolicy, FailurePolicy, InputSettings, Settings, SinkSettings};
 use crate::config::{Origin, Problem, RawConfig};
 
 /// upstream's `BackupKeyPrefix`.
@@ -139,6 +139,14 @@ impl Backup {
         if let InputSettings::Subscribe(cfg) = &mut settings.input {
             cfg.checkpoint_key = checkpoint_key(&self.flags.filer_path, sink, &directory);
             cfg.legacy_checkpoint_key = Some(legacy_checkpoint_key(sink, &directory));
+        }
+        // weed filer.backup joins the sink directory, the date and the path below
+        // -filerPath, which never starts with `/`: into a GCS bucket with no directory,
+        // object names have no leading `/` whatever -filerPath ends with.
+        if let SinkSettings::Gcs(o) = &mut settings.sink
+            && directory.is_empty()
+        {
+            o.slashless = true;
         }
         let deletes_key = format!("sink.{sink}.deletes");
         settings.deletes = match self.delete_files {
@@ -453,6 +461,27 @@ directory = "/backup"
             panic!()
         };
         assert!(cfg.initial_snapshot);
+    }
+
+    #[test]
+    fn gcs_object_names_follow_filer_backups_layout() {
+        let gcs = |dir: &str| {
+            FILES.replace(
+                "[sink.local]\nenabled = true\ndirectory = \"/backup\"",
+                &format!("[sink.google_cloud_storage]\nenabled = true\nbucket = \"b\"\n{dir}"),
+            )
+        };
+        let slashless = |files: &str, path: &str| match settle(files, &[path]).unwrap().0.sink {
+            SinkSettings::Gcs(o) => o.slashless,
+            other => panic!("{other:?}"),
+        };
+        // No directory: "a/b" under -filerPath=/data as under /data/ (filer.replicate
+        // writes "/a/b" for a source directory without the slash).
+        assert!(slashless(&gcs(""), "-filerPath=/data"));
+        assert!(slashless(&gcs("directory = \"\""), "-filerPath=/data"));
+        assert!(slashless(&gcs(""), "-filerPath=/data/"));
+        assert!(!slashless(&gcs("directory = \"/x\""), "-filerPath=/data"));
+        assert!(slashless(&gcs("directory = \"x\""), "-filerPath=/data"));
     }
 
     #[test]

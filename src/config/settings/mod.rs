@@ -237,6 +237,26 @@ offsetSaveIntervalSeconds = 10
                 "{source} {dir:?} {inc}"
             );
         }
+        // A missing directory is empty, as viper reads it (not "/").
+        for (source, slashless) in [("/buckets/", true), ("/buckets", false)] {
+            let text = GOOD
+                .replace(
+                    "directory = \"/buckets/\"",
+                    &format!("directory = \"{source}\""),
+                )
+                .replace(
+                    "[sink.local]\nenabled = true\ndirectory = \"/data\"",
+                    "[sink.google_cloud_storage]\nenabled = true\nbucket = \"b\"",
+                );
+            let SinkSettings::Gcs(g) = resolve_text(&text).unwrap().sink else {
+                panic!("gcs expected")
+            };
+            assert_eq!(
+                (g.directory.as_str(), g.slashless),
+                ("/", slashless),
+                "{source}"
+            );
+        }
         let text = GOOD.replace("directory = \"/data\"", "directory = \"a/../../x\"");
         let text = text.replace("[sink.local]", "[sink.s3]\nbucket = \"b\"");
         let e = resolve_text(&text).unwrap_err();

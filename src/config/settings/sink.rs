@@ -398,7 +398,8 @@ fn resolve_sink(
 /// (see `GcsSinkOptions::slashless`).
 fn object_store_dir(r: &mut Reader, section: &str) -> (String, String) {
     let key = format!("{section}.directory");
-    let dir = r.string(&key, "/");
+    // Missing is empty, as viper's GetString: it matters to GCS object names.
+    let dir = r.string(&key, "");
     let relative = !dir.starts_with('/');
     let absolute = format!("/{}", dir.trim_start_matches('/'));
     let normalized = normalize_dir(if relative { &absolute } else { &dir }).unwrap_or_else(|e| {

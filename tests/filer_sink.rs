@@ -879,7 +879,7 @@ async fn retention_removes_old_dated_copies_on_the_target_filer() {
         .with_timezone(&chrono::Local)
         .format("%Y-%m-%d")
         .to_string();
-    let today = chrono::Local::now().format("%Y-%m-%d").to_string();
+    let today = local_day(&a, "/data/now.txt").await;
     let (old, now) = (
         format!("/inc/{old_day}/old/then.txt"),
         format!("/inc/{today}/now.txt"),

@@ -692,7 +692,7 @@ async fn older_formats_long_names_replays_and_incremental_sink() {
     );
 
     // The incremental sink put each change under the local date of its mtime.
-    let day = chrono::Local::now().format("%Y-%m-%d").to_string();
+    let day = local_day(&bed, "/data/versions.txt").await;
     let marker_day = chrono::TimeZone::timestamp_opt(&chrono::Local, 1, 0)
         .unwrap()
         .format("%Y-%m-%d")
@@ -710,7 +710,12 @@ async fn older_formats_long_names_replays_and_incremental_sink() {
         std::fs::read(inc_root.join(&day).join("versions.txt")).unwrap(),
         b"version three, the longest of all"
     );
-    assert!(inc_root.join(&day).join("new-name.bin").exists());
+    assert!(
+        inc_root
+            .join(local_day(&bed, "/data/new-name.bin").await)
+            .join("new-name.bin")
+            .exists()
+    );
     inc_rep.stop();
 }
 
@@ -1156,7 +1161,9 @@ async fn retention_removes_dated_copies_older_than_its_days() {
     let work = Workdir::with_sink(&bed, "/data", &sink, "");
     let rep = Replicator::start(&work);
     bed.upload("/data/today.txt", b"today", "").await;
-    let today = root.join(day(0)).join("today.txt");
+    let today = root
+        .join(local_day(&bed, "/data/today.txt").await)
+        .join("today.txt");
     assert!(
         eventually(Duration::from_secs(60), || async {
             today.exists() && !root.join(day(31)).exists() && !root.join(day(400)).exists()

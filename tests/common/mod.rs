@@ -849,6 +849,18 @@ pub async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, String)> {
     Some((status, r.text().await.ok()?))
 }
 
+/// The local date (`YYYY-MM-DD`) of the mtime of the source entry at `path`: the dated
+/// directory an incremental sink puts it in. Taken from the entry, not the clock, so a
+/// test that runs across midnight still looks in the right place.
+pub async fn local_day(bed: &TestBed, path: &str) -> String {
+    let entry = bed.entry(path).await;
+    chrono::DateTime::parse_from_rfc3339(entry["Mtime"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Local)
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
 /// Wait until the sink under `sink` equals the source tree under `root` (minus `skip`).
 pub async fn assert_converges(bed: &TestBed, root: &str, skip: &[&str], sink: &Path, log: &Path) {
     wait_for_match("sink", log, || async {

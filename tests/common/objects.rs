@@ -128,7 +128,7 @@ pub async fn conformance(bed: &TestBed, stores: Vec<StoreUnderTest>) {
         .unwrap()
         .timestamp()
         .to_string();
-    let day = chrono::Local::now().format("%Y-%m-%d").to_string();
+    let day = local_day(bed, "/data/big/large.bin").await;
     for (s, inc) in stores.iter().zip(&incs) {
         let p = (s.prefix)("/backup");
         let inline = s

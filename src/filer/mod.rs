@@ -334,6 +334,11 @@ impl FilerSource {
             }
         })?;
         let status = resp.status();
+        if self.opts.proxy.is_some()
+            && let Some(e) = proxy_unlocated(status.as_u16(), fid)
+        {
+            return Err(e);
+        }
         if !status.is_success() {
             // 404 may mean this replica lost it; 401/403 is a key mismatch an operator must fix.
             let retryable =
@@ -449,10 +454,35 @@ pub(crate) const LIST_PAGE: usize = 1024;
 /// How many files' worth of read-ahead all reads share.
 const READ_AHEAD_FILES: usize = 2;
 
+/// What a filer's `/?proxyChunkId=` answer means: it answers 500 when it cannot look the
+/// chunk's volume up (or reach the server it found) and 404 when no server holds the
+/// volume. Both are what a direct read learns as "no locations": waited for as an outage
+/// while a restarted cluster settles, and then retried until the event's deadline.
+fn proxy_unlocated(status: u16, fid: &str) -> Option<ReadError> {
+    matches!(status, 404 | 500).then(|| ReadError::NoLocations {
+        vid: fid.split(',').next().unwrap_or(fid).to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_proxy_that_cannot_place_a_volume_is_unlocated() {
+        for status in [404, 500] {
+            let e = proxy_unlocated(status, "7,01637037d6").unwrap();
+            assert!(
+                e.is_unlocated() && e.is_retryable() && !e.is_outage(),
+                "{status}"
+            );
+            assert!(e.to_string().contains("volume 7 "), "{e}");
+        }
+        for status in [200, 206, 401, 403, 502, 503] {
+            assert!(proxy_unlocated(status, "7,01").is_none(), "{status}");
+        }
+    }
 
     #[test]
     fn a_volume_the_master_cannot_place_is_unlocated_not_unreachable() {

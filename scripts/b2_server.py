@@ -22,7 +22,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from b2sdk.v2 import RawSimulator
+from b2sdk.v2 import MetadataDirectiveMode, RawSimulator
 from b2sdk._internal import exception as b2exc
 
 SIM = RawSimulator()
@@ -190,6 +190,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, SIM.list_unfinished_large_files(
                 api, tok, params["bucketId"], params.get("startFileId"),
                 params.get("maxFileCount", 100), params.get("namePrefix")))
+        if op == "b2_copy_file":
+            directive = params.get("metadataDirective", "COPY")
+            r = SIM.copy_file(api, tok, params["sourceFileId"], params["fileName"],
+                              metadata_directive=MetadataDirectiveMode[directive])
+            return self.reply(200, r)
         if op == "b2_delete_file_version":
             return self.reply(200, SIM.delete_file_version(api, tok, params["fileId"],
                                                            params["fileName"]))

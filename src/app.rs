@@ -163,10 +163,21 @@ async fn replicate(
         ))
     });
 
-    if let Some(days) = settings.retention_days {
+    use crate::ops::retention::Dated;
+    let dated = settings
+        .retention_days
+        .map(|days| Dated::Copies { days })
+        .into_iter()
+        .chain(settings.trash.as_ref().and_then(|t| {
+            t.days.map(|days| Dated::Trash {
+                directory: t.directory.clone(),
+                days,
+            })
+        }));
+    for dated in dated {
         tokio::spawn(crate::ops::retention::serve(
             setup.clone(),
-            days,
+            dated,
             stop.clone(),
         ));
     }

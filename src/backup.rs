@@ -156,6 +156,9 @@ impl Backup {
             None if raw.set_outside_flags(&deletes_key) => settings.deletes,
             None => DeletePolicy::Keep,
         };
+        if settings.deletes != DeletePolicy::Trash {
+            settings.trash = None;
+        }
         let days = self.flags.retention_days;
         if days > 0 {
             if !settings.sink.incremental() {

@@ -611,7 +611,7 @@ impl Pipeline {
                 }
                 Ok(applied)
             }
-            _ => replicate::apply(plan, sink, signatures)
+            _ => replicate::apply(plan, &self.rules, sink, signatures)
                 .await
                 .map(|()| Applied::Written),
         }

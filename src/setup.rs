@@ -272,6 +272,7 @@ impl Setup {
             sink_dir: settings.sink.directory(),
             incremental: settings.sink.incremental(),
             keep_deletes: settings.deletes == DeletePolicy::Keep,
+            trash_dir: settings.trash.as_ref().map(|t| t.directory.clone()),
             skip_other_cluster: matches!(settings.sink, SinkSettings::Filer(_)),
             skip_signatures,
         }

@@ -363,6 +363,7 @@ fn rules() -> Rules {
         sink_dir: "/".into(),
         incremental: false,
         keep_deletes: false,
+        trash_dir: None,
         skip_other_cluster: false,
         skip_signatures: vec![],
     }

@@ -915,3 +915,83 @@ async fn retention_removes_old_dated_copies_on_the_target_filer() {
     assert!(b.lookup(&now).await.is_some());
     assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
 }
+
+/// `deletes = "trash"` into another cluster: a deleted file and a deleted directory are
+/// renamed on the target filer under `.replicate-trash/<day>/`, their content (chunks)
+/// kept; the mirror equals the source; a day of the trash older than
+/// `trash_retention_days` is deleted at start, recursively.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_move_into_a_trash_on_the_target_filer() {
+    let a = TestBed::start(BedOptions::default());
+    let b = TestBed::start(BedOptions::default());
+    let old = (chrono::Local::now().date_naive() - chrono::Days::new(40))
+        .format("%Y-%m-%d")
+        .to_string();
+    b.upload(
+        &format!("/mirror/.replicate-trash/{old}/planted.txt"),
+        b"old",
+        "",
+    )
+    .await;
+    let large = bytes(7, 2_600_000);
+    a.upload("/data/gone.txt", b"gone", "").await;
+    a.upload("/data/dir/big.bin", &large, "maxMB=1").await;
+    a.upload("/data/dir/sub/x.txt", b"x", "").await;
+    a.upload("/data/stays.txt", b"stays", "").await;
+    let work = Workdir::filer(
+        &a,
+        "/data",
+        &b,
+        "/mirror",
+        "deletes = \"trash\"\ntrash_retention_days = 30",
+    );
+    let rep = Replicator::start(&work);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            b.lookup("/mirror/dir/sub/x.txt").await.is_some()
+                && b.lookup(&format!("/mirror/.replicate-trash/{old}"))
+                    .await
+                    .is_none()
+        })
+        .await,
+        "{}",
+        tail(&work.log(), 20)
+    );
+    a.delete("/data/gone.txt", false).await;
+    a.delete("/data/dir", true).await;
+    // The day of the delete: today, or tomorrow for a run across midnight.
+    let days = [0, 1].map(|ahead| {
+        (chrono::Local::now().date_naive() + chrono::Days::new(ahead))
+            .format("%Y-%m-%d")
+            .to_string()
+    });
+    let in_trash = |rel: &'static str| {
+        let b = &b;
+        let days = days.clone();
+        async move {
+            for d in &days {
+                let path = format!("/mirror/.replicate-trash/{d}/{rel}");
+                if b.lookup(&path).await.is_some() {
+                    return Some(b.get(&path).await);
+                }
+            }
+            None
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            in_trash("gone.txt").await.as_deref() == Some(&b"gone"[..])
+                && in_trash("dir/big.bin").await.as_deref() == Some(&large[..])
+                && in_trash("dir/sub/x.txt").await.as_deref() == Some(&b"x"[..])
+                && b.lookup("/mirror/dir").await.is_none()
+                && b.lookup("/mirror/gone.txt").await.is_none()
+        })
+        .await,
+        "{:?}\n{}",
+        b.tree("/mirror", &[]).await.keys().collect::<Vec<_>>(),
+        tail(&work.log(), 30)
+    );
+    assert_eq!(b.get("/mirror/stays.txt").await, b"stays");
+    assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
+    assert!(!work.path().join("replicate.parked.jsonl").exists());
+}

@@ -1197,3 +1197,111 @@ async fn retention_removes_dated_copies_older_than_its_days() {
     assert_eq!(o.status.code(), Some(2), "{}", output(&o));
     assert!(output(&o).contains("retention_days"), "{}", output(&o));
 }
+
+/// `deletes = "trash"`: what the source deletes (a file, a directory with everything
+/// under it, a file moved out of scope) moves under `.replicate-trash/<day>/` with its
+/// content; a rename stays a move; the mirror equals the source. A source directory of
+/// the trash's name is left out (its copies would land in the trash); days of the trash
+/// older than `trash_retention_days` go at start; `verify` leaves the trash alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_with_a_trash_keeps_what_the_source_deletes_for_its_days() {
+    let bed = TestBed::start(BedOptions::default());
+    let root = bed.dir.path().join("sink");
+    let trash = root.join(".replicate-trash");
+    let day = |back: u64| {
+        (chrono::Local::now().date_naive() - chrono::Days::new(back))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let (old, recent) = (day(31), day(29));
+    for d in [&old, &recent] {
+        std::fs::create_dir_all(trash.join(d)).unwrap();
+        std::fs::write(trash.join(d).join("planted.txt"), d.as_bytes()).unwrap();
+    }
+    let sink = format!(
+        "[sink.local]\nenabled = true\ndirectory = \"{}\"\ndeletes = \"trash\"\n\
+         trash_retention_days = 30\n",
+        root.display()
+    );
+    let work = Workdir::with_sink(&bed, "/data", &sink, "");
+    let large = bytes(6, 2_600_000);
+    bed.upload("/data/a.txt", b"a", "").await;
+    bed.upload("/data/b.txt", b"b", "").await;
+    bed.upload("/data/out.txt", b"moved out", "").await;
+    bed.upload("/data/dir/c.bin", &large, "maxMB=1").await;
+    bed.upload("/data/dir/sub/d.txt", b"d", "").await;
+    bed.upload("/data/.replicate-trash/sneaky.txt", b"not in the trash", "")
+        .await;
+    let rep = Replicator::start(&work);
+    let mirror = || {
+        let mut t = local_tree(&root);
+        t.retain(|k, _| !k.starts_with(".replicate-trash"));
+        t
+    };
+    let source = || async {
+        let mut t = bed.tree("/data", &[]).await;
+        t.retain(|k, _| !k.starts_with(".replicate-trash"));
+        t
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            mirror() == source().await && !trash.join(&old).exists()
+        })
+        .await,
+        "{}\n{}",
+        diff(&source().await, &mirror()),
+        tail(&work.log(), 20)
+    );
+    assert!(trash.join(&recent).join("planted.txt").exists());
+    assert!(
+        !trash.join("sneaky.txt").exists(),
+        "a source entry landed in the trash"
+    );
+
+    bed.delete("/data/a.txt", false).await;
+    bed.mv("/data/b.txt", "/data/moved/b.txt").await;
+    bed.mv("/data/out.txt", "/elsewhere/out.txt").await;
+    bed.delete("/data/dir", true).await;
+    // What the trash holds, by the path under the day of the delete.
+    let trashed = || {
+        let mut out = Tree::new();
+        for (k, v) in local_tree(&trash) {
+            if let (Some((d, rest)), Some(v)) = (k.split_once('/'), v)
+                && d != old
+                && d != recent
+            {
+                out.insert(rest.to_string(), Some(v));
+            }
+        }
+        out
+    };
+    let want: Tree = [
+        ("a.txt", &b"a"[..]),
+        ("out.txt", b"moved out"),
+        ("dir/c.bin", &large),
+        ("dir/sub/d.txt", b"d"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), Some(v.to_vec())))
+    .collect();
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            trashed() == want && mirror() == source().await
+        })
+        .await,
+        "trash: {}\nmirror: {}\n{}",
+        diff(&want, &trashed()),
+        diff(&source().await, &mirror()),
+        tail(&work.log(), 20)
+    );
+    assert!(root.join("moved/b.txt").exists() && !root.join("b.txt").exists());
+    assert!(!root.join("dir").exists(), "the deleted directory stayed");
+    assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
+    assert!(!work.path().join("replicate.parked.jsonl").exists());
+    let o = replicate_in(work.path(), &["verify"]);
+    assert!(
+        o.status.success() && output(&o).contains("the sink matches"),
+        "{}",
+        output(&o)
+    );
+}

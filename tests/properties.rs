@@ -26,6 +26,7 @@ fn rules(incremental: bool) -> Rules {
         sink_dir: "/backup".into(),
         incremental,
         keep_deletes: false,
+        trash_dir: None,
         skip_other_cluster: false,
         skip_signatures: vec![],
     }

@@ -70,9 +70,13 @@ directory = "/data"
 is_incremental = false
 # [better] What the sink does when the source deletes: "mirror" deletes too, and a rename
 # moves (upstream filer.replicate); "keep" keeps what the source deletes, and a rename
-# adds the new name beside the old one (filer.backup without -doDeleteFiles). Dated
-# copies (is_incremental) are never deleted either way.
+# adds the new name beside the old one (filer.backup without -doDeleteFiles); "trash"
+# moves what the source deletes to <directory>/<trash_directory>/<day of the delete>/
+# and removes it after trash_retention_days (0: never). Dated copies (is_incremental)
+# are never deleted either way.
 deletes = "mirror"
+trash_directory = ".replicate-trash"
+trash_retention_days = 30
 # [better] With is_incremental: dated directories older than this many days are removed,
 # at start and daily (filer.backup's -retentionDays); 0 keeps them for ever.
 retention_days = 0
@@ -83,6 +87,8 @@ enabled = false
 directory = "/data"
 is_incremental = true
 deletes = "mirror"
+trash_directory = ".replicate-trash"
+trash_retention_days = 30
 retention_days = 0
 
 [sink.filer]
@@ -99,6 +105,8 @@ disk = ""
 dataCenter = ""
 is_incremental = false
 deletes = "mirror"
+trash_directory = ".replicate-trash"
+trash_retention_days = 30
 retention_days = 0
 # Chunk copies in flight across all files (upstream: 32, fixed); memory ≈ this × chunk size.
 chunk_concurrency = 8
@@ -117,6 +125,8 @@ endpoint = ""
 acl = ""
 is_incremental = false
 deletes = "mirror"
+trash_directory = ".replicate-trash"
+trash_retention_days = 30
 retention_days = 0
 keep_part_size = true
 uploader_max_upload_parts = 1000
@@ -134,6 +144,8 @@ bucket = "your_bucket_seaweedfs"
 directory = "/"
 is_incremental = false
 deletes = "mirror"
+trash_directory = ".replicate-trash"
+trash_retention_days = 30
 retention_days = 0
 # [better] an emulator or private endpoint (STORAGE_EMULATOR_HOST works too); empty: Google.
 endpoint = ""
@@ -151,6 +163,8 @@ container = "mycontainer"
 directory = "/"
 is_incremental = false
 deletes = "mirror"
+trash_directory = ".replicate-trash"
+trash_retention_days = 30
 retention_days = 0
 
 [sink.backblaze]
@@ -164,6 +178,8 @@ bucket = "mybucket"
 directory = "/"
 is_incremental = false
 deletes = "mirror"
+trash_directory = ".replicate-trash"
+trash_retention_days = 30
 retention_days = 0
 # [better] where to authorize; empty: https://api.backblazeb2.com.
 endpoint = ""

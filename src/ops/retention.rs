@@ -5,8 +5,11 @@
 //! N days back (and builds its path wrongly unless the sink directory is `/`); here
 //! every dated directory older than the cut-off goes, so a process that was down for a
 //! while catches up. Nothing but top-level `YYYY-MM-DD` directories is ever touched.
+//! The trash of `deletes = "trash"` is swept the same way, by the day of each delete:
+//! `<trash_directory>/YYYY-MM-DD` older than `trash_retention_days` goes.
 
 use crate::setup::Setup;
+use crate::sink::SinkKey;
 use chrono::NaiveDate;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -34,8 +37,37 @@ pub(crate) fn expired<'a>(
         .collect()
 }
 
-/// Remove the dated directories older than `days`; how many went.
-pub(crate) async fn sweep(setup: &Setup, days: u32) -> Result<usize, String> {
+/// What a sweep removes: the dated copies of an incremental sink (`retention_days`), or
+/// the dated directories of the trash (`deletes = "trash"`, `trash_retention_days`).
+#[derive(Debug, Clone)]
+pub(crate) enum Dated {
+    Copies { days: u32 },
+    Trash { directory: String, days: u32 },
+}
+
+impl Dated {
+    fn days(&self) -> u32 {
+        match self {
+            Dated::Copies { days } | Dated::Trash { days, .. } => *days,
+        }
+    }
+    /// The directory (under the sink's) the dates are in; `None`: the sink's own.
+    fn under(&self) -> Option<&str> {
+        match self {
+            Dated::Copies { .. } => None,
+            Dated::Trash { directory, .. } => Some(directory),
+        }
+    }
+    fn what(&self) -> &'static str {
+        match self {
+            Dated::Copies { .. } => "a dated copy older than retention_days",
+            Dated::Trash { .. } => "a day of the trash older than trash_retention_days",
+        }
+    }
+}
+
+/// Remove the dated directories older than their days; how many went.
+pub(crate) async fn sweep(setup: &Setup, dated: &Dated) -> Result<usize, String> {
     let open = setup.sink().await.map_err(|e| e.to_string())?;
     let sink = open.sink.as_ref();
     let Some(inventory) = sink
@@ -46,24 +78,31 @@ pub(crate) async fn sweep(setup: &Setup, days: u32) -> Result<usize, String> {
         return Err(format!("{} cannot list what it holds", sink.describe()));
     };
     let today = chrono::Local::now().date_naive();
-    let dates = expired(inventory.iter().map(|(rel, _)| rel.as_str()), today, days);
+    let prefix = dated.under().map(|d| format!("{d}/"));
+    let files = inventory.iter().filter_map(|(rel, _)| match &prefix {
+        None => Some(rel.as_str()),
+        Some(p) => rel.strip_prefix(p.as_str()),
+    });
+    let dates = expired(files, today, dated.days());
     let rules = setup.rules(Vec::new());
     for date in &dates {
-        let key = rules.dated_root(date);
+        let mut rel: Vec<String> = dated.under().map(String::from).into_iter().collect();
+        rel.push(date.clone());
+        let key = SinkKey::new(&rules.sink_dir, rel);
         sink.delete_entry(&key, true, true, &[])
             .await
             .map_err(|e| format!("removing {}: {e}", key.full))?;
-        tracing::info!(directory = %key.full, days, "retention: removed a dated copy older than retention_days");
+        tracing::info!(directory = %key.full, days = dated.days(), "retention: removed {}", dated.what());
     }
     Ok(dates.len())
 }
 
 /// Sweep at start and then daily until `stop`; a failure is logged when it begins and
 /// when it ends, and tried again at the next sweep.
-pub(crate) async fn serve(setup: Arc<Setup>, days: u32, stop: CancellationToken) {
+pub(crate) async fn serve(setup: Arc<Setup>, dated: Dated, stop: CancellationToken) {
     let mut failing = false;
     loop {
-        match sweep(&setup, days).await {
+        match sweep(&setup, &dated).await {
             Ok(_) if failing => {
                 failing = false;
                 tracing::info!("retention: sweeping works again");
@@ -71,7 +110,7 @@ pub(crate) async fn serve(setup: Arc<Setup>, days: u32, stop: CancellationToken)
             Ok(_) => {}
             Err(e) if !failing => {
                 failing = true;
-                tracing::warn!(error = %e, "retention: sweeping dated copies failed; trying again tomorrow");
+                tracing::warn!(error = %e, "retention: sweeping failed; trying again tomorrow");
             }
             Err(_) => {}
         }

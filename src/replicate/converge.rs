@@ -212,7 +212,8 @@ pub async fn apply(
                 Some(_) => return Ok(Applied::Overtaken),
                 None => {}
             }
-            sink.delete_entry(key, *is_directory, *delete_chunks, signatures)
+            rules
+                .remove(sink, key, *is_directory, *delete_chunks, signatures)
                 .await?;
             let parent = key.parent(&rules.sink_dir);
             prune(rules, truth, sink, &parent, &parent_path(&paths.old)).await?;

@@ -32,6 +32,10 @@ pub struct Rules {
     /// `deletes = "keep"`: deletes are not replicated, and a rename adds the new name
     /// and keeps the old one.
     pub keep_deletes: bool,
+    /// `deletes = "trash"`: the trash directory's name (under the sink's directory),
+    /// where deletes move what they remove. Source entries of that name directly under
+    /// the source directory are left out: their copies would land in the trash.
+    pub trash_dir: Option<String>,
     /// Skip events flagged `is_from_other_cluster` (filer sinks only).
     pub skip_other_cluster: bool,
     /// Skip events that already passed through one of these filers (the target filer's
@@ -111,7 +115,44 @@ impl Rules {
     pub(crate) fn excluded(&self, p: &[String]) -> bool {
         self.excludes.iter().any(|ex| is_equal_or_under(p, ex))
             || (is_equal_or_under(p, &self.source_dir)
-                && self.filter.excludes_path(&p[self.source_dir.len()..]))
+                && (self.filter.excludes_path(&p[self.source_dir.len()..])
+                    || self.in_trash(&p[self.source_dir.len()..])))
+    }
+
+    /// Whether `rel` (under the source or the sink directory) is in the trash directory.
+    pub(crate) fn in_trash(&self, rel: &[String]) -> bool {
+        self.trash_dir
+            .as_ref()
+            .is_some_and(|t| rel.first() == Some(t))
+    }
+
+    /// Where `deletes = "trash"` moves `key` on `day` (`YYYY-MM-DD`): the same path
+    /// under the trash directory's dated directory. `None` unless the policy is trash.
+    pub(crate) fn trash_key(&self, key: &SinkKey, day: &str) -> Option<SinkKey> {
+        let trash = self.trash_dir.as_ref()?;
+        let mut rel = vec![trash.clone(), day.to_string()];
+        rel.extend(key.rel.iter().cloned());
+        Some(SinkKey::new(&self.sink_dir, rel))
+    }
+
+    /// Remove `key` from the sink as the delete policy says: deleted, or moved into
+    /// today's trash.
+    pub(crate) async fn remove(
+        &self,
+        sink: &dyn Sink,
+        key: &SinkKey,
+        is_directory: bool,
+        delete_chunks: bool,
+        signatures: &[i32],
+    ) -> Result<(), SinkError> {
+        let today = chrono::Local::now().format("%Y-%m-%d").to_string();
+        match self.trash_key(key, &today) {
+            Some(to) => sink.trash(key, &to, is_directory, signatures).await,
+            None => {
+                sink.delete_entry(key, is_directory, delete_chunks, signatures)
+                    .await
+            }
+        }
     }
 
     /// [`Rules::excluded`], or a file whose name a file-name pattern matches.
@@ -142,11 +183,6 @@ impl Rules {
         }
         rel.extend(p[self.source_dir.len()..].iter().cloned());
         SinkKey::new(&self.sink_dir, rel)
-    }
-
-    /// The sink key of one dated directory (`YYYY-MM-DD`) of an incremental sink.
-    pub(crate) fn dated_root(&self, date: &str) -> SinkKey {
-        SinkKey::new(&self.sink_dir, vec![date.to_string()])
     }
 
     /// Decide what one event means for the sink. Pure: no I/O.
@@ -293,6 +329,7 @@ impl Rules {
 /// rather than none); an update the sink cannot find becomes delete-then-create.
 pub(crate) async fn apply(
     plan: &Plan,
+    rules: &Rules,
     sink: &dyn Sink,
     signatures: &[i32],
 ) -> Result<(), SinkError> {
@@ -305,7 +342,8 @@ pub(crate) async fn apply(
             delete_chunks,
             ..
         } => {
-            sink.delete_entry(key, *is_directory, *delete_chunks, signatures)
+            rules
+                .remove(sink, key, *is_directory, *delete_chunks, signatures)
                 .await
         }
         Plan::Move { old, new, entry } => {
@@ -361,6 +399,7 @@ mod tests {
             sink_dir: sink.into(),
             incremental: false,
             keep_deletes: false,
+            trash_dir: None,
             skip_other_cluster: false,
             skip_signatures: vec![],
         }

@@ -1149,6 +1149,23 @@ impl Sink for FilerSink {
         }
     }
 
+    /// An atomic rename on the target filer (its chunks stay, under the trash name).
+    async fn trash(
+        &self,
+        key: &SinkKey,
+        to: &SinkKey,
+        is_directory: bool,
+        signatures: &[i32],
+    ) -> Result<(), SinkError> {
+        let entry = Entry {
+            is_directory,
+            ..Default::default()
+        };
+        // `false`: nothing at `key` any more (a replayed delete).
+        self.move_entry(key, to, &entry, signatures).await?;
+        Ok(())
+    }
+
     async fn move_entry(
         &self,
         old: &SinkKey,

@@ -601,6 +601,37 @@ impl Sink for LocalSink {
         }
     }
 
+    async fn trash(
+        &self,
+        key: &SinkKey,
+        to: &SinkKey,
+        _is_directory: bool,
+        _signatures: &[i32],
+    ) -> Result<(), SinkError> {
+        super::refuse_root(key, "trash")?;
+        let Some(from) = self.target(key, false)? else {
+            return Ok(());
+        };
+        let Ok(from_meta) = std::fs::symlink_metadata(&from) else {
+            return Ok(());
+        };
+        let target = self.target(to, true)?.expect("created parents");
+        crate::fence::check(&to.full)?;
+        match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() && from_meta.is_dir() => {
+                return merge_into(&from, &target).map_err(io_err("merge into the trash", to));
+            }
+            Ok(m) if m.is_dir() => {
+                std::fs::remove_dir_all(&target).map_err(io_err("replace in the trash", to))?
+            }
+            Ok(_) if from_meta.is_dir() => {
+                std::fs::remove_file(&target).map_err(io_err("replace in the trash", to))?
+            }
+            _ => {}
+        }
+        std::fs::rename(&from, &target).map_err(io_err("move to the trash", to))
+    }
+
     async fn move_entry(
         &self,
         old: &SinkKey,

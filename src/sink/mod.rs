@@ -59,6 +59,16 @@ pub trait Sink: Send + Sync {
         delete_chunks: bool,
         signatures: &[i32],
     ) -> Result<(), SinkError>;
+    /// For `deletes = "trash"`: move what is at `key` (a file, or a directory with
+    /// everything under it) to `to`, replacing a file there and merging into a directory
+    /// there. Nothing at `key` is success (a replayed delete).
+    async fn trash(
+        &self,
+        key: &SinkKey,
+        to: &SinkKey,
+        is_directory: bool,
+        signatures: &[i32],
+    ) -> Result<(), SinkError>;
     async fn move_entry(
         &self,
         _old: &SinkKey,

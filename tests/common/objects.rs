@@ -303,4 +303,89 @@ pub async fn conformance(bed: &TestBed, stores: Vec<StoreUnderTest>) {
             s.label
         );
     }
+
+    trash(bed, &stores).await;
+}
+
+/// What a trash holds under `prefix` (the sink directory's object prefix), by the path
+/// below the day of the delete (the day itself is left out: a run may cross midnight).
+pub async fn trashed(s: &StoreUnderTest, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let trash = format!("{prefix}.replicate-trash/");
+    s.store
+        .objects(&trash)
+        .await
+        .into_iter()
+        .filter_map(|(name, bytes)| {
+            let (_day, rest) = name[trash.len()..].split_once('/')?;
+            Some((rest.to_string(), bytes))
+        })
+        .collect()
+}
+
+/// `deletes = "trash"`: a deleted file and a deleted directory (with everything under
+/// it) move under `.replicate-trash/<day>/`, copied inside the store, and are gone from
+/// the mirror, which otherwise equals the source.
+async fn trash(bed: &TestBed, stores: &[StoreUnderTest]) {
+    bed.upload("/data/gone.txt", b"deleted file", "").await;
+    bed.upload("/data/gone/one.txt", b"one under a deleted directory", "")
+        .await;
+    bed.upload("/data/gone/sub/two.txt", b"two, deeper", "")
+        .await;
+    let works: Vec<Workdir> = stores
+        .iter()
+        .map(|s| {
+            let section = format!("{}\ndeletes = \"trash\"\n", (s.section)("/tr", false));
+            Workdir::with_sink(bed, "/data", &section, "")
+        })
+        .collect();
+    let reps: Vec<Replicator> = works.iter().map(Replicator::start).collect();
+    for (s, w) in stores.iter().zip(&works) {
+        converge(bed, s, &(s.prefix)("/tr"), &w.log()).await;
+    }
+    bed.delete("/data/gone.txt", false).await;
+    bed.delete("/data/gone", true).await;
+    let want: BTreeMap<String, Vec<u8>> = [
+        ("gone.txt", &b"deleted file"[..]),
+        ("gone/one.txt", b"one under a deleted directory"),
+        ("gone/sub/two.txt", b"two, deeper"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_vec()))
+    .collect();
+    for (s, w) in stores.iter().zip(&works) {
+        let p = (s.prefix)("/tr");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let mirror: BTreeMap<String, Vec<u8>> = s
+                .store
+                .objects(&p)
+                .await
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with(&format!("{p}.replicate-trash/")))
+                .collect();
+            let in_trash = trashed(s, &p).await;
+            if in_trash == want && mirror == expected(bed, &p).await {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: the trash holds {:?}\n{}",
+                s.label,
+                in_trash.keys().collect::<Vec<_>>(),
+                tail(&w.log(), 30)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    for (w, r) in works.iter().zip(reps) {
+        assert!(r.stop().0.success(), "{}", tail(&w.log(), 20));
+        assert!(
+            !w.path().join("replicate.parked.jsonl").exists(),
+            "{}",
+            tail(&w.log(), 20)
+        );
+        // The trash is not the mirror's business: verify finds them equal.
+        let o = replicate_in(w.path(), &["verify", "-size-only"]);
+        assert!(o.status.success(), "{}", output(&o));
+    }
 }

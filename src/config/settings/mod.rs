@@ -54,6 +54,8 @@ pub(crate) struct Settings {
     pub deletes: DeletePolicy,
     /// The sink's `retention_days`, for dated copies.
     pub retention_days: Option<u32>,
+    /// With `deletes = "trash"`: where and for how long.
+    pub trash: Option<TrashSettings>,
     pub security: SecuritySettings,
     pub replicate: ReplicateSettings,
     pub metrics: MetricsSettings,
@@ -113,6 +115,9 @@ pub(crate) fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErr
         None => DeletePolicy::Mirror,
     };
     let retention_days = sink.as_ref().and_then(|s| resolve_retention(&mut r, s));
+    let trash = sink
+        .as_ref()
+        .and_then(|s| resolve_trash(&mut r, s, deletes));
     let security = resolve_security(&mut r, cwd);
     let replicate = resolve_replicate(&mut r, cwd);
     let metrics = resolve_metrics(&mut r);
@@ -139,6 +144,7 @@ pub(crate) fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErr
             sink,
             deletes,
             retention_days,
+            trash,
             security,
             replicate,
             metrics,
@@ -365,10 +371,67 @@ offsetSaveIntervalSeconds = 10
             resolve_text(&with("keep")).unwrap().deletes,
             DeletePolicy::Keep
         );
-        let e = resolve_text(&with("trash")).unwrap_err();
+        let e = resolve_text(&with("bin")).unwrap_err();
         assert_eq!(e.0.len(), 1, "{e}");
         assert_eq!(e.0[0].key, "sink.local.deletes");
-        assert!(e.to_string().contains("\"keep\""), "{e}");
+        assert!(e.to_string().contains("\"trash\""), "{e}");
+
+        // The trash: its defaults, its own keys, and what they must be.
+        let s = resolve_text(&with("trash")).unwrap();
+        assert_eq!(s.deletes, DeletePolicy::Trash);
+        assert_eq!(
+            s.trash,
+            Some(TrashSettings {
+                directory: ".replicate-trash".into(),
+                days: Some(30)
+            })
+        );
+        let trash = |extra: &str| {
+            with("trash").replace(
+                "deletes = \"trash\"\n",
+                &format!("deletes = \"trash\"\n{extra}\n"),
+            )
+        };
+        let s = resolve_text(&trash(
+            "trash_directory = \"bin\"\ntrash_retention_days = 0",
+        ))
+        .unwrap();
+        assert_eq!(
+            s.trash,
+            Some(TrashSettings {
+                directory: "bin".into(),
+                days: None
+            })
+        );
+        for (extra, key) in [
+            ("trash_directory = \"a/b\"", "sink.local.trash_directory"),
+            ("trash_directory = \"..\"", "sink.local.trash_directory"),
+            ("trash_directory = \"\"", "sink.local.trash_directory"),
+            (
+                "trash_retention_days = 40000",
+                "sink.local.trash_retention_days",
+            ),
+            ("is_incremental = true", "sink.local.deletes"),
+        ] {
+            let e = resolve_text(&trash(extra)).unwrap_err();
+            assert_eq!(e.0.len(), 1, "{extra}: {e}");
+            assert_eq!(e.0[0].key, key, "{extra}: {e}");
+        }
+        // Set to something else without the trash: a problem; at the defaults (as the
+        // templates print them): nothing.
+        let mirror = |extra: &str| {
+            GOOD.replace(
+                "[sink.local]\nenabled = true\n",
+                &format!("[sink.local]\nenabled = true\n{extra}\n"),
+            )
+        };
+        let e = resolve_text(&mirror("trash_retention_days = 7")).unwrap_err();
+        assert_eq!(e.0[0].key, "sink.local.trash_retention_days", "{e}");
+        let s = resolve_text(&mirror(
+            "trash_directory = \".replicate-trash\"\ntrash_retention_days = 30",
+        ))
+        .unwrap();
+        assert_eq!(s.trash, None);
     }
 
     #[test]

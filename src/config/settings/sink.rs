@@ -76,6 +76,18 @@ pub(crate) enum DeletePolicy {
     /// The sink keeps what the source deletes, and both names of what it renames (as
     /// `filer.backup` without `-doDeleteFiles`): a backup a mistaken `rm -r` cannot empty.
     Keep,
+    /// What the source deletes moves under the sink's trash directory, dated by the day
+    /// of the delete, and goes after the trash's retention (see [`TrashSettings`]).
+    Trash,
+}
+
+/// Where `deletes = "trash"` puts what the source deletes, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TrashSettings {
+    /// `trash_directory`: one name, directly under the sink's directory.
+    pub directory: String,
+    /// `trash_retention_days`: dated trash directories older than this go (`None`: never).
+    pub days: Option<u32>,
 }
 
 /// `[sink.<name>] deletes` of the enabled sink.
@@ -84,18 +96,75 @@ pub(super) fn resolve_deletes(r: &mut Reader, sink: &str) -> DeletePolicy {
     match r.string(&key, "mirror").as_str() {
         "mirror" => DeletePolicy::Mirror,
         "keep" => DeletePolicy::Keep,
+        "trash" => DeletePolicy::Trash,
         other => {
             r.problem(
                 &key,
                 format!(
                     "{:?} is not a delete policy; use \"mirror\" (deletes and renames are \
-                     replicated) or \"keep\" (the sink keeps what the source deletes)",
+                     replicated), \"keep\" (the sink keeps what the source deletes) or \
+                     \"trash\" (what the source deletes moves under trash_directory)",
                     crate::config::cut(other)
                 ),
             );
             DeletePolicy::Mirror
         }
     }
+}
+
+const TRASH_DIRECTORY: &str = ".replicate-trash";
+const TRASH_DAYS: u64 = 30;
+
+/// The enabled sink's `trash_directory` and `trash_retention_days`, for `deletes =
+/// "trash"`; set without it, or on a sink of dated copies (which never deletes), they are
+/// problems.
+pub(super) fn resolve_trash(
+    r: &mut Reader,
+    sink: &SinkSettings,
+    deletes: DeletePolicy,
+) -> Option<TrashSettings> {
+    let p = format!("sink.{}", sink.name());
+    let (dir_key, days_key) = (
+        format!("{p}.trash_directory"),
+        format!("{p}.trash_retention_days"),
+    );
+    if deletes != DeletePolicy::Trash {
+        // The templates print the defaults; another value says the trash was meant.
+        let dir_changed = r.string(&dir_key, TRASH_DIRECTORY) != TRASH_DIRECTORY;
+        let days_changed = r.count(&days_key, TRASH_DAYS) != TRASH_DAYS;
+        for (key, changed) in [(&dir_key, dir_changed), (&days_key, days_changed)] {
+            if changed {
+                r.problem(key, "works only with deletes = \"trash\"");
+            }
+        }
+        return None;
+    }
+    if sink.incremental() {
+        r.problem(
+            &format!("{p}.deletes"),
+            "\"trash\" means nothing with is_incremental = true: dated copies are never deleted",
+        );
+        return None;
+    }
+    let directory = r.string(&dir_key, TRASH_DIRECTORY);
+    if let Err(why) = crate::replicate::path::check_name(&directory) {
+        r.problem(
+            &dir_key,
+            format!(
+                "{:?} must be one name directly under the sink's directory: {why}",
+                crate::config::cut(&directory)
+            ),
+        );
+    }
+    let days = match r.count(&days_key, TRASH_DAYS) {
+        0 => None,
+        d if d <= 36_500 => Some(d as u32),
+        d => {
+            r.problem(&days_key, format!("{d} is more than 36500 (100 years)"));
+            None
+        }
+    };
+    Some(TrashSettings { directory, days })
 }
 
 /// `[sink.<name>] retention_days` of the enabled sink: dated directories older than this

@@ -417,6 +417,49 @@ impl ObjectStore for AzureStore {
         Ok(())
     }
 
+    /// Copy Blob from a blob of the same account (authorized by this request), its
+    /// metadata along; a copy the service finishes later is waited for.
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let req = self
+            .http
+            .put(self.blob_url(to))
+            .header("x-ms-copy-source", self.blob_url(from))
+            .header("content-length", 0);
+        let r = self.send("copy blob", from, req).await?;
+        let r = super::ok("copy blob", from, r).await?;
+        let status = |r: &reqwest::Response| {
+            r.headers()
+                .get("x-ms-copy-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("success")
+                .to_string()
+        };
+        let mut state = status(&r);
+        let mut wait = crate::retry::Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        );
+        // Bounded: the HTTP client's timeouts bound each look, and a copy that never
+        // finishes fails the event after its deadline.
+        while state == "pending" {
+            tokio::time::sleep(wait.next_wait()).await;
+            let r = self
+                .send("copy blob", to, self.http.head(self.blob_url(to)))
+                .await?;
+            state = status(&super::ok("copy blob", to, r).await?);
+        }
+        if state == "success" {
+            Ok(())
+        } else {
+            Err(StoreError::new(
+                "copy blob",
+                from,
+                Failure::Other,
+                format!("the copy ended {state}"),
+            ))
+        }
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let req = self
             .http

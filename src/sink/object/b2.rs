@@ -543,6 +543,28 @@ impl ObjectStore for B2Store {
     }
 
     /// Every version, so no older one comes back.
+    /// `b2_copy_file` of the newest version, its file info along (B2 copies up to 5 GB
+    /// in one call; a larger file fails here, and the event with it).
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let body = json!({
+            "bucketId": "", "prefix": from, "maxFileCount": 1, "startFileName": from,
+        });
+        let v = self.call("b2_list_file_names", from, body).await?;
+        let id = v["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["fileName"].as_str() == Some(from) && f["action"] == "upload")
+            .and_then(|f| f["fileId"].as_str())
+            .ok_or_else(|| StoreError::new("copy", from, Failure::NotFound, "no such file"))?
+            .to_string();
+        let body = json!({
+            "sourceFileId": id, "fileName": to, "metadataDirective": "COPY",
+        });
+        self.call("b2_copy_file", from, body).await?;
+        Ok(())
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let versions = self.versions(name, true).await?;
         self.delete_versions(versions).await

@@ -310,6 +310,46 @@ impl ObjectStore for GcsStore {
             .map(|_| ())
     }
 
+    /// `objects.rewrite`, repeated with its token until done (large objects take
+    /// several calls); metadata goes along.
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = format!(
+                "{}/rewriteTo/b/{}/o/{}",
+                self.object_url(from),
+                encoded(&self.opts.bucket),
+                encoded(to)
+            );
+            if let Some(t) = &token {
+                url.push_str(&format!("?rewriteToken={}", encoded(t)));
+            }
+            let req = self
+                .http
+                .post(url)
+                .header("content-type", "application/json")
+                .body("{}");
+            let resp = self.send("copy", from, req).await?;
+            let v: serde_json::Value = super::ok("copy", from, resp)
+                .await?
+                .json()
+                .await
+                .map_err(|e| StoreError::http("copy", from, e))?;
+            if v["done"].as_bool().unwrap_or(true) {
+                return Ok(());
+            }
+            token = v["rewriteToken"].as_str().map(String::from);
+            if token.is_none() {
+                return Err(StoreError::new(
+                    "copy",
+                    from,
+                    Failure::Other,
+                    "rewrite not done and no rewriteToken to go on with",
+                ));
+            }
+        }
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let resp = self
             .send("delete", name, self.http.delete(self.object_url(name)))

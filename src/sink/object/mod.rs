@@ -221,6 +221,9 @@ pub(crate) trait ObjectStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     async fn abort_upload(&self, name: &str, upload: &Upload) -> Result<(), StoreError>;
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
+    /// Copy the object at `from` to `to` inside the store (no bytes through here), with
+    /// its metadata, replacing whatever is at `to`. `NotFound` when `from` is not there.
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError>;
     /// Delete every object whose name starts with `prefix`.
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
         for (name, _) in self.list(prefix).await? {
@@ -427,6 +430,42 @@ impl<S: ObjectStore> Sink for ObjectSink<S> {
             .store
             .delete(&self.store.object_name(&key.full))
             .await?)
+    }
+
+    /// Copied inside the store, then deleted: no byte passes through here. A crash in
+    /// between leaves both copies, and the replayed delete copies again.
+    async fn trash(
+        &self,
+        key: &SinkKey,
+        to: &SinkKey,
+        is_directory: bool,
+        _signatures: &[i32],
+    ) -> Result<(), SinkError> {
+        crate::fence::check(&key.full)?;
+        super::refuse_root(key, "trash")?;
+        let gone = |e: &StoreError| e.failure == Failure::NotFound;
+        if is_directory {
+            let prefix = self.store.object_name(&format!("{}/", key.full));
+            let into = self.store.object_name(&format!("{}/", to.full));
+            for (name, _) in self.store.list(&prefix).await? {
+                let rest = &name[prefix.len()..];
+                match self.store.copy(&name, &format!("{into}{rest}")).await {
+                    Err(e) if !gone(&e) => return Err(e.into()),
+                    _ => {}
+                }
+            }
+            return Ok(self.store.delete_prefix(&prefix).await?);
+        }
+        let from = self.store.object_name(&key.full);
+        match self
+            .store
+            .copy(&from, &self.store.object_name(&to.full))
+            .await
+        {
+            Ok(()) => Ok(self.store.delete(&from).await?),
+            Err(e) if gone(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {

@@ -420,6 +420,30 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    /// One CopyObject: the metadata goes along (`COPY` is the default directive). S3
+    /// copies up to 5 GiB in one request; a larger object fails here, and the event with
+    /// it (nothing is deleted).
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let source = format!(
+            "{}/{}",
+            self.opts.bucket,
+            crate::sink::percent_encode(from, true)
+        );
+        let mut req = self
+            .client
+            .copy_object()
+            .bucket(&self.opts.bucket)
+            .key(to)
+            .copy_source(source);
+        if let Some(acl) = &self.opts.acl {
+            req = req.acl(acl.clone());
+        }
+        req.send()
+            .await
+            .map_err(|e| sdk_err("copy object", from, e))?;
+        Ok(())
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         self.client
             .delete_object()

@@ -168,16 +168,14 @@ async fn weed_filer_backup_and_replicate_take_over_from_each_other() {
     bed.upload("/data/a/f0.bin", b"changed", "").await;
     bed.delete("/data/a/f1.bin", false).await;
     bed.mv("/data/a/f2.bin", "/data/b/moved.bin").await;
-    let rep = Replicator::start_with(
-        &work,
-        &[],
-        &[
-            "filer.backup",
-            &format!("-filer={}", bed.var("FILER_HTTP")),
-            "-filerPath=/data",
-            "-doDeleteFiles",
-        ],
-    );
+    let filer = format!("-filer={}", bed.var("FILER_HTTP"));
+    // `replicate filer.backup` with weed's own flags, and `more` of them.
+    let start_ours = |more: &[&str]| {
+        let mut args = vec!["filer.backup", filer.as_str(), "-filerPath=/data"];
+        args.extend_from_slice(more);
+        Replicator::start_with(&work, &[], &args)
+    };
+    let rep = start_ours(&["-doDeleteFiles"]);
     assert_converges(&bed, "/data", &[], &root, &work.log()).await;
     let log = std::fs::read_to_string(work.log()).unwrap();
     assert!(
@@ -243,15 +241,7 @@ async fn weed_filer_backup_and_replicate_take_over_from_each_other() {
 
     // 4. Without -doDeleteFiles, as weed filer.backup, the sink keeps what the source
     // deletes.
-    let rep = Replicator::start_with(
-        &work,
-        &[],
-        &[
-            "filer.backup",
-            &format!("-filer={}", bed.var("FILER_HTTP")),
-            "-filerPath=/data",
-        ],
-    );
+    let rep = start_ours(&[]);
     bed.delete("/data/c/x0.bin", false).await;
     bed.upload("/data/c/after.txt", b"marker", "").await;
     assert!(

@@ -211,7 +211,7 @@ offsetSaveIntervalSeconds = 10
     #[test]
     fn object_store_directories_as_upstream_accepts_them() {
         // (source directory, sink directory, incremental) -> (directory, GCS slashless)
-        for (source, dir, inc, want, slashless) in [
+        let cases = [
             ("/buckets", "backup", false, "/backup", true),
             ("/buckets", "/backup", false, "/backup", false),
             ("/buckets", "", false, "/", false),
@@ -219,7 +219,10 @@ offsetSaveIntervalSeconds = 10
             ("/", "", false, "/", true),
             ("/buckets", "", true, "/", true),
             ("/buckets", "/", true, "/", false),
-        ] {
+        ];
+        // The GCS sink's directory and slashless for a source directory and the rest of
+        // its section.
+        let gcs = |source: &str, section: &str| {
             let text = GOOD
                 .replace(
                     "directory = \"/buckets/\"",
@@ -228,40 +231,28 @@ offsetSaveIntervalSeconds = 10
                 .replace(
                     "[sink.local]\nenabled = true\ndirectory = \"/data\"",
                     &format!(
-                        "[sink.google_cloud_storage]\nenabled = true\nbucket = \"b\"\n\
-                         directory = \"{dir}\"\nis_incremental = {inc}\n\
-                         [sink.s3]\nenabled = false\nbucket = \"b\"\ndirectory = \"{dir}\""
+                        "[sink.google_cloud_storage]\nenabled = true\nbucket = \"b\"\n{section}"
                     ),
                 );
-            let s = resolve_text(&text).unwrap();
-            let SinkSettings::Gcs(g) = &s.sink else {
-                panic!("gcs expected")
-            };
+            match resolve_text(&text).unwrap().sink {
+                SinkSettings::Gcs(g) => (g.directory, g.slashless),
+                other => panic!("gcs expected, got {other:?}"),
+            }
+        };
+        for (source, dir, inc, want, slashless) in cases {
+            let section = format!(
+                "directory = \"{dir}\"\nis_incremental = {inc}\n\
+                 [sink.s3]\nenabled = false\nbucket = \"b\"\ndirectory = \"{dir}\""
+            );
             assert_eq!(
-                (g.directory.as_str(), g.slashless),
-                (want, slashless),
+                gcs(source, &section),
+                (want.to_string(), slashless),
                 "{source} {dir:?} {inc}"
             );
         }
         // A missing directory is empty, as viper reads it (not "/").
         for (source, slashless) in [("/buckets/", true), ("/buckets", false)] {
-            let text = GOOD
-                .replace(
-                    "directory = \"/buckets/\"",
-                    &format!("directory = \"{source}\""),
-                )
-                .replace(
-                    "[sink.local]\nenabled = true\ndirectory = \"/data\"",
-                    "[sink.google_cloud_storage]\nenabled = true\nbucket = \"b\"",
-                );
-            let SinkSettings::Gcs(g) = resolve_text(&text).unwrap().sink else {
-                panic!("gcs expected")
-            };
-            assert_eq!(
-                (g.directory.as_str(), g.slashless),
-                ("/", slashless),
-                "{source}"
-            );
+            assert_eq!(gcs(source, ""), ("/".to_string(), slashless), "{source}");
         }
         let text = GOOD.replace("directory = \"/data\"", "directory = \"a/../../x\"");
         let text = text.replace("[sink.local]", "[sink.s3]\nbucket = \"b\"");

@@ -144,6 +144,9 @@ async fn replicate(
     let Some(skip_signatures) = setup.connect(&open, &stop).await else {
         return Ok(());
     };
+    if let (Some((_, client)), Some(_)) = (&open.target, &settings.trash) {
+        refuse_a_trash_above_buckets(client.clone(), &settings.sink.directory(), raw).await?;
+    }
     tracing::info!(sink = settings.sink.name(), directory = %settings.sink.directory(), "Configure sink to {}", settings.sink.name());
     if let Err(e) = open.sink.recover().await {
         tracing::warn!(error = %e, "cleaning up after an earlier run failed; it is tried again at the next start");
@@ -218,6 +221,43 @@ async fn replicate(
         retries = s.retries.load(Ordering::Relaxed),
         "stopped"
     );
+    Ok(())
+}
+
+/// A filer keeps each bucket's data in the bucket's own collection and drops the
+/// collection with the bucket, so a trash that holds entries of several buckets (a filer
+/// sink at or above the target's buckets folder) would lose what it holds when a bucket
+/// is deleted: a configuration error. Inside one bucket, the trash is that bucket's.
+async fn refuse_a_trash_above_buckets(
+    mut client: crate::pb::seaweed_filer_client::SeaweedFilerClient<tonic::transport::Channel>,
+    directory: &str,
+    raw: &crate::config::RawConfig,
+) -> Result<(), AppError> {
+    let buckets = match client
+        .get_filer_configuration(crate::pb::GetFilerConfigurationRequest {})
+        .await
+    {
+        Ok(r) => r.into_inner().dir_buckets,
+        // The sink answered a moment ago; if it cannot say now, the default is assumed.
+        Err(_) => String::new(),
+    };
+    let buckets = if buckets.is_empty() {
+        "/buckets".to_string()
+    } else {
+        buckets
+    };
+    let parts = |p: &str| crate::replicate::path::components(p).unwrap_or_default();
+    if crate::replicate::path::is_equal_or_under(&parts(&buckets), &parts(directory)) {
+        return Err(config_error(
+            raw,
+            "sink.filer.deletes",
+            format!(
+                "\"trash\" into {directory:?} would hold entries of several buckets of the \
+                 target's {buckets}, and a filer drops a bucket's data with the bucket; \
+                 set directory inside one bucket, or outside {buckets}"
+            ),
+        ));
+    }
     Ok(())
 }
 

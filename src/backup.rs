@@ -12,6 +12,21 @@ use crate::cli::{BackupFlags, FlagError, flag_bool};
 use crate::config::settings::{DeletePolicy, FailurePolicy, InputSettings, Settings, SinkSettings};
 use crate::config::{Origin, Problem, RawConfig};
 
+/// The `[source.filer]` keys `filer.backup`'s flags stand for (set whether the flag is
+/// given or not: weed filer.backup takes its source from its flags alone).
+const FROM_FLAGS: [&str; 10] = [
+    "grpcAddress",
+    "directory",
+    "excludeDirectories",
+    "excludeFileNames",
+    "excludePathPatterns",
+    "excludeFileNameRegexp",
+    "filerProxy",
+    "httpAddress",
+    "subscribe",
+    "initial_snapshot",
+];
+
 /// upstream's `BackupKeyPrefix`.
 const KEY_PREFIX: &[u8] = b"backup.";
 
@@ -111,13 +126,8 @@ impl Backup {
             "-filerExcludeFileName",
         );
         raw.set_flag("source.filer.filerProxy", on(self.proxy), "-filerProxy");
-        if self.proxy {
-            raw.set_flag(
-                "source.filer.httpAddress",
-                text(&self.http_address),
-                "-filer",
-            );
-        }
+        let http = if self.proxy { &self.http_address } else { "" };
+        raw.set_flag("source.filer.httpAddress", text(http), "-filerProxy");
         raw.set_flag("source.filer.subscribe", on(true), "filer.backup");
         raw.set_flag(
             "source.filer.initial_snapshot",
@@ -148,13 +158,27 @@ impl Backup {
         {
             o.slashless = true;
         }
+        // Upstream keeps what the source deletes unless -doDeleteFiles says otherwise. The
+        // file's `deletes` counts when it asks for more than a plain mirror: "keep", or
+        // "trash" (which deletes too, so -doDeleteFiles keeps it). A "mirror" in the file
+        // is what every template says, not a choice: it needs -doDeleteFiles, as upstream.
         let deletes_key = format!("sink.{sink}.deletes");
-        settings.deletes = match self.delete_files {
-            Some(true) => DeletePolicy::Mirror,
-            Some(false) => DeletePolicy::Keep,
-            // The file's `deletes` when it has one, else upstream's -doDeleteFiles=false.
-            None if raw.set_outside_flags(&deletes_key) => settings.deletes,
-            None => DeletePolicy::Keep,
+        let in_file = raw
+            .set_outside_flags(&deletes_key)
+            .then_some(settings.deletes);
+        settings.deletes = match (self.delete_files, in_file) {
+            (Some(true), Some(DeletePolicy::Trash)) => DeletePolicy::Trash,
+            (Some(true), _) => DeletePolicy::Mirror,
+            (Some(false), _) => DeletePolicy::Keep,
+            (None, Some(DeletePolicy::Keep | DeletePolicy::Trash)) => settings.deletes,
+            (None, Some(DeletePolicy::Mirror)) => {
+                notes.push(format!(
+                    "{deletes_key} = \"mirror\" is not used without -doDeleteFiles (as weed \
+                     filer.backup): the sink keeps what the source deletes"
+                ));
+                DeletePolicy::Keep
+            }
+            (None, None) => DeletePolicy::Keep,
         };
         if settings.deletes != DeletePolicy::Trash {
             settings.trash = None;
@@ -184,7 +208,7 @@ impl Backup {
                     .into(),
             );
         }
-        let unused: Vec<&str> = ["grpcAddress", "directory", "excludeDirectories"]
+        let unused: Vec<&str> = FROM_FLAGS
             .into_iter()
             .filter(|k| raw.set_outside_flags(&format!("source.filer.{k}")))
             .collect();
@@ -433,13 +457,36 @@ directory = "/backup"
         );
         assert_eq!(
             deletes(&mirror, &[]),
-            DeletePolicy::Mirror,
-            "the file's own key"
-        );
-        assert_eq!(
-            deletes(&mirror, &["-doDeleteFiles=0"]),
             DeletePolicy::Keep,
-            "the flag wins"
+            "a template's mirror is not a choice: it needs -doDeleteFiles"
+        );
+        assert_eq!(deletes(&mirror, &["-doDeleteFiles"]), DeletePolicy::Mirror);
+        let keep = mirror.replace("\"mirror\"", "\"keep\"");
+        assert_eq!(deletes(&keep, &[]), DeletePolicy::Keep);
+        assert_eq!(deletes(&keep, &["-doDeleteFiles"]), DeletePolicy::Mirror);
+        let trash = mirror.replace("\"mirror\"", "\"trash\"");
+        assert_eq!(
+            deletes(&trash, &[]),
+            DeletePolicy::Trash,
+            "the file's own choice"
+        );
+        assert_eq!(deletes(&trash, &["-doDeleteFiles"]), DeletePolicy::Trash);
+        assert_eq!(deletes(&trash, &["-doDeleteFiles=0"]), DeletePolicy::Keep);
+        let (s, _) = settle(&trash, &["-doDeleteFiles=false"]).unwrap();
+        assert_eq!(s.trash, None);
+        let (s, _) = settle(&trash, &[]).unwrap();
+        assert!(s.trash.is_some());
+        // A file that reads through its filer, and flags that do not: the flags win,
+        // httpAddress included.
+        let proxied = FILES.replace(
+            "checkpoint_interval_seconds = 7",
+            "checkpoint_interval_seconds = 7\nfilerProxy = true\nhttpAddress = \"f:1\"",
+        );
+        let (s, notes) = settle(&proxied, &[]).unwrap();
+        assert_eq!(s.source.proxy, None);
+        assert!(
+            notes.iter().any(|n| n.contains("filerProxy, httpAddress")),
+            "{notes:?}"
         );
 
         let (s, notes) = settle(FILES, &["-retentionDays=3", "-disableErrorRetry"]).unwrap();

@@ -649,6 +649,41 @@ async fn with_a_trash_replays_in_any_interleaving_converge_to_the_source() {
     );
 }
 
+/// Under a trash, a file renamed and then deleted before either event is applied still
+/// reaches the trash: the sink's copy under the old name is all it has of it. (Applied
+/// in order: the rename finds its new name gone, so nothing is written there, and the
+/// old name's copy is removed as a delete is, into the trash.)
+#[tokio::test]
+async fn with_a_trash_a_file_renamed_then_deleted_is_kept_in_the_trash() {
+    for delete_first in [false, true] {
+        let mut bed = Bed::new();
+        bed.rules.trash_dir = Some(".trash".into());
+        bed.filer.write("/data/o", b"only copy".to_vec());
+        bed.drain().await.unwrap();
+        bed.filer.rename("/data/o", "/data/n");
+        bed.filer.delete("/data/n");
+        bed.publish();
+        let (po, pn) = (partition_of("/data/o"), partition_of("/data/n"));
+        if delete_first {
+            bed.step(pn).await.unwrap();
+            bed.step(po).await.unwrap();
+        } else {
+            bed.step(po).await.unwrap();
+            bed.step(pn).await.unwrap();
+        }
+        bed.check().unwrap();
+        let kept: Vec<Vec<u8>> = on_disk(&bed.dir.path().join(".trash"))
+            .into_values()
+            .flatten()
+            .collect();
+        assert_eq!(
+            kept,
+            vec![b"only copy".to_vec()],
+            "delete first: {delete_first}"
+        );
+    }
+}
+
 /// A directory rename replayed after files were created under the old name: create
 /// A/x, rename A to B, create A/y, all applied; a crash before any commit; A/y deleted
 /// on the source; everything replayed. Moving the sink's A as a whole would carry y

@@ -917,9 +917,11 @@ async fn retention_removes_old_dated_copies_on_the_target_filer() {
 }
 
 /// `deletes = "trash"` into another cluster: a deleted file and a deleted directory are
-/// renamed on the target filer under `.replicate-trash/<day>/`, their content (chunks)
+/// moved on the target filer under `.replicate-trash/<day>/`, their content (chunks)
 /// kept; the mirror equals the source; a day of the trash older than
-/// `trash_retention_days` is deleted at start, recursively.
+/// `trash_retention_days` is deleted at start, recursively. Into a plain folder and into
+/// one bucket; into `/buckets` itself it is refused (exit 2): a filer drops a bucket's
+/// data with the bucket, and one trash would hold entries of several.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_move_into_a_trash_on_the_target_filer() {
     let a = TestBed::start(BedOptions::default());
@@ -927,36 +929,46 @@ async fn deletes_move_into_a_trash_on_the_target_filer() {
     let old = (chrono::Local::now().date_naive() - chrono::Days::new(40))
         .format("%Y-%m-%d")
         .to_string();
-    b.upload(
-        &format!("/mirror/.replicate-trash/{old}/planted.txt"),
-        b"old",
-        "",
-    )
-    .await;
+    let targets = ["/mirror", "/buckets/backup"];
+    for t in targets {
+        b.upload(
+            &format!("{t}/.replicate-trash/{old}/planted.txt"),
+            b"old",
+            "",
+        )
+        .await;
+    }
     let large = bytes(7, 2_600_000);
     a.upload("/data/gone.txt", b"gone", "").await;
     a.upload("/data/dir/big.bin", &large, "maxMB=1").await;
     a.upload("/data/dir/sub/x.txt", b"x", "").await;
     a.upload("/data/stays.txt", b"stays", "").await;
-    let work = Workdir::filer(
-        &a,
-        "/data",
-        &b,
-        "/mirror",
-        "deletes = \"trash\"\ntrash_retention_days = 30",
-    );
-    let rep = Replicator::start(&work);
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            b.lookup("/mirror/dir/sub/x.txt").await.is_some()
-                && b.lookup(&format!("/mirror/.replicate-trash/{old}"))
-                    .await
-                    .is_none()
+    let works: Vec<Workdir> = targets
+        .iter()
+        .map(|t| {
+            Workdir::filer(
+                &a,
+                "/data",
+                &b,
+                t,
+                "deletes = \"trash\"\ntrash_retention_days = 30",
+            )
         })
-        .await,
-        "{}",
-        tail(&work.log(), 20)
-    );
+        .collect();
+    let reps: Vec<Replicator> = works.iter().map(Replicator::start).collect();
+    for (t, work) in targets.iter().zip(&works) {
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                b.lookup(&format!("{t}/dir/sub/x.txt")).await.is_some()
+                    && b.lookup(&format!("{t}/.replicate-trash/{old}"))
+                        .await
+                        .is_none()
+            })
+            .await,
+            "{t}\n{}",
+            tail(&work.log(), 20)
+        );
+    }
     a.delete("/data/gone.txt", false).await;
     a.delete("/data/dir", true).await;
     // The day of the delete: today, or tomorrow for a run across midnight.
@@ -965,33 +977,52 @@ async fn deletes_move_into_a_trash_on_the_target_filer() {
             .format("%Y-%m-%d")
             .to_string()
     });
-    let in_trash = |rel: &'static str| {
-        let b = &b;
-        let days = days.clone();
-        async move {
-            for d in &days {
-                let path = format!("/mirror/.replicate-trash/{d}/{rel}");
-                if b.lookup(&path).await.is_some() {
-                    return Some(b.get(&path).await);
+    for (t, work) in targets.iter().zip(&works) {
+        let in_trash = |rel: &'static str| {
+            let b = &b;
+            let days = days.clone();
+            async move {
+                for d in &days {
+                    let path = format!("{t}/.replicate-trash/{d}/{rel}");
+                    if b.lookup(&path).await.is_some() {
+                        return Some(b.get(&path).await);
+                    }
                 }
+                None
             }
-            None
-        }
-    };
+        };
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                in_trash("gone.txt").await.as_deref() == Some(&b"gone"[..])
+                    && in_trash("dir/big.bin").await.as_deref() == Some(&large[..])
+                    && in_trash("dir/sub/x.txt").await.as_deref() == Some(&b"x"[..])
+                    && b.lookup(&format!("{t}/dir")).await.is_none()
+                    && b.lookup(&format!("{t}/gone.txt")).await.is_none()
+            })
+            .await,
+            "{t}: {:?}\n{}",
+            b.tree(t, &[]).await.keys().collect::<Vec<_>>(),
+            tail(&work.log(), 30)
+        );
+        assert_eq!(b.get(&format!("{t}/stays.txt")).await, b"stays");
+    }
+    for (work, rep) in works.iter().zip(reps) {
+        assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
+        assert!(
+            !work.path().join("replicate.parked.jsonl").exists(),
+            "{}",
+            std::fs::read_to_string(work.path().join("replicate.parked.jsonl")).unwrap()
+        );
+    }
+    // Nothing the trash holds lost its data: every chunk on the target is referenced.
+    no_orphans_remain(&b).await;
+
+    let above = Workdir::filer(&a, "/data", &b, "/buckets", "deletes = \"trash\"");
+    let (status, _) = Replicator::start(&above).stop_when_exited();
+    assert_eq!(status.code(), Some(2), "{}", tail(&above.log(), 20));
+    let log = std::fs::read_to_string(above.log()).unwrap();
     assert!(
-        eventually(Duration::from_secs(60), || async {
-            in_trash("gone.txt").await.as_deref() == Some(&b"gone"[..])
-                && in_trash("dir/big.bin").await.as_deref() == Some(&large[..])
-                && in_trash("dir/sub/x.txt").await.as_deref() == Some(&b"x"[..])
-                && b.lookup("/mirror/dir").await.is_none()
-                && b.lookup("/mirror/gone.txt").await.is_none()
-        })
-        .await,
-        "{:?}\n{}",
-        b.tree("/mirror", &[]).await.keys().collect::<Vec<_>>(),
-        tail(&work.log(), 30)
+        log.contains("sink.filer.deletes") && log.contains("several buckets"),
+        "{log}"
     );
-    assert_eq!(b.get("/mirror/stays.txt").await, b"stays");
-    assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
-    assert!(!work.path().join("replicate.parked.jsonl").exists());
 }

@@ -243,7 +243,12 @@ pub async fn apply(
                 if dir {
                     prune(rules, truth, sink, old, &paths.old).await?;
                 } else {
-                    if !moved {
+                    if !moved && now.is_none() {
+                        // Renamed and then deleted on the source: the old name's copy is
+                        // all the sink has of it, and it goes as a delete does (into the
+                        // trash, under deletes = "trash").
+                        rules.remove(sink, old, false, true, signatures).await?;
+                    } else if !moved {
                         sink.delete_entry(old, false, false, signatures).await?;
                     }
                     let parent = old.parent(&rules.sink_dir);

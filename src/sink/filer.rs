@@ -881,6 +881,67 @@ impl FilerSink {
         Ok(deleted)
     }
 
+    /// Make entry `old` (and everything under it) again at `new`, pointing at the same
+    /// chunks; `old` stays. A file at `new` is replaced; directories merge.
+    fn relink<'a>(
+        &'a self,
+        old: String,
+        new: String,
+        signatures: &'a [i32],
+    ) -> futures::future::BoxFuture<'a, Result<(), tonic::Status>> {
+        Box::pin(async move {
+            let Some(mut entry) = self.reader.lookup_entry(&old).await? else {
+                return Ok(());
+            };
+            let (directory, name) = split(&new);
+            let there = self.reader.lookup_entry(&new).await?;
+            let merge = entry.is_directory && there.as_ref().is_some_and(|e| e.is_directory);
+            if there.is_some() && !merge {
+                remove(&self.target, &directory, &name, signatures).await?;
+            }
+            if !merge {
+                entry.name = name;
+                let request = pb::CreateEntryRequest {
+                    directory,
+                    entry: Some(entry.clone()),
+                    is_from_other_cluster: true,
+                    signatures: signatures.to_vec(),
+                    ..Default::default()
+                };
+                let error = self
+                    .target
+                    .clone()
+                    .create_entry(request)
+                    .await?
+                    .into_inner()
+                    .error;
+                if !error.is_empty() {
+                    return Err(tonic::Status::internal(error));
+                }
+            }
+            if !entry.is_directory {
+                return Ok(());
+            }
+            let mut start = String::new();
+            loop {
+                let page = self.reader.list_page(&old, &start).await?;
+                let full = page.len() >= crate::filer::LIST_PAGE;
+                for child in page {
+                    start = child.name.clone();
+                    self.relink(
+                        format!("{old}/{}", child.name),
+                        format!("{new}/{}", child.name),
+                        signatures,
+                    )
+                    .await?;
+                }
+                if !full {
+                    return Ok(());
+                }
+            }
+        })
+    }
+
     /// Move what directory `old` holds into directory `new` on the target, then delete
     /// `old`. Where both hold a name, directories merge the same way and otherwise the
     /// entry with the newer mtime stays (the target's on a tie: it was written by an event
@@ -1149,21 +1210,70 @@ impl Sink for FilerSink {
         }
     }
 
-    /// An atomic rename on the target filer (its chunks stay, under the trash name).
+    /// An atomic rename on the target filer, its chunks kept under the trash name. The
+    /// filer refuses a rename between two of `/buckets`' buckets (or collections), and
+    /// into a directory it must merge with: then the same entries are made under the
+    /// trash, pointing at the same chunks, and the old ones removed without their data.
+    /// What the trash holds at `to` is replaced, unless both are directories.
     async fn trash(
         &self,
         key: &SinkKey,
         to: &SinkKey,
-        is_directory: bool,
+        _is_directory: bool,
         signatures: &[i32],
     ) -> Result<(), SinkError> {
-        let entry = Entry {
-            is_directory,
+        super::refuse_root(key, "trash")?;
+        crate::fence::check(&to.full)?;
+        let Some(from) = self.lookup(key).await? else {
+            return Ok(());
+        };
+        if let Some(there) = self.lookup(to).await?
+            && !(there.is_directory && from.is_directory)
+        {
+            let (directory, name) = split(&to.full);
+            remove(&self.target, &directory, &name, signatures)
+                .await
+                .map_err(|s| rpc_err("replace in the trash", to, s))?;
+        }
+        let (old_directory, old_name) = split(&key.full);
+        let (new_directory, new_name) = split(&to.full);
+        let request = pb::AtomicRenameEntryRequest {
+            old_directory: old_directory.clone(),
+            old_name: old_name.clone(),
+            new_directory,
+            new_name,
+            signatures: signatures.to_vec(),
+        };
+        let refused = match self.target.clone().atomic_rename_entry(request).await {
+            Ok(_) => return Ok(()),
+            Err(s) => s,
+        };
+        tracing::debug!(key = %key.full, error = %refused, "the target filer refuses to rename into the trash; linking the chunks there instead");
+        self.relink(key.full.clone(), to.full.clone(), signatures)
+            .await
+            .map_err(|s| rpc_err("move to the trash", to, s))?;
+        let request = pb::DeleteEntryRequest {
+            directory: old_directory,
+            name: old_name,
+            is_delete_data: false,
+            is_recursive: true,
+            is_from_other_cluster: true,
+            signatures: signatures.to_vec(),
             ..Default::default()
         };
-        // `false`: nothing at `key` any more (a replayed delete).
-        self.move_entry(key, to, &entry, signatures).await?;
-        Ok(())
+        let error = self
+            .target
+            .clone()
+            .delete_entry(request)
+            .await
+            .map_err(|s| rpc_err("move to the trash", key, s))?
+            .into_inner()
+            .error;
+        if error.is_empty() || is_not_found_text(&error) {
+            Ok(())
+        } else {
+            Err(remote_err("move to the trash", key, error, false))
+        }
     }
 
     async fn move_entry(

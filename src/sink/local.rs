@@ -360,6 +360,29 @@ fn merge_into(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::remove_dir_all(from)
 }
 
+/// Move what directory `from` holds into directory `to`, then remove `from`: where both
+/// hold a name, directories merge and otherwise `from`'s entry replaces `to`'s (the trash
+/// keeps the later delete).
+fn merge_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
+    for child in std::fs::read_dir(from)? {
+        let child = child?;
+        let (src, dst) = (child.path(), to.join(child.file_name()));
+        let src_dir = std::fs::symlink_metadata(&src)?.is_dir();
+        match std::fs::symlink_metadata(&dst) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+            Ok(m) if m.is_dir() && src_dir => {
+                merge_replacing(&src, &dst)?;
+                continue;
+            }
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dst)?,
+            Ok(_) => std::fs::remove_file(&dst)?,
+        }
+        std::fs::rename(&src, &dst)?;
+    }
+    std::fs::remove_dir_all(from)
+}
+
 /// Every regular file under `root` (symlinks are listed neither as files nor followed),
 /// skipping our own leftover temp files.
 fn walk_files(root: &Path) -> std::io::Result<Vec<(String, u64)>> {
@@ -619,7 +642,7 @@ impl Sink for LocalSink {
         crate::fence::check(&to.full)?;
         match std::fs::symlink_metadata(&target) {
             Ok(m) if m.is_dir() && from_meta.is_dir() => {
-                return merge_into(&from, &target).map_err(io_err("merge into the trash", to));
+                return merge_replacing(&from, &target).map_err(io_err("merge into the trash", to));
             }
             Ok(m) if m.is_dir() => {
                 std::fs::remove_dir_all(&target).map_err(io_err("replace in the trash", to))?

@@ -111,10 +111,10 @@ async fn run(
             return;
         };
         if let Some(ts) = found {
-            tracing::info!(
+            tracing::warn!(
                 checkpoint = ts,
                 key = %legacy.escape_ascii(),
-                "taking the checkpoint weed filer.backup kept before 4.48; it is saved under the new key from now on"
+                "taking the checkpoint weed filer.backup kept before 4.48, which names the sink but not -filerPath: if that backup followed another path into this sink, start with -timeAgo instead; it is saved under the new key from now on"
             );
         }
         checkpoint = found;
@@ -405,8 +405,13 @@ async fn follow(
                 if stop.is_cancelled() {
                     return None;
                 }
-                if resumed_at == Some(ts) && pipeline.already_applied(&event).await {
-                    return Some(Disposition::Done);
+                if resumed_at == Some(ts) {
+                    tokio::select! {
+                        same = pipeline.already_applied(&event) => if same {
+                            return Some(Disposition::Done);
+                        },
+                        _ = hard_stop.cancelled() => return None,
+                    }
                 }
                 let origin = Origin::Log { ts_ns: ts };
                 let d = process(pipeline, &event, &origin, hard_stop).await;

@@ -164,6 +164,9 @@ pub(crate) struct AzureStore {
 }
 
 /// Container and blob names in a URL path, `/` kept.
+/// How long a Copy Blob may stay pending.
+const COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn path_encoded(s: &str) -> String {
     percent_encode(s, true)
 }
@@ -439,9 +442,18 @@ impl ObjectStore for AzureStore {
             std::time::Duration::from_millis(100),
             std::time::Duration::from_secs(5),
         );
-        // Bounded: the HTTP client's timeouts bound each look, and a copy that never
-        // finishes fails the event after its deadline.
+        // A copy inside one account is quick; one still pending after this long fails
+        // (and is tried again by the event, up to its deadline).
+        let give_up = std::time::Instant::now() + COPY_WAIT;
         while state == "pending" {
+            if std::time::Instant::now() > give_up {
+                return Err(StoreError::new(
+                    "copy blob",
+                    from,
+                    Failure::Other,
+                    format!("still pending after {COPY_WAIT:?}"),
+                ));
+            }
             tokio::time::sleep(wait.next_wait()).await;
             let r = self
                 .send("copy blob", to, self.http.head(self.blob_url(to)))

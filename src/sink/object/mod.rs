@@ -445,16 +445,21 @@ impl<S: ObjectStore> Sink for ObjectSink<S> {
         super::refuse_root(key, "trash")?;
         let gone = |e: &StoreError| e.failure == Failure::NotFound;
         if is_directory {
+            // Each object is deleted only once its copy is in the trash; one written
+            // under the prefix meanwhile stays (its own event decides about it).
             let prefix = self.store.object_name(&format!("{}/", key.full));
             let into = self.store.object_name(&format!("{}/", to.full));
             for (name, _) in self.store.list(&prefix).await? {
-                let rest = &name[prefix.len()..];
+                let Some(rest) = name.strip_prefix(prefix.as_str()) else {
+                    continue;
+                };
                 match self.store.copy(&name, &format!("{into}{rest}")).await {
-                    Err(e) if !gone(&e) => return Err(e.into()),
-                    _ => {}
+                    Ok(()) => self.store.delete(&name).await?,
+                    Err(e) if gone(&e) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
-            return Ok(self.store.delete_prefix(&prefix).await?);
+            return Ok(());
         }
         let from = self.store.object_name(&key.full);
         match self

@@ -23,6 +23,9 @@ pub(crate) enum Reason {
     OffsetBeforeOldest,
     /// The metadata-log checkpoint is older than the oldest log file the filer keeps.
     CheckpointBeforeOldestLog,
+    /// The metadata-log checkpoint is far ahead of the clock: no log reached it (a
+    /// damaged or foreign KV value), so where the sink stands is unknown.
+    CheckpointAheadOfClock,
     /// An earlier run found a gap and stopped before its reconciliation finished.
     Owed,
 }
@@ -34,6 +37,7 @@ impl Reason {
             Reason::OffsetAheadOfTopic => "offset_ahead_of_topic",
             Reason::OffsetBeforeOldest => "offset_before_oldest",
             Reason::CheckpointBeforeOldestLog => "checkpoint_before_oldest_log",
+            Reason::CheckpointAheadOfClock => "checkpoint_ahead_of_clock",
             Reason::Owed => "owed",
         }
     }

@@ -226,3 +226,92 @@ async fn a_checkpoint_older_than_the_filers_log_is_a_gap_that_is_healed() {
         .count();
     assert_eq!(gaps, 1, "{}", tail(&work.log(), 30));
 }
+
+/// Hostile checkpoints in the source filer's KV store, each written over a live one while
+/// `replicate` is stopped: far in the future (following from there would skip everything
+/// until then), before 1970, and not 8 bytes. None skips a change or stops replication: a
+/// future one is a gap (logged, counted, healed: a stray file goes), the others replay
+/// the log; every file written meanwhile arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_checkpoints_neither_skip_nor_stop() {
+    let bed = TestBed::start(BedOptions::default());
+    bed.upload("/data/first.bin", &bytes(1, 500), "").await;
+    let area = tempfile::tempdir().unwrap();
+    let sink = area.path().join("sink");
+    let port = free_port_pair();
+    let work = subscribe_workdir(
+        &bed,
+        &sink,
+        &format!(
+            "checkpoint_interval_seconds = 1\n{}",
+            metrics_config(port, "reconcile")
+        ),
+    );
+    let rep = Replicator::start(&work);
+    assert_converges(&bed, "/data", &[], &sink, &work.log()).await;
+    assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
+    let log = std::fs::read_to_string(work.log()).unwrap();
+    let key = log
+        .split("checkpoint_key=")
+        .nth(1)
+        .and_then(|k| k.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let year_2200 = chrono::DateTime::parse_from_rfc3339("2200-01-01T00:00:00Z")
+        .unwrap()
+        .timestamp_nanos_opt()
+        .unwrap();
+    let hostile: [(&str, Vec<u8>); 5] = [
+        ("the year 2200", year_2200.to_be_bytes().to_vec()),
+        ("i64::MAX", i64::MAX.to_be_bytes().to_vec()),
+        ("before 1970", (-5_i64).to_be_bytes().to_vec()),
+        ("3 bytes", vec![1, 2, 3]),
+        ("9 bytes", vec![0, 0, 0, 0, 0, 0, 0, 0, 9]),
+    ];
+    for (i, (what, value)) in hostile.into_iter().enumerate() {
+        bed.grpc()
+            .await
+            .kv_put(seaweed_replicate::pb::KvPutRequest {
+                key: key.clone().into_bytes(),
+                value,
+            })
+            .await
+            .unwrap();
+        // What only the reconciliation of a gap removes (a replay of the log does not).
+        let gap = i < 2;
+        if gap {
+            std::fs::write(sink.join("stray.bin"), b"not on the source").unwrap();
+        }
+        std::fs::write(work.log(), "").unwrap();
+        bed.upload(
+            &format!("/data/while-stopped-{i}.bin"),
+            &bytes(10 + i as u64, 400),
+            "",
+        )
+        .await;
+        let rep = Replicator::start(&work);
+        bed.upload(
+            &format!("/data/after-start-{i}.bin"),
+            &bytes(20 + i as u64, 300),
+            "",
+        )
+        .await;
+        assert_converges(&bed, "/data", &[], &sink, &work.log()).await;
+        let log = std::fs::read_to_string(work.log()).unwrap();
+        if gap {
+            assert!(
+                log.contains("ERROR") && log.contains("more than a day ahead"),
+                "{what}: {}",
+                tail(&work.log(), 20)
+            );
+            counted_once(port, "checkpoint_ahead_of_clock").await;
+        } else {
+            assert!(
+                log.contains("before 1970") || log.contains("not 8 bytes"),
+                "{what}: {}",
+                tail(&work.log(), 20)
+            );
+        }
+        assert!(rep.stop().0.success(), "{what}: {}", tail(&work.log(), 20));
+    }
+}

@@ -136,6 +136,28 @@ async fn run(
             }
             start.ns(started)
         }
+        (None, Some(ts)) if ts > started.saturating_add(AHEAD_TOLERANCE_NS) => {
+            // Following from there would skip everything until then, silently.
+            let then = crate::gaps::report(
+                crate::gaps::Reason::CheckpointAheadOfClock,
+                &format!(
+                    "the checkpoint under {shown} ({}) is more than a day ahead of this \
+                     machine's clock ({}): no log reached it, so the log is followed from a \
+                     minute ago",
+                    at(ts),
+                    at(started)
+                ),
+            );
+            if then == crate::gaps::Then::Stop {
+                stop.cancelled().await;
+                return;
+            }
+            started - 60_000_000_000
+        }
+        (None, Some(ts)) if ts < 0 => {
+            tracing::warn!(checkpoint = ts, key = %shown, "the checkpoint is before 1970; replaying the filer's whole retained metadata log");
+            0
+        }
         (None, Some(ts)) => {
             tracing::info!(checkpoint = ts, key = %shown, "resuming the metadata log from the checkpoint");
             if check_retention(&source, ts).await == crate::gaps::Then::Stop {
@@ -202,6 +224,17 @@ async fn run(
     }
 }
 
+/// How far ahead of this machine's clock a checkpoint may be (the filer's clock may be
+/// ahead of ours) before it counts as one no log reached.
+const AHEAD_TOLERANCE_NS: i64 = 24 * 3600 * 1_000_000_000;
+
+/// A time (ns since the epoch) for messages.
+fn at(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .format("%Y-%m-%d %H:%M:%S UTC")
+        .to_string()
+}
+
 /// Where the filer keeps its metadata log: one file per flush, `<YYYY-MM-DD>/<HH-MM>.<filer
 /// id>`, named for the UTC minute its first event falls in (upstream `logFlushFunc`).
 const LOG_DIR: &str = "/topics/.system/log";
@@ -223,11 +256,6 @@ async fn check_retention(source: &FilerSource, checkpoint: i64) -> crate::gaps::
     if checkpoint >= oldest {
         return crate::gaps::Then::GoOn;
     }
-    let at = |ns: i64| {
-        chrono::DateTime::from_timestamp_nanos(ns)
-            .format("%Y-%m-%d %H:%M:%S UTC")
-            .to_string()
-    };
     crate::gaps::report(
         crate::gaps::Reason::CheckpointBeforeOldestLog,
         &format!(

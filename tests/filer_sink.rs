@@ -969,6 +969,12 @@ async fn deletes_move_into_a_trash_on_the_target_filer() {
             tail(&work.log(), 20)
         );
     }
+    // On the target only: when the directory's own delete comes, after its entries
+    // have moved one by one, it still holds this, and its trash directory exists.
+    for t in targets {
+        b.upload(&format!("{t}/dir/target-only.txt"), b"target only", "")
+            .await;
+    }
     a.delete("/data/gone.txt", false).await;
     a.delete("/data/dir", true).await;
     // The day of the delete: today, or tomorrow for a run across midnight.
@@ -996,6 +1002,7 @@ async fn deletes_move_into_a_trash_on_the_target_filer() {
                 in_trash("gone.txt").await.as_deref() == Some(&b"gone"[..])
                     && in_trash("dir/big.bin").await.as_deref() == Some(&large[..])
                     && in_trash("dir/sub/x.txt").await.as_deref() == Some(&b"x"[..])
+                    && in_trash("dir/target-only.txt").await.as_deref() == Some(&b"target only"[..])
                     && b.lookup(&format!("{t}/dir")).await.is_none()
                     && b.lookup(&format!("{t}/gone.txt")).await.is_none()
             })
@@ -1007,6 +1014,15 @@ async fn deletes_move_into_a_trash_on_the_target_filer() {
         assert_eq!(b.get(&format!("{t}/stays.txt")).await, b"stays");
     }
     for (work, rep) in works.iter().zip(reps) {
+        // The directory still held target-only.txt, and the filer refuses to rename a
+        // non-empty directory onto one: its entries were linked into the trash instead.
+        assert!(
+            std::fs::read_to_string(work.log())
+                .unwrap()
+                .contains("linking the chunks there instead"),
+            "{}",
+            tail(&work.log(), 30)
+        );
         assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
         assert!(
             !work.path().join("replicate.parked.jsonl").exists(),

@@ -422,10 +422,21 @@ async fn remove(
     name: &str,
     signatures: &[i32],
 ) -> Result<(), tonic::Status> {
+    remove_entries(target, directory, name, true, signatures).await
+}
+
+/// [`remove`], keeping the chunks when `with_data` is false (other entries use them).
+async fn remove_entries(
+    target: &SeaweedFilerClient<Channel>,
+    directory: &str,
+    name: &str,
+    with_data: bool,
+    signatures: &[i32],
+) -> Result<(), tonic::Status> {
     let request = pb::DeleteEntryRequest {
         directory: directory.to_string(),
         name: name.to_string(),
-        is_delete_data: true,
+        is_delete_data: with_data,
         is_recursive: true,
         ignore_recursive_error: true,
         is_from_other_cluster: true,
@@ -1252,28 +1263,9 @@ impl Sink for FilerSink {
         self.relink(key.full.clone(), to.full.clone(), signatures)
             .await
             .map_err(|s| rpc_err("move to the trash", to, s))?;
-        let request = pb::DeleteEntryRequest {
-            directory: old_directory,
-            name: old_name,
-            is_delete_data: false,
-            is_recursive: true,
-            is_from_other_cluster: true,
-            signatures: signatures.to_vec(),
-            ..Default::default()
-        };
-        let error = self
-            .target
-            .clone()
-            .delete_entry(request)
+        remove_entries(&self.target, &old_directory, &old_name, false, signatures)
             .await
-            .map_err(|s| rpc_err("move to the trash", key, s))?
-            .into_inner()
-            .error;
-        if error.is_empty() || is_not_found_text(&error) {
-            Ok(())
-        } else {
-            Err(remote_err("move to the trash", key, error, false))
-        }
+            .map_err(|s| rpc_err("move to the trash", key, s))
     }
 
     async fn move_entry(

@@ -34,7 +34,13 @@ pub struct StoreUnderTest {
 }
 
 async fn expected(bed: &TestBed, prefix: &str) -> BTreeMap<String, Vec<u8>> {
-    bed.tree("/data", &[])
+    expected_from(bed, "/data", prefix).await
+}
+
+/// The source files under `root`, named as a sink with object-name prefix `prefix`
+/// names them.
+async fn expected_from(bed: &TestBed, root: &str, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    bed.tree(root, &[])
         .await
         .into_iter()
         .filter_map(|(k, v)| v.map(|b| (format!("{prefix}{k}"), b)))
@@ -42,9 +48,17 @@ async fn expected(bed: &TestBed, prefix: &str) -> BTreeMap<String, Vec<u8>> {
 }
 
 async fn converge(bed: &TestBed, s: &StoreUnderTest, prefix: &str, log: &Path) {
+    converge_from(bed, "/data", s, prefix, log).await
+}
+
+/// Wait until the store under `prefix` holds what the source holds under `root`.
+async fn converge_from(bed: &TestBed, root: &str, s: &StoreUnderTest, prefix: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (want, got) = (expected(bed, prefix).await, s.store.objects(prefix).await);
+        let (want, got) = (
+            expected_from(bed, root, prefix).await,
+            s.store.objects(prefix).await,
+        );
         if want == got {
             return;
         }
@@ -324,26 +338,28 @@ pub async fn trashed(s: &StoreUnderTest, prefix: &str) -> BTreeMap<String, Vec<u
 
 /// `deletes = "trash"`: a deleted file and a deleted directory (with everything under
 /// it) move under `.replicate-trash/<day>/`, copied inside the store, and are gone from
-/// the mirror, which otherwise equals the source.
+/// the mirror, which otherwise equals the source (a folder of its own, so that the
+/// large files above are not copied to every store again).
 async fn trash(bed: &TestBed, stores: &[StoreUnderTest]) {
-    bed.upload("/data/gone.txt", b"deleted file", "").await;
-    bed.upload("/data/gone/one.txt", b"one under a deleted directory", "")
+    bed.upload("/bin/gone.txt", b"deleted file", "").await;
+    bed.upload("/bin/gone/one.txt", b"one under a deleted directory", "")
         .await;
-    bed.upload("/data/gone/sub/two.txt", b"two, deeper", "")
+    bed.upload("/bin/gone/sub/two.txt", b"two, deeper", "")
         .await;
     let works: Vec<Workdir> = stores
         .iter()
         .map(|s| {
             let section = format!("{}\ndeletes = \"trash\"\n", (s.section)("/tr", false));
-            Workdir::with_sink(bed, "/data", &section, "")
+            Workdir::with_sink(bed, "/bin", &section, "")
         })
         .collect();
     let reps: Vec<Replicator> = works.iter().map(Replicator::start).collect();
     for (s, w) in stores.iter().zip(&works) {
-        converge(bed, s, &(s.prefix)("/tr"), &w.log()).await;
+        converge_from(bed, "/bin", s, &(s.prefix)("/tr"), &w.log()).await;
     }
-    bed.delete("/data/gone.txt", false).await;
-    bed.delete("/data/gone", true).await;
+    bed.delete("/bin/gone.txt", false).await;
+    bed.delete("/bin/gone", true).await;
+    bed.upload("/bin/stays.txt", b"stays", "").await;
     let want: BTreeMap<String, Vec<u8>> = [
         ("gone.txt", &b"deleted file"[..]),
         ("gone/one.txt", b"one under a deleted directory"),
@@ -364,7 +380,7 @@ async fn trash(bed: &TestBed, stores: &[StoreUnderTest]) {
                 .filter(|(k, _)| !k.starts_with(&format!("{p}.replicate-trash/")))
                 .collect();
             let in_trash = trashed(s, &p).await;
-            if in_trash == want && mirror == expected(bed, &p).await {
+            if in_trash == want && mirror == expected_from(bed, "/bin", &p).await {
                 break;
             }
             assert!(

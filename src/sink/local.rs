@@ -118,6 +118,24 @@ impl LocalSink {
         ))
     }
 
+    /// For a move from `old` to `new`: the path at `old` with its metadata, and the path
+    /// for `new` (its parents made, and fenced); `None` when nothing is at `old`.
+    fn move_paths(
+        &self,
+        old: &SinkKey,
+        new: &SinkKey,
+    ) -> Result<Option<(PathBuf, std::fs::Metadata, PathBuf)>, SinkError> {
+        let Some(from) = self.target(old, false)? else {
+            return Ok(None);
+        };
+        let Ok(from_meta) = std::fs::symlink_metadata(&from) else {
+            return Ok(None);
+        };
+        let to = self.target(new, true)?.expect("created parents");
+        crate::fence::check(&new.full)?;
+        Ok(Some((from, from_meta, to)))
+    }
+
     async fn write_file(&self, key: &SinkKey, path: &Path, entry: &Entry) -> Result<(), SinkError> {
         let attrs = entry.attributes.clone().unwrap_or_default();
         let dir = path.parent().expect("target has a parent");
@@ -331,11 +349,21 @@ fn is_upload_part(key: &SinkKey) -> bool {
     key.full.ends_with(".part") && key.full.contains("/.uploads/")
 }
 
+/// Who stays where a merge finds a name on both sides (and they are not both
+/// directories, which merge in turn).
+#[derive(Debug, Clone, Copy)]
+enum OnClash {
+    /// The newer entry (by mtime), the target on a tie: what is already at the target
+    /// was written by an event at least as recent.
+    Newer,
+    /// The entry moved in (the trash keeps the later delete).
+    Incoming,
+}
+
 /// Move everything in directory `from` into directory `to`, then remove `from`. Where
-/// both hold a name, directories are merged the same way and otherwise the newer entry
-/// (by mtime) stays, the target on a tie: what is already at the target was written by
-/// an event at least as recent. Symlinks are moved or replaced, never followed.
-fn merge_into(from: &Path, to: &Path) -> std::io::Result<()> {
+/// both hold a name, directories are merged the same way and otherwise `clash` decides.
+/// Symlinks are moved or replaced, never followed.
+fn merge_into(from: &Path, to: &Path, clash: OnClash) -> std::io::Result<()> {
     for child in std::fs::read_dir(from)? {
         let child = child?;
         let src = child.path();
@@ -344,9 +372,15 @@ fn merge_into(from: &Path, to: &Path) -> std::io::Result<()> {
         match std::fs::symlink_metadata(&dst) {
             Err(e) if e.kind() == ErrorKind::NotFound => std::fs::rename(&src, &dst)?,
             Err(e) => return Err(e),
-            Ok(dst_meta) if dst_meta.is_dir() && src_meta.is_dir() => merge_into(&src, &dst)?,
+            Ok(dst_meta) if dst_meta.is_dir() && src_meta.is_dir() => {
+                merge_into(&src, &dst, clash)?
+            }
             Ok(dst_meta) => {
-                if src_meta.modified()? > dst_meta.modified()? {
+                let replace = match clash {
+                    OnClash::Newer => src_meta.modified()? > dst_meta.modified()?,
+                    OnClash::Incoming => true,
+                };
+                if replace {
                     if dst_meta.is_dir() {
                         std::fs::remove_dir_all(&dst)?;
                     } else {
@@ -360,27 +394,23 @@ fn merge_into(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::remove_dir_all(from)
 }
 
-/// Move what directory `from` holds into directory `to`, then remove `from`: where both
-/// hold a name, directories merge and otherwise `from`'s entry replaces `to`'s (the trash
-/// keeps the later delete).
-fn merge_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
-    for child in std::fs::read_dir(from)? {
-        let child = child?;
-        let (src, dst) = (child.path(), to.join(child.file_name()));
-        let src_dir = std::fs::symlink_metadata(&src)?.is_dir();
-        match std::fs::symlink_metadata(&dst) {
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-            Ok(m) if m.is_dir() && src_dir => {
-                merge_replacing(&src, &dst)?;
-                continue;
-            }
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dst)?,
-            Ok(_) => std::fs::remove_file(&dst)?,
-        }
-        std::fs::rename(&src, &dst)?;
+/// Move `from` (whose metadata is `from_meta`) to `to`. rename(2) replaces a file by a
+/// file atomically, but cannot replace a non-empty directory, nor a file by a
+/// directory: what is at `to` is removed first, except that a directory onto a
+/// directory merges (see [`merge_into`]).
+fn move_over(
+    from: &Path,
+    from_meta: &std::fs::Metadata,
+    to: &Path,
+    clash: OnClash,
+) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(to) {
+        Ok(m) if m.is_dir() && from_meta.is_dir() => return merge_into(from, to, clash),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(to)?,
+        Ok(_) if from_meta.is_dir() => std::fs::remove_file(to)?,
+        _ => {}
     }
-    std::fs::remove_dir_all(from)
+    std::fs::rename(from, to)
 }
 
 /// Every regular file under `root` (symlinks are listed neither as files nor followed),
@@ -632,27 +662,11 @@ impl Sink for LocalSink {
         _signatures: &[i32],
     ) -> Result<(), SinkError> {
         super::refuse_root(key, "trash")?;
-        let Some(from) = self.target(key, false)? else {
+        let Some((from, from_meta, target)) = self.move_paths(key, to)? else {
             return Ok(());
         };
-        let Ok(from_meta) = std::fs::symlink_metadata(&from) else {
-            return Ok(());
-        };
-        let target = self.target(to, true)?.expect("created parents");
-        crate::fence::check(&to.full)?;
-        match std::fs::symlink_metadata(&target) {
-            Ok(m) if m.is_dir() && from_meta.is_dir() => {
-                return merge_replacing(&from, &target).map_err(io_err("merge into the trash", to));
-            }
-            Ok(m) if m.is_dir() => {
-                std::fs::remove_dir_all(&target).map_err(io_err("replace in the trash", to))?
-            }
-            Ok(_) if from_meta.is_dir() => {
-                std::fs::remove_file(&target).map_err(io_err("replace in the trash", to))?
-            }
-            _ => {}
-        }
-        std::fs::rename(&from, &target).map_err(io_err("move to the trash", to))
+        move_over(&from, &from_meta, &target, OnClash::Incoming)
+            .map_err(io_err("move to the trash", to))
     }
 
     async fn move_entry(
@@ -664,35 +678,14 @@ impl Sink for LocalSink {
     ) -> Result<bool, SinkError> {
         super::refuse_root(old, "move")?;
         super::refuse_root(new, "move")?;
-        let Some(from) = self.target(old, false)? else {
+        let Some((from, from_meta, to)) = self.move_paths(old, new)? else {
             return Ok(false);
         };
-        let Ok(from_meta) = std::fs::symlink_metadata(&from) else {
-            return Ok(false);
-        };
-        let to = self.target(new, true)?.expect("created parents");
-        crate::fence::check(&new.full)?;
-        // rename(2) replaces a file by a file atomically, but cannot replace a non-empty
-        // directory, nor a file by a directory; the source has replaced whatever was there.
-        match std::fs::symlink_metadata(&to) {
-            // A directory renamed onto one the sink already has: on a topic with several
-            // partitions its children's own rename events (keyed by their paths, so on other
-            // partitions) may have been applied first and built the target. Replacing it
-            // would lose them; the two are merged instead.
-            Ok(m) if m.is_dir() && from_meta.is_dir() => {
-                merge_into(&from, &to).map_err(io_err("merge directory", new))?;
-                self.create_entry(new, entry, &[]).await?;
-                return Ok(true);
-            }
-            Ok(m) if m.is_dir() => {
-                std::fs::remove_dir_all(&to).map_err(io_err("replace directory", new))?
-            }
-            Ok(_) if from_meta.is_dir() => {
-                std::fs::remove_file(&to).map_err(io_err("replace file", new))?
-            }
-            _ => {}
-        }
-        std::fs::rename(&from, &to).map_err(io_err("rename", new))?;
+        // The source has replaced whatever was at `new`. A directory renamed onto one the
+        // sink already has: on a topic with several partitions its children's own rename
+        // events (keyed by their paths, so on other partitions) may have been applied
+        // first and built the target. Replacing it would lose them; the two are merged.
+        move_over(&from, &from_meta, &to, OnClash::Newer).map_err(io_err("rename", new))?;
         // Bring attributes (and content, if the moved copy is stale) up to date.
         self.create_entry(new, entry, &[]).await?;
         Ok(true)
@@ -763,7 +756,7 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        merge_into(&from, &to).unwrap();
+        merge_into(&from, &to, OnClash::Newer).unwrap();
         assert!(!from.exists());
         let read = |p: &str| std::fs::read_to_string(to.join(p)).unwrap();
         assert_eq!(read("only-old"), "a");

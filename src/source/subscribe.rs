@@ -202,12 +202,9 @@ async fn run(
         cfg.checkpoint_interval,
         stop.clone(),
     ));
-    // The filer delivers the event at the checkpoint again: it is done, but maybe by
-    // another tool, whose copy our already-current checks do not recognise.
-    let resumed_at = match (cfg.start_over, checkpoint) {
-        (None, Some(ts)) => Some(ts),
-        _ => None,
-    };
+    // Resuming at the checkpoint, the filer delivers its event again: it is done, but
+    // maybe by another tool, whose copy our already-current checks do not recognise.
+    let resumed_at = checkpoint.filter(|ts| *ts == since);
     follow(
         &source, directory, &pipeline, &progress, resumed_at, &stop, &hard_stop,
     )

@@ -257,6 +257,16 @@ impl<S: ObjectStore> ObjectSink<S> {
         }
     }
 
+    /// Copy `from` to `to` inside the store, then delete `from`; nothing at `from` (a
+    /// replayed delete) is done.
+    async fn move_object(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        match self.store.copy(from, to).await {
+            Ok(()) => self.store.delete(from).await,
+            Err(e) if e.failure == Failure::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The name prefix of everything under the sink directory.
     fn prefix(&self) -> String {
         self.store
@@ -443,34 +453,22 @@ impl<S: ObjectStore> Sink for ObjectSink<S> {
     ) -> Result<(), SinkError> {
         crate::fence::check(&key.full)?;
         super::refuse_root(key, "trash")?;
-        let gone = |e: &StoreError| e.failure == Failure::NotFound;
-        if is_directory {
-            // Each object is deleted only once its copy is in the trash; one written
-            // under the prefix meanwhile stays (its own event decides about it).
-            let prefix = self.store.object_name(&format!("{}/", key.full));
-            let into = self.store.object_name(&format!("{}/", to.full));
-            for (name, _) in self.store.list(&prefix).await? {
-                let Some(rest) = name.strip_prefix(prefix.as_str()) else {
-                    continue;
-                };
-                match self.store.copy(&name, &format!("{into}{rest}")).await {
-                    Ok(()) => self.store.delete(&name).await?,
-                    Err(e) if gone(&e) => {}
-                    Err(e) => return Err(e.into()),
-                }
+        if !is_directory {
+            let from = self.store.object_name(&key.full);
+            return Ok(self
+                .move_object(&from, &self.store.object_name(&to.full))
+                .await?);
+        }
+        // Each object is deleted only once its copy is in the trash; one written under
+        // the prefix meanwhile stays (its own event decides about it).
+        let prefix = self.store.object_name(&format!("{}/", key.full));
+        let into = self.store.object_name(&format!("{}/", to.full));
+        for (name, _) in self.store.list(&prefix).await? {
+            if let Some(rest) = name.strip_prefix(prefix.as_str()) {
+                self.move_object(&name, &format!("{into}{rest}")).await?;
             }
-            return Ok(());
         }
-        let from = self.store.object_name(&key.full);
-        match self
-            .store
-            .copy(&from, &self.store.object_name(&to.full))
-            .await
-        {
-            Ok(()) => Ok(self.store.delete(&from).await?),
-            Err(e) if gone(&e) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(())
     }
 
     async fn inventory(&self) -> Result<Option<Vec<(String, u64)>>, SinkError> {

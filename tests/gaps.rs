@@ -250,13 +250,7 @@ async fn hostile_checkpoints_neither_skip_nor_stop() {
     let rep = Replicator::start(&work);
     assert_converges(&bed, "/data", &[], &sink, &work.log()).await;
     assert!(rep.stop().0.success(), "{}", tail(&work.log(), 20));
-    let log = std::fs::read_to_string(work.log()).unwrap();
-    let key = log
-        .split("checkpoint_key=")
-        .nth(1)
-        .and_then(|k| k.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let key = work.checkpoint_key().unwrap();
     let year_2200 = chrono::DateTime::parse_from_rfc3339("2200-01-01T00:00:00Z")
         .unwrap()
         .timestamp_nanos_opt()

@@ -104,14 +104,12 @@ async fn survives_kill_9_mid_backlog() {
             .map(|d| d.count())
             .unwrap_or(0)
     };
-    let key = eventually(Duration::from_secs(60), || async {
-        std::fs::read_to_string(work.log()).is_ok_and(|t| t.contains("checkpoint_key="))
+    let logged = eventually(Duration::from_secs(60), || async {
+        work.checkpoint_key().is_some()
     })
     .await;
-    assert!(key, "{}", tail(&work.log(), 20));
-    let log = std::fs::read_to_string(work.log()).unwrap();
-    let key = log.split("checkpoint_key=").nth(1).unwrap();
-    let key = key.split_whitespace().next().unwrap().to_string();
+    assert!(logged, "{}", tail(&work.log(), 20));
+    let key = work.checkpoint_key().unwrap();
     let checkpoint = || async {
         let v = bed
             .grpc()

@@ -1110,6 +1110,17 @@ impl Workdir {
         serde_json::from_slice(&std::fs::read(self.path().join("last.offset")).unwrap()).unwrap()
     }
 
+    /// The metadata-log checkpoint key the log names (`checkpoint_key=...`), once it has.
+    pub fn checkpoint_key(&self) -> Option<String> {
+        let log = std::fs::read_to_string(self.log()).ok()?;
+        let key = log
+            .split("checkpoint_key=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?;
+        Some(key.to_string())
+    }
+
     /// The offset file's saved offset for `partition` (upstream's: the last one done),
     /// `None` while there is no readable file or no such partition in it.
     pub fn saved_offset(&self, partition: i32) -> Option<i64> {

@@ -57,7 +57,8 @@ fn related(a: &str, b: &str) -> bool {
     a == b || under(a, b) || under(b, a)
 }
 
-fn conflict(a: &[String], b: &[String]) -> bool {
+/// Whether events on paths `a` and on paths `b` must not run at once.
+pub(crate) fn conflict(a: &[String], b: &[String]) -> bool {
     a.iter().any(|x| b.iter().any(|y| related(x, y)))
 }
 

@@ -119,6 +119,70 @@ pub(crate) struct Pipeline {
     settling_until: Instant,
     /// The source filer itself was unreachable, and no read has worked since.
     source_filer_down: std::sync::atomic::AtomicBool,
+    /// The paths of the events being applied now.
+    busy: Busy,
+}
+
+/// The paths of the events being applied now, so that two events on related paths (one
+/// path, or one under the other) never apply at once, whoever hands them in: a lane
+/// orders its own, but a gap's reconciliation, `backfill` and `verify -repair` replay
+/// beside the input's lanes. Each convergence rule looks at the source and then writes;
+/// another event on the same path in between (a rename that moved the file away) would
+/// let the first write what the source no longer holds.
+#[derive(Default)]
+struct Busy {
+    slots: Mutex<Vec<(u64, Vec<String>)>>,
+    next: AtomicU64,
+    freed: tokio::sync::Notify,
+}
+
+/// An event's claim on its paths, released when dropped.
+struct Claim<'a> {
+    busy: &'a Busy,
+    id: Option<u64>,
+}
+
+impl Busy {
+    /// Wait until no event on a related path is being applied, and claim `paths`.
+    async fn claim(&self, paths: Vec<String>) -> Claim<'_> {
+        if paths.is_empty() {
+            return Claim {
+                busy: self,
+                id: None,
+            };
+        }
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so that a release in between is not missed.
+            freed.as_mut().enable();
+            {
+                let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                if !slots.iter().any(|(_, p)| crate::lane::conflict(p, &paths)) {
+                    let id = self.next.fetch_add(1, Ordering::Relaxed);
+                    slots.push((id, paths));
+                    return Claim {
+                        busy: self,
+                        id: Some(id),
+                    };
+                }
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.busy
+                .slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(i, _)| *i != id);
+            self.busy.freed.notify_waiters();
+        }
+    }
 }
 
 /// How soon a delete the source has not finished yet is applied again, at first and at
@@ -273,6 +337,7 @@ impl Pipeline {
             sink_state: Availability::new("sink", crate::metrics::Component::Sink),
             settling_until: Instant::now() + SETTLING,
             source_filer_down: false.into(),
+            busy: Busy::default(),
         }
     }
 
@@ -352,6 +417,7 @@ impl Pipeline {
     pub(crate) async fn handle(&self, raw: &RawEvent, origin: &Origin) -> Disposition {
         let metrics = crate::metrics::get();
         let _pending = metrics.taken();
+        let _claim = self.busy.claim(crate::lane::paths_of(raw)).await;
         let mut kind = "invalid";
         let failure = match self.try_handle(raw, &mut kind).await {
             Ok(None) => return Disposition::Abandoned,
@@ -676,6 +742,41 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Events on related paths never apply at once, whoever hands them in; unrelated
+    /// ones do.
+    #[tokio::test]
+    async fn related_paths_are_claimed_one_at_a_time() {
+        let busy = Arc::new(Busy::default());
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let dir = busy.claim(p(&["/data/d0"])).await;
+        // Unrelated: at once.
+        let other = tokio::time::timeout(Duration::from_secs(5), busy.claim(p(&["/data/d1/x"])))
+            .await
+            .expect("an unrelated path is free");
+        // Under the claimed directory (and a rename into it): waits for its release.
+        let waiting = {
+            let busy = busy.clone();
+            let p = p(&["/data/elsewhere", "/data/d0/f3"]);
+            tokio::spawn(async move {
+                let _c = busy.claim(p).await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a related path waits");
+        drop(other);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "still held by the directory");
+        drop(dir);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("released")
+            .unwrap();
+        assert!(busy.slots.lock().unwrap().is_empty());
+        // An event without paths (an undecodable message) claims nothing.
+        let none = busy.claim(Vec::new()).await;
+        assert!(none.id.is_none());
+    }
 
     #[test]
     fn an_outage_ends_when_an_event_that_ran_into_it_goes_through() {

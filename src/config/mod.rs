@@ -519,6 +519,22 @@ impl<'a> Reader<'a> {
         });
     }
 
+    /// The names of the tables directly under section `prefix` (lower case, sorted):
+    /// `backup` for keys `prefix.backup.*`.
+    pub(crate) fn subsections(&self, prefix: &str) -> Vec<String> {
+        let head = format!("{}.", prefix.to_lowercase());
+        let mut names: Vec<String> = self
+            .raw
+            .entries()
+            .into_iter()
+            .filter_map(|(key, _, _)| key.strip_prefix(&head)?.split_once('.'))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     pub(crate) fn is_set(&self, key: &str) -> bool {
         self.get(key).is_some()
     }

@@ -61,7 +61,22 @@ initial_snapshot = false
 start_from = ""
 checkpoint_interval_seconds = 3
 
-# Exactly one sink may be enabled. [better] several enabled sinks is an error, not "first wins".
+# One sink is fed: as upstream, the first enabled of azure, backblaze, filer,
+# google_cloud_storage, local_incremental, local, s3 (a warning names the others).
+# [better] Several sinks from one input, each chunk read from the source once for all of
+# them: name each sink's section [sink.<kind>.<name>] (lower-case letters, digits, _ and
+# -), with the keys of [sink.<kind>]; every enabled named section is fed, beside the
+# first enabled unnamed one. Each sink has its own backlog, progress, failure policy,
+# parked file (sinks/<kind>.<name>/ beside [replicate] parked_file) and metrics labels.
+# For example, a failover cluster and an S3 backup:
+#   [sink.filer.failover]
+#   enabled = true
+#   grpcAddress = "dr-filer:18888"
+#   directory = "/backup"
+#   [sink.s3.offsite]
+#   enabled = true
+#   bucket = "backups"
+#   deletes = "keep"
 
 [sink.local]
 enabled = false
@@ -213,6 +228,16 @@ read_timeout_seconds = 60
 #   "stop": goes no further (/readyz says why) until an operator acts;
 #   "ignore": goes on.
 on_gap = "reconcile"
+# [better] With several sinks (named sections, see [sink.local] above): each chunk read
+# from the source is kept for the other sinks, in a cache of at most this many MiB shared
+# by all of them (with prefetch_chunks, the whole memory budget for file content).
+shared_read_cache_mb = 128
+# [better] With several sinks, each has a backlog of its own on disk (beside parked_file,
+# in sinks/<name>/), so one that is down or slow holds back neither the others nor the
+# input. A backlog that would grow past this many events is dropped, and the sink is
+# reconciled with the source when it is back (as on_gap = "reconcile" does); so is a
+# sink that joins (its backlog is new), once.
+backlog_max_events = 10000000
 
 [metrics]
 # Serve Prometheus metrics at /metrics, plus /healthz (the process is up) and /readyz (the

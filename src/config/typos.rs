@@ -36,6 +36,20 @@ fn known() -> Vec<(&'static str, BTreeMap<String, String>)> {
     .collect()
 }
 
+/// A key of a named sink section as the unnamed section spells it:
+/// `sink.s3.backup.bucket` -> `sink.s3.bucket` (the sections are alike key for key).
+fn as_unnamed(key: &str) -> std::borrow::Cow<'_, str> {
+    let parts: Vec<&str> = key.split('.').collect();
+    match parts.as_slice() {
+        ["sink", kind, _name, rest @ ..]
+            if !rest.is_empty() && crate::config::settings::SINKS.contains(kind) =>
+        {
+            format!("sink.{kind}.{}", rest.join(".")).into()
+        }
+        _ => key.into(),
+    }
+}
+
 fn parent(key: &str) -> &str {
     key.rsplit_once('.').map_or("", |(p, _)| p)
 }
@@ -99,6 +113,8 @@ pub(crate) fn find(raw: &RawConfig, read: &HashSet<String>) -> Vec<Problem> {
             Some(l) => Origin::Line(path.to_path_buf(), l),
             None => Origin::File(path.to_path_buf()),
         };
+        let named = key;
+        let key: &str = &as_unnamed(named);
         let here = known.iter().find(|(n, _)| *n == file).map(|(_, k)| k);
         if here.is_some_and(|k| k.contains_key(key)) {
             continue;
@@ -111,7 +127,7 @@ pub(crate) fn find(raw: &RawConfig, read: &HashSet<String>) -> Vec<Problem> {
             });
             continue;
         }
-        if read.contains(key) {
+        if read.contains(key) || read.contains(named) {
             continue;
         }
         // The outermost section that does not exist, reported once.
@@ -156,7 +172,7 @@ pub(crate) fn find(raw: &RawConfig, read: &HashSet<String>) -> Vec<Problem> {
             .unwrap_or_default();
         out.push(Problem {
             origin,
-            key: key.to_string(),
+            key: named.to_string(),
             message: format!("unknown key (ignored){hint}"),
         });
     }
@@ -171,7 +187,11 @@ pub(crate) fn assert_templates_know(read: &HashSet<String>) {
     let known = known();
     let unknown: Vec<&String> = read
         .iter()
-        .filter(|k| !known.iter().any(|(_, keys)| keys.contains_key(*k)))
+        .filter(|k| {
+            !known
+                .iter()
+                .any(|(_, keys)| keys.contains_key(&*as_unnamed(k)))
+        })
         .collect();
     assert!(
         unknown.is_empty(),

@@ -378,10 +378,16 @@ pub(super) fn resolve_inputs(r: &mut Reader, cwd: &Path) -> (Option<InputSetting
 pub(super) fn subscribe_input(
     subscribe: &Subscribe,
     source: &SourceSettings,
-    sink: &SinkSettings,
+    sinks: &[SinkChoice],
 ) -> InputSettings {
     use sha2::Digest;
-    let identity = format!("{}|{}", source.directory, sink.identity());
+    // The first sink's: a sink added beside it keeps the checkpoint (the new one is
+    // reconciled with the source when it joins, see `crate::fanout`).
+    let first = sinks
+        .first()
+        .map(|s| s.settings.identity())
+        .unwrap_or_default();
+    let identity = format!("{}|{first}", source.directory);
     let digest = sha2::Sha256::digest(identity.as_bytes());
     InputSettings::Subscribe(SubscribeSettings {
         initial_snapshot: subscribe.initial_snapshot,

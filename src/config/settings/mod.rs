@@ -49,6 +49,9 @@ pub(crate) const SINKS: [&str; 7] = [
 pub(crate) struct Settings {
     pub source: SourceSettings,
     pub input: InputSettings,
+    /// The first sink's section under `sink.` (see [`SinkChoice::id`]).
+    pub sink_id: String,
+    /// The first sink (the only one, unless named sections enable more).
     pub sink: SinkSettings,
     /// The sink's `deletes`.
     pub deletes: DeletePolicy,
@@ -56,6 +59,10 @@ pub(crate) struct Settings {
     pub retention_days: Option<u32>,
     /// With `deletes = "trash"`: where and for how long.
     pub trash: Option<TrashSettings>,
+    /// The other sinks fed (named sections), in upstream's order of kinds, then by name.
+    pub also: Vec<SinkChoice>,
+    /// What the log should warn about (several unnamed sinks enabled).
+    pub warnings: Vec<String>,
     pub security: SecuritySettings,
     pub replicate: ReplicateSettings,
     pub metrics: MetricsSettings,
@@ -109,23 +116,14 @@ pub(crate) fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErr
     let mut r = Reader::new(raw);
     let source = resolve_source(&mut r);
     let (mut input, subscribe) = resolve_inputs(&mut r, cwd);
-    let sink = resolve_sinks(&mut r, &source, cwd);
-    let deletes = match &sink {
-        Some(sink) => resolve_deletes(&mut r, sink.name()),
-        None => DeletePolicy::Mirror,
-    };
-    let retention_days = sink.as_ref().and_then(|s| resolve_retention(&mut r, s));
-    let trash = sink
-        .as_ref()
-        .and_then(|s| resolve_trash(&mut r, s, deletes));
+    let mut warnings = Vec::new();
+    let mut sinks = resolve_sinks(&mut r, &source, cwd, &mut warnings);
     let security = resolve_security(&mut r, cwd);
     let replicate = resolve_replicate(&mut r, cwd);
     let metrics = resolve_metrics(&mut r);
 
-    if subscribe.enabled
-        && let Some(sink) = &sink
-    {
-        input = Some(subscribe_input(&subscribe, &source, sink));
+    if subscribe.enabled && !sinks.is_empty() {
+        input = Some(subscribe_input(&subscribe, &source, &sinks));
     }
 
     #[cfg(test)]
@@ -137,20 +135,66 @@ pub(crate) fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErr
     } else {
         typos
     };
-    match (input, sink) {
-        (Some(input), Some(sink)) if r.problems.is_empty() => Ok(Settings {
-            source,
-            input,
-            sink,
-            deletes,
-            retention_days,
-            trash,
-            security,
-            replicate,
-            metrics,
-            typos,
-        }),
+    match input {
+        Some(input) if r.problems.is_empty() && !sinks.is_empty() => {
+            let first = sinks.remove(0);
+            Ok(Settings {
+                source,
+                input,
+                sink_id: first.id,
+                sink: first.settings,
+                deletes: first.deletes,
+                retention_days: first.retention_days,
+                trash: first.trash,
+                also: sinks,
+                warnings,
+                security,
+                replicate,
+                metrics,
+                typos,
+            })
+        }
         _ => Err(ConfigErrors(r.problems)),
+    }
+}
+
+impl Settings {
+    /// Whether several sinks are fed.
+    pub(crate) fn several_sinks(&self) -> bool {
+        !self.also.is_empty()
+    }
+
+    /// One view of the settings per sink, each with that sink alone; with several, each
+    /// keeps its state (the parked file and what lives beside it) in a directory of its
+    /// own, `sinks/<id>/` beside the configured parked file.
+    pub(crate) fn views(&self) -> Vec<Settings> {
+        let first = SinkChoice {
+            id: self.sink_id.clone(),
+            settings: self.sink.clone(),
+            deletes: self.deletes,
+            retention_days: self.retention_days,
+            trash: self.trash.clone(),
+        };
+        let several = self.several_sinks();
+        std::iter::once(first)
+            .chain(self.also.iter().cloned())
+            .map(|choice| {
+                let mut view = self.clone();
+                view.also = Vec::new();
+                if several {
+                    let parked = &self.replicate.parked_file;
+                    let name = parked.file_name().unwrap_or_default();
+                    view.replicate.parked_file =
+                        parked.with_file_name("sinks").join(&choice.id).join(name);
+                }
+                view.sink_id = choice.id;
+                view.sink = choice.settings;
+                view.deletes = choice.deletes;
+                view.retention_days = choice.retention_days;
+                view.trash = choice.trash;
+                view
+            })
+            .collect()
     }
 }
 
@@ -702,7 +746,6 @@ enabled = true
                 "source.filer.grpcAddress",
                 "source.filer.directory",
                 "notification.kafka.enabled",
-                "sink.s3.enabled",
             ],
             "{errs:#?}"
         );
@@ -713,6 +756,64 @@ enabled = true
             "{}",
             errs[2]
         );
+    }
+
+    #[test]
+    fn named_sink_sections_are_fed_together_and_unnamed_ones_first_wins() {
+        // Several unnamed: the first in upstream's order, and a warning.
+        let text = GOOD.replace(
+            "[sink.local]\nenabled = true\ndirectory = \"/data\"",
+            "[sink.s3]\nenabled = true\nbucket = \"b\"\n[sink.local]\nenabled = true\ndirectory = \"/data\"",
+        );
+        let s = resolve_text(&text).unwrap();
+        assert_eq!((s.sink_id.as_str(), s.also.len()), ("local", 0));
+        assert!(s.warnings[0].contains("[sink.s3]"), "{:?}", s.warnings);
+        // Named sections: each with its own keys, and the unnamed one beside them.
+        let text = GOOD.replace(
+            "[sink.local]\nenabled = true\ndirectory = \"/data\"",
+            "[sink.local]\nenabled = true\ndirectory = \"/data\"\n\
+             [sink.s3.offsite]\nenabled = true\nbucket = \"b\"\ndeletes = \"keep\"\n\
+             [sink.s3.spare]\nenabled = false\nbucket = \"c\"\n\
+             [sink.filer.failover]\nenabled = true\ngrpcAddress = \"dr:18888\"\ndirectory = \"/m\"\n\
+             deletes = \"trash\"\ntrash_retention_days = 7\n",
+        );
+        let s = resolve_text(&text).unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert!(s.typos.is_empty(), "{:?}", s.typos);
+        let views = s.views();
+        let ids: Vec<&str> = views.iter().map(|v| v.sink_id.as_str()).collect();
+        assert_eq!(ids, ["local", "filer.failover", "s3.offsite"]);
+        assert_eq!(views[1].trash.as_ref().and_then(|t| t.days), Some(7));
+        assert_eq!(views[2].deletes, DeletePolicy::Keep);
+        assert_eq!(views[0].deletes, DeletePolicy::Mirror);
+        let parked: Vec<String> = views
+            .iter()
+            .map(|v| v.replicate.parked_file.display().to_string())
+            .collect();
+        assert!(
+            parked[2].ends_with("/sinks/s3.offsite/replicate.parked.jsonl"),
+            "{parked:?}"
+        );
+        assert!(views.iter().all(|v| v.also.is_empty()));
+        // Problems name the named section's keys; bad names and twins are refused.
+        for (extra, key) in [
+            ("[sink.s3.x]\nenabled = true\n", "sink.s3.x.bucket"),
+            (
+                "[sink.s3.x]\nenabled = true\nbucket = \"b\"\ndeletes = \"no\"\n",
+                "sink.s3.x.deletes",
+            ),
+            (
+                "[sink.local.\"a b\"]\nenabled = true\ndirectory = \"/z\"\n",
+                "sink.local.a b",
+            ),
+            (
+                "[sink.local.twin]\nenabled = true\ndirectory = \"/data\"\n",
+                "sink.local.twin.directory",
+            ),
+        ] {
+            let e = resolve_text(&format!("{GOOD}\n{extra}")).unwrap_err();
+            assert_eq!(e.0[0].key, key, "{e}");
+        }
     }
 
     #[test]

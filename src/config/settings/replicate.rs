@@ -52,6 +52,11 @@ pub(crate) struct ReplicateSettings {
     pub prefetch_chunks: usize,
     /// How long a volume server may stay silent during a read before the next replica is tried.
     pub read_timeout: Duration,
+    /// With several sinks: chunks read from the source are kept for the other sinks, up
+    /// to this many bytes in all.
+    pub shared_read_bytes: u64,
+    /// With several sinks: events each sink's backlog may hold, waiting for it.
+    pub backlog_events: u64,
 }
 
 pub(super) fn resolve_replicate(r: &mut Reader, cwd: &Path) -> ReplicateSettings {
@@ -125,7 +130,20 @@ pub(super) fn resolve_replicate(r: &mut Reader, cwd: &Path) -> ReplicateSettings
     if read_timeout == 0 {
         r.problem("replicate.read_timeout_seconds", "must be at least 1");
     }
+    let shared_mb = r.count("replicate.shared_read_cache_mb", 128);
+    if shared_mb > 1024 * 1024 {
+        r.problem(
+            "replicate.shared_read_cache_mb",
+            format!("{shared_mb} MiB is more than 1 TiB"),
+        );
+    }
+    let backlog_events = r.count("replicate.backlog_max_events", 10_000_000);
+    if backlog_events == 0 {
+        r.problem("replicate.backlog_max_events", "must be at least 1");
+    }
     ReplicateSettings {
+        shared_read_bytes: shared_mb.min(1024 * 1024) * 1024 * 1024,
+        backlog_events: backlog_events.max(1),
         on_gap,
         read_timeout: Duration::from_secs(read_timeout.max(1)),
         concurrency: concurrency.clamp(1, 4096) as usize,

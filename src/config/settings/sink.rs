@@ -90,9 +90,9 @@ pub(crate) struct TrashSettings {
     pub days: Option<u32>,
 }
 
-/// `[sink.<name>] deletes` of the enabled sink.
-pub(super) fn resolve_deletes(r: &mut Reader, sink: &str) -> DeletePolicy {
-    let key = format!("sink.{sink}.deletes");
+/// `deletes` of the sink section `p` (`sink.local`, `sink.s3.backup`).
+pub(super) fn resolve_deletes(r: &mut Reader, p: &str) -> DeletePolicy {
+    let key = format!("{p}.deletes");
     match r.string(&key, "mirror").as_str() {
         "mirror" => DeletePolicy::Mirror,
         "keep" => DeletePolicy::Keep,
@@ -120,10 +120,10 @@ const TRASH_DAYS: u64 = 30;
 /// problems.
 pub(super) fn resolve_trash(
     r: &mut Reader,
+    p: &str,
     sink: &SinkSettings,
     deletes: DeletePolicy,
 ) -> Option<TrashSettings> {
-    let p = format!("sink.{}", sink.name());
     let (dir_key, days_key) = (
         format!("{p}.trash_directory"),
         format!("{p}.trash_retention_days"),
@@ -169,8 +169,8 @@ pub(super) fn resolve_trash(
 
 /// `[sink.<name>] retention_days` of the enabled sink: dated directories older than this
 /// many days are removed (`None`: kept for ever).
-pub(super) fn resolve_retention(r: &mut Reader, sink: &SinkSettings) -> Option<u32> {
-    let key = format!("sink.{}.retention_days", sink.name());
+pub(super) fn resolve_retention(r: &mut Reader, p: &str, sink: &SinkSettings) -> Option<u32> {
+    let key = format!("{p}.retention_days");
     let days = r.count(&key, 0);
     if days == 0 {
         return None;
@@ -192,45 +192,136 @@ pub(super) fn resolve_retention(r: &mut Reader, sink: &SinkSettings) -> Option<u
     }
 }
 
-/// The one enabled sink.
+/// One sink to feed: its section and what it says.
+#[derive(Debug, Clone)]
+pub(crate) struct SinkChoice {
+    /// The section under `sink.`: `local` for `[sink.local]`, `s3.backup` for a named
+    /// `[sink.s3.backup]`. Logs, metrics labels and state directories use it.
+    pub id: String,
+    pub settings: SinkSettings,
+    pub deletes: DeletePolicy,
+    /// `retention_days`, for dated copies.
+    pub retention_days: Option<u32>,
+    /// With `deletes = "trash"`: where and for how long.
+    pub trash: Option<TrashSettings>,
+}
+
+/// The most sinks one process feeds.
+pub(crate) const MAX_SINKS: usize = 16;
+
+/// The sinks to feed: every enabled named section (`[sink.<kind>.<name>]`), and of the
+/// unnamed ones (`[sink.<kind>]`) the first enabled in upstream's order, as upstream
+/// picks it (a warning in `warnings` names those left out). Empty when there are
+/// problems.
 pub(super) fn resolve_sinks(
     r: &mut Reader,
     source: &SourceSettings,
     cwd: &Path,
-) -> Option<SinkSettings> {
-    let sinks = enabled_sections(r, "sink", &SINKS);
-    match sinks.as_slice() {
-        [] => {
-            r.problem(
-                "sink",
-                format!(
-                    "no sink is enabled; set enabled = true in exactly one of {}",
-                    SINKS.map(|n| format!("[sink.{n}]")).join(", ")
-                ),
-            );
-            None
-        }
-        [one] => resolve_sink(r, one, source, cwd),
-        many => {
-            r.problem(
-                &format!("sink.{}.enabled", many[1]),
-                format!(
-                    "several sinks are enabled ({}); one replicate process feeds one sink, run one per sink",
-                    many.iter().map(|n| format!("sink.{n}")).collect::<Vec<_>>().join(", ")
-                ),
-            );
-            None
+    warnings: &mut Vec<String>,
+) -> Vec<SinkChoice> {
+    let unnamed = enabled_sections(r, "sink", &SINKS);
+    let mut sections: Vec<(&'static str, String)> = Vec::new();
+    if let [first, rest @ ..] = unnamed.as_slice() {
+        sections.push((first, format!("sink.{first}")));
+        if !rest.is_empty() {
+            warnings.push(format!(
+                "several unnamed sinks are enabled ({}); as upstream, only the first,                  [sink.{first}], is fed. To feed several, name each: [sink.<kind>.<name>],                  e.g. [sink.{}.backup]",
+                unnamed
+                    .iter()
+                    .map(|n| format!("[sink.{n}]"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                rest[0]
+            ));
         }
     }
+    for kind in SINKS {
+        for name in r.subsections(&format!("sink.{kind}")) {
+            let p = format!("sink.{kind}.{name}");
+            if let Err(why) = check_sink_name(&name) {
+                r.problem(&p, format!("{name:?} cannot name a sink: {why}"));
+                continue;
+            }
+            if r.bool(&format!("{p}.enabled"), false) {
+                sections.push((kind, p));
+            }
+        }
+    }
+    if sections.is_empty() {
+        r.problem(
+            "sink",
+            format!(
+                "no sink is enabled; set enabled = true in one of {}, or in named sections \
+                 such as [sink.s3.backup]",
+                SINKS.map(|n| format!("[sink.{n}]")).join(", ")
+            ),
+        );
+        return Vec::new();
+    }
+    if sections.len() > MAX_SINKS {
+        r.problem(
+            &format!("{}.enabled", sections[MAX_SINKS].1),
+            format!(
+                "{} sinks are enabled; one process feeds at most {MAX_SINKS}",
+                sections.len()
+            ),
+        );
+    }
+    let mut out = Vec::new();
+    for (kind, p) in sections {
+        let Some(settings) = resolve_sink(r, kind, &p, source, cwd) else {
+            continue;
+        };
+        let deletes = resolve_deletes(r, &p);
+        let retention_days = resolve_retention(r, &p, &settings);
+        let trash = resolve_trash(r, &p, &settings, deletes);
+        out.push(SinkChoice {
+            id: p.trim_start_matches("sink.").to_string(),
+            settings,
+            deletes,
+            retention_days,
+            trash,
+        });
+    }
+    // Two sections writing to the same place would undo each other.
+    for (i, a) in out.iter().enumerate() {
+        if let Some(b) = out[..i]
+            .iter()
+            .find(|b| b.settings.identity() == a.settings.identity())
+        {
+            r.problem(
+                &format!("sink.{}.directory", a.id),
+                format!(
+                    "[sink.{}] writes where [sink.{}] writes; each sink needs a place of its own",
+                    a.id, b.id
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// A sink's name: it becomes part of a directory name and a metric label.
+fn check_sink_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("a name has 1 to 64 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err("use lower-case letters, digits, '_' and '-'");
+    }
+    Ok(())
 }
 
 fn resolve_sink(
     r: &mut Reader,
     name: &'static str,
+    p: &str,
     source: &SourceSettings,
     cwd: &Path,
 ) -> Option<SinkSettings> {
-    let p = format!("sink.{name}");
     match name {
         "local" | "local_incremental" => {
             let dir = r.string(&format!("{p}.directory"), "");
@@ -249,14 +340,14 @@ fn resolve_sink(
             })
         }
         "filer" => {
-            let grpc_address = r.string("sink.filer.grpcAddress", "");
-            check_grpc_address(r, "sink.filer.grpcAddress", &grpc_address);
-            let dir = r.string("sink.filer.directory", "");
+            let grpc_address = r.string(&format!("{p}.grpcAddress"), "");
+            check_grpc_address(r, &format!("{p}.grpcAddress"), &grpc_address);
+            let dir = r.string(&format!("{p}.directory"), "");
             let directory = match normalize_dir(&dir) {
                 Ok(d) => d,
                 Err(e) => {
                     r.problem(
-                        "sink.filer.directory",
+                        &format!("{p}.directory"),
                         format!(
                             "{dir:?} must be an absolute filer path without . or ..: {}",
                             e.why
@@ -274,27 +365,27 @@ fn resolve_sink(
                     .any(|ex| under(&directory, ex))
             {
                 r.problem(
-                    "sink.filer.directory",
+                    &format!("{p}.directory"),
                     format!("{directory:?} is equal to or under source.filer.directory {:?} on the same filer: replication would feed itself", source.directory),
                 );
             }
-            let ttl_sec = r.int("sink.filer.ttlSec", 0);
-            let chunk_concurrency = r.count("sink.filer.chunk_concurrency", 8);
+            let ttl_sec = r.int(&format!("{p}.ttlSec"), 0);
+            let chunk_concurrency = r.count(&format!("{p}.chunk_concurrency"), 8);
             if chunk_concurrency == 0 || chunk_concurrency > 1024 {
                 r.problem(
-                    "sink.filer.chunk_concurrency",
+                    &format!("{p}.chunk_concurrency"),
                     format!("must be between 1 and 1024, got {chunk_concurrency}"),
                 );
             }
             Some(SinkSettings::Filer(FilerSinkOptions {
                 grpc_address,
                 directory,
-                replication: r.string("sink.filer.replication", ""),
-                collection: r.string("sink.filer.collection", ""),
+                replication: r.string(&format!("{p}.replication"), ""),
+                collection: r.string(&format!("{p}.collection"), ""),
                 ttl_sec: i32::try_from(ttl_sec).unwrap_or(0),
-                disk: r.string("sink.filer.disk", ""),
-                data_center: r.string("sink.filer.dataCenter", ""),
-                incremental: r.bool("sink.filer.is_incremental", false),
+                disk: r.string(&format!("{p}.disk"), ""),
+                data_center: r.string(&format!("{p}.dataCenter"), ""),
+                incremental: r.bool(&format!("{p}.is_incremental"), false),
                 chunk_concurrency: chunk_concurrency.clamp(1, 1024) as usize,
                 https: r.bool("https.client.enabled", false),
                 grpc_tls: None,
@@ -302,39 +393,39 @@ fn resolve_sink(
             }))
         }
         "s3" => {
-            let bucket = r.string("sink.s3.bucket", "");
+            let bucket = r.string(&format!("{p}.bucket"), "");
             if bucket.is_empty() {
                 r.problem(
-                    "sink.s3.bucket",
+                    &format!("{p}.bucket"),
                     "is empty; set the (existing) bucket to replicate into",
                 );
             }
-            let (directory, _) = object_store_dir(r, "sink.s3");
-            let (access_key_id, secret_access_key) = aws_keys(r, "sink.s3");
+            let (directory, _) = object_store_dir(r, p);
+            let (access_key_id, secret_access_key) = aws_keys(r, p);
             // uploader_part_size_mb wins; upstream's code reads only uploader_part_size (MiB).
-            let part_mb = if r.is_set("sink.s3.uploader_part_size_mb") {
-                r.count("sink.s3.uploader_part_size_mb", 8)
+            let part_mb = if r.is_set(&format!("{p}.uploader_part_size_mb")) {
+                r.count(&format!("{p}.uploader_part_size_mb"), 8)
             } else {
-                match r.count("sink.s3.uploader_part_size", 0) {
+                match r.count(&format!("{p}.uploader_part_size"), 0) {
                     0 => 8,
                     n => n,
                 }
             };
-            let max_parts = r.count("sink.s3.uploader_max_upload_parts", 1000);
+            let max_parts = r.count(&format!("{p}.uploader_max_upload_parts"), 1000);
             if max_parts == 0 || max_parts > 10_000 {
                 r.problem(
-                    "sink.s3.uploader_max_upload_parts",
+                    &format!("{p}.uploader_max_upload_parts"),
                     format!("must be between 1 and 10000, got {max_parts}"),
                 );
             }
-            let concurrency = r.count("sink.s3.uploader_concurrency", 8);
+            let concurrency = r.count(&format!("{p}.uploader_concurrency"), 8);
             if concurrency == 0 || concurrency > 256 {
                 r.problem(
-                    "sink.s3.uploader_concurrency",
+                    &format!("{p}.uploader_concurrency"),
                     format!("must be between 1 and 256, got {concurrency}"),
                 );
             }
-            let region = r.string("sink.s3.region", "us-east-2");
+            let region = r.string(&format!("{p}.region"), "us-east-2");
             Some(SinkSettings::S3(S3SinkOptions {
                 access_key_id,
                 secret_access_key,
@@ -345,14 +436,14 @@ fn resolve_sink(
                 },
                 bucket,
                 directory,
-                endpoint: r.string("sink.s3.endpoint", ""),
-                acl: canned_acl(r),
-                incremental: r.bool("sink.s3.is_incremental", false),
-                keep_part_size: r.bool("sink.s3.keep_part_size", true),
+                endpoint: r.string(&format!("{p}.endpoint"), ""),
+                acl: canned_acl(r, p),
+                incremental: r.bool(&format!("{p}.is_incremental"), false),
+                keep_part_size: r.bool(&format!("{p}.keep_part_size"), true),
                 max_upload_parts: max_parts.clamp(1, 10_000),
                 part_size: part_mb.max(5) * 1024 * 1024,
                 concurrency: concurrency.clamp(1, 256) as usize,
-                force_path_style: r.bool("sink.s3.s3_force_path_style", true),
+                force_path_style: r.bool(&format!("{p}.s3_force_path_style"), true),
             }))
         }
         "google_cloud_storage" => {
@@ -363,7 +454,7 @@ fn resolve_sink(
                     "is empty; set the (existing) bucket to replicate into",
                 );
             }
-            let (directory, given) = object_store_dir(r, &p);
+            let (directory, given) = object_store_dir(r, p);
             let incremental = r.bool(&format!("{p}.is_incremental"), false);
             // util.Join(directory, date, key[len(source.directory):]): no leading `/` when
             // the directory is relative, or empty with a date first or a source directory
@@ -374,7 +465,7 @@ fn resolve_sink(
             } else {
                 !given.starts_with('/')
             };
-            let credentials = google_credentials(r, &p, cwd, true);
+            let credentials = google_credentials(r, p, cwd, true);
             Some(SinkSettings::Gcs(GcsSinkOptions {
                 credentials,
                 bucket,
@@ -385,15 +476,15 @@ fn resolve_sink(
             }))
         }
         "azure" => {
-            let account_name = r.string("sink.azure.account_name", "");
+            let account_name = r.string(&format!("{p}.account_name"), "");
             if !(3..=24).contains(&account_name.len())
                 || !account_name
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
             {
-                r.problem("sink.azure.account_name", format!("{account_name:?} is not a storage account name (3-24 lowercase letters and digits)"));
+                r.problem(&format!("{p}.account_name"), format!("{account_name:?} is not a storage account name (3-24 lowercase letters and digits)"));
             }
-            let account_key = r.string("sink.azure.account_key", "");
+            let account_key = r.string(&format!("{p}.account_key"), "");
             // Empty: Entra ID credentials, chosen when the sink starts.
             if !account_key.is_empty()
                 && base64::Engine::decode(
@@ -403,42 +494,42 @@ fn resolve_sink(
                 .is_err()
             {
                 r.problem(
-                    "sink.azure.account_key",
+                    &format!("{p}.account_key"),
                     "is not base64 (copy the key as the portal shows it)",
                 );
             }
-            let container = r.string("sink.azure.container", "");
+            let container = r.string(&format!("{p}.container"), "");
             if container.is_empty() {
                 r.problem(
-                    "sink.azure.container",
+                    &format!("{p}.container"),
                     "is empty; set the (existing) container to replicate into",
                 );
             }
-            let (directory, _) = object_store_dir(r, "sink.azure");
+            let (directory, _) = object_store_dir(r, p);
             Some(SinkSettings::Azure(AzureSinkOptions {
                 account_name,
                 account_key,
-                client_id: r.string("sink.azure.client_id", ""),
-                endpoint: r.string("sink.azure.endpoint", ""),
+                client_id: r.string(&format!("{p}.client_id"), ""),
+                endpoint: r.string(&format!("{p}.endpoint"), ""),
                 container,
                 directory,
-                incremental: r.bool("sink.azure.is_incremental", false),
+                incremental: r.bool(&format!("{p}.is_incremental"), false),
             }))
         }
         "backblaze" => {
-            let mut key_id = r.string("sink.backblaze.b2_account_id", "");
-            let mut key = r.string("sink.backblaze.b2_master_application_key", "");
+            let mut key_id = r.string(&format!("{p}.b2_account_id"), "");
+            let mut key = r.string(&format!("{p}.b2_master_application_key"), "");
             if key_id.is_empty() && key.is_empty() {
                 key_id = r.env("B2_APPLICATION_KEY_ID").unwrap_or_default();
                 key = r.env("B2_APPLICATION_KEY").unwrap_or_default();
             }
             if key_id.is_empty() || key.is_empty() {
-                r.problem("sink.backblaze.b2_account_id", "b2_account_id (the application key id) and b2_master_application_key must both be set, here or as B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY");
+                r.problem(&format!("{p}.b2_account_id"), "b2_account_id (the application key id) and b2_master_application_key must both be set, here or as B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY");
             }
-            let bucket = r.string("sink.backblaze.bucket", "");
+            let bucket = r.string(&format!("{p}.bucket"), "");
             if bucket.is_empty() {
                 r.problem(
-                    "sink.backblaze.bucket",
+                    &format!("{p}.bucket"),
                     "is empty; set the (existing) bucket to replicate into",
                 );
             }
@@ -446,9 +537,9 @@ fn resolve_sink(
                 key_id,
                 key,
                 bucket,
-                directory: object_store_dir(r, "sink.backblaze").0,
-                incremental: r.bool("sink.backblaze.is_incremental", false),
-                endpoint: r.string("sink.backblaze.endpoint", ""),
+                directory: object_store_dir(r, p).0,
+                incremental: r.bool(&format!("{p}.is_incremental"), false),
+                endpoint: r.string(&format!("{p}.endpoint"), ""),
             }))
         }
         other => {
@@ -487,15 +578,16 @@ fn object_store_dir(r: &mut Reader, section: &str) -> (String, String) {
 
 /// `sink.s3.acl`: empty for none, else one of S3's canned ACLs (upstream reads the key
 /// but never applies it; an unknown one would have every write refused).
-fn canned_acl(r: &mut Reader) -> Option<aws_sdk_s3::types::ObjectCannedAcl> {
+fn canned_acl(r: &mut Reader, p: &str) -> Option<aws_sdk_s3::types::ObjectCannedAcl> {
     use aws_sdk_s3::types::ObjectCannedAcl;
-    let acl = r.string("sink.s3.acl", "");
+    let key = format!("{p}.acl");
+    let acl = r.string(&key, "");
     if acl.is_empty() {
         return None;
     }
     if !ObjectCannedAcl::values().contains(&acl.as_str()) {
         r.problem(
-            "sink.s3.acl",
+            &key,
             format!(
                 "must be empty or one of {}, got {acl:?}",
                 ObjectCannedAcl::values().join(", ")

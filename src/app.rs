@@ -140,6 +140,9 @@ async fn replicate(
         }
     };
 
+    if settings.several_sinks() {
+        return several(setup, stop, hard_stop, metrics_server).await;
+    }
     let open = setup.sink().await?;
     let Some(skip_signatures) = setup.connect(&open, &stop).await else {
         return Ok(());
@@ -166,24 +169,7 @@ async fn replicate(
         ))
     });
 
-    use crate::ops::retention::Dated;
-    let dated = settings
-        .retention_days
-        .map(|days| Dated::Copies { days })
-        .into_iter()
-        .chain(settings.trash.as_ref().and_then(|t| {
-            t.days.map(|days| Dated::Trash {
-                directory: t.directory.clone(),
-                days,
-            })
-        }));
-    for dated in dated {
-        tokio::spawn(crate::ops::retention::serve(
-            setup.clone(),
-            dated,
-            stop.clone(),
-        ));
-    }
+    spawn_retention(&setup, &stop);
 
     // Start-up is done: the sink and the filers answered. systemd (Type=notify) may now
     // consider the service started.
@@ -222,6 +208,203 @@ async fn replicate(
         "stopped"
     );
     Ok(())
+}
+
+/// Retention sweeps for the dated directories of one sink: its dated copies, its trash.
+fn spawn_retention(setup: &Arc<Setup>, stop: &CancellationToken) {
+    use crate::ops::retention::Dated;
+    let settings = &setup.settings;
+    let dated = settings
+        .retention_days
+        .map(|days| Dated::Copies { days })
+        .into_iter()
+        .chain(settings.trash.as_ref().and_then(|t| {
+            t.days.map(|days| Dated::Trash {
+                directory: t.directory.clone(),
+                days,
+            })
+        }));
+    for dated in dated {
+        tokio::spawn(crate::ops::retention::serve(
+            setup.clone(),
+            dated,
+            stop.clone(),
+        ));
+    }
+}
+
+/// Several sinks from one input (see [`crate::fanout`]): every sink is built first (a
+/// configuration problem in any ends the start), then each starts on its own, so one
+/// that is down holds back neither the others nor the input.
+async fn several(
+    setup: Arc<Setup>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+    metrics_server: Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), AppError> {
+    use crate::fanout::{Backlog, FanOut};
+    let settings = &setup.settings;
+    let views = setup.views();
+    let mut opened = Vec::new();
+    for view in &views {
+        opened.push(view.sink().await?);
+    }
+    let mut backlogs = Vec::new();
+    for view in &views {
+        let id: &'static str = Box::leak(view.settings.sink_id.clone().into_boxed_str());
+        crate::metrics::get().set_sink_up(id, false);
+        let dir = view
+            .settings
+            .replicate
+            .parked_file
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let backlog = Backlog::open(id, &dir, view.settings.replicate.backlog_events)
+            .map_err(|e| AppError::Runtime(e.to_string()))?;
+        backlogs.push(backlog);
+    }
+    tracing::info!(
+        sinks = %views.iter().map(|v| v.settings.sink_id.as_str()).collect::<Vec<_>>().join(", "),
+        "feeding {} sinks from one input, each from a backlog of its own",
+        views.len()
+    );
+    crate::metrics::get().set_max_event_age(settings.metrics.ready_max_event_age);
+    // A gap in the input is owed by every sink, each reconciling on its own.
+    let marker = settings
+        .replicate
+        .parked_file
+        .with_file_name("replicate.reconcile-pending");
+    if let Some(mut gaps) = crate::gaps::init(settings.replicate.on_gap, marker) {
+        let backlogs = backlogs.clone();
+        tokio::spawn(async move {
+            while gaps.recv().await.is_some() {
+                let mut recorded = true;
+                for b in &backlogs {
+                    let b = b.clone();
+                    if let Ok(Err(e)) | Err(e) = tokio::task::spawn_blocking(move || b.owe())
+                        .await
+                        .map_err(|e| e.to_string())
+                    {
+                        tracing::warn!(error = %e, "cannot record that a sink owes a reconciliation");
+                        recorded = false;
+                    }
+                }
+                if recorded {
+                    crate::gaps::reconciled();
+                }
+            }
+        });
+    }
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<AppError>(views.len());
+    let mut sinks = Vec::new();
+    for ((view, open), backlog) in views.iter().zip(opened).zip(backlogs.iter()) {
+        spawn_retention(view, &stop);
+        sinks.push(tokio::spawn(run_sink(
+            view.clone(),
+            open,
+            backlog.clone(),
+            stop.clone(),
+            hard_stop.clone(),
+            fatal_tx.clone(),
+        )));
+    }
+    drop(fatal_tx);
+    crate::notify::notify("READY=1");
+    crate::notify::spawn_watchdog();
+    crate::metrics::get().set_started();
+    if let Some(every) = settings.metrics.progress_interval {
+        tokio::spawn(crate::metrics::progress(every, stop.clone()));
+    }
+    let r = &settings.replicate;
+    let fan_out = Arc::new(
+        crate::pipeline::Pipeline::new(
+            setup.rules(Vec::new()),
+            Some(setup.source.clone()),
+            Box::new(crate::fanout::NoSink),
+            crate::pipeline::Policies {
+                concurrency: r.concurrency,
+                on_failure: r.on_failure,
+                bad_message: r.bad_message,
+                max_message_bytes: r.max_message_bytes,
+                parked_file: r.parked_file.clone(),
+                deadline: r.event_deadline,
+            },
+            stop.clone(),
+        )
+        .fanning_out(FanOut::new(backlogs)),
+    );
+    let input = setup.input();
+    tracing::info!(input = %input.describe(), "Configure notification input to {}", settings.input.name());
+    let raw = &setup.raw;
+    let outcome = tokio::select! {
+        r = input.run(fan_out, stop.clone(), hard_stop.clone()) => r.map_err(|e| match e {
+            crate::source::InputError::Config { key, detail } => config_error(raw, key, detail),
+            e => AppError::Runtime(e.to_string()),
+        }),
+        Some(e) = fatal_rx.recv() => Err(e),
+    };
+    stop.cancel();
+    for sink in sinks {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), sink).await;
+    }
+    if let Some(server) = metrics_server {
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    }
+    outcome
+}
+
+/// One of several sinks: wait until it answers, then drain its backlog until `stop`.
+async fn run_sink(
+    setup: Arc<Setup>,
+    open: crate::setup::OpenSink,
+    backlog: Arc<crate::fanout::Backlog>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+    fatal: tokio::sync::mpsc::Sender<AppError>,
+) {
+    let settings = &setup.settings;
+    let Some(skip_signatures) = setup.connect(&open, &stop).await else {
+        return;
+    };
+    crate::metrics::get().set_sink_up(backlog.id, true);
+    if let (Some((_, client)), Some(_)) = (&open.target, &settings.trash)
+        && let Err(e) =
+            refuse_a_trash_above_buckets(client.clone(), &settings.sink.directory(), &setup.raw)
+                .await
+    {
+        let _ = fatal.send(e).await;
+        return;
+    }
+    tracing::info!(sink = backlog.id, directory = %settings.sink.directory(), "Configure sink to {}", settings.sink.name());
+    if let Err(e) = open.sink.recover().await {
+        tracing::warn!(sink = backlog.id, error = %e, "cleaning up after an earlier run failed; it is tried again at the next start");
+    }
+    let pipeline = Arc::new(
+        setup
+            .bare_pipeline(setup.rules(skip_signatures), open.sink, stop.clone())
+            .for_sink(backlog.id),
+    );
+    tokio::spawn(pipeline.clone().watch_outages(stop.clone()));
+    crate::fanout::drain(
+        backlog.clone(),
+        pipeline.clone(),
+        setup.clone(),
+        stop,
+        hard_stop,
+    )
+    .await;
+    let s = &pipeline.stats;
+    tracing::info!(
+        sink = backlog.id,
+        replicated = s.replicated.load(Ordering::Relaxed),
+        skipped = s.skipped.load(Ordering::Relaxed),
+        parked = s.parked.load(Ordering::Relaxed),
+        bad_messages = s.bad_messages.load(Ordering::Relaxed),
+        held = s.held.load(Ordering::Relaxed),
+        retries = s.retries.load(Ordering::Relaxed),
+        "stopped"
+    );
 }
 
 /// A filer keeps each bucket's data in the bucket's own collection and drops the

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub(crate) mod fanout;
 pub(crate) mod fence;
 pub mod filer;
 pub(crate) mod gaps;

@@ -64,6 +64,13 @@ pub(crate) struct Metrics {
     up: Family<Static<1>, Gauge>,
     gaps: Family<Static<1>, Counter>,
     group_wait: Gauge<f64, AtomicU64>,
+    /// With several sinks, per sink (`sink` is its section under `sink.`).
+    sink_events: Family<Static<2>, Counter>,
+    sink_backlog: Family<Static<1>, Gauge>,
+    sink_up: Family<Static<1>, Gauge>,
+    sink_dropped: Family<Static<1>, Counter>,
+    /// The sinks that are down now; the sink component is up while none is.
+    sinks_down: Mutex<std::collections::BTreeSet<&'static str>>,
     /// Why the input went no further, if it did (a gap under `on_gap = "stop"`).
     halted: Mutex<Option<String>>,
     /// A consumer-group member waiting too long for an assignment: why.
@@ -157,7 +164,36 @@ impl Metrics {
             "Consumer-group mode: how long this member has waited for the group to assign it its partitions (since it joined or its partitions were taken away; 0 while it has an assignment)",
             group_wait.clone(),
         );
+        let sink_events = Family::<Static<2>, Counter>::default();
+        registry.register(
+            "sink_events",
+            "Several sinks: events each sink finished, by sink and outcome (replicated, skipped, parked, held, bad_message)",
+            sink_events.clone(),
+        );
+        let sink_backlog = Family::<Static<1>, Gauge>::default();
+        registry.register(
+            "sink_backlog_events",
+            "Several sinks: events in each sink's backlog that it has not finished (its lag behind the input)",
+            sink_backlog.clone(),
+        );
+        let sink_up = Family::<Static<1>, Gauge>::default();
+        registry.register(
+            "sink_up",
+            "Several sinks: whether each sink is reachable (1) or not (0)",
+            sink_up.clone(),
+        );
+        let sink_dropped = Family::<Static<1>, Counter>::default();
+        registry.register(
+            "sink_backlogs_dropped",
+            "Several sinks: times a sink's backlog outgrew backlog_max_events and was dropped for a reconciliation",
+            sink_dropped.clone(),
+        );
         Metrics {
+            sink_events,
+            sink_backlog,
+            sink_up,
+            sink_dropped,
+            sinks_down: Mutex::new(Default::default()),
             gaps,
             group_wait,
             halted: Mutex::new(None),
@@ -217,6 +253,39 @@ impl Metrics {
         if outcome == "parked" {
             self.parked.inc();
         }
+    }
+
+    /// One event finished with `outcome` on sink `sink` (several sinks).
+    pub(crate) fn sink_event(&self, sink: &'static str, outcome: &'static str) {
+        self.sink_events
+            .get_or_create(&[("sink", sink), ("outcome", outcome)])
+            .inc();
+    }
+
+    /// Events waiting in sink `sink`'s backlog.
+    pub(crate) fn set_sink_backlog(&self, sink: &'static str, events: u64) {
+        self.sink_backlog
+            .get_or_create(&[("sink", sink)])
+            .set(i64::try_from(events).unwrap_or(i64::MAX));
+    }
+
+    /// Sink `sink`'s backlog was dropped (a reconciliation is owed).
+    pub(crate) fn sink_backlog_dropped(&self, sink: &'static str) {
+        self.sink_dropped.get_or_create(&[("sink", sink)]).inc();
+    }
+
+    /// Whether sink `sink` is reachable; the sink component is up while every sink is.
+    pub(crate) fn set_sink_up(&self, sink: &'static str, up: bool) {
+        self.sink_up
+            .get_or_create(&[("sink", sink)])
+            .set(i64::from(up));
+        let mut down = self.sinks_down.lock().unwrap_or_else(|p| p.into_inner());
+        if up {
+            down.remove(sink);
+        } else {
+            down.insert(sink);
+        }
+        self.set_up(Component::Sink, down.is_empty());
     }
 
     pub(crate) fn copied(&self, bytes: u64) {

@@ -119,6 +119,11 @@ pub(crate) struct Pipeline {
     settling_until: Instant,
     /// The source filer itself was unreachable, and no read has worked since.
     source_filer_down: std::sync::atomic::AtomicBool,
+    /// With several sinks, the sink's name (see [`Pipeline::for_sink`]).
+    sink_label: Option<&'static str>,
+    /// With several sinks, the input's pipeline only puts each event in every sink's
+    /// backlog (see [`crate::fanout`]).
+    fan_out: Option<crate::fanout::FanOut>,
     /// The paths of the events being applied now.
     busy: Busy,
 }
@@ -213,6 +218,8 @@ const SETTLING: Duration = Duration::from_secs(20);
 struct Availability {
     what: &'static str,
     component: crate::metrics::Component,
+    /// With several sinks, the sink's name: its own state, and the log says which.
+    sink: Option<&'static str>,
     down: std::sync::atomic::AtomicBool,
     outage: Mutex<Outage>,
 }
@@ -236,8 +243,18 @@ impl Availability {
         Availability {
             what,
             component,
+            sink: None,
             down: false.into(),
             outage: Mutex::new(Outage::default()),
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        match self.sink {
+            Some(sink) if self.component == crate::metrics::Component::Sink => {
+                crate::metrics::get().set_sink_up(sink, up)
+            }
+            _ => crate::metrics::get().set_up(self.component, up),
         }
     }
 
@@ -245,7 +262,7 @@ impl Availability {
     fn failing(&self, error: &SinkError) -> u64 {
         // Set on every failure, not only the first: a success racing with the start of
         // an outage may have set it back to up.
-        crate::metrics::get().set_up(self.component, false);
+        self.set_up(false);
         let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         outage.last_failure = Some(now);
@@ -274,7 +291,7 @@ impl Availability {
         if !self.down.load(Ordering::Acquire) {
             let metrics = crate::metrics::get();
             if metrics.is_up(self.component) != Some(true) {
-                metrics.set_up(self.component, true);
+                self.set_up(true);
             }
             return;
         }
@@ -288,7 +305,7 @@ impl Availability {
             outage.since = None;
             outage.last_failure = None;
             self.down.store(false, Ordering::Release);
-            crate::metrics::get().set_up(self.component, true);
+            self.set_up(true);
             tracing::info!(down_for = ?since.elapsed(), "{} available again", self.what);
         }
     }
@@ -337,8 +354,25 @@ impl Pipeline {
             sink_state: Availability::new("sink", crate::metrics::Component::Sink),
             settling_until: Instant::now() + SETTLING,
             source_filer_down: false.into(),
+            sink_label: None,
+            fan_out: None,
             busy: Busy::default(),
         }
+    }
+
+    /// The input's pipeline with several sinks: events go to their backlogs.
+    pub(crate) fn fanning_out(mut self, fan_out: crate::fanout::FanOut) -> Self {
+        self.fan_out = Some(fan_out);
+        self
+    }
+
+    /// One of several sinks, named `label` (its section under `sink.`): its outcomes and
+    /// reachability are counted under that name too, and its outages say which sink.
+    pub(crate) fn for_sink(mut self, label: &'static str) -> Self {
+        self.sink_label = Some(label);
+        self.sink_state.sink = Some(label);
+        self.sink_state.what = Box::leak(format!("sink {label}").into_boxed_str());
+        self
     }
 
     /// Whether a volume without locations is an outage of the source rather than the
@@ -415,6 +449,16 @@ impl Pipeline {
     }
 
     pub(crate) async fn handle(&self, raw: &RawEvent, origin: &Origin) -> Disposition {
+        if let Some(fan_out) = &self.fan_out {
+            // Under bad_message = "stop" the input stops at a bad message, as with one
+            // sink; under "park" every sink parks it in its own parked file.
+            if self.bad_message == BadMessagePolicy::Stop
+                && let Some(why) = self.not_an_event(raw)
+            {
+                return self.failed(raw, origin, Failure::BadMessage(why));
+            }
+            return fan_out.append(raw, origin, &self.stop).await;
+        }
         let metrics = crate::metrics::get();
         let _pending = metrics.taken();
         let _claim = self.busy.claim(crate::lane::paths_of(raw)).await;
@@ -429,6 +473,9 @@ impl Pipeline {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 metrics.event(kind, outcome);
+                if let Some(sink) = self.sink_label {
+                    metrics.sink_event(sink, outcome);
+                }
                 // One line per finished event, key last (it may hold anything): with
                 // several processes in a consumer group, their logs together say which
                 // process applied what, and when.
@@ -445,6 +492,9 @@ impl Pipeline {
             Disposition::Abandoned => return disposition,
         };
         metrics.event(kind, outcome);
+        if let Some(sink) = self.sink_label {
+            metrics.sink_event(sink, outcome);
+        }
         disposition
     }
 
@@ -491,35 +541,45 @@ impl Pipeline {
         Disposition::Held
     }
 
+    /// Why a message is not an event at all (no key, too large, not an
+    /// `EventNotification`), if it is not.
+    fn not_an_event(&self, raw: &RawEvent) -> Option<String> {
+        if let Some(defect) = &raw.defect {
+            return Some(defect.clone());
+        }
+        if raw.key.is_empty() {
+            return Some("the message has no key".into());
+        }
+        if raw.payload.len() > self.max_message_bytes {
+            return Some(format!(
+                "the message has {} bytes, more than max_message_bytes ({})",
+                raw.payload.len(),
+                self.max_message_bytes
+            ));
+        }
+        match raw.notification() {
+            Err(e) => Some(e.to_string()),
+            // Protobuf skips unknown fields, so some garbage decodes to an empty message;
+            // no filer publishes an event without an entry.
+            Ok(ev) if ev.old_entry.is_none() && ev.new_entry.is_none() => {
+                Some("payload is not an EventNotification protobuf (no old or new entry)".into())
+            }
+            Ok(_) => None,
+        }
+    }
+
     /// `Ok(Some(true))` replicated, `Ok(Some(false))` skipped, `Ok(None)` abandoned at shutdown.
     async fn try_handle(
         &self,
         raw: &RawEvent,
         kind: &mut &'static str,
     ) -> Result<Option<bool>, Failure> {
-        if let Some(defect) = &raw.defect {
-            return Err(Failure::BadMessage(defect.clone()));
-        }
-        if raw.key.is_empty() {
-            return Err(Failure::BadMessage("the message has no key".into()));
-        }
-        if raw.payload.len() > self.max_message_bytes {
-            return Err(Failure::BadMessage(format!(
-                "the message has {} bytes, more than max_message_bytes ({})",
-                raw.payload.len(),
-                self.max_message_bytes
-            )));
+        if let Some(why) = self.not_an_event(raw) {
+            return Err(Failure::BadMessage(why));
         }
         let ev = raw
             .notification()
             .map_err(|e| Failure::BadMessage(e.to_string()))?;
-        if ev.old_entry.is_none() && ev.new_entry.is_none() {
-            // Protobuf skips unknown fields, so some garbage decodes to an empty message;
-            // no filer publishes an event without an entry.
-            return Err(Failure::BadMessage(
-                "payload is not an EventNotification protobuf (no old or new entry)".into(),
-            ));
-        }
         *kind = event::change(&raw.key, ev);
         tracing::debug!(key = %raw.key, "{}: {}", event::kind(ev), raw.key);
         let plan = self

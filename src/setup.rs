@@ -79,6 +79,28 @@ impl Setup {
         for typo in &self.settings.typos {
             tracing::warn!("{typo} (-strict makes this an error)");
         }
+        for warning in &self.settings.warnings {
+            tracing::warn!("{warning}");
+        }
+    }
+
+    /// One setup per sink (see [`Settings::views`]), sharing the clients and the source
+    /// reader, so that every sink's reads share one cache and one memory budget.
+    pub(crate) fn views(&self) -> Vec<Arc<Setup>> {
+        self.settings
+            .views()
+            .into_iter()
+            .map(|settings| {
+                Arc::new(Setup {
+                    raw: self.raw.clone(),
+                    settings,
+                    http: self.http.clone(),
+                    cloud: self.cloud.clone(),
+                    grpc_tls: self.grpc_tls.clone(),
+                    source: self.source.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Start the metadata log at `start` whatever its checkpoint says (`-timeAgo`,
@@ -126,6 +148,19 @@ impl Setup {
             backup.configure(&mut raw);
         }
         let mut settings = resolve(&raw, &opts.cwd)?;
+        if backup.is_some() && settings.several_sinks() {
+            let extra = &settings.also[0].id;
+            return Err(config_error(
+                &raw,
+                &format!("sink.{extra}.enabled"),
+                format!(
+                    "filer.backup feeds one sink, as upstream's does, and its checkpoint is \
+                     that sink's; [sink.{}] and [sink.{extra}] are both enabled. Run \
+                     `replicate` (with [source.filer] subscribe = true) to feed several",
+                    settings.sink_id
+                ),
+            ));
+        }
         if let Some(backup) = backup {
             for note in backup.adjust(&mut settings, &raw) {
                 tracing::info!("filer.backup: {note}");
@@ -169,6 +204,11 @@ impl Setup {
                     prefetch: settings.replicate.prefetch_chunks,
                     grpc_tls: grpc_tls.clone(),
                     proxy: settings.source.proxy.clone(),
+                    shared_read_bytes: if settings.several_sinks() {
+                        settings.replicate.shared_read_bytes
+                    } else {
+                        0
+                    },
                 },
                 http.clone(),
             )
@@ -285,8 +325,18 @@ impl Setup {
         sink: Box<dyn Sink>,
         stop: CancellationToken,
     ) -> Arc<Pipeline> {
+        Arc::new(self.bare_pipeline(rules, sink, stop))
+    }
+
+    /// [`Setup::pipeline`], not shared yet.
+    pub(crate) fn bare_pipeline(
+        &self,
+        rules: Rules,
+        sink: Box<dyn Sink>,
+        stop: CancellationToken,
+    ) -> Pipeline {
         let r = &self.settings.replicate;
-        Arc::new(Pipeline::new(
+        Pipeline::new(
             rules,
             Some(self.source.clone()),
             sink,
@@ -299,7 +349,7 @@ impl Setup {
                 deadline: r.event_deadline,
             },
             stop,
-        ))
+        )
     }
 
     /// Wait until the sink answers and, for a filer sink, learn which signatures to

@@ -16,7 +16,9 @@
 //!
 //! Profiles: the Kafka input on three partitions into the local sink, into another
 //! cluster's filer and into S3 (moto); a consumer group of two or three members into the
-//! local sink; the metadata-log input into the local sink. CI runs a fixed set of seeds;
+//! local sink; the metadata-log input into the local sink; the Kafka input into a local
+//! sink and S3 at once (several sinks: one frozen or cut while the other goes on, each
+//! from its own backlog). CI runs a fixed set of seeds;
 //! `HARNESS_SEEDS=a,b,c` runs those, `HARNESS_ROUNDS=N` (with `HARNESS_FIRST_SEED`) that
 //! many from a seed, and `HARNESS_PROFILE=name` one profile (`bench/faults.sh` runs long
 //! series). A failure prints its seed and profile.
@@ -47,6 +49,8 @@ enum Target {
     Local,
     Filer,
     S3,
+    /// A local sink and S3, fed together.
+    LocalAndS3,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -81,6 +85,11 @@ const PROFILES: &[Profile] = &[
         name: "log-local",
         input: Input::Subscribe,
         target: Target::Local,
+    },
+    Profile {
+        name: "kafka-local-s3",
+        input: Input::Kafka,
+        target: Target::LocalAndS3,
     },
 ];
 
@@ -248,6 +257,23 @@ enum Sink {
         proxy: Proxy,
         _moto: Service,
     },
+    /// Both: the local sink in `[sink.local.near]`, S3 in `[sink.s3.far]`.
+    LocalAndS3 {
+        dir: std::path::PathBuf,
+        store: S3Store,
+        proxy: Proxy,
+        _moto: Service,
+    },
+}
+
+/// What S3 holds under `backup/`, as a tree of files.
+async fn s3_tree(store: &S3Store) -> Tree {
+    store
+        .objects("backup/")
+        .await
+        .into_iter()
+        .map(|(k, v)| (k["backup/".len()..].to_string(), Some(v)))
+        .collect()
 }
 
 /// The trees to compare: the source under /data, and the sink. An object store holds no
@@ -259,13 +285,26 @@ async fn trees(bed: &TestBed, sink: &Sink) -> (Tree, Tree) {
         Sink::Filer(t) => (want, t.tree("/backup", &[]).await),
         Sink::S3 { store, .. } => {
             let files = want.into_iter().filter(|(_, v)| v.is_some()).collect();
-            let got = store
-                .objects("backup/")
-                .await
-                .into_iter()
-                .map(|(k, v)| (k["backup/".len()..].to_string(), Some(v)))
+            (files, s3_tree(store).await)
+        }
+        Sink::LocalAndS3 { dir, store, .. } => {
+            // One tree of both: the local sink's under local/, S3's under s3/.
+            let both = |local: Tree, s3: Tree| -> Tree {
+                local
+                    .into_iter()
+                    .map(|(k, v)| (format!("local/{k}"), v))
+                    .chain(s3.into_iter().map(|(k, v)| (format!("s3/{k}"), v)))
+                    .collect()
+            };
+            let files = want
+                .iter()
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            (files, got)
+            (
+                both(want, files),
+                both(local_tree(dir), s3_tree(store).await),
+            )
         }
     }
 }
@@ -292,6 +331,17 @@ fn member_for(bed: &TestBed, sink: &Sink, input: Input) -> Member {
             "/data",
             &s3_section(&format!("http://{}", proxy.addr()), "/backup", false),
             // A frozen store fails a request within seconds.
+            "[replicate]\nread_timeout_seconds = 3\n",
+        ),
+        Sink::LocalAndS3 { dir, proxy, .. } => Workdir::with_sink(
+            bed,
+            "/data",
+            &format!(
+                "[sink.local.near]\nenabled = true\ndirectory = \"{}\"\n\n{}",
+                dir.display(),
+                s3_section(&format!("http://{}", proxy.addr()), "/backup", false)
+                    .replace("[sink.s3]", "[sink.s3.far]")
+            ),
             "[replicate]\nread_timeout_seconds = 3\n",
         ),
     };
@@ -341,6 +391,17 @@ async fn round(seed: u64, profile: Profile) -> Result<String, String> {
             let store = s3_store(&moto.endpoint()).await;
             let proxy = Proxy::start(moto.endpoint().trim_start_matches("http://"));
             Sink::S3 {
+                store,
+                proxy,
+                _moto: moto,
+            }
+        }
+        Target::LocalAndS3 => {
+            let moto = start_moto();
+            let store = s3_store(&moto.endpoint()).await;
+            let proxy = Proxy::start(moto.endpoint().trim_start_matches("http://"));
+            Sink::LocalAndS3 {
+                dir: area.path().join("sink"),
                 store,
                 proxy,
                 _moto: moto,
@@ -427,7 +488,7 @@ async fn round(seed: u64, profile: Profile) -> Result<String, String> {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     unsafe { libc::kill(pid, libc::SIGCONT) };
                 }
-                Sink::S3 { proxy, .. } => {
+                Sink::S3 { proxy, .. } | Sink::LocalAndS3 { proxy, .. } => {
                     // Frozen longer than the read timeout at times; cut connections.
                     let (mode, ms) = if rng.bool() {
                         (Mode::Frozen, rng.u64(500..6000))
@@ -554,11 +615,20 @@ async fn round(seed: u64, profile: Profile) -> Result<String, String> {
         }
     }
     for m in &members {
-        let parked = m.work.path().join("replicate.parked.jsonl");
-        if parked.exists() {
+        // With several sinks, each parks in its own directory.
+        let mut parked_files = vec![m.work.path().join("replicate.parked.jsonl")];
+        if let Ok(sinks) = std::fs::read_dir(m.work.path().join("sinks")) {
+            parked_files.extend(
+                sinks
+                    .flatten()
+                    .map(|d| d.path().join("replicate.parked.jsonl")),
+            );
+        }
+        if let Some(parked) = parked_files.into_iter().find(|p| p.exists()) {
             return Err(fail(format!(
-                "events were parked:\n{}",
-                std::fs::read_to_string(parked).unwrap_or_default()
+                "events were parked in {}:\n{}",
+                parked.display(),
+                std::fs::read_to_string(&parked).unwrap_or_default()
             )));
         }
     }
@@ -662,4 +732,9 @@ async fn group_into_local() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_log_into_local() {
     profile("log-local").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_into_local_and_s3_at_once() {
+    profile("kafka-local-s3").await;
 }

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Why a source read failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     #[error("looking up volume {vid} on the source filer: {status}")]
     Lookup {

@@ -60,6 +60,9 @@ pub struct SourceOptions {
     /// `filerProxy`: the filer's HTTP `host:port`, through which chunks are read
     /// (`/?proxyChunkId=<fid>`) instead of from the volume servers.
     pub proxy: Option<String>,
+    /// Chunks read are kept for other readers (the other sinks), up to this many bytes
+    /// in all; 0 keeps none.
+    pub shared_read_bytes: u64,
 }
 
 impl SourceOptions {
@@ -74,6 +77,7 @@ impl SourceOptions {
             prefetch: 1,
             grpc_tls: None,
             proxy: None,
+            shared_read_bytes: 0,
         }
     }
 }
@@ -93,6 +97,10 @@ pub struct FilerSource {
     locations: Mutex<HashMap<String, (Instant, Vec<Location>)>>,
     /// Chunks fetched ahead across all files being read at once.
     read_ahead: Arc<tokio::sync::Semaphore>,
+    /// Chunks as the volume servers sent them, by file id, for the other sinks (see
+    /// [`SourceOptions::shared_read_bytes`]). A read of a chunk that another is reading
+    /// waits for that one instead of asking again.
+    shared: Option<moka::future::Cache<String, (Bytes, bool)>>,
 }
 
 /// `mtime` and `mtime_ns` of an entry as nanoseconds.
@@ -115,6 +123,15 @@ impl FilerSource {
             read_ahead: Arc::new(tokio::sync::Semaphore::new(
                 (opts.prefetch * READ_AHEAD_FILES).max(1),
             )),
+            shared: (opts.shared_read_bytes > 0).then(|| {
+                moka::future::Cache::builder()
+                    .max_capacity(opts.shared_read_bytes)
+                    .weigher(|fid: &String, (body, _): &(Bytes, bool)| {
+                        u32::try_from(fid.len() + body.len()).unwrap_or(u32::MAX)
+                    })
+                    .eviction_policy(moka::policy::EvictionPolicy::lru())
+                    .build()
+            }),
             opts,
             locations: Mutex::new(HashMap::new()),
         })
@@ -128,6 +145,7 @@ impl FilerSource {
                 grpc_address: grpc_address.to_string(),
                 // The proxy is the source filer's; another filer's chunks are read directly.
                 proxy: None,
+                shared_read_bytes: 0,
                 ..self.opts.clone()
             },
             self.http.clone(),
@@ -272,6 +290,36 @@ impl FilerSource {
             .ok_or_else(|| chunk_err("?", "chunk has neither file_id nor fid", false))?;
         let vid =
             fileid::volume_id(&fid).ok_or_else(|| chunk_err(&fid, "malformed file id", false))?;
+        let Some(shared) = &self.shared else {
+            return self.fetch_from_replicas(&fid, vid, decode).await;
+        };
+        // A body is shared only once it decodes (a damaged replica's is not), and each
+        // reader decodes it as it needs it.
+        let (body, gzipped) = shared
+            .try_get_with(
+                fid.clone(),
+                self.fetch_from_replicas(&fid, vid, |fid, body, gzipped| {
+                    decode_chunk(fid, body.clone(), gzipped, chunk, false)?;
+                    Ok((body, gzipped))
+                }),
+            )
+            .await
+            .map_err(|e| (*e).clone())?;
+        let decoded = decode(&fid, body, gzipped);
+        if decoded.is_err() {
+            shared.invalidate(&fid).await;
+        }
+        decoded
+    }
+
+    /// Fetch chunk `fid` of volume `vid` from the first replica whose answer decodes
+    /// (or through the filer's proxy).
+    async fn fetch_from_replicas<T>(
+        &self,
+        fid: &str,
+        vid: &str,
+        decode: impl Fn(&str, Bytes, bool) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
         if let Some(filer) = &self.opts.proxy {
             // The filer finds a replica and relays the answer; it retries nothing, the
             // pipeline does. Newer filers sign the read themselves (with the volume
@@ -281,19 +329,19 @@ impl FilerSource {
                 "{}://{filer}/?proxyChunkId={fid}&readDeleted=true",
                 self.scheme()
             );
-            let (body, gzipped) = self.get(&url, &fid).await?;
+            let (body, gzipped) = self.get(&url, fid).await?;
             crate::metrics::get().copied(body.len() as u64);
-            return decode(&fid, body, gzipped);
+            return decode(fid, body, gzipped);
         }
         let mut last = None;
         for refresh in [false, true] {
             let locs = self.lookup(vid, refresh).await?;
             for loc in &locs {
                 let url = format!("{}://{}/{fid}?readDeleted=true", self.scheme(), loc.url);
-                let result = match self.get(&url, &fid).await {
+                let result = match self.get(&url, fid).await {
                     Ok((body, gzipped)) => {
                         crate::metrics::get().copied(body.len() as u64);
-                        decode(&fid, body, gzipped)
+                        decode(fid, body, gzipped)
                     }
                     Err(e) => Err(e),
                 };
@@ -307,7 +355,7 @@ impl FilerSource {
             }
             self.forget(vid);
         }
-        Err(last.unwrap_or_else(|| chunk_err(&fid, "no replica answered", true)))
+        Err(last.unwrap_or_else(|| chunk_err(fid, "no replica answered", true)))
     }
 
     fn scheme(&self) -> &'static str {

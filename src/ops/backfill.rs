@@ -116,6 +116,26 @@ async fn backfill(
 ) -> Result<(), AppError> {
     let setup = Setup::load(config_dir, config)?;
     setup.warn_typos();
+    if !setup.settings.several_sinks() {
+        return backfill_one(&setup, state_file, restart, stop).await;
+    }
+    // Several sinks: one after the other, each with a state file of its own; each
+    // chunk read for the first is kept in the shared cache for the others as room allows.
+    for view in setup.views() {
+        let mut name = state_file.as_os_str().to_owned();
+        name.push(format!(".{}", view.settings.sink_id));
+        println!("sink {}:", view.settings.sink_id);
+        backfill_one(&view, Path::new(&name), restart, stop.clone()).await?;
+    }
+    Ok(())
+}
+
+async fn backfill_one(
+    setup: &Setup,
+    state_file: &Path,
+    restart: bool,
+    stop: CancellationToken,
+) -> Result<(), AppError> {
     let s = &setup.settings;
     let open = setup.sink().await?;
     let header = format!(

@@ -71,6 +71,14 @@ pub(crate) async fn run(
         s.sink.name(),
         s.sink.directory()
     );
+    for other in &s.also {
+        println!(
+            "  ok    and to the {} sink [sink.{}] at {}",
+            other.settings.name(),
+            other.id,
+            other.settings.directory()
+        );
+    }
 
     println!("connectivity");
     let mut failed = 0;
@@ -107,18 +115,26 @@ pub(crate) async fn run(
     if !input_ok {
         failed += 1;
     }
-    let open = setup.sink().await?;
-    let what = open.sink.describe();
-    if !probe("sink", async {
-        open.sink
-            .probe()
-            .await
-            .map(|()| what.clone())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    {
-        failed += 1;
+    let views = setup.views();
+    for view in &views {
+        let open = view.sink().await?;
+        let what = open.sink.describe();
+        let label = if views.len() > 1 {
+            format!("sink {}", view.settings.sink_id)
+        } else {
+            "sink".to_string()
+        };
+        if !probe(&label, async {
+            open.sink
+                .probe()
+                .await
+                .map(|()| what.clone())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        {
+            failed += 1;
+        }
     }
     if !setup.settings.typos.is_empty() {
         let n = setup.settings.typos.len();

@@ -35,10 +35,24 @@ fn origin(path: &str) -> Origin {
     }
 }
 
+/// How a reconciliation's events reach the sink: straight through its pipeline
+/// ([`through`]), or into the lane its live events run in (several sinks), so that a
+/// replay and a live event on related paths never run at once.
+pub(crate) type Submit =
+    Arc<dyn Fn(RawEvent, Origin) -> futures::future::BoxFuture<'static, Disposition> + Send + Sync>;
+
+/// Events straight through `pipeline`.
+pub(crate) fn through(pipeline: Arc<Pipeline>) -> Submit {
+    Arc::new(move |event, origin| {
+        let pipeline = pipeline.clone();
+        Box::pin(async move { pipeline.handle(&event, &origin).await })
+    })
+}
+
 /// Reconcile once; `Err` when the source or the sink cannot be listed.
 pub(crate) async fn run(
     setup: &Setup,
-    pipeline: Arc<Pipeline>,
+    submit: Submit,
     stop: &CancellationToken,
 ) -> Result<Summary, String> {
     let s = &setup.settings;
@@ -68,11 +82,8 @@ pub(crate) async fn run(
                 ));
             }
             let event = RawEvent::created(&dir, &entry);
-            let pipeline = pipeline.clone();
-            replays.push(async move {
-                let path = event.key.clone();
-                pipeline.handle(&event, &origin(&path)).await
-            });
+            let path = event.key.clone();
+            replays.push(submit(event, origin(&path)));
         }
         let mut done = futures::stream::iter(replays).buffer_unordered(concurrency);
         while let Some(d) = done.next().await {
@@ -106,11 +117,7 @@ pub(crate) async fn run(
         if super::plain_path(&path).is_none_or(|parts| rules.excluded_entry(&parts, false)) {
             continue;
         }
-        let pipeline = pipeline.clone();
-        deletes.push(async move {
-            let event = RawEvent::deleted(&path);
-            pipeline.handle(&event, &origin(&path)).await
-        });
+        deletes.push(submit(RawEvent::deleted(&path), origin(&path)));
     }
     let mut done = futures::stream::iter(deletes).buffer_unordered(concurrency);
     while let Some(d) = done.next().await {
@@ -142,7 +149,7 @@ pub(crate) async fn serve(
             "reconciling the sink with the source"
         );
         let started = std::time::Instant::now();
-        match run(&setup, pipeline.clone(), &stop).await {
+        match run(&setup, through(pipeline.clone()), &stop).await {
             Ok(s) if stop.is_cancelled() => {
                 tracing::warn!(
                     entries = s.entries,

@@ -94,6 +94,24 @@ pub(crate) async fn run(
 ) -> Result<(), AppError> {
     let setup = Setup::load(config_dir, config)?;
     setup.warn_typos();
+    if !setup.settings.several_sinks() {
+        return verify(&setup, mode).await;
+    }
+    // Several sinks: each is verified; the worst outcome is the exit status.
+    let mut worst: Option<AppError> = None;
+    for view in setup.views() {
+        println!("sink {}:", view.settings.sink_id);
+        if let Err(e) = verify(&view, mode).await {
+            println!("sink {}: {e}", view.settings.sink_id);
+            if worst.as_ref().is_none_or(|w| e.exit_code() > w.exit_code()) {
+                worst = Some(e);
+            }
+        }
+    }
+    worst.map_or(Ok(()), Err)
+}
+
+async fn verify(setup: &Setup, mode: Mode) -> Result<(), AppError> {
     let s = &setup.settings;
     if s.sink.incremental() {
         return Err(AppError::Usage(format!(
@@ -251,7 +269,7 @@ pub(crate) async fn run(
             plural(differences.len())
         )));
     }
-    repair(&setup, &root, mode, &differences, &to_repair, &stop).await
+    repair(setup, &root, mode, &differences, &to_repair, &stop).await
 }
 
 /// Replay creates for what is missing or differs, deletes for what is extra (with

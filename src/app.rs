@@ -120,6 +120,9 @@ async fn replicate(
     if let Some(start) = start_over {
         setup.start_over(start)?;
     }
+    if setup.settings.several_sinks() {
+        carry_checkpoint_over(&mut setup);
+    }
     let setup = Arc::new(setup);
     setup.warn_typos();
     let settings = &setup.settings;
@@ -143,12 +146,19 @@ async fn replicate(
     if settings.several_sinks() {
         return several(setup, stop, hard_stop, metrics_server).await;
     }
+    let leftover = left_by_several(&setup).await?;
     let open = setup.sink().await?;
     let Some(skip_signatures) = setup.connect(&open, &stop).await else {
         return Ok(());
     };
     if let (Some((_, client)), Some(_)) = (&open.target, &settings.trash) {
-        refuse_a_trash_above_buckets(client.clone(), &settings.sink.directory(), raw).await?;
+        refuse_a_trash_above_buckets(
+            client.clone(),
+            &settings.sink.directory(),
+            raw,
+            &settings.sink_id,
+        )
+        .await?;
     }
     tracing::info!(sink = settings.sink.name(), directory = %settings.sink.directory(), "Configure sink to {}", settings.sink.name());
     if let Err(e) = open.sink.recover().await {
@@ -160,7 +170,21 @@ async fn replicate(
         .replicate
         .parked_file
         .with_file_name("replicate.reconcile-pending");
-    let reconciler = crate::gaps::init(settings.replicate.on_gap, marker).map(|gaps| {
+    let gaps = crate::gaps::init(settings.replicate.on_gap, marker);
+    if let Some(events) = leftover {
+        let then = crate::gaps::report(
+            crate::gaps::Reason::BacklogLeft,
+            &format!(
+                "this sink's backlog from a run with several sinks held {events} events it had not applied (they were acknowledged to the input then)"
+            ),
+        );
+        if then == crate::gaps::Then::Stop {
+            crate::metrics::get().set_started();
+            stop.cancelled().await;
+            return Ok(());
+        }
+    }
+    let reconciler = gaps.map(|gaps| {
         tokio::spawn(crate::ops::reconcile::serve(
             setup.clone(),
             pipeline.clone(),
@@ -210,6 +234,80 @@ async fn replicate(
     Ok(())
 }
 
+/// Several sinks on the metadata log: remember the checkpoint key in `sinks/`, and when
+/// it changed (the first sink is another now), look under the one used before.
+fn carry_checkpoint_over(setup: &mut Setup) {
+    let file = setup
+        .settings
+        .replicate
+        .parked_file
+        .with_file_name("sinks")
+        .join("checkpoint-key");
+    let crate::config::settings::InputSettings::Subscribe(cfg) = &mut setup.settings.input else {
+        return;
+    };
+    let before = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|text| hex::decode(text.trim()).ok())
+        .filter(|key| !key.is_empty() && key.len() <= 1024);
+    if let Some(before) = before
+        && before != cfg.checkpoint_key
+    {
+        cfg.previous_checkpoint_key = Some(before);
+    }
+    let written = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&file, hex::encode(&cfg.checkpoint_key) + "\n"));
+    if let Err(e) = written {
+        tracing::warn!(file = %file.display(), error = %e, "cannot remember the checkpoint key");
+    }
+}
+
+/// One sink, where a run with several sinks left their state (`sinks/` beside the parked
+/// file): this start counts as a run the others missed (each is reconciled when it is
+/// fed again), and this sink's own backlog is set aside; the number of events it held,
+/// if any (a gap: they were acknowledged to the input and never applied).
+async fn left_by_several(setup: &Setup) -> Result<Option<u64>, AppError> {
+    let settings = &setup.settings;
+    let sinks = settings.replicate.parked_file.with_file_name("sinks");
+    if !sinks.is_dir() {
+        return Ok(None);
+    }
+    crate::fanout::Runs::next(&sinks).map_err(AppError::Runtime)?;
+    let own = sinks.join(&settings.sink_id);
+    if !own.join("backlog.redb").exists() {
+        return Ok(None);
+    }
+    let id: &'static str = Box::leak(settings.sink_id.clone().into_boxed_str());
+    let runs = crate::fanout::Runs {
+        previous: 0,
+        current: 0,
+    };
+    let held = crate::fanout::Backlog::open(id, &own, u64::MAX, runs)
+        .map(|b| b.len())
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    // The database closes with its writer, which notices its backlog is gone.
+    let aside = own.with_file_name(format!(
+        "{}.left-{}",
+        settings.sink_id,
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    let mut tries = 0;
+    while let Err(e) = std::fs::rename(&own, &aside) {
+        tries += 1;
+        if tries > 50 {
+            return Err(AppError::Runtime(format!(
+                "moving {} aside: {e}",
+                own.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!(sink = id, moved_to = %aside.display(), "one sink now, where several were fed: its backlog is set aside");
+    Ok((held > 0).then_some(held))
+}
+
 /// Retention sweeps for the dated directories of one sink: its dated copies, its trash.
 fn spawn_retention(setup: &Arc<Setup>, stop: &CancellationToken) {
     use crate::ops::retention::Dated;
@@ -249,6 +347,8 @@ async fn several(
     for view in &views {
         opened.push(view.sink().await?);
     }
+    let sinks_dir = settings.replicate.parked_file.with_file_name("sinks");
+    let runs = crate::fanout::Runs::next(&sinks_dir).map_err(AppError::Runtime)?;
     let mut backlogs = Vec::new();
     for view in &views {
         let id: &'static str = Box::leak(view.settings.sink_id.clone().into_boxed_str());
@@ -260,7 +360,7 @@ async fn several(
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
-        let backlog = Backlog::open(id, &dir, view.settings.replicate.backlog_events)
+        let backlog = Backlog::open(id, &dir, view.settings.replicate.backlog_events, runs)
             .map_err(|e| AppError::Runtime(e.to_string()))?;
         backlogs.push(backlog);
     }
@@ -332,7 +432,7 @@ async fn several(
             },
             stop.clone(),
         )
-        .fanning_out(FanOut::new(backlogs)),
+        .handing_on(Box::new(FanOut::new(backlogs))),
     );
     let input = setup.input();
     tracing::info!(input = %input.describe(), "Configure notification input to {}", settings.input.name());
@@ -345,9 +445,12 @@ async fn several(
         Some(e) = fatal_rx.recv() => Err(e),
     };
     stop.cancel();
-    for sink in sinks {
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), sink).await;
-    }
+    // One deadline for all: each ends within the shutdown grace.
+    let _ = tokio::time::timeout(
+        SHUTDOWN_GRACE + Duration::from_secs(2),
+        futures::future::join_all(sinks),
+    )
+    .await;
     if let Some(server) = metrics_server {
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     }
@@ -369,9 +472,13 @@ async fn run_sink(
     };
     crate::metrics::get().set_sink_up(backlog.id, true);
     if let (Some((_, client)), Some(_)) = (&open.target, &settings.trash)
-        && let Err(e) =
-            refuse_a_trash_above_buckets(client.clone(), &settings.sink.directory(), &setup.raw)
-                .await
+        && let Err(e) = refuse_a_trash_above_buckets(
+            client.clone(),
+            &settings.sink.directory(),
+            &setup.raw,
+            &settings.sink_id,
+        )
+        .await
     {
         let _ = fatal.send(e).await;
         return;
@@ -415,6 +522,7 @@ async fn refuse_a_trash_above_buckets(
     mut client: crate::pb::seaweed_filer_client::SeaweedFilerClient<tonic::transport::Channel>,
     directory: &str,
     raw: &crate::config::RawConfig,
+    sink_id: &str,
 ) -> Result<(), AppError> {
     let buckets = match client
         .get_filer_configuration(crate::pb::GetFilerConfigurationRequest {})
@@ -433,7 +541,7 @@ async fn refuse_a_trash_above_buckets(
     if crate::replicate::path::is_equal_or_under(&parts(&buckets), &parts(directory)) {
         return Err(config_error(
             raw,
-            "sink.filer.deletes",
+            &format!("sink.{sink_id}.deletes"),
             format!(
                 "\"trash\" into {directory:?} would hold entries of several buckets of the \
                  target's {buckets}, and a filer drops a bucket's data with the bucket; \

@@ -33,8 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// 1 while a reconciliation is owed.
+/// How many reconciliations were owed since the last one finished (0: none owed).
 const OWED: &str = "owed";
+/// The run of the set of sinks this sink last took part in (see [`Runs`]).
+const RUN: &str = "run";
 /// The sequence number the next event gets (numbers never go back, not even after the
 /// backlog was emptied).
 const NEXT: &str = "next";
@@ -71,6 +73,47 @@ pub(crate) struct Backlog {
     progress: Mutex<Progress>,
     /// Logged the overflow already (once per state change).
     overflowing: AtomicBool,
+    /// Logged that appends fail (once per state change).
+    append_failing: AtomicBool,
+    /// Reads so far (a feeder that waits reads only when there is something new).
+    reads: AtomicU64,
+}
+
+/// Which run of the set of sinks this is. Each start with several sinks is a run; so is
+/// each start with one sink while `sinks/` exists, for the sinks left out of it. A
+/// sink whose last run is before the previous one was not fed for a while and owes a
+/// reconciliation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Runs {
+    pub previous: u64,
+    pub current: u64,
+}
+
+impl Runs {
+    /// Count this start as a run in `sinks` (the directory of the sinks' state): read the
+    /// last run and write the next. A file that does not say a number counts as none.
+    pub(crate) fn next(sinks: &Path) -> Result<Runs, String> {
+        let file = sinks.join("run");
+        let previous = match std::fs::read_to_string(&file) {
+            Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
+                tracing::warn!(file = %file.display(), "not a run number; every sink is reconciled with the source");
+                u64::MAX - 1
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        let runs = Runs {
+            previous,
+            current: previous.saturating_add(1),
+        };
+        std::fs::create_dir_all(sinks).map_err(|e| format!("{}: {e}", sinks.display()))?;
+        let temp = sinks.join("run.new");
+        std::fs::write(&temp, format!("{}\n", runs.current))
+            .and_then(|()| std::fs::File::open(&temp)?.sync_all())
+            .and_then(|()| std::fs::rename(&temp, &file))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(runs)
+    }
 }
 
 #[derive(Default)]
@@ -82,6 +125,8 @@ struct Progress {
     held: Option<u64>,
     /// Everything up to this one was removed.
     trimmed: Option<u64>,
+    /// Everything before this one was dropped (an overflow): holds below it are void.
+    dropped_below: u64,
 }
 
 impl Backlog {
@@ -92,6 +137,7 @@ impl Backlog {
         id: &'static str,
         dir: &Path,
         limit: u64,
+        runs: Runs,
     ) -> Result<Arc<Backlog>, BacklogError> {
         let path = dir.join("backlog.redb");
         let fail = |detail: String| BacklogError {
@@ -99,42 +145,46 @@ impl Backlog {
             detail,
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(format!("creating its directory: {e}")))?;
-        // A sink that joins is made equal to the source once: without it, it would hold
-        // only what changes from now on.
-        let joins = !path.exists();
-        if joins {
+        if !path.exists() {
+            // A sink that joins is made equal to the source once: without it, it would
+            // hold only what changes from now on. Made under another name and renamed,
+            // so that a crash in between cannot leave a backlog that owes nothing.
             tracing::info!(
                 sink = id,
                 "a new sink: it is reconciled with the source once, alongside the events that follow"
             );
-        }
-        let mut damaged = false;
-        let db = match redb::Database::create(&path) {
-            Ok(db) => db,
-            Err(e)
-                if match &e {
-                    redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))
-                    | redb::DatabaseError::UpgradeRequired(_) => true,
-                    redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
-                        io.kind() == std::io::ErrorKind::InvalidData
-                    }
-                    _ => false,
-                } =>
+            let fresh = path.with_extension("redb.new");
+            let _ = std::fs::remove_file(&fresh);
             {
+                let db = redb::Database::create(&fresh).map_err(|e| fail(e.to_string()))?;
+                Self::prepare(&db, true, runs, id).map_err(fail)?;
+            }
+            std::fs::rename(&fresh, &path).map_err(|e| fail(format!("naming it: {e}")))?;
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let opened = redb::Database::create(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|db| Self::prepare(&db, false, runs, id).map(|state| (db, state)));
+        let (db, (count, next, owed)) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                // Not a backlog (damaged, or another file): kept aside, and the sink is
+                // reconciled with the source. What it held is lost, nothing else is.
                 let aside = path.with_extension(format!(
                     "redb.damaged-{}",
-                    chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+                    chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
                 ));
                 tracing::error!(sink = id, file = %path.display(), moved_to = %aside.display(), error = %e,
                     "the sink's backlog cannot be opened; it is moved aside, and the sink is reconciled with the source");
                 std::fs::rename(&path, &aside)
                     .map_err(|e| fail(format!("moving a damaged backlog aside: {e}")))?;
-                damaged = true;
-                redb::Database::create(&path).map_err(|e| fail(e.to_string()))?
+                let db = redb::Database::create(&path).map_err(|e| fail(e.to_string()))?;
+                let state = Self::prepare(&db, true, runs, id).map_err(fail)?;
+                (db, state)
             }
-            Err(e) => return Err(fail(e.to_string())),
         };
-        let (count, next, owed) = Self::prepare(&db, damaged || joins).map_err(fail)?;
         let (tx, rx) = mpsc::channel(BATCH);
         let backlog = Arc::new(Backlog {
             id,
@@ -147,6 +197,8 @@ impl Backlog {
             owed: watch::channel(owed).0,
             progress: Mutex::new(Progress::default()),
             overflowing: false.into(),
+            append_failing: false.into(),
+            reads: 0.into(),
         });
         crate::metrics::get().set_sink_backlog(id, count);
         tokio::spawn(Self::write_loop(Arc::downgrade(&backlog), rx));
@@ -154,8 +206,14 @@ impl Backlog {
     }
 
     /// Create the tables; the number of events held, the next sequence number, whether
-    /// a reconciliation is owed (marked so when `owe`).
-    fn prepare(db: &redb::Database, owe: bool) -> Result<(u64, u64, bool), String> {
+    /// a reconciliation is owed (one more when `owe`, or when this sink missed a run of
+    /// the set).
+    fn prepare(
+        db: &redb::Database,
+        owe: bool,
+        runs: Runs,
+        id: &str,
+    ) -> Result<(u64, u64, bool), String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let txn = db.begin_write().map_err(|x| e(&x))?;
         let out = {
@@ -167,20 +225,28 @@ impl Backlog {
                 .map_err(|x| e(&x))?
                 .map(|(k, _)| k.value() + 1)
                 .unwrap_or(0);
-            let next = meta
-                .get(NEXT)
-                .map_err(|x| e(&x))?
-                .map(|v| v.value())
-                .unwrap_or(0)
-                .max(last);
-            if owe {
-                meta.insert(OWED, 1).map_err(|x| e(&x))?;
+            let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<u64, String> {
+                Ok(meta
+                    .get(k)
+                    .map_err(|x| e(&x))?
+                    .map(|v| v.value())
+                    .unwrap_or(0))
+            };
+            let next = get(&meta, NEXT)?.max(last);
+            let mut owed = get(&meta, OWED)?;
+            let missed = !owe && get(&meta, RUN)? < runs.previous;
+            if owe || missed {
+                owed = owed.saturating_add(1);
+                meta.insert(OWED, owed).map_err(|x| e(&x))?;
             }
-            let owed = meta
-                .get(OWED)
-                .map_err(|x| e(&x))?
-                .is_some_and(|v| v.value() == 1);
-            (count, next, owed)
+            meta.insert(RUN, runs.current).map_err(|x| e(&x))?;
+            if missed {
+                tracing::warn!(
+                    sink = id,
+                    "this sink was not fed for a while (it was left out of a run, or replicate ran with one sink); it is reconciled with the source"
+                );
+            }
+            (count, next, owed > 0)
         };
         txn.commit().map_err(|x| e(&x))?;
         Ok(out)
@@ -239,7 +305,13 @@ impl Backlog {
                 // Everything it held and these go; the reconciliation brings what it
                 // would have brought.
                 events.retain(|_, _| false).map_err(|x| e(&x))?;
-                meta.insert(OWED, 1).map_err(|x| e(&x))?;
+                let owed = meta
+                    .get(OWED)
+                    .map_err(|x| e(&x))?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                meta.insert(OWED, owed.saturating_add(1))
+                    .map_err(|x| e(&x))?;
                 next += records.len() as u64;
             } else {
                 for r in records {
@@ -254,6 +326,11 @@ impl Backlog {
         self.count.store(count, Ordering::Relaxed);
         crate::metrics::get().set_sink_backlog(self.id, count);
         if overflow {
+            {
+                let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+                p.held = None;
+                p.dropped_below = next;
+            }
             crate::metrics::get().sink_backlog_dropped(self.id);
             if !self.overflowing.swap(true, Ordering::Relaxed) {
                 tracing::error!(
@@ -272,6 +349,7 @@ impl Backlog {
 
     /// Up to `max` events from sequence number `from` on.
     fn read_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, String> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let txn = self.db.begin_read().map_err(|x| e(&x))?;
         let events = txn.open_table(EVENTS).map_err(|x| e(&x))?;
@@ -317,21 +395,64 @@ impl Backlog {
         Ok(count)
     }
 
-    /// A reconciliation is owed (a gap in the input): recorded before this returns.
-    pub(crate) fn owe(&self) -> Result<(), String> {
-        self.set_owed(true)
+    /// Events it holds (finished or not, until removed).
+    pub(crate) fn len(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
     }
 
-    fn set_owed(&self, owed: bool) -> Result<(), String> {
+    /// A reconciliation is owed (a gap in the input): recorded before this returns.
+    pub(crate) fn owe(&self) -> Result<(), String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let txn = self.db.begin_write().map_err(|x| e(&x))?;
         {
             let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
-            meta.insert(OWED, u64::from(owed)).map_err(|x| e(&x))?;
+            let owed = meta
+                .get(OWED)
+                .map_err(|x| e(&x))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            meta.insert(OWED, owed.saturating_add(1))
+                .map_err(|x| e(&x))?;
         }
         txn.commit().map_err(|x| e(&x))?;
-        self.owed.send_replace(owed);
+        self.owed.send_replace(true);
         Ok(())
+    }
+
+    /// The reconciliations owed now (0: none).
+    fn debt(&self) -> Result<u64, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let txn = self.db.begin_read().map_err(|x| e(&x))?;
+        let meta = txn.open_table(META).map_err(|x| e(&x))?;
+        Ok(meta
+            .get(OWED)
+            .map_err(|x| e(&x))?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// A reconciliation that began when `debt` were owed finished: nothing is owed any
+    /// more, unless more came meanwhile (then `false`, and another runs).
+    fn settle(&self, debt: u64) -> Result<bool, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let txn = self.db.begin_write().map_err(|x| e(&x))?;
+        let settled = {
+            let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
+            let now = meta
+                .get(OWED)
+                .map_err(|x| e(&x))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if now == debt {
+                meta.insert(OWED, 0).map_err(|x| e(&x))?;
+            }
+            now == debt
+        };
+        txn.commit().map_err(|x| e(&x))?;
+        if settled {
+            self.owed.send_replace(false);
+        }
+        Ok(settled)
     }
 
     fn done(&self, seq: u64) {
@@ -340,7 +461,9 @@ impl Backlog {
 
     fn hold(&self, seq: u64) {
         let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        p.held = Some(p.held.map_or(seq, |h| h.min(seq)));
+        if seq >= p.dropped_below {
+            p.held = Some(p.held.map_or(seq, |h| h.min(seq)));
+        }
     }
 }
 
@@ -452,41 +575,41 @@ impl FanOut {
     pub(crate) fn new(backlogs: Vec<Arc<Backlog>>) -> Self {
         FanOut { backlogs }
     }
+}
 
+#[async_trait::async_trait]
+impl crate::pipeline::Outlet for FanOut {
     /// Put the event in every backlog: `Done` once all hold it. A backlog that cannot
     /// be written (a full or failing local disk) is an outage of this process's own
     /// state: waited out with backoff, logged once; `Abandoned` at shutdown.
-    pub(crate) async fn append(
-        &self,
-        raw: &RawEvent,
-        origin: &Origin,
-        stop: &CancellationToken,
-    ) -> Disposition {
+    async fn take(&self, raw: &RawEvent, origin: &Origin, stop: &CancellationToken) -> Disposition {
         let record = Arc::new(encode(raw, origin));
         let mut missing: Vec<&Arc<Backlog>> = self.backlogs.iter().collect();
         let mut backoff =
             crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        let mut failing = false;
         loop {
             let results =
                 futures::future::join_all(missing.iter().map(|b| b.append(record.clone()))).await;
             let mut still = Vec::new();
             for (b, r) in missing.into_iter().zip(results) {
-                if let Err(e) = r {
-                    if !failing {
-                        tracing::error!(sink = b.id, file = %b.path.display(), error = %e,
-                            "cannot write to the sink's backlog; the input waits for it, retrying");
+                match r {
+                    Ok(()) => {
+                        if b.append_failing.swap(false, Ordering::Relaxed) {
+                            tracing::info!(sink = b.id, "the sink's backlog takes events again");
+                        }
                     }
-                    still.push(b);
+                    Err(e) => {
+                        if !b.append_failing.swap(true, Ordering::Relaxed) {
+                            tracing::error!(sink = b.id, file = %b.path.display(), error = %e,
+                                "cannot write to the sink's backlog (it is on local disk, beside parked_file); the input waits for it, retrying");
+                        }
+                        still.push(b);
+                    }
                 }
             }
             if still.is_empty() {
-                if failing {
-                    tracing::info!("the sinks' backlogs take events again");
-                }
                 return Disposition::Done;
             }
-            failing = true;
             missing = still;
             tokio::select! {
                 _ = stop.cancelled() => return Disposition::Abandoned,
@@ -529,12 +652,15 @@ pub(crate) async fn drain(
     let (tx, mut rx) = mpsc::channel::<LaneItem>(concurrency);
     // The last backlog event handed to the lane (`u64::MAX`: none yet).
     let fed = Arc::new(AtomicU64::new(u64::MAX));
-    tokio::spawn(trim_loop(backlog.clone(), stop.clone()));
+    // The helpers end with the drain (a sink stopped at a bad message goes no further).
+    let helpers = stop.child_token();
+    let _helpers_end = helpers.clone().drop_guard();
+    tokio::spawn(trim_loop(backlog.clone(), helpers.clone()));
     tokio::spawn(reconcile_loop(
         backlog.clone(),
         into_lane(tx.clone(), fed.clone()),
         setup,
-        stop.clone(),
+        helpers.clone(),
     ));
     let feeder = feed(backlog.clone(), tx, fed, stop.clone());
     let lane = crate::lane::run(
@@ -574,9 +700,14 @@ pub(crate) async fn drain(
         },
     );
     tokio::pin!(lane);
-    let (end, _) = tokio::select! {
-        r = &mut lane => r,
-        _ = feeder => lane.await,
+    let end = tokio::select! {
+        (end, _) = &mut lane => end,
+        _ = feeder => tokio::select! {
+            // What runs finishes within the shutdown grace; a reconciliation still
+            // listing the sink does not keep the lane open past it.
+            (end, _) = &mut lane => end,
+            _ = hard_stop.cancelled() => crate::lane::LaneEnd::Abandoned,
+        },
     };
     if end == crate::lane::LaneEnd::Stopped {
         tracing::error!(
@@ -601,6 +732,8 @@ async fn feed(
     let mut retry = crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut failing = false;
     loop {
+        // Every event numbered below this was appended before the read that follows.
+        let appended_before = *appended.borrow_and_update();
         let b = backlog.clone();
         let read = tokio::task::spawn_blocking(move || b.read_from(next, 256))
             .await
@@ -626,7 +759,9 @@ async fn feed(
             }
         };
         if batch.is_empty() {
-            // Wait for an append past what was read.
+            // What is numbered below `appended_before` and was not read is gone
+            // (removed, or dropped): wait for an append past it.
+            next = next.max(appended_before);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 r = appended.wait_for(|n| *n > next) => if r.is_err() { return },
@@ -689,6 +824,7 @@ fn into_lane(tx: mpsc::Sender<LaneItem>, fed: Arc<AtomicU64>) -> crate::ops::rec
 }
 
 async fn trim_loop(backlog: Arc<Backlog>, stop: CancellationToken) {
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -696,17 +832,27 @@ async fn trim_loop(backlog: Arc<Backlog>, stop: CancellationToken) {
         }
         let b = backlog.clone();
         match tokio::task::spawn_blocking(move || b.trim()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(sink = backlog.id, error = %e, "removing finished events from the sink's backlog failed; tried again")
+            Ok(Ok(_)) if failing => {
+                failing = false;
+                tracing::info!(
+                    sink = backlog.id,
+                    "finished events are removed from the sink's backlog again"
+                );
             }
-            Err(_) => {}
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::warn!(sink = backlog.id, error = %e, "removing finished events from the sink's backlog failed; tried again (they run again after a restart)");
+            }
+            Ok(Err(_)) | Err(_) => {}
         }
     }
 }
 
-/// Whenever a reconciliation is owed: run it (again after a failure, with backoff)
-/// through the sink's lane, and clear the debt once one finished.
+/// Whenever a reconciliation is owed: run it through the sink's lane (again, with
+/// backoff, after one that failed or left events unapplied), and settle the debt once
+/// one finished whole. The debt stays recorded until then, so a stop or a crash in the
+/// middle leaves it owed.
 async fn reconcile_loop(
     backlog: Arc<Backlog>,
     submit: crate::ops::reconcile::Submit,
@@ -715,55 +861,64 @@ async fn reconcile_loop(
 ) {
     let mut owed = backlog.owed.subscribe();
     let mut retry = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    let owe = |owed: bool| {
-        let b = backlog.clone();
-        async move {
-            match tokio::task::spawn_blocking(move || b.set_owed(owed)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot record whether the sink owes a reconciliation")
-                }
-                Err(_) => {}
-            }
-        }
-    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             r = owed.wait_for(|o| *o) => if r.is_err() { return },
         }
-        // Cleared first: a gap that comes during the run owes another.
-        owe(false).await;
+        let b = backlog.clone();
+        let debt = match tokio::task::spawn_blocking(move || b.debt()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                tracing::warn!(sink = backlog.id, error = %e, "cannot read whether the sink owes a reconciliation; running one");
+                u64::MAX
+            }
+            Err(_) => u64::MAX,
+        };
         tracing::warn!(
             sink = backlog.id,
-            "reconciling the sink with the source (it joined, lost its backlog, or the input found a gap)"
+            "reconciling the sink with the source (it joined, was left out for a while, lost its backlog, or the input found a gap)"
         );
         let started = std::time::Instant::now();
-        match crate::ops::reconcile::run(&setup, submit.clone(), &stop).await {
+        let failed = match crate::ops::reconcile::run(&setup, submit.clone(), &stop).await {
             Ok(_) if stop.is_cancelled() => {
-                owe(true).await;
                 tracing::warn!(
                     sink = backlog.id,
                     "reconciliation interrupted by shutdown; it runs again at the next start"
                 );
                 return;
             }
-            Ok(s) => {
+            Ok(s) if s.failed == 0 => {
                 retry.reset();
-                tracing::info!(sink = backlog.id, entries = s.entries, deleted = s.deleted, failed = s.failed,
+                tracing::info!(sink = backlog.id, entries = s.entries, deleted = s.deleted,
                     took = ?started.elapsed(), "reconciliation finished");
-            }
-            Err(e) => {
-                owe(true).await;
-                if stop.is_cancelled() {
-                    return;
+                let b = backlog.clone();
+                match tokio::task::spawn_blocking(move || b.settle(debt)).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => tracing::info!(
+                        sink = backlog.id,
+                        "another reconciliation was owed meanwhile"
+                    ),
+                    Ok(Err(e)) => {
+                        tracing::warn!(sink = backlog.id, error = %e, "cannot record that the reconciliation finished; it runs again")
+                    }
+                    Err(_) => {}
                 }
-                tracing::warn!(sink = backlog.id, error = %e, "reconciliation failed; tried again");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(retry.next_wait()) => {}
-                }
+                continue;
             }
+            Ok(s) => format!(
+                "{} of {} entries did not reach the sink",
+                s.failed, s.entries
+            ),
+            Err(e) => e,
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        tracing::warn!(sink = backlog.id, error = %failed, "reconciliation incomplete; it runs again");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(retry.next_wait()) => {}
         }
     }
 }
@@ -844,8 +999,18 @@ mod tests {
     #[tokio::test]
     async fn a_backlog_keeps_what_is_unfinished_across_a_reopen_and_drops_itself_when_full() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Backlog::open("t", dir.path(), 5).unwrap();
+        let b = Backlog::open(
+            "t",
+            dir.path(),
+            5,
+            Runs {
+                previous: 0,
+                current: 1,
+            },
+        )
+        .unwrap();
         assert!(*b.owed.borrow(), "a new sink owes a reconciliation");
+        assert_eq!(b.debt().unwrap(), 1);
         for i in 0..4 {
             let raw = RawEvent::new(format!("/f{i}"), vec![i as u8]);
             b.append(Arc::new(encode(&raw, &Origin::Log { ts_ns: i })))
@@ -868,14 +1033,30 @@ mod tests {
         drop(b);
         let b = loop {
             // The writer task holds the database until it notices the channel closed.
-            match Backlog::open("t", dir.path(), 5) {
+            match Backlog::open(
+                "t",
+                dir.path(),
+                5,
+                Runs {
+                    previous: 1,
+                    current: 2,
+                },
+            ) {
                 Ok(b) => break b,
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         };
         assert_eq!(b.read_from(0, 10).unwrap()[0].0, 3);
         assert!(*b.owed.borrow(), "it joined, and has not reconciled yet");
-        b.set_owed(false).unwrap();
+        // A gap while a reconciliation runs: settling the older debt leaves the new one.
+        b.owe().unwrap();
+        assert!(!b.settle(1).unwrap());
+        assert!(*b.owed.borrow());
+        assert!(b.settle(2).unwrap());
+        assert!(!*b.owed.borrow());
+        // Held at 3 (still there); after an overflow drops it, holds before the drop
+        // are void and trimming goes on.
+        b.hold(3);
         // Past the limit: dropped, a reconciliation owed, numbers go on.
         for i in 0..5 {
             let raw = RawEvent::new(format!("/g{i}"), vec![]);
@@ -894,11 +1075,71 @@ mod tests {
         assert!(left.len() < 5, "{left:?}");
     }
 
+    /// An emptied backlog whose numbers are past 0 (everything finished and removed):
+    /// the feeder waits for the next append instead of reading again and again.
+    #[tokio::test]
+    async fn the_feeder_waits_for_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backlog::open(
+            "t",
+            dir.path(),
+            100,
+            Runs {
+                previous: 0,
+                current: 1,
+            },
+        )
+        .unwrap();
+        for i in 0..3 {
+            let raw = RawEvent::new(format!("/f{i}"), vec![]);
+            b.append(Arc::new(encode(&raw, &Origin::Log { ts_ns: i })))
+                .await
+                .unwrap();
+        }
+        b.done(2);
+        assert_eq!(b.trim().unwrap(), 0);
+        let (tx, mut rx) = mpsc::channel(8);
+        let stop = CancellationToken::new();
+        let feeder = tokio::spawn(feed(
+            b.clone(),
+            tx,
+            Arc::new(AtomicU64::new(u64::MAX)),
+            stop.clone(),
+        ));
+        while b.reads.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reads = b.reads.load(Ordering::Relaxed);
+        assert!(reads <= 3, "{reads} reads of an empty backlog");
+        // The next append is fed, numbered after the removed ones.
+        let raw = RawEvent::new("/next", vec![]);
+        b.append(Arc::new(encode(&raw, &Origin::Log { ts_ns: 9 })))
+            .await
+            .unwrap();
+        let (token, event) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((token.seq, event.key.as_str()), (Some(3), "/next"));
+        stop.cancel();
+        feeder.await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_damaged_backlog_is_moved_aside_and_owes_a_reconciliation() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("backlog.redb"), b"not a database at all").unwrap();
-        let b = Backlog::open("t", dir.path(), 100).unwrap();
+        let b = Backlog::open(
+            "t",
+            dir.path(),
+            100,
+            Runs {
+                previous: 0,
+                current: 1,
+            },
+        )
+        .unwrap();
         assert!(*b.owed.borrow());
         assert!(b.read_from(0, 10).unwrap().is_empty());
         let aside: Vec<_> = std::fs::read_dir(dir.path())
@@ -907,5 +1148,23 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains("damaged"))
             .collect();
         assert_eq!(aside.len(), 1);
+        // The run counter: a missing file is none, garbage owes every sink one.
+        let sinks = dir.path().join("sinks");
+        assert_eq!(
+            Runs::next(&sinks).unwrap(),
+            Runs {
+                previous: 0,
+                current: 1
+            }
+        );
+        assert_eq!(
+            Runs::next(&sinks).unwrap(),
+            Runs {
+                previous: 1,
+                current: 2
+            }
+        );
+        std::fs::write(sinks.join("run"), "banana").unwrap();
+        assert!(Runs::next(&sinks).unwrap().previous > 1_000_000);
     }
 }

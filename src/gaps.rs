@@ -28,6 +28,8 @@ pub(crate) enum Reason {
     CheckpointAheadOfClock,
     /// An earlier run found a gap and stopped before its reconciliation finished.
     Owed,
+    /// One sink now, where several were fed: its backlog held events it never applied.
+    BacklogLeft,
 }
 
 impl Reason {
@@ -39,6 +41,7 @@ impl Reason {
             Reason::CheckpointBeforeOldestLog => "checkpoint_before_oldest_log",
             Reason::CheckpointAheadOfClock => "checkpoint_ahead_of_clock",
             Reason::Owed => "owed",
+            Reason::BacklogLeft => "backlog_left",
         }
     }
 }

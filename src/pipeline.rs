@@ -121,11 +121,18 @@ pub(crate) struct Pipeline {
     source_filer_down: std::sync::atomic::AtomicBool,
     /// With several sinks, the sink's name (see [`Pipeline::for_sink`]).
     sink_label: Option<&'static str>,
-    /// With several sinks, the input's pipeline only puts each event in every sink's
-    /// backlog (see [`crate::fanout`]).
-    fan_out: Option<crate::fanout::FanOut>,
+    /// With several sinks, the input's pipeline only hands each event on (to every
+    /// sink's backlog, see `crate::fanout`).
+    outlet: Option<Box<dyn Outlet>>,
     /// The paths of the events being applied now.
     busy: Busy,
+}
+
+/// Where a pipeline that applies nothing itself hands its events on.
+#[async_trait::async_trait]
+pub(crate) trait Outlet: Send + Sync {
+    /// `Done` once the event is kept where it goes; `Abandoned` if `stop` came first.
+    async fn take(&self, raw: &RawEvent, origin: &Origin, stop: &CancellationToken) -> Disposition;
 }
 
 /// The paths of the events being applied now, so that two events on related paths (one
@@ -355,14 +362,15 @@ impl Pipeline {
             settling_until: Instant::now() + SETTLING,
             source_filer_down: false.into(),
             sink_label: None,
-            fan_out: None,
+            outlet: None,
             busy: Busy::default(),
         }
     }
 
-    /// The input's pipeline with several sinks: events go to their backlogs.
-    pub(crate) fn fanning_out(mut self, fan_out: crate::fanout::FanOut) -> Self {
-        self.fan_out = Some(fan_out);
+    /// The input's pipeline with several sinks: events go to `outlet` (their backlogs),
+    /// not to a sink.
+    pub(crate) fn handing_on(mut self, outlet: Box<dyn Outlet>) -> Self {
+        self.outlet = Some(outlet);
         self
     }
 
@@ -449,7 +457,7 @@ impl Pipeline {
     }
 
     pub(crate) async fn handle(&self, raw: &RawEvent, origin: &Origin) -> Disposition {
-        if let Some(fan_out) = &self.fan_out {
+        if let Some(outlet) = &self.outlet {
             // Under bad_message = "stop" the input stops at a bad message, as with one
             // sink; under "park" every sink parks it in its own parked file.
             if self.bad_message == BadMessagePolicy::Stop
@@ -457,7 +465,7 @@ impl Pipeline {
             {
                 return self.failed(raw, origin, Failure::BadMessage(why));
             }
-            return fan_out.append(raw, origin, &self.stop).await;
+            return outlet.take(raw, origin, &self.stop).await;
         }
         let metrics = crate::metrics::get();
         let _pending = metrics.taken();

@@ -246,13 +246,15 @@ impl Setup {
     /// Build the configured sink (nothing is contacted yet).
     pub(crate) async fn sink(&self) -> Result<OpenSink, AppError> {
         let (raw, cloud, source) = (&self.raw, &self.cloud, &self.source);
+        // A key of this sink's section (a named one with several sinks).
+        let key = |name: &str| format!("sink.{}.{name}", self.settings.sink_id);
         let sink: Box<dyn Sink> = match &self.settings.sink {
             SinkSettings::Local {
                 name, directory, ..
             } => Box::new(LocalSink::new(name, directory.clone(), source.clone())),
             SinkSettings::Azure(opts) => {
                 let store = AzureStore::new(opts.clone(), cloud.clone())
-                    .map_err(|e| config_problem(raw, "sink.azure.account_key", "(not shown)", e))?;
+                    .map_err(|e| config_problem(raw, &key("account_key"), "(not shown)", e))?;
                 tracing::info!(credential = %store.credential(), "Azure authorization");
                 Box::new(ObjectSink::new(store, &opts.directory, source.clone()))
             }
@@ -265,7 +267,7 @@ impl Setup {
                 let store = GcsStore::new(opts.clone(), cloud.clone()).map_err(|e| {
                     config_problem(
                         raw,
-                        "sink.google_cloud_storage.google_application_credentials",
+                        &key("google_application_credentials"),
                         "(not shown)",
                         e,
                     )
@@ -288,9 +290,7 @@ impl Setup {
                     ..opts.clone()
                 };
                 let sink = FilerSink::new(opts.clone(), source.clone(), self.http.clone())
-                    .map_err(|e| {
-                        config_problem(raw, "sink.filer.grpcAddress", &opts.grpc_address, e)
-                    })?;
+                    .map_err(|e| config_problem(raw, &key("grpcAddress"), &opts.grpc_address, e))?;
                 let target = Some((opts.grpc_address.clone(), sink.client()));
                 return Ok(OpenSink {
                     sink: Box::new(sink),

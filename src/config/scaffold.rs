@@ -95,6 +95,8 @@ trash_retention_days = 30
 # [better] With is_incremental: dated directories older than this many days are removed,
 # at start and daily (filer.backup's -retentionDays); 0 keeps them for ever.
 retention_days = 0
+# [better] This sink's own [replicate] on_failure ("park" or "hold"); empty: that one.
+on_failure = ""
 # [better] keeps mode, mtime, symlinks and directories; writes atomically; deletes recursively.
 
 [sink.local_incremental]
@@ -105,6 +107,7 @@ deletes = "mirror"
 trash_directory = ".replicate-trash"
 trash_retention_days = 30
 retention_days = 0
+on_failure = ""
 
 [sink.filer]
 enabled = false
@@ -123,6 +126,7 @@ deletes = "mirror"
 trash_directory = ".replicate-trash"
 trash_retention_days = 30
 retention_days = 0
+on_failure = ""
 # Chunk copies in flight across all files (upstream: 32, fixed); memory ≈ this × chunk size.
 chunk_concurrency = 8
 
@@ -143,6 +147,7 @@ deletes = "mirror"
 trash_directory = ".replicate-trash"
 trash_retention_days = 30
 retention_days = 0
+on_failure = ""
 keep_part_size = true
 uploader_max_upload_parts = 1000
 # [better] honoured (upstream reads only the misspelt uploader_part_size, also accepted here).
@@ -162,6 +167,7 @@ deletes = "mirror"
 trash_directory = ".replicate-trash"
 trash_retention_days = 30
 retention_days = 0
+on_failure = ""
 # [better] an emulator or private endpoint (STORAGE_EMULATOR_HOST works too); empty: Google.
 endpoint = ""
 
@@ -181,6 +187,7 @@ deletes = "mirror"
 trash_directory = ".replicate-trash"
 trash_retention_days = 30
 retention_days = 0
+on_failure = ""
 
 [sink.backblaze]
 enabled = false
@@ -196,6 +203,7 @@ deletes = "mirror"
 trash_directory = ".replicate-trash"
 trash_retention_days = 30
 retention_days = 0
+on_failure = ""
 # [better] where to authorize; empty: https://api.backblazeb2.com.
 endpoint = ""
 

@@ -37,13 +37,22 @@ fn known() -> Vec<(&'static str, BTreeMap<String, String>)> {
 }
 
 /// A key of a named sink section as the unnamed section spells it:
-/// `sink.s3.backup.bucket` -> `sink.s3.bucket` (the sections are alike key for key).
+/// `sink.s3.backup.bucket` -> `sink.s3.bucket` (the sections are alike key for key; the
+/// kinds are the sink sections of the replication template).
 fn as_unnamed(key: &str) -> std::borrow::Cow<'_, str> {
+    static KINDS: std::sync::LazyLock<BTreeSet<String>> = std::sync::LazyLock::new(|| {
+        let table: toml::Table = scaffold::REPLICATION
+            .parse()
+            .expect("the templates are valid TOML");
+        table
+            .get("sink")
+            .and_then(toml::Value::as_table)
+            .map(|sinks| sinks.keys().cloned().collect())
+            .unwrap_or_default()
+    });
     let parts: Vec<&str> = key.split('.').collect();
     match parts.as_slice() {
-        ["sink", kind, _name, rest @ ..]
-            if !rest.is_empty() && crate::config::settings::SINKS.contains(kind) =>
-        {
+        ["sink", kind, _name, rest @ ..] if !rest.is_empty() && KINDS.contains(*kind) => {
             format!("sink.{kind}.{}", rest.join(".")).into()
         }
         _ => key.into(),

@@ -119,6 +119,21 @@ async fn run(
         }
         checkpoint = found;
     }
+    if checkpoint.is_none()
+        && let Some(previous) = &cfg.previous_checkpoint_key
+    {
+        let Some(found) = load_checkpoint(&source, previous, &stop).await else {
+            return;
+        };
+        if let Some(ts) = found {
+            tracing::warn!(
+                checkpoint = ts,
+                key = %previous.escape_ascii(),
+                "carrying over the checkpoint these sinks kept under their earlier key (their first sink changed); a sink that joined is reconciled with the source"
+            );
+        }
+        checkpoint = found;
+    }
     let since = match (cfg.start_over, checkpoint) {
         (Some(start), checkpoint) => {
             match checkpoint {

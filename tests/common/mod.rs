@@ -1201,6 +1201,17 @@ impl Replicator {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// CPU time the process has used so far (user and system), from `/proc`.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // After the command name, which is in parentheses: utime and stime are fields
+        // 14 and 15 of the line, 12 and 13 after it.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
     /// Send `signal` and return at once (SIGSTOP freezes the process, SIGCONT wakes it).
     pub fn signal(&self, signal: i32) {
         unsafe { libc::kill(self.child.id() as i32, signal) };

@@ -133,6 +133,9 @@ pub(crate) struct SubscribeSettings {
     /// Where to look when `checkpoint_key` has nothing (`filer.backup`: the key older
     /// versions of weed's used).
     pub legacy_checkpoint_key: Option<Vec<u8>>,
+    /// Several sinks: the key this set of sinks used before (its first sink changed),
+    /// to carry the checkpoint over from when `checkpoint_key` has nothing.
+    pub previous_checkpoint_key: Option<Vec<u8>>,
     pub checkpoint_interval: Duration,
 }
 
@@ -395,6 +398,7 @@ pub(super) fn subscribe_input(
         start_over: None,
         checkpoint_key: format!("replicate.checkpoint.{}", hex::encode(&digest[..8])).into_bytes(),
         legacy_checkpoint_key: None,
+        previous_checkpoint_key: None,
         checkpoint_interval: Duration::from_secs(subscribe.checkpoint_seconds.max(1)),
     })
 }

@@ -63,6 +63,9 @@ pub(crate) struct Settings {
     pub also: Vec<SinkChoice>,
     /// What the log should warn about (several unnamed sinks enabled).
     pub warnings: Vec<String>,
+    /// `[replicate] on_failure`, for the sinks without their own (`replicate.on_failure`
+    /// is the first sink's).
+    pub on_failure_default: FailurePolicy,
     pub security: SecuritySettings,
     pub replicate: ReplicateSettings,
     pub metrics: MetricsSettings,
@@ -138,7 +141,13 @@ pub(crate) fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErr
     match input {
         Some(input) if r.problems.is_empty() && !sinks.is_empty() => {
             let first = sinks.remove(0);
+            let mut replicate = replicate;
+            let on_failure_default = replicate.on_failure;
+            if let Some(policy) = first.on_failure {
+                replicate.on_failure = policy;
+            }
             Ok(Settings {
+                on_failure_default,
                 source,
                 input,
                 sink_id: first.id,
@@ -174,6 +183,8 @@ impl Settings {
             deletes: self.deletes,
             retention_days: self.retention_days,
             trash: self.trash.clone(),
+            // Already applied to `replicate`.
+            on_failure: Some(self.replicate.on_failure),
         };
         let several = self.several_sinks();
         std::iter::once(first)
@@ -192,6 +203,7 @@ impl Settings {
                 view.deletes = choice.deletes;
                 view.retention_days = choice.retention_days;
                 view.trash = choice.trash;
+                view.replicate.on_failure = choice.on_failure.unwrap_or(self.on_failure_default);
                 view
             })
             .collect()
@@ -786,6 +798,25 @@ enabled = true
         assert_eq!(views[1].trash.as_ref().and_then(|t| t.days), Some(7));
         assert_eq!(views[2].deletes, DeletePolicy::Keep);
         assert_eq!(views[0].deletes, DeletePolicy::Mirror);
+        // on_failure: a sink's own, else [replicate]'s.
+        let held = text.replace(
+            "deletes = \"keep\"\n",
+            "deletes = \"keep\"\non_failure = \"hold\"\n",
+        );
+        let policies: Vec<FailurePolicy> = resolve_text(&held)
+            .unwrap()
+            .views()
+            .iter()
+            .map(|v| v.replicate.on_failure)
+            .collect();
+        assert_eq!(
+            policies,
+            [
+                FailurePolicy::Park,
+                FailurePolicy::Park,
+                FailurePolicy::Hold
+            ]
+        );
         let parked: Vec<String> = views
             .iter()
             .map(|v| v.replicate.parked_file.display().to_string())
@@ -809,6 +840,10 @@ enabled = true
             (
                 "[sink.local.twin]\nenabled = true\ndirectory = \"/data\"\n",
                 "sink.local.twin.directory",
+            ),
+            (
+                "[sink.local.z]\nenabled = true\ndirectory = \"/z\"\non_failure = \"drop\"\n",
+                "sink.local.z.on_failure",
             ),
         ] {
             let e = resolve_text(&format!("{GOOD}\n{extra}")).unwrap_err();

@@ -204,6 +204,8 @@ pub(crate) struct SinkChoice {
     pub retention_days: Option<u32>,
     /// With `deletes = "trash"`: where and for how long.
     pub trash: Option<TrashSettings>,
+    /// Its own `on_failure`, instead of `[replicate]`'s.
+    pub on_failure: Option<FailurePolicy>,
 }
 
 /// The most sinks one process feeds.
@@ -225,7 +227,9 @@ pub(super) fn resolve_sinks(
         sections.push((first, format!("sink.{first}")));
         if !rest.is_empty() {
             warnings.push(format!(
-                "several unnamed sinks are enabled ({}); as upstream, only the first,                  [sink.{first}], is fed. To feed several, name each: [sink.<kind>.<name>],                  e.g. [sink.{}.backup]",
+                "several unnamed sinks are enabled ({}); as upstream, only the first, \
+                 [sink.{first}], is fed. To feed several, name each: [sink.<kind>.<name>], \
+                 e.g. [sink.{}.backup]",
                 unnamed
                     .iter()
                     .map(|n| format!("[sink.{n}]"))
@@ -275,12 +279,32 @@ pub(super) fn resolve_sinks(
         let deletes = resolve_deletes(r, &p);
         let retention_days = resolve_retention(r, &p, &settings);
         let trash = resolve_trash(r, &p, &settings, deletes);
+        let on_failure = match r
+            .string(&format!("{p}.on_failure"), "")
+            .to_lowercase()
+            .as_str()
+        {
+            "" => None,
+            "park" => Some(FailurePolicy::Park),
+            "hold" => Some(FailurePolicy::Hold),
+            other => {
+                r.problem(
+                    &format!("{p}.on_failure"),
+                    format!(
+                        "must be empty ([replicate] on_failure applies), \"park\" or \"hold\", got {:?}",
+                        crate::config::cut(other)
+                    ),
+                );
+                None
+            }
+        };
         out.push(SinkChoice {
             id: p.trim_start_matches("sink.").to_string(),
             settings,
             deletes,
             retention_days,
             trash,
+            on_failure,
         });
     }
     // Two sections writing to the same place would undo each other.

@@ -171,18 +171,22 @@ async fn replicate(
         .parked_file
         .with_file_name("replicate.reconcile-pending");
     let gaps = crate::gaps::init(settings.replicate.on_gap, marker);
-    if let Some(events) = leftover {
-        let then = crate::gaps::report(
-            crate::gaps::Reason::BacklogLeft,
-            &format!(
-                "this sink's backlog from a run with several sinks held {events} events it had not applied (they were acknowledged to the input then)"
-            ),
-        );
-        if then == crate::gaps::Then::Stop {
-            crate::metrics::get().set_started();
-            stop.cancelled().await;
-            return Ok(());
+    if let Some((own, owes)) = leftover {
+        if owes {
+            let then = crate::gaps::report(
+                crate::gaps::Reason::BacklogLeft,
+                "this sink's backlog from a run with several sinks held events it had not \
+                 applied (acknowledged to the input back then), or owed a reconciliation",
+            );
+            if then == crate::gaps::Then::Stop {
+                // The backlog stays, so that every start says so until an operator acts.
+                crate::notify::notify("READY=1");
+                crate::metrics::get().set_started();
+                stop.cancelled().await;
+                return Ok(());
+            }
         }
+        set_aside(&own, &settings.sink_id).await?;
     }
     let reconciler = gaps.map(|gaps| {
         tokio::spawn(crate::ops::reconcile::serve(
@@ -235,7 +239,9 @@ async fn replicate(
 }
 
 /// Several sinks on the metadata log: remember the checkpoint key in `sinks/`, and when
-/// it changed (the first sink is another now), look under the one used before.
+/// it changed (the first sink is another now) for the same source, look under the one
+/// used before. The file keeps the source, the key now and the one before it, so that a
+/// stop before the first save under the new key still finds the old one.
 fn carry_checkpoint_over(setup: &mut Setup) {
     let file = setup
         .settings
@@ -243,22 +249,39 @@ fn carry_checkpoint_over(setup: &mut Setup) {
         .parked_file
         .with_file_name("sinks")
         .join("checkpoint-key");
+    let source = format!(
+        "{}|{}",
+        setup.settings.source.grpc_address, setup.settings.source.directory
+    );
     let crate::config::settings::InputSettings::Subscribe(cfg) = &mut setup.settings.input else {
         return;
     };
-    let before = std::fs::read_to_string(&file)
-        .ok()
-        .and_then(|text| hex::decode(text.trim()).ok())
-        .filter(|key| !key.is_empty() && key.len() <= 1024);
-    if let Some(before) = before
-        && before != cfg.checkpoint_key
-    {
-        cfg.previous_checkpoint_key = Some(before);
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    let mut lines = text.lines();
+    let key = |line: Option<&str>| {
+        line.and_then(|l| hex::decode(l.trim()).ok())
+            .filter(|k| !k.is_empty() && k.len() <= 1024)
+    };
+    let previous = if lines.next() == Some(source.as_str()) {
+        match (key(lines.next()), key(lines.next())) {
+            (Some(now), before) if now == cfg.checkpoint_key => before,
+            (now, _) => now,
+        }
+    } else {
+        None
+    };
+    let mut remembered = format!("{source}\n{}\n", hex::encode(&cfg.checkpoint_key));
+    if let Some(previous) = &previous {
+        remembered.push_str(&hex::encode(previous));
+        remembered.push('\n');
     }
+    cfg.previous_checkpoint_key = previous;
+    let temp = file.with_extension("new");
     let written = file
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&file, hex::encode(&cfg.checkpoint_key) + "\n"));
+        .and_then(|()| std::fs::write(&temp, remembered))
+        .and_then(|()| std::fs::rename(&temp, &file));
     if let Err(e) = written {
         tracing::warn!(file = %file.display(), error = %e, "cannot remember the checkpoint key");
     }
@@ -266,9 +289,9 @@ fn carry_checkpoint_over(setup: &mut Setup) {
 
 /// One sink, where a run with several sinks left their state (`sinks/` beside the parked
 /// file): this start counts as a run the others missed (each is reconciled when it is
-/// fed again), and this sink's own backlog is set aside; the number of events it held,
-/// if any (a gap: they were acknowledged to the input and never applied).
-async fn left_by_several(setup: &Setup) -> Result<Option<u64>, AppError> {
+/// fed again). If this sink has a backlog there: its directory, and whether it held
+/// events never applied (acknowledged to the input back then) or owed a reconciliation.
+async fn left_by_several(setup: &Setup) -> Result<Option<(std::path::PathBuf, bool)>, AppError> {
     let settings = &setup.settings;
     let sinks = settings.replicate.parked_file.with_file_name("sinks");
     if !sinks.is_dir() {
@@ -284,17 +307,23 @@ async fn left_by_several(setup: &Setup) -> Result<Option<u64>, AppError> {
         previous: 0,
         current: 0,
     };
-    let held = crate::fanout::Backlog::open(id, &own, u64::MAX, runs)
-        .map(|b| b.len())
+    let backlog = crate::fanout::Backlog::open(id, &own, u64::MAX, runs)
         .map_err(|e| AppError::Runtime(e.to_string()))?;
-    // The database closes with its writer, which notices its backlog is gone.
+    // A damaged backlog is set aside by `open` and owes a reconciliation.
+    let owes = backlog.len() > 0 || backlog.debt().map_or(true, |d| d > 0);
+    Ok(Some((own, owes)))
+}
+
+/// Set this sink's backlog from a run with several sinks aside, once what it owed is
+/// recorded (see [`left_by_several`]).
+async fn set_aside(own: &std::path::Path, sink_id: &str) -> Result<(), AppError> {
     let aside = own.with_file_name(format!(
-        "{}.left-{}",
-        settings.sink_id,
+        "{sink_id}.left-{}",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
     ));
+    // The database closes with its writer, which notices its backlog is gone.
     let mut tries = 0;
-    while let Err(e) = std::fs::rename(&own, &aside) {
+    while let Err(e) = std::fs::rename(own, &aside) {
         tries += 1;
         if tries > 50 {
             return Err(AppError::Runtime(format!(
@@ -304,8 +333,8 @@ async fn left_by_several(setup: &Setup) -> Result<Option<u64>, AppError> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::warn!(sink = id, moved_to = %aside.display(), "one sink now, where several were fed: its backlog is set aside");
-    Ok((held > 0).then_some(held))
+    tracing::warn!(sink = sink_id, moved_to = %aside.display(), "one sink now, where several were fed: its backlog is set aside");
+    Ok(())
 }
 
 /// Retention sweeps for the dated directories of one sink: its dated copies, its trash.
@@ -444,6 +473,14 @@ async fn several(
         }),
         Some(e) = fatal_rx.recv() => Err(e),
     };
+    if outcome.is_err() {
+        // No signal handler counts the grace for an error: events in flight get it too.
+        let hard_stop = hard_stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            hard_stop.cancel();
+        });
+    }
     stop.cancel();
     // One deadline for all: each ends within the shutdown grace.
     let _ = tokio::time::timeout(

@@ -77,6 +77,9 @@ pub(crate) struct Backlog {
     append_failing: AtomicBool,
     /// Reads so far (a feeder that waits reads only when there is something new).
     reads: AtomicU64,
+    /// Held across each change of the debt and the news of it, so that `owed` says
+    /// what the database says.
+    debt_lock: Mutex<()>,
 }
 
 /// Which run of the set of sinks this is. Each start with several sinks is a run; so is
@@ -97,7 +100,7 @@ impl Runs {
         let previous = match std::fs::read_to_string(&file) {
             Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
                 tracing::warn!(file = %file.display(), "not a run number; every sink is reconciled with the source");
-                u64::MAX - 1
+                u64::MAX >> 1
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(format!("{}: {e}", file.display())),
@@ -111,6 +114,7 @@ impl Runs {
         std::fs::write(&temp, format!("{}\n", runs.current))
             .and_then(|()| std::fs::File::open(&temp)?.sync_all())
             .and_then(|()| std::fs::rename(&temp, &file))
+            .and_then(|()| std::fs::File::open(sinks)?.sync_all())
             .map_err(|e| format!("{}: {e}", file.display()))?;
         Ok(runs)
     }
@@ -199,6 +203,7 @@ impl Backlog {
             overflowing: false.into(),
             append_failing: false.into(),
             reads: 0.into(),
+            debt_lock: Mutex::new(()),
         });
         crate::metrics::get().set_sink_backlog(id, count);
         tokio::spawn(Self::write_loop(Arc::downgrade(&backlog), rx));
@@ -289,6 +294,7 @@ impl Backlog {
     }
 
     fn write(&self, records: &[Arc<Vec<u8>>]) -> Result<(), String> {
+        let _debt = self.debt_lock.lock().unwrap_or_else(|p| p.into_inner());
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let txn = self.db.begin_write().map_err(|x| e(&x))?;
         let (count, next, overflow) = {
@@ -402,6 +408,7 @@ impl Backlog {
 
     /// A reconciliation is owed (a gap in the input): recorded before this returns.
     pub(crate) fn owe(&self) -> Result<(), String> {
+        let _debt = self.debt_lock.lock().unwrap_or_else(|p| p.into_inner());
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let txn = self.db.begin_write().map_err(|x| e(&x))?;
         {
@@ -420,7 +427,7 @@ impl Backlog {
     }
 
     /// The reconciliations owed now (0: none).
-    fn debt(&self) -> Result<u64, String> {
+    pub(crate) fn debt(&self) -> Result<u64, String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let txn = self.db.begin_read().map_err(|x| e(&x))?;
         let meta = txn.open_table(META).map_err(|x| e(&x))?;
@@ -434,6 +441,7 @@ impl Backlog {
     /// A reconciliation that began when `debt` were owed finished: nothing is owed any
     /// more, unless more came meanwhile (then `false`, and another runs).
     fn settle(&self, debt: u64) -> Result<bool, String> {
+        let _debt = self.debt_lock.lock().unwrap_or_else(|p| p.into_inner());
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let txn = self.db.begin_write().map_err(|x| e(&x))?;
         let settled = {
@@ -860,7 +868,19 @@ async fn reconcile_loop(
     stop: CancellationToken,
 ) {
     let mut owed = backlog.owed.subscribe();
-    let mut retry = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    // After a run that left events unapplied (held ones, under on_failure = "hold"),
+    // the next is in up to ten minutes: each lists the whole source.
+    let mut retry = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(600));
+    let mut store = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let pause = |wait: Duration| {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = stop.cancelled() => false,
+                _ = tokio::time::sleep(wait) => true,
+            }
+        }
+    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -869,12 +889,16 @@ async fn reconcile_loop(
         let b = backlog.clone();
         let debt = match tokio::task::spawn_blocking(move || b.debt()).await {
             Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
-                tracing::warn!(sink = backlog.id, error = %e, "cannot read whether the sink owes a reconciliation; running one");
-                u64::MAX
+            failed => {
+                let e = failed.map_or_else(|e| e.to_string(), |r| r.err().unwrap_or_default());
+                tracing::warn!(sink = backlog.id, error = %e, "cannot read what the sink owes; trying again");
+                if !pause(store.next_wait()).await {
+                    return;
+                }
+                continue;
             }
-            Err(_) => u64::MAX,
         };
+        store.reset();
         tracing::warn!(
             sink = backlog.id,
             "reconciling the sink with the source (it joined, was left out for a while, lost its backlog, or the input found a gap)"
@@ -892,18 +916,29 @@ async fn reconcile_loop(
                 retry.reset();
                 tracing::info!(sink = backlog.id, entries = s.entries, deleted = s.deleted,
                     took = ?started.elapsed(), "reconciliation finished");
-                let b = backlog.clone();
-                match tokio::task::spawn_blocking(move || b.settle(debt)).await {
-                    Ok(Ok(true)) => {}
-                    Ok(Ok(false)) => tracing::info!(
-                        sink = backlog.id,
-                        "another reconciliation was owed meanwhile"
-                    ),
-                    Ok(Err(e)) => {
-                        tracing::warn!(sink = backlog.id, error = %e, "cannot record that the reconciliation finished; it runs again")
+                // Settled, or owed again meanwhile; a store that cannot say is asked again.
+                loop {
+                    let b = backlog.clone();
+                    match tokio::task::spawn_blocking(move || b.settle(debt)).await {
+                        Ok(Ok(true)) => break,
+                        Ok(Ok(false)) => {
+                            tracing::info!(
+                                sink = backlog.id,
+                                "another reconciliation was owed meanwhile"
+                            );
+                            break;
+                        }
+                        failed => {
+                            let e = failed
+                                .map_or_else(|e| e.to_string(), |r| r.err().unwrap_or_default());
+                            tracing::warn!(sink = backlog.id, error = %e, "cannot record that the reconciliation finished; trying again");
+                            if !pause(store.next_wait()).await {
+                                return;
+                            }
+                        }
                     }
-                    Err(_) => {}
                 }
+                store.reset();
                 continue;
             }
             Ok(s) => format!(
@@ -915,10 +950,10 @@ async fn reconcile_loop(
         if stop.is_cancelled() {
             return;
         }
-        tracing::warn!(sink = backlog.id, error = %failed, "reconciliation incomplete; it runs again");
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(retry.next_wait()) => {}
+        let wait = retry.next_wait();
+        tracing::warn!(sink = backlog.id, error = %failed, retry_in = ?wait, "reconciliation incomplete; it runs again");
+        if !pause(wait).await {
+            return;
         }
     }
 }

@@ -405,4 +405,36 @@ async fn one_log_into_a_filer_a_folder_and_s3_each_chunk_read_once() {
     assert_eq!(missed(&std::fs::read_to_string(&log).unwrap()) - before, 2);
     let (status, _) = rep.stop();
     assert!(status.success(), "{}", tail(&log, 30));
+
+    // The first sink (kinds in upstream's order, then names: filer.failover) leaves the
+    // set: the metadata log's checkpoint (keyed by the first sink) is carried over from
+    // the key used before, not started again.
+    let before = std::fs::read_to_string(&log).unwrap().len();
+    std::fs::write(
+        &config,
+        three.replace(
+            "[sink.filer.failover]\nenabled = true",
+            "[sink.filer.failover]\nenabled = false",
+        ),
+    )
+    .unwrap();
+    let rep = Replicator::start(&work);
+    let last = bytes(700, 5000);
+    bed.upload("/data/last.txt", &last, "").await;
+    want.insert("last.txt".into(), last);
+    wait_files("the local sink (first sink gone)", &want, &log, || async {
+        files(&local_tree(local.path()))
+    })
+    .await;
+    wait_files("the S3 sink (first sink gone)", &want, &log, s3_files).await;
+    let (status, _) = rep.stop();
+    assert!(status.success(), "{}", tail(&log, 30));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let this_run = &text[before..];
+    assert!(
+        this_run.contains("carrying over the checkpoint"),
+        "{}",
+        tail(&log, 30)
+    );
+    assert!(!this_run.contains("no checkpoint"), "{}", tail(&log, 30));
 }

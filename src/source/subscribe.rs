@@ -104,6 +104,8 @@ async fn run(
     let Some(mut checkpoint) = load_checkpoint(&source, &key, &stop).await else {
         return;
     };
+    // A checkpoint taken from another key is saved under this one at the first save.
+    let saved = checkpoint;
     if checkpoint.is_none()
         && let Some(legacy) = &cfg.legacy_checkpoint_key
     {
@@ -208,7 +210,7 @@ async fn run(
     };
     let progress = Arc::new(Progress {
         done_ts: AtomicI64::new(since),
-        saved_ts: AtomicI64::new(checkpoint.unwrap_or(i64::MIN)),
+        saved_ts: AtomicI64::new(saved.unwrap_or(i64::MIN)),
     });
     let saver = tokio::spawn(save_loop(
         source.clone(),

@@ -463,8 +463,11 @@ impl Backlog {
         Ok(settled)
     }
 
+    /// Every event up to `seq` is finished. Never goes back: a reconciliation's slot
+    /// may carry a mark older than a backlog event before it in the lane.
     fn done(&self, seq: u64) {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner()).done = Some(seq);
+        let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        p.done = Some(p.done.map_or(seq, |d| d.max(seq)));
     }
 
     fn hold(&self, seq: u64) {
@@ -725,7 +728,13 @@ pub(crate) async fn drain(
     }
     // What finished is removed before the process ends.
     let b = backlog.clone();
-    let _ = tokio::task::spawn_blocking(move || b.trim()).await;
+    if let Ok(Ok(left)) = tokio::task::spawn_blocking(move || b.trim()).await {
+        tracing::info!(
+            sink = backlog.id,
+            left,
+            "the sink's backlog keeps {left} events for the next start"
+        );
+    }
 }
 
 /// Hand the backlog's events to the lane, in order, until `stop`.
@@ -1053,6 +1062,8 @@ mod tests {
                 .unwrap();
         }
         b.done(1);
+        // A mark older than what is done already (a reconciliation's) changes nothing.
+        b.done(0);
         b.hold(3);
         assert_eq!(b.trim().unwrap(), 2);
         let seqs: Vec<u64> = b
@@ -1157,6 +1168,44 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((token.seq, event.key.as_str()), (Some(3), "/next"));
+        stop.cancel();
+        feeder.await.unwrap();
+        // Reopened empty, it numbers on from where it was, and its feeder waits too.
+        b.done(3);
+        assert_eq!(b.trim().unwrap(), 0);
+        drop(b);
+        let b = loop {
+            match Backlog::open(
+                "t",
+                dir.path(),
+                100,
+                Runs {
+                    previous: 1,
+                    current: 2,
+                },
+            ) {
+                Ok(b) => break b,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        assert_eq!(*b.appended.borrow(), 4);
+        let (tx, _rx) = mpsc::channel(8);
+        let stop = CancellationToken::new();
+        let feeder = tokio::spawn(feed(
+            b.clone(),
+            tx,
+            Arc::new(AtomicU64::new(u64::MAX)),
+            stop.clone(),
+        ));
+        while b.reads.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reads = b.reads.load(Ordering::Relaxed);
+        assert!(
+            reads <= 3,
+            "{reads} reads of an empty backlog after a reopen"
+        );
         stop.cancel();
         feeder.await.unwrap();
     }

@@ -67,6 +67,41 @@ impl RawEvent {
     }
 }
 
+// Which events may not run at once: those whose paths are related (see `crate::lane`).
+
+/// The filer paths an event touches: its key, and the new path of a rename.
+pub fn paths_of(raw: &RawEvent) -> Vec<String> {
+    let Ok(ev) = raw.notification() else {
+        return Vec::new();
+    };
+    let mut paths = vec![raw.key.trim_end_matches('/').to_string()];
+    if let (Some(_), Some(new)) = (&ev.old_entry, &ev.new_entry)
+        && !ev.new_parent_path.is_empty()
+    {
+        let to = format!("{}/{}", ev.new_parent_path.trim_end_matches('/'), new.name);
+        if to != paths[0] {
+            paths.push(to);
+        }
+    }
+    paths
+}
+
+/// `a` equals `b`, or one is under the other.
+pub(crate) fn related(a: &str, b: &str) -> bool {
+    let under = |child: &str, parent: &str| {
+        parent.is_empty()
+            || (child.len() > parent.len()
+                && child.starts_with(parent)
+                && child.as_bytes()[parent.len()] == b'/')
+    };
+    a == b || under(a, b) || under(b, a)
+}
+
+/// Whether events on paths `a` and on paths `b` must not run at once.
+pub(crate) fn conflict(a: &[String], b: &[String]) -> bool {
+    a.iter().any(|x| b.iter().any(|y| related(x, y)))
+}
+
 /// The full path of `entry` in directory `dir` (an event's key).
 pub(crate) fn full_path(dir: &str, entry: &crate::pb::Entry) -> String {
     format!("{}/{}", dir.trim_end_matches('/'), entry.name)

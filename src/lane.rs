@@ -29,38 +29,8 @@ pub(crate) enum LaneEnd {
     Stopped,
 }
 
-/// The filer paths an event touches: its key, and the new path of a rename.
-pub fn paths_of(raw: &RawEvent) -> Vec<String> {
-    let Ok(ev) = raw.notification() else {
-        return Vec::new();
-    };
-    let mut paths = vec![raw.key.trim_end_matches('/').to_string()];
-    if let (Some(_), Some(new)) = (&ev.old_entry, &ev.new_entry)
-        && !ev.new_parent_path.is_empty()
-    {
-        let to = format!("{}/{}", ev.new_parent_path.trim_end_matches('/'), new.name);
-        if to != paths[0] {
-            paths.push(to);
-        }
-    }
-    paths
-}
-
-/// `a` equals `b`, or one is under the other.
-fn related(a: &str, b: &str) -> bool {
-    let under = |child: &str, parent: &str| {
-        parent.is_empty()
-            || (child.len() > parent.len()
-                && child.starts_with(parent)
-                && child.as_bytes()[parent.len()] == b'/')
-    };
-    a == b || under(a, b) || under(b, a)
-}
-
-/// Whether events on paths `a` and on paths `b` must not run at once.
-pub(crate) fn conflict(a: &[String], b: &[String]) -> bool {
-    a.iter().any(|x| b.iter().any(|y| related(x, y)))
-}
+use crate::event::conflict;
+pub use crate::event::paths_of;
 
 struct Slot<T> {
     token: T,
@@ -217,11 +187,11 @@ mod tests {
 
     #[test]
     fn relations() {
-        assert!(related("/a/b", "/a/b"));
-        assert!(related("/a", "/a/b/c"));
-        assert!(related("/a/b/c", "/a"));
-        assert!(!related("/a/b", "/a/bc"));
-        assert!(!related("/a/x", "/a/y"));
+        assert!(crate::event::related("/a/b", "/a/b"));
+        assert!(crate::event::related("/a", "/a/b/c"));
+        assert!(crate::event::related("/a/b/c", "/a"));
+        assert!(!crate::event::related("/a/b", "/a/bc"));
+        assert!(!crate::event::related("/a/x", "/a/y"));
         assert_eq!(
             paths_of(&rename("/d/a", "/e/b")),
             vec!["/d/a".to_string(), "/e/b".to_string()]

@@ -170,7 +170,7 @@ impl Busy {
             freed.as_mut().enable();
             {
                 let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-                if !slots.iter().any(|(_, p)| crate::lane::conflict(p, &paths)) {
+                if !slots.iter().any(|(_, p)| crate::event::conflict(p, &paths)) {
                     let id = self.next.fetch_add(1, Ordering::Relaxed);
                     slots.push((id, paths));
                     return Claim {
@@ -469,7 +469,7 @@ impl Pipeline {
         }
         let metrics = crate::metrics::get();
         let _pending = metrics.taken();
-        let _claim = self.busy.claim(crate::lane::paths_of(raw)).await;
+        let _claim = self.busy.claim(crate::event::paths_of(raw)).await;
         let mut kind = "invalid";
         let failure = match self.try_handle(raw, &mut kind).await {
             Ok(None) => return Disposition::Abandoned,

@@ -41,6 +41,23 @@ const RUN: &str = "run";
 /// backlog was emptied).
 const NEXT: &str = "next";
 
+/// A backlog store error, as the callers report it.
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// A counter of the meta table (0 when never set).
+fn counter(meta: &impl redb::ReadableTable<&'static str, u64>, key: &str) -> Result<u64, String> {
+    Ok(meta.get(key).map_err(err)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// One more reconciliation owed.
+fn owe_one(meta: &mut redb::Table<&'static str, u64>) -> Result<(), String> {
+    let owed = counter(meta, OWED)?;
+    meta.insert(OWED, owed.saturating_add(1)).map_err(err)?;
+    Ok(())
+}
+
 /// Appends committed together at most.
 const BATCH: usize = 1024;
 /// How often a sink's finished events are removed from its backlog.
@@ -219,32 +236,23 @@ impl Backlog {
         runs: Runs,
         id: &str,
     ) -> Result<(u64, u64, bool), String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let txn = db.begin_write().map_err(|x| e(&x))?;
+        let txn = db.begin_write().map_err(err)?;
         let out = {
-            let events = txn.open_table(EVENTS).map_err(|x| e(&x))?;
-            let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
-            let count = events.len().map_err(|x| e(&x))?;
+            let events = txn.open_table(EVENTS).map_err(err)?;
+            let mut meta = txn.open_table(META).map_err(err)?;
+            let count = events.len().map_err(err)?;
             let last = events
                 .last()
-                .map_err(|x| e(&x))?
+                .map_err(err)?
                 .map(|(k, _)| k.value() + 1)
                 .unwrap_or(0);
-            let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<u64, String> {
-                Ok(meta
-                    .get(k)
-                    .map_err(|x| e(&x))?
-                    .map(|v| v.value())
-                    .unwrap_or(0))
-            };
-            let next = get(&meta, NEXT)?.max(last);
-            let mut owed = get(&meta, OWED)?;
-            let missed = !owe && get(&meta, RUN)? < runs.previous;
+            let next = counter(&meta, NEXT)?.max(last);
+            let missed = !owe && counter(&meta, RUN)? < runs.previous;
             if owe || missed {
-                owed = owed.saturating_add(1);
-                meta.insert(OWED, owed).map_err(|x| e(&x))?;
+                owe_one(&mut meta)?;
             }
-            meta.insert(RUN, runs.current).map_err(|x| e(&x))?;
+            let owed = counter(&meta, OWED)?;
+            meta.insert(RUN, runs.current).map_err(err)?;
             if missed {
                 tracing::warn!(
                     sink = id,
@@ -253,7 +261,7 @@ impl Backlog {
             }
             (count, next, owed > 0)
         };
-        txn.commit().map_err(|x| e(&x))?;
+        txn.commit().map_err(err)?;
         Ok(out)
     }
 
@@ -295,40 +303,29 @@ impl Backlog {
 
     fn write(&self, records: &[Arc<Vec<u8>>]) -> Result<(), String> {
         let _debt = self.debt_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let txn = self.db.begin_write().map_err(|x| e(&x))?;
+        let txn = self.db.begin_write().map_err(err)?;
         let (count, next, overflow) = {
-            let mut events = txn.open_table(EVENTS).map_err(|x| e(&x))?;
-            let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
-            let held = events.len().map_err(|x| e(&x))?;
-            let mut next = meta
-                .get(NEXT)
-                .map_err(|x| e(&x))?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let mut events = txn.open_table(EVENTS).map_err(err)?;
+            let mut meta = txn.open_table(META).map_err(err)?;
+            let held = events.len().map_err(err)?;
+            let mut next = counter(&meta, NEXT)?;
             let overflow = held + records.len() as u64 > self.limit;
             if overflow {
                 // Everything it held and these go; the reconciliation brings what it
                 // would have brought.
-                events.retain(|_, _| false).map_err(|x| e(&x))?;
-                let owed = meta
-                    .get(OWED)
-                    .map_err(|x| e(&x))?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                meta.insert(OWED, owed.saturating_add(1))
-                    .map_err(|x| e(&x))?;
+                events.retain(|_, _| false).map_err(err)?;
+                owe_one(&mut meta)?;
                 next += records.len() as u64;
             } else {
                 for r in records {
-                    events.insert(next, r.as_slice()).map_err(|x| e(&x))?;
+                    events.insert(next, r.as_slice()).map_err(err)?;
                     next += 1;
                 }
             }
-            meta.insert(NEXT, next).map_err(|x| e(&x))?;
-            (events.len().map_err(|x| e(&x))?, next, overflow)
+            meta.insert(NEXT, next).map_err(err)?;
+            (events.len().map_err(err)?, next, overflow)
         };
-        txn.commit().map_err(|x| e(&x))?;
+        txn.commit().map_err(err)?;
         self.count.store(count, Ordering::Relaxed);
         crate::metrics::get().set_sink_backlog(self.id, count);
         if overflow {
@@ -356,12 +353,11 @@ impl Backlog {
     /// Up to `max` events from sequence number `from` on.
     fn read_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, String> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let txn = self.db.begin_read().map_err(|x| e(&x))?;
-        let events = txn.open_table(EVENTS).map_err(|x| e(&x))?;
+        let txn = self.db.begin_read().map_err(err)?;
+        let events = txn.open_table(EVENTS).map_err(err)?;
         let mut out = Vec::new();
-        for item in events.range(from..).map_err(|x| e(&x))?.take(max) {
-            let (k, v) = item.map_err(|x| e(&x))?;
+        for item in events.range(from..).map_err(err)?.take(max) {
+            let (k, v) = item.map_err(err)?;
             out.push((k.value(), v.value().to_vec()));
         }
         Ok(out)
@@ -384,14 +380,13 @@ impl Backlog {
         let Some(upto) = upto else {
             return Ok(self.count.load(Ordering::Relaxed));
         };
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let txn = self.db.begin_write().map_err(|x| e(&x))?;
+        let txn = self.db.begin_write().map_err(err)?;
         let count = {
-            let mut events = txn.open_table(EVENTS).map_err(|x| e(&x))?;
-            events.retain_in(..=upto, |_, _| false).map_err(|x| e(&x))?;
-            events.len().map_err(|x| e(&x))?
+            let mut events = txn.open_table(EVENTS).map_err(err)?;
+            events.retain_in(..=upto, |_, _| false).map_err(err)?;
+            events.len().map_err(err)?
         };
-        txn.commit().map_err(|x| e(&x))?;
+        txn.commit().map_err(err)?;
         self.progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -409,54 +404,33 @@ impl Backlog {
     /// A reconciliation is owed (a gap in the input): recorded before this returns.
     pub(crate) fn owe(&self) -> Result<(), String> {
         let _debt = self.debt_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let txn = self.db.begin_write().map_err(|x| e(&x))?;
-        {
-            let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
-            let owed = meta
-                .get(OWED)
-                .map_err(|x| e(&x))?
-                .map(|v| v.value())
-                .unwrap_or(0);
-            meta.insert(OWED, owed.saturating_add(1))
-                .map_err(|x| e(&x))?;
-        }
-        txn.commit().map_err(|x| e(&x))?;
+        let txn = self.db.begin_write().map_err(err)?;
+        owe_one(&mut txn.open_table(META).map_err(err)?)?;
+        txn.commit().map_err(err)?;
         self.owed.send_replace(true);
         Ok(())
     }
 
     /// The reconciliations owed now (0: none).
     pub(crate) fn debt(&self) -> Result<u64, String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let txn = self.db.begin_read().map_err(|x| e(&x))?;
-        let meta = txn.open_table(META).map_err(|x| e(&x))?;
-        Ok(meta
-            .get(OWED)
-            .map_err(|x| e(&x))?
-            .map(|v| v.value())
-            .unwrap_or(0))
+        let txn = self.db.begin_read().map_err(err)?;
+        counter(&txn.open_table(META).map_err(err)?, OWED)
     }
 
     /// A reconciliation that began when `debt` were owed finished: nothing is owed any
     /// more, unless more came meanwhile (then `false`, and another runs).
     fn settle(&self, debt: u64) -> Result<bool, String> {
         let _debt = self.debt_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let txn = self.db.begin_write().map_err(|x| e(&x))?;
+        let txn = self.db.begin_write().map_err(err)?;
         let settled = {
-            let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
-            let now = meta
-                .get(OWED)
-                .map_err(|x| e(&x))?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let mut meta = txn.open_table(META).map_err(err)?;
+            let now = counter(&meta, OWED)?;
             if now == debt {
-                meta.insert(OWED, 0).map_err(|x| e(&x))?;
+                meta.insert(OWED, 0).map_err(err)?;
             }
             now == debt
         };
-        txn.commit().map_err(|x| e(&x))?;
+        txn.commit().map_err(err)?;
         if settled {
             self.owed.send_replace(false);
         }
@@ -1040,58 +1014,81 @@ mod tests {
         assert!(decode(&[1, 1, 0xff, 0xff, 0xff, 0xff]).is_err());
     }
 
+    fn runs(previous: u64, current: u64) -> Runs {
+        Runs { previous, current }
+    }
+
+    /// Open the backlog in `dir`, waiting for an earlier one there to close (its writer
+    /// task holds the database until it notices the backlog was dropped).
+    async fn reopen(dir: &Path, limit: u64, runs: Runs) -> Arc<Backlog> {
+        loop {
+            match Backlog::open("t", dir, limit, runs) {
+                Ok(b) => return b,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    async fn put(b: &Backlog, key: &str, ts_ns: i64) {
+        let raw = RawEvent::new(key, vec![]);
+        b.append(Arc::new(encode(&raw, &Origin::Log { ts_ns })))
+            .await
+            .unwrap();
+    }
+
+    fn seqs(b: &Backlog) -> Vec<u64> {
+        b.read_from(0, 10)
+            .unwrap()
+            .iter()
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// Start a feeder on `b` and count its reads for 300 ms once it first read; the
+    /// feeder, its stop and its output.
+    async fn idle_reads(
+        b: &Arc<Backlog>,
+    ) -> (
+        u64,
+        tokio::task::JoinHandle<()>,
+        CancellationToken,
+        mpsc::Receiver<LaneItem>,
+    ) {
+        let (tx, rx) = mpsc::channel(8);
+        let stop = CancellationToken::new();
+        let feeder = tokio::spawn(feed(
+            b.clone(),
+            tx,
+            Arc::new(AtomicU64::new(u64::MAX)),
+            stop.clone(),
+        ));
+        while b.reads.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (b.reads.load(Ordering::Relaxed), feeder, stop, rx)
+    }
+
     #[tokio::test]
     async fn a_backlog_keeps_what_is_unfinished_across_a_reopen_and_drops_itself_when_full() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Backlog::open(
-            "t",
-            dir.path(),
-            5,
-            Runs {
-                previous: 0,
-                current: 1,
-            },
-        )
-        .unwrap();
+        let b = Backlog::open("t", dir.path(), 5, runs(0, 1)).unwrap();
         assert!(*b.owed.borrow(), "a new sink owes a reconciliation");
         assert_eq!(b.debt().unwrap(), 1);
         for i in 0..4 {
-            let raw = RawEvent::new(format!("/f{i}"), vec![i as u8]);
-            b.append(Arc::new(encode(&raw, &Origin::Log { ts_ns: i })))
-                .await
-                .unwrap();
+            put(&b, &format!("/f{i}"), i).await;
         }
         b.done(1);
         // A mark older than what is done already (a reconciliation's) changes nothing.
         b.done(0);
         b.hold(3);
         assert_eq!(b.trim().unwrap(), 2);
-        let seqs: Vec<u64> = b
-            .read_from(0, 10)
-            .unwrap()
-            .iter()
-            .map(|(s, _)| *s)
-            .collect();
-        assert_eq!(seqs, vec![2, 3]);
+        assert_eq!(seqs(&b), vec![2, 3]);
         b.done(3);
         // Held at 3: 3 stays.
         assert_eq!(b.trim().unwrap(), 1);
         drop(b);
-        let b = loop {
-            // The writer task holds the database until it notices the channel closed.
-            match Backlog::open(
-                "t",
-                dir.path(),
-                5,
-                Runs {
-                    previous: 1,
-                    current: 2,
-                },
-            ) {
-                Ok(b) => break b,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
+        let b = reopen(dir.path(), 5, runs(1, 2)).await;
         assert_eq!(b.read_from(0, 10).unwrap()[0].0, 3);
         assert!(*b.owed.borrow(), "it joined, and has not reconciled yet");
         // A gap while a reconciliation runs: settling the older debt leaves the new one.
@@ -1105,20 +1102,29 @@ mod tests {
         b.hold(3);
         // Past the limit: dropped, a reconciliation owed, numbers go on.
         for i in 0..5 {
-            let raw = RawEvent::new(format!("/g{i}"), vec![]);
-            b.append(Arc::new(encode(&raw, &Origin::Log { ts_ns: i })))
-                .await
-                .unwrap();
+            put(&b, &format!("/g{i}"), i).await;
         }
         assert!(*b.owed.borrow());
-        let left: Vec<u64> = b
-            .read_from(0, 10)
-            .unwrap()
-            .iter()
-            .map(|(s, _)| *s)
-            .collect();
+        let left = seqs(&b);
         assert!(left.iter().all(|s| *s > 3), "{left:?}");
         assert!(left.len() < 5, "{left:?}");
+        b.hold(3);
+        put(&b, "/h", 9).await;
+        let last = *seqs(&b).last().unwrap();
+        b.done(last);
+        assert_eq!(b.trim().unwrap(), 0, "the void hold keeps nothing");
+        let debt = b.debt().unwrap();
+        assert!(b.settle(debt).unwrap());
+        drop(b);
+        // Left out of a run (the set ran without it): it owes a reconciliation; one
+        // that took part in the previous run does not.
+        let b = reopen(dir.path(), 5, runs(5, 6)).await;
+        assert!(*b.owed.borrow(), "it missed run 5");
+        let debt = b.debt().unwrap();
+        assert!(b.settle(debt).unwrap());
+        drop(b);
+        let b = reopen(dir.path(), 5, runs(6, 7)).await;
+        assert!(!*b.owed.borrow(), "it took part in run 6");
     }
 
     /// An emptied backlog whose numbers are past 0 (everything finished and removed):
@@ -1126,43 +1132,16 @@ mod tests {
     #[tokio::test]
     async fn the_feeder_waits_for_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Backlog::open(
-            "t",
-            dir.path(),
-            100,
-            Runs {
-                previous: 0,
-                current: 1,
-            },
-        )
-        .unwrap();
+        let b = Backlog::open("t", dir.path(), 100, runs(0, 1)).unwrap();
         for i in 0..3 {
-            let raw = RawEvent::new(format!("/f{i}"), vec![]);
-            b.append(Arc::new(encode(&raw, &Origin::Log { ts_ns: i })))
-                .await
-                .unwrap();
+            put(&b, &format!("/f{i}"), i).await;
         }
         b.done(2);
         assert_eq!(b.trim().unwrap(), 0);
-        let (tx, mut rx) = mpsc::channel(8);
-        let stop = CancellationToken::new();
-        let feeder = tokio::spawn(feed(
-            b.clone(),
-            tx,
-            Arc::new(AtomicU64::new(u64::MAX)),
-            stop.clone(),
-        ));
-        while b.reads.load(Ordering::Relaxed) == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let reads = b.reads.load(Ordering::Relaxed);
+        let (reads, feeder, stop, mut rx) = idle_reads(&b).await;
         assert!(reads <= 3, "{reads} reads of an empty backlog");
         // The next append is fed, numbered after the removed ones.
-        let raw = RawEvent::new("/next", vec![]);
-        b.append(Arc::new(encode(&raw, &Origin::Log { ts_ns: 9 })))
-            .await
-            .unwrap();
+        put(&b, "/next", 9).await;
         let (token, event) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .unwrap()
@@ -1174,34 +1153,9 @@ mod tests {
         b.done(3);
         assert_eq!(b.trim().unwrap(), 0);
         drop(b);
-        let b = loop {
-            match Backlog::open(
-                "t",
-                dir.path(),
-                100,
-                Runs {
-                    previous: 1,
-                    current: 2,
-                },
-            ) {
-                Ok(b) => break b,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
+        let b = reopen(dir.path(), 100, runs(1, 2)).await;
         assert_eq!(*b.appended.borrow(), 4);
-        let (tx, _rx) = mpsc::channel(8);
-        let stop = CancellationToken::new();
-        let feeder = tokio::spawn(feed(
-            b.clone(),
-            tx,
-            Arc::new(AtomicU64::new(u64::MAX)),
-            stop.clone(),
-        ));
-        while b.reads.load(Ordering::Relaxed) == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let reads = b.reads.load(Ordering::Relaxed);
+        let (reads, feeder, stop, _rx) = idle_reads(&b).await;
         assert!(
             reads <= 3,
             "{reads} reads of an empty backlog after a reopen"
@@ -1214,16 +1168,7 @@ mod tests {
     async fn a_damaged_backlog_is_moved_aside_and_owes_a_reconciliation() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("backlog.redb"), b"not a database at all").unwrap();
-        let b = Backlog::open(
-            "t",
-            dir.path(),
-            100,
-            Runs {
-                previous: 0,
-                current: 1,
-            },
-        )
-        .unwrap();
+        let b = Backlog::open("t", dir.path(), 100, runs(0, 1)).unwrap();
         assert!(*b.owed.borrow());
         assert!(b.read_from(0, 10).unwrap().is_empty());
         let aside: Vec<_> = std::fs::read_dir(dir.path())
@@ -1234,20 +1179,8 @@ mod tests {
         assert_eq!(aside.len(), 1);
         // The run counter: a missing file is none, garbage owes every sink one.
         let sinks = dir.path().join("sinks");
-        assert_eq!(
-            Runs::next(&sinks).unwrap(),
-            Runs {
-                previous: 0,
-                current: 1
-            }
-        );
-        assert_eq!(
-            Runs::next(&sinks).unwrap(),
-            Runs {
-                previous: 1,
-                current: 2
-            }
-        );
+        assert_eq!(Runs::next(&sinks).unwrap(), runs(0, 1));
+        assert_eq!(Runs::next(&sinks).unwrap(), runs(1, 2));
         std::fs::write(sinks.join("run"), "banana").unwrap();
         assert!(Runs::next(&sinks).unwrap().previous > 1_000_000);
     }

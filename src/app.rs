@@ -6,7 +6,6 @@ use crate::cli::{Cli, Command};
 use crate::config::scaffold;
 use crate::setup::{AppError, Setup, config_error};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -225,16 +224,7 @@ async fn replicate(
         // It stops with `stop`; a scraper holding a connection open does not delay exit.
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     }
-    let s = &pipeline.stats;
-    tracing::info!(
-        replicated = s.replicated.load(Ordering::Relaxed),
-        skipped = s.skipped.load(Ordering::Relaxed),
-        parked = s.parked.load(Ordering::Relaxed),
-        bad_messages = s.bad_messages.load(Ordering::Relaxed),
-        held = s.held.load(Ordering::Relaxed),
-        retries = s.retries.load(Ordering::Relaxed),
-        "stopped"
-    );
+    pipeline.log_stopped();
     Ok(())
 }
 
@@ -445,23 +435,14 @@ async fn several(
     if let Some(every) = settings.metrics.progress_interval {
         tokio::spawn(crate::metrics::progress(every, stop.clone()));
     }
-    let r = &settings.replicate;
     let fan_out = Arc::new(
-        crate::pipeline::Pipeline::new(
-            setup.rules(Vec::new()),
-            Some(setup.source.clone()),
-            Box::new(crate::fanout::NoSink),
-            crate::pipeline::Policies {
-                concurrency: r.concurrency,
-                on_failure: r.on_failure,
-                bad_message: r.bad_message,
-                max_message_bytes: r.max_message_bytes,
-                parked_file: r.parked_file.clone(),
-                deadline: r.event_deadline,
-            },
-            stop.clone(),
-        )
-        .handing_on(Box::new(FanOut::new(backlogs))),
+        setup
+            .bare_pipeline(
+                setup.rules(Vec::new()),
+                Box::new(crate::fanout::NoSink),
+                stop.clone(),
+            )
+            .handing_on(Box::new(FanOut::new(backlogs))),
     );
     let input = setup.input();
     tracing::info!(input = %input.describe(), "Configure notification input to {}", settings.input.name());
@@ -538,17 +519,7 @@ async fn run_sink(
         hard_stop,
     )
     .await;
-    let s = &pipeline.stats;
-    tracing::info!(
-        sink = backlog.id,
-        replicated = s.replicated.load(Ordering::Relaxed),
-        skipped = s.skipped.load(Ordering::Relaxed),
-        parked = s.parked.load(Ordering::Relaxed),
-        bad_messages = s.bad_messages.load(Ordering::Relaxed),
-        held = s.held.load(Ordering::Relaxed),
-        retries = s.retries.load(Ordering::Relaxed),
-        "stopped"
-    );
+    pipeline.log_stopped();
 }
 
 /// A filer keeps each bucket's data in the bucket's own collection and drops the

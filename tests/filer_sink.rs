@@ -459,26 +459,55 @@ async fn directory_renames_converge_across_partitions() {
     );
 }
 
-/// The journal files of unfinished write attempts, with the chunks each noted.
+/// The write attempts noted as unfinished, with the chunks each noted.
 fn noted_uploads(work: &Workdir) -> Vec<usize> {
     noted_in(&work.path().join("replicate.filer-uploads"))
 }
 
-/// [`noted_uploads`] of the journal directory `dir`.
+/// [`noted_uploads`] of the journal directory `dir`: its segments (`b`, `f` and `e`
+/// lines, by attempt serial) read in order, per process.
 fn noted_in(dir: &std::path::Path) -> Vec<usize> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| {
-                    std::fs::read_to_string(e.path())
-                        .unwrap_or_default()
-                        .lines()
-                        .count()
-                        .saturating_sub(1)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    // `<pid>-<start>-<n>.log`: by process, then by segment number.
+    files.sort_by_key(|p| {
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let (owner, n) = stem.rsplit_once('-').unwrap_or((&stem, "0"));
+        (owner.to_string(), n.parse::<u64>().unwrap_or(0))
+    });
+    let mut open: std::collections::BTreeMap<(String, u64), usize> = Default::default();
+    for path in files {
+        let owner = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.rsplit_once('-'))
+            .map(|(o, _)| o.to_string())
+            .unwrap_or_default();
+        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+            let mut parts = line.splitn(3, ' ');
+            let (Some(kind), Some(Ok(serial))) = (parts.next(), parts.next().map(str::parse))
+            else {
+                continue;
+            };
+            let id = (owner.clone(), serial);
+            match kind {
+                "b" => {
+                    open.insert(id, 0);
+                }
+                "f" => {
+                    if let Some(n) = open.get_mut(&id) {
+                        *n += 1;
+                    }
+                }
+                "e" => {
+                    open.remove(&id);
+                }
+                _ => {}
+            }
+        }
+    }
+    open.into_values().collect()
 }
 
 /// Wait until the target holds no needle that no entry references (the filer deletes

@@ -14,6 +14,8 @@
 //! - chunk reads carry the read JWT.
 
 use super::SinkKey;
+use super::assign::{AssignError, Assigner, Placement};
+use super::journal::{self, Journal, Note};
 use super::{Sink, SinkError};
 use crate::event::chunk_file_id;
 use crate::filer::{FilerSource, ReadError, fileid, is_not_found, is_not_found_text, mtime_ns};
@@ -24,6 +26,7 @@ use bytes::Bytes;
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
@@ -51,11 +54,19 @@ pub struct FilerSinkOptions {
     pub journal_dir: Option<std::path::PathBuf>,
 }
 
+/// After this many creates in a row found no entry on the target (new files, as when
+/// following the source), creates stop looking first: they are sent with `o_excl`, and
+/// the first that finds an entry there (a replay) turns looking on again. One round trip
+/// less per file while following; a replayed create then costs one wasted copy.
+const LOOK_AFTER_ABSENT: u32 = 16;
+/// What an exclusive create answers when the target has the entry already.
+const EXISTS: &str = "\0entry already exists";
+
 /// Where the chunks of failed attempts are adopted, to be deleted by the filer.
 const ORPHANS: &str = "/.seaweed-replicate/orphans";
 
 /// One attempt to write an entry: the chunks it uploaded, noted (before each upload) in
-/// a journal file until the entry referencing them is written. How an attempt ends
+/// the [`Journal`] until the entry referencing them is written. How an attempt ends
 /// decides what becomes of its chunks (see [`Attempt::settle`]). An attempt dropped before
 /// its write was sent (its event abandoned because its partition moved or the shutdown
 /// grace ran out) deletes its chunks in the background; the write itself, once sent,
@@ -64,7 +75,7 @@ const ORPHANS: &str = "/.seaweed-replicate/orphans";
 /// or failed copy left its chunks on the target for good.
 struct Attempt {
     fids: std::sync::Mutex<Vec<String>>,
-    journal: Option<(std::path::PathBuf, std::sync::Mutex<std::fs::File>)>,
+    notes: Option<(Arc<Journal>, std::sync::Mutex<Note>)>,
     /// The write that references the chunks was sent: until it is settled, an entry may
     /// reference them.
     sent: bool,
@@ -76,27 +87,13 @@ struct Attempt {
 
 impl Attempt {
     fn start(sink: &FilerSink, key: &SinkKey) -> Attempt {
-        use std::io::Write;
-        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let journal = sink.opts.journal_dir.as_deref().and_then(|dir| {
-            let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path = dir.join(format!("{}-{serial}.fids", std::process::id()));
-            let opened = std::fs::create_dir_all(dir).and_then(|_| {
-                let mut f = std::fs::File::create(&path)?;
-                writeln!(f, "{}", key.full)?;
-                Ok(f)
-            });
-            match opened {
-                Ok(f) => Some((path, std::sync::Mutex::new(f))),
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot note uploads; chunks of an interrupted copy may stay on the target");
-                    None
-                }
-            }
+        let notes = sink.journal.as_ref().map(|j| {
+            let note = j.begin(&key.full);
+            (j.clone(), std::sync::Mutex::new(note))
         });
         Attempt {
             fids: Default::default(),
-            journal,
+            notes,
             sent: false,
             full: key.full.clone(),
             target: sink.target.clone(),
@@ -106,13 +103,19 @@ impl Attempt {
 
     /// Note a file id about to be uploaded.
     fn note(&self, fid: &str) {
-        use std::io::Write;
         self.fids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(fid.to_string());
-        if let Some((_, f)) = &self.journal {
-            let _ = writeln!(f.lock().unwrap_or_else(|p| p.into_inner()), "{fid}");
+        if let Some((journal, note)) = &self.notes {
+            journal.chunk(&mut note.lock().unwrap_or_else(|p| p.into_inner()), fid);
+        }
+    }
+
+    /// The notes are done with: the chunks are referenced or deleted.
+    fn end_notes(&mut self) {
+        if let Some((journal, note)) = self.notes.take() {
+            journal.end(note.into_inner().unwrap_or_else(|p| p.into_inner()));
         }
     }
 
@@ -145,9 +148,7 @@ impl Attempt {
             *self.fids.get_mut().unwrap_or_else(|p| p.into_inner()) = fids;
             return;
         }
-        if let Some((path, _)) = self.journal.take() {
-            let _ = std::fs::remove_file(path);
-        }
+        self.end_notes();
     }
 }
 
@@ -174,17 +175,22 @@ impl Drop for Attempt {
     /// before any event runs.
     fn drop(&mut self) {
         let fids = std::mem::take(self.fids.get_mut().unwrap_or_else(|p| p.into_inner()));
-        let journal = self.journal.take().map(|(path, _)| path);
         if fids.is_empty() {
-            if let Some(path) = journal {
-                let _ = std::fs::remove_file(path);
-            }
+            self.end_notes();
             return;
         }
+        let notes = self.notes.take();
+        let keep = |notes: Option<(Arc<Journal>, std::sync::Mutex<Note>)>| {
+            if let Some((journal, note)) = notes {
+                journal.keep(note.into_inner().unwrap_or_else(|p| p.into_inner()));
+            }
+        };
         if self.sent {
+            keep(notes);
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            keep(notes);
             return;
         };
         let target = self.target.clone();
@@ -197,8 +203,8 @@ impl Drop for Attempt {
                     Ok(()) => {
                         retry.succeeded();
                         tracing::debug!(key = %full, chunks = fids.len(), "deleted the chunks of an interrupted copy");
-                        if let Some(path) = journal {
-                            let _ = std::fs::remove_file(path);
+                        if let Some((journal, note)) = notes {
+                            journal.end(note.into_inner().unwrap_or_else(|p| p.into_inner()));
                         }
                         return;
                     }
@@ -210,6 +216,7 @@ impl Drop for Attempt {
                 }
             }
             tracing::warn!(key = %full, chunks = fids.len(), "gave up deleting the chunks of an interrupted copy; the next start deletes them");
+            keep(notes);
         });
     }
 }
@@ -222,6 +229,11 @@ pub struct FilerSink {
     http: reqwest::Client,
     opts: FilerSinkOptions,
     permits: Arc<Semaphore>,
+    /// Where attempts note their uploads (`opts.journal_dir`).
+    journal: Option<Arc<Journal>>,
+    /// Creates in a row that found nothing on the target (see [`LOOK_AFTER_ABSENT`]).
+    absent_streak: AtomicU32,
+    assigner: Assigner,
 }
 
 fn retryable_status(status: &tonic::Status) -> bool {
@@ -500,13 +512,31 @@ impl FilerSink {
         let target = crate::filer::connect_lazy(&opts.grpc_address, opts.grpc_tls.as_ref())?;
         let permits = Arc::new(Semaphore::new(opts.chunk_concurrency.max(1)));
         let reader = Arc::new(source.at(&opts.grpc_address)?);
+        let journal = opts
+            .journal_dir
+            .clone()
+            .map(|dir| Arc::new(Journal::new(dir)));
+        let assigner = Assigner::new(
+            target.clone(),
+            reader.clone(),
+            Placement {
+                collection: opts.collection.clone(),
+                replication: opts.replication.clone(),
+                ttl_sec: opts.ttl_sec,
+                data_center: opts.data_center.clone(),
+                disk: opts.disk.clone(),
+            },
+        );
         Ok(FilerSink {
+            absent_streak: AtomicU32::new(0),
+            assigner,
             target,
             reader,
             source,
             http,
             opts,
             permits,
+            journal,
         })
     }
 
@@ -534,21 +564,19 @@ impl FilerSink {
     async fn replicate_chunks(
         &self,
         key: &SinkKey,
-        name: &str,
         chunks: &[FileChunk],
         reuse: &HashMap<String, FileChunk>,
         attempt: &Attempt,
     ) -> Result<Vec<FileChunk>, SinkError> {
         let jobs = chunks
             .iter()
-            .map(|c| self.replicate_chunk(key, name, c, reuse, attempt));
+            .map(|c| self.replicate_chunk(key, c, reuse, attempt));
         futures::future::try_join_all(jobs).await
     }
 
     async fn replicate_chunk(
         &self,
         key: &SinkKey,
-        name: &str,
         chunk: &FileChunk,
         reuse: &HashMap<String, FileChunk>,
         attempt: &Attempt,
@@ -580,20 +608,14 @@ impl FilerSink {
                     source,
                 })
             })?;
-            let inner = Box::pin(self.replicate_chunks(
-                key,
-                name,
-                &manifest.chunks,
-                &HashMap::new(),
-                attempt,
-            ))
-            .await?;
+            let inner =
+                Box::pin(self.replicate_chunks(key, &manifest.chunks, &HashMap::new(), attempt))
+                    .await?;
             let blob = FileChunkManifest {
                 chunks: inner.into_iter().map(to_manifest_form).collect(),
             }
             .encode_to_vec();
-            self.upload(key, Bytes::from(blob), false, "", attempt)
-                .await?
+            self.upload(key, Bytes::from(blob), false, attempt).await?
         } else {
             let _permit = self
                 .permits
@@ -601,14 +623,7 @@ impl FilerSink {
                 .await
                 .expect("semaphore is never closed");
             let data = self.source.fetch_verbatim(chunk).await.map_err(read_err)?;
-            // Ciphertext gets no name: the volume server would gzip it for a ".txt" name.
-            let upload_name = if chunk.cipher_key.is_empty() {
-                name
-            } else {
-                ""
-            };
-            self.upload(key, data.body, data.gzipped, upload_name, attempt)
-                .await?
+            self.upload(key, data.body, data.gzipped, attempt).await?
         };
         Ok(FileChunk {
             file_id: new_id,
@@ -633,7 +648,6 @@ impl FilerSink {
         key: &SinkKey,
         data: Bytes,
         gzipped: bool,
-        name: &str,
         attempt: &Attempt,
     ) -> Result<String, SinkError> {
         let mut last = None;
@@ -641,63 +655,30 @@ impl FilerSink {
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(250 * u64::from(round))).await;
             }
-            let assign = self
-                .target
-                .clone()
-                .assign_volume(pb::AssignVolumeRequest {
-                    count: 1,
-                    collection: self.opts.collection.clone(),
-                    replication: self.opts.replication.clone(),
-                    ttl_sec: self.opts.ttl_sec,
-                    data_center: self.opts.data_center.clone(),
-                    disk_type: self.opts.disk.clone(),
-                    path: key.full.clone(),
-                    expected_data_size: data.len() as u64,
-                    ..Default::default()
-                })
-                .await;
-            let assign = match assign {
-                Ok(a) => a.into_inner(),
-                Err(s) => {
+            let assigned = match self.assigner.next(&key.full, data.len() as u64).await {
+                Ok(a) => a,
+                Err(AssignError::Rpc(s)) => {
                     last = Some(rpc_err("assign volume", key, s));
                     continue;
                 }
+                Err(AssignError::Refused(why)) => {
+                    last = Some(remote_err("assign volume", key, why, true));
+                    continue;
+                }
             };
-            if !assign.error.is_empty() || assign.file_id.is_empty() {
-                last = Some(remote_err("assign volume", key, assign.error, true));
-                continue;
-            }
-            let Some(loc) = assign.location else {
-                last = Some(remote_err(
-                    "assign volume",
-                    key,
-                    "no location in the answer",
-                    true,
-                ));
-                continue;
-            };
-            attempt.note(&assign.file_id);
+            attempt.note(&assigned.fid);
             let scheme = if self.opts.https { "https" } else { "http" };
-            let url = format!("{scheme}://{}/{}", loc.url, assign.file_id);
-            let mut part =
-                reqwest::multipart::Part::stream_with_length(data.clone(), data.len() as u64)
-                    .file_name(name.to_string())
-                    .mime_str("application/octet-stream")
-                    .expect("static mime");
+            let url = format!("{scheme}://{}/{}", assigned.url, assigned.upload_id);
+            // The bytes as the body, not a multipart form: less to build here and to
+            // parse there. No type and no name, as upstream sends none: the volume server
+            // sniffs the content to decide whether to compress it (never ciphertext, which
+            // looks random).
+            let mut req = self.http.put(&url).body(data.clone());
             if gzipped {
-                let mut headers = reqwest::header::HeaderMap::new();
-                headers.insert(
-                    reqwest::header::CONTENT_ENCODING,
-                    reqwest::header::HeaderValue::from_static("gzip"),
-                );
-                part = part.headers(headers);
+                req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
             }
-            let mut req = self
-                .http
-                .post(&url)
-                .multipart(reqwest::multipart::Form::new().part("file", part));
-            if !assign.auth.is_empty() {
-                req = req.bearer_auth(&assign.auth);
+            if !assigned.auth.is_empty() {
+                req = req.bearer_auth(&assigned.auth);
             }
             match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
@@ -707,7 +688,7 @@ impl FilerSink {
                         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
                         .unwrap_or_default();
                     if error.is_empty() {
-                        return Ok(assign.file_id);
+                        return Ok(assigned.fid);
                     }
                     last = Some(remote_err("upload", key, format!("{url}: {error}"), true));
                 }
@@ -723,6 +704,7 @@ impl FilerSink {
                 }
                 Err(e) => last = Some(remote_err("upload", key, format!("{url}: {e}"), true)),
             }
+            self.assigner.forget(&key.full).await;
         }
         Err(last.expect("at least one attempt"))
     }
@@ -753,9 +735,10 @@ impl FilerSink {
         reuse: &HashMap<String, FileChunk>,
         signatures: &[i32],
         attempt: Attempt,
+        exclusive: bool,
     ) -> Result<(), SinkError> {
         let chunks = match self
-            .replicate_chunks(key, name, &entry.chunks, reuse, &attempt)
+            .replicate_chunks(key, &entry.chunks, reuse, &attempt)
             .await
         {
             Ok(chunks) => chunks,
@@ -778,11 +761,19 @@ impl FilerSink {
             }),
             is_from_other_cluster: true,
             signatures: signatures.to_vec(),
+            o_excl: exclusive,
             ..Default::default()
         };
         let mut target = self.target.clone();
         commit(attempt, key, "create entry", async move {
-            Ok(target.create_entry(request).await?.into_inner().error)
+            let answer = target.create_entry(request).await?.into_inner();
+            if exclusive
+                && (answer.error_code == pb::FilerError::EntryAlreadyExists as i32
+                    || answer.error.contains("already exists"))
+            {
+                return Ok(EXISTS.to_string());
+            }
+            Ok(answer.error)
         })
         .await
     }
@@ -801,7 +792,7 @@ impl FilerSink {
         attempt: Attempt,
     ) -> Result<(), SinkError> {
         let mut chunks = match self
-            .replicate_chunks(key, &existing.name, &new.chunks, reuse, &attempt)
+            .replicate_chunks(key, &new.chunks, reuse, &attempt)
             .await
         {
             Ok(chunks) => chunks,
@@ -849,45 +840,24 @@ impl FilerSink {
     }
 
     /// Delete what interrupted attempts of an earlier run uploaded and no entry
-    /// references: each journal file names the entry and the chunks; those the entry
-    /// (or a manifest of it) does not reference are deleted.
+    /// references: the notes name each attempt's entry and chunks; those the entry (or a
+    /// manifest of it) does not reference are deleted.
     async fn recover_uploads(&self) -> Result<usize, String> {
         let Some(dir) = &self.opts.journal_dir else {
             return Ok(0);
         };
-        let files = match std::fs::read_dir(dir) {
-            Ok(rd) => rd.flatten().map(|e| e.path()).collect::<Vec<_>>(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(format!("{}: {e}", dir.display())),
-        };
+        let groups = journal::unsettled(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut deleted = 0;
-        for file in files
-            .iter()
-            .filter(|f| f.extension().is_some_and(|x| x == "fids"))
-        {
-            // Another process in this directory (a `backfill`, `verify -repair`) may be
-            // writing right now: its notes are its own.
-            let owner = file
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok());
-            if owner.is_some_and(|pid| {
-                pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists()
-            }) {
-                tracing::debug!(file = %file.display(), "notes of a running process; left alone");
-                continue;
+        for (files, found) in groups {
+            if found.unreadable > 0 {
+                tracing::warn!(dir = %dir.display(), lines = found.unreadable, "some notes of uploads could not be read (cut by a kill, or damaged); their chunks, if any, may stay on the target");
             }
-            let text =
-                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let mut lines = text.lines();
-            let Some(full) = lines.next() else {
+            for (full, noted) in &found.attempts {
+                deleted += reclaim(&self.target, &self.reader, full, noted).await?;
+            }
+            for file in files {
                 let _ = std::fs::remove_file(file);
-                continue;
-            };
-            let noted: Vec<String> = lines.filter(|l| !l.is_empty()).map(String::from).collect();
-            deleted += reclaim(&self.target, &self.reader, full, &noted).await?;
-            let _ = std::fs::remove_file(file);
+            }
         }
         Ok(deleted)
     }
@@ -1106,22 +1076,46 @@ impl Sink for FilerSink {
         entry: &Entry,
         signatures: &[i32],
     ) -> Result<(), SinkError> {
+        let (directory, name) = split(&key.full);
+        if self.absent_streak.load(Ordering::Relaxed) >= LOOK_AFTER_ABSENT {
+            // New entries, one after the other: create without looking first, unless the
+            // target has one (then look, and take what it has into account).
+            let attempt = Attempt::start(self, key);
+            let none = HashMap::new();
+            match self
+                .write_entry(
+                    key, &directory, &name, entry, &none, signatures, attempt, true,
+                )
+                .await
+            {
+                Err(SinkError::Remote { detail, .. }) if detail == EXISTS => {
+                    self.absent_streak.store(0, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
         let existing = self.lookup(key).await?;
+        if existing.is_some() {
+            self.absent_streak.store(0, Ordering::Relaxed);
+        } else {
+            self.absent_streak.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(e) = &existing
             && satisfies(e, entry)
         {
             tracing::debug!(key = %key.full, "target already current, skipping");
             return Ok(());
         }
-        let (directory, name) = split(&key.full);
         let reuse = Self::reusable(
             existing
                 .as_ref()
                 .filter(|e| e.is_directory == entry.is_directory),
         );
         let attempt = Attempt::start(self, key);
-        self.write_entry(key, &directory, &name, entry, &reuse, signatures, attempt)
-            .await
+        self.write_entry(
+            key, &directory, &name, entry, &reuse, signatures, attempt, false,
+        )
+        .await
     }
 
     async fn update_entry(
@@ -1287,6 +1281,8 @@ impl Sink for FilerSink {
             signatures: signatures.to_vec(),
         };
         crate::fence::check(&new.full)?;
+        // The create that follows a move finds the entry moved there.
+        self.absent_streak.store(0, Ordering::Relaxed);
         let refused = match self.target.clone().atomic_rename_entry(request).await {
             Ok(_) => return Ok(true),
             Err(s) => s,

@@ -17,6 +17,8 @@
 //! stream may be applied again, after any prefix and in any interleaving of partitions,
 //! and the sink still ends equal to the source.
 
+mod assign;
+mod journal;
 mod key;
 pub use key::SinkKey;
 pub mod filer;

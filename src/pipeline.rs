@@ -486,7 +486,9 @@ impl Pipeline {
         let _pending = metrics.taken();
         let _claim = self.busy.claim(crate::event::paths_of(raw)).await;
         let mut kind = "invalid";
-        let failure = match self.try_handle(raw, &mut kind).await {
+        // The metadata log is one stream, applied in order where paths are related.
+        let in_order = matches!(origin, Origin::Log { .. });
+        let failure = match self.try_handle(raw, &mut kind, in_order).await {
             Ok(None) => return Disposition::Abandoned,
             Ok(Some(replicated)) => {
                 let (counter, outcome) = if replicated {
@@ -596,6 +598,7 @@ impl Pipeline {
         &self,
         raw: &RawEvent,
         kind: &mut &'static str,
+        in_order: bool,
     ) -> Result<Option<bool>, Failure> {
         if let Some(why) = self.not_an_event(raw) {
             return Err(Failure::BadMessage(why));
@@ -626,7 +629,7 @@ impl Pipeline {
         // and the waits before looking again.
         let mut unfinished: Option<(Instant, crate::retry::Backoff)> = None;
         loop {
-            let result = self.apply(&plan, &paths, &ev.signatures).await;
+            let result = self.apply(&plan, &paths, &ev.signatures, in_order).await;
             if let Err(e) = &result
                 && !e.is_outage()
                 && !matches!(e, SinkError::Fenced { .. })
@@ -742,6 +745,7 @@ impl Pipeline {
         plan: &Plan,
         paths: &replicate::converge::Paths,
         signatures: &[i32],
+        in_order: bool,
     ) -> Result<Applied, SinkError> {
         let sink = self.sink.as_ref();
         match &self.source {
@@ -753,6 +757,7 @@ impl Pipeline {
                     source.as_ref(),
                     sink,
                     signatures,
+                    in_order,
                 )
                 .await?;
                 if applied == Applied::Overtaken {

@@ -162,6 +162,14 @@ async fn current(
 /// Apply `plan` (made by `rules` from an event at `paths`) so that the sink converges
 /// to what `truth` holds now. Incremental sinks keep history instead: see
 /// [`super::apply`].
+///
+/// `in_order`: the event comes from one totally ordered stream (the metadata log) whose
+/// later changes to these paths are all applied after it. A create or an update then
+/// writes the entry the event carries without asking the source first: if the source
+/// has moved on, the later events of the stream bring the sink there, as they would after
+/// the lookup, and data already gone from the source is settled by the caller (see
+/// `Pipeline::superseded`). Events of several partitions, of queues, and replays beside
+/// the stream (a reconciliation, `backfill`) look first.
 pub async fn apply(
     plan: &Plan,
     paths: &Paths,
@@ -169,9 +177,24 @@ pub async fn apply(
     truth: &dyn Truth,
     sink: &dyn Sink,
     signatures: &[i32],
+    in_order: bool,
 ) -> Result<Applied, SinkError> {
     match plan {
         Plan::Skip(_) => Ok(Applied::Written),
+        Plan::Create { key, entry } if in_order => {
+            sink.create_entry(key, entry, signatures).await?;
+            Ok(Applied::Written)
+        }
+        Plan::Update {
+            key,
+            old,
+            new_parent,
+            new,
+            delete_chunks,
+        } if in_order => {
+            super::update(sink, key, old, new_parent, new, *delete_chunks, signatures).await?;
+            Ok(Applied::Written)
+        }
         Plan::Create { key, entry } => {
             match current(truth, &paths.new, key, entry.is_directory).await? {
                 Some(now) => {

@@ -1,7 +1,7 @@
 //! `[sink.local]` and `[sink.local_incremental]`: replicate into a local directory.
 //!
-//! Better than upstream on purpose: files are written to a temp file, fsynced and
-//! renamed into place with mode and mtime set; symlinks stay symlinks; directories
+//! Better than upstream on purpose: files are written to a temp file, synced (many files
+//! with one flush) and renamed into place with mode and mtime set; symlinks stay symlinks; directories
 //! are created with their mode and deleted recursively; a replayed create of a file
 //! that already matches (size, mtime, mode) is skipped; renames are native, so a
 //! directory rename moves data instead of copying it; names over 255 bytes map the
@@ -28,6 +28,7 @@ pub struct LocalSink {
     name: String,
     root: PathBuf,
     source: Arc<FilerSource>,
+    durable: super::groupsync::GroupSync,
 }
 
 /// Map a name longer than 255 bytes to `<truncated base><last 8 hex of sha256(name)><ext>`,
@@ -69,6 +70,7 @@ impl LocalSink {
             name: name.to_string(),
             root,
             source,
+            durable: Default::default(),
         }
     }
 
@@ -157,36 +159,30 @@ impl LocalSink {
                 source: crate::filer::ReadError::Aborted,
             });
         }
-        // Syncing waits on the disk: done on the blocking pool, so that many files sync at
-        // once and the runtime threads keep copying data meanwhile.
         let (mode, (atime, mtime)) = (mode::to_unix(attrs.file_mode), times(entry));
-        let (dir, path) = (dir.to_path_buf(), path.to_path_buf());
-        let finish = move || -> Result<(), (&'static str, std::io::Error)> {
-            let file = tmp.file();
-            file.sync_all().map_err(|e| ("fsync", e))?;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(|e| ("chmod", e))?;
-            filetime::set_file_handle_times(file, Some(atime), Some(mtime))
-                .map_err(|e| ("set times", e))?;
-            // The commit point: checked last, just before the file appears.
-            if !crate::fence::is_open() {
-                return Err((FENCED, std::io::Error::other("fenced")));
-            }
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-                std::fs::remove_dir_all(&path).map_err(|e| ("replace directory by file", e))?;
-            }
-            tmp.persist(&dir, &path)
-                .map_err(|e| ("rename into place", e))
-        };
+        let file = tmp.file();
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io_err("chmod", key))?;
+        filetime::set_file_handle_times(file, Some(atime), Some(mtime))
+            .map_err(io_err("set times", key))?;
+        // On disk before it has a name: one flush for every file in flight (see
+        // `GroupSync`).
+        self.durable
+            .sync(file, dir)
+            .await
+            .map_err(io_err("sync", key))?;
+        // The commit point: checked last, just before the file appears.
         crate::fence::check(&key.full)?;
-        match tokio::task::spawn_blocking(finish).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err((FENCED, _))) => Err(SinkError::Fenced {
-                key: key.full.clone(),
-            }),
-            Ok(Err((op, e))) => Err(io_err(op, key)(e)),
-            Err(e) => Err(io_err("finish file", key)(std::io::Error::other(e))),
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            let doomed = path.to_path_buf();
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(doomed))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(io_err("replace directory by file", key))?;
         }
+        tmp.persist(dir, path)
+            .map_err(io_err("rename into place", key))
     }
 
     fn write_symlink(&self, key: &SinkKey, path: &Path, target: &str) -> Result<(), SinkError> {
@@ -340,9 +336,6 @@ fn satisfies(path: &Path, entry: &Entry) -> bool {
         && m.mtime_nsec() == i64::from(a.mtime_ns.max(0))
         && m.mode() & 0o7777 == mode::to_unix(a.file_mode)
 }
-
-/// The operation name a finished file's commit fails with when the fence closed.
-const FENCED: &str = "fenced";
 
 /// S3 multipart parts in flight: upstream never replicates them.
 fn is_upload_part(key: &SinkKey) -> bool {

@@ -18,6 +18,7 @@
 //! and the sink still ends equal to the source.
 
 mod assign;
+mod groupsync;
 mod journal;
 mod key;
 pub use key::SinkKey;

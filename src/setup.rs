@@ -209,6 +209,7 @@ impl Setup {
                     } else {
                         0
                     },
+                    memory_budget_bytes: settings.replicate.memory_budget_bytes,
                 },
                 http.clone(),
             )

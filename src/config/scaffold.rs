@@ -210,8 +210,9 @@ endpoint = ""
 # Settings only `replicate` has.
 [replicate]
 # Events in flight per ordered stream (Kafka partition, queue, metadata log). Events on the
-# same path, or on a directory and what is under it, still run in order.
-concurrency = 64
+# same path, or on a directory and what is under it, still run in order. Each holds its
+# file's data and a connection's buffers: 32 kept up with both clusters on two cores.
+concurrency = 32
 # What happens to an event that cannot be replicated (a malformed message, an unsafe path,
 # a chunk gone from the source, or its own retryable errors for longer than
 # event_deadline_seconds; outages of the source or target are waited out, never parked):
@@ -227,6 +228,9 @@ parked_file = "./replicate.parked.jsonl"
 event_deadline_seconds = 300
 # Chunks of one file fetched ahead of the one being written.
 prefetch_chunks = 4
+# Chunk data read from the source and not yet written, in MiB, for the whole process
+# (every file, every sink): reads wait for room. A chunk larger than this takes it all.
+memory_budget_mb = 16
 # A volume server silent this long during a read is given up for the next replica.
 read_timeout_seconds = 60
 # When the input can tell it missed events (a Kafka offset out of range: retention deleted

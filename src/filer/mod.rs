@@ -63,6 +63,9 @@ pub struct SourceOptions {
     /// Chunks read are kept for other readers (the other sinks), up to this many bytes
     /// in all; 0 keeps none.
     pub shared_read_bytes: u64,
+    /// Chunk data fetched and not yet dropped by its reader, in bytes, across every
+    /// reader of this source; 0 sets no limit. See [`FilerSource::reserve`].
+    pub memory_budget_bytes: u64,
 }
 
 impl SourceOptions {
@@ -78,6 +81,7 @@ impl SourceOptions {
             grpc_tls: None,
             proxy: None,
             shared_read_bytes: 0,
+            memory_budget_bytes: 0,
         }
     }
 }
@@ -101,7 +105,27 @@ pub struct FilerSource {
     /// [`SourceOptions::shared_read_bytes`]). A read of a chunk that another is reading
     /// waits for that one instead of asking again.
     shared: Option<moka::future::Cache<String, (Bytes, bool)>>,
+    /// [`SourceOptions::memory_budget_bytes`] in KiB permits, with the total.
+    budget: Option<(Arc<tokio::sync::Semaphore>, u32)>,
 }
+
+/// Chunk bytes that hold their share of the memory budget until the last slice drops.
+struct Budgeted {
+    bytes: Bytes,
+    _share: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Bodies up to this size are copied out of the connection's read buffer.
+const SMALL_BODY: usize = 512 * 1024;
+
+/// Permits of the memory budget are KiB.
+const BUDGET_UNIT: u64 = 1024;
 
 /// `mtime` and `mtime_ns` of an entry as nanoseconds.
 pub(crate) fn mtime_ns(e: &Entry) -> i64 {
@@ -132,9 +156,36 @@ impl FilerSource {
                     .eviction_policy(moka::policy::EvictionPolicy::lru())
                     .build()
             }),
+            budget: (opts.memory_budget_bytes > 0).then(|| {
+                let units = u32::try_from((opts.memory_budget_bytes / BUDGET_UNIT).max(1))
+                    .unwrap_or(u32::MAX >> 4);
+                (Arc::new(tokio::sync::Semaphore::new(units as usize)), units)
+            }),
             opts,
             locations: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Wait for room in the memory budget for a chunk of `size` bytes (a chunk larger
+    /// than the whole budget takes all of it). Manifests are not counted: they are small,
+    /// and dropped once read, before the chunks they list are fetched.
+    async fn reserve(&self, size: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let (budget, total) = self.budget.as_ref()?;
+        let units = u32::try_from(size.div_ceil(BUDGET_UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, *total);
+        budget.clone().acquire_many_owned(units).await.ok()
+    }
+
+    /// `bytes`, holding `share` of the budget for as long as any slice of them lives.
+    fn hold(bytes: Bytes, share: Option<tokio::sync::OwnedSemaphorePermit>) -> Bytes {
+        match share {
+            Some(share) => Bytes::from_owner(Budgeted {
+                bytes,
+                _share: share,
+            }),
+            None => bytes,
+        }
     }
 
     /// A reader for another filer (the target of a filer sink, for `replicate verify`)
@@ -146,6 +197,7 @@ impl FilerSource {
                 // The proxy is the source filer's; another filer's chunks are read directly.
                 proxy: None,
                 shared_read_bytes: 0,
+                memory_budget_bytes: 0,
                 ..self.opts.clone()
             },
             self.http.clone(),
@@ -263,22 +315,35 @@ impl FilerSource {
         chunk: &FileChunk,
         check_size: bool,
     ) -> Result<Bytes, ReadError> {
-        self.with_replicas(chunk, |fid, body, gzipped| {
-            decode_chunk(fid, body, gzipped, chunk, check_size)
-        })
-        .await
+        let share = if chunk.is_chunk_manifest {
+            None
+        } else {
+            self.reserve(chunk.size).await
+        };
+        let clear = self
+            .with_replicas(chunk, |fid, body, gzipped| {
+                decode_chunk(fid, body, gzipped, chunk, check_size)
+            })
+            .await?;
+        Ok(Self::hold(clear, share))
     }
 
     /// Fetch one chunk as the volume server stores it (ciphertext stays encrypted, a
     /// gzip needle stays gzip), after checking that it decodes to the recorded size.
     pub(crate) async fn fetch_verbatim(&self, chunk: &FileChunk) -> Result<Verbatim, ReadError> {
-        self.with_replicas(chunk, |fid, body, gzipped| {
-            let clear = decode_chunk(fid, body.clone(), gzipped, chunk, true)?;
-            // A gzip needle served without Content-Encoding decodes to a different length.
-            let gzipped = gzipped || (chunk.cipher_key.is_empty() && clear.len() != body.len());
-            Ok(Verbatim { body, gzipped })
+        let share = self.reserve(chunk.size).await;
+        let got = self
+            .with_replicas(chunk, |fid, body, gzipped| {
+                let clear = decode_chunk(fid, body.clone(), gzipped, chunk, true)?;
+                // A gzip needle served without Content-Encoding decodes to a different length.
+                let gzipped = gzipped || (chunk.cipher_key.is_empty() && clear.len() != body.len());
+                Ok(Verbatim { body, gzipped })
+            })
+            .await?;
+        Ok(Verbatim {
+            body: Self::hold(got.body, share),
+            gzipped: got.gzipped,
         })
-        .await
     }
 
     async fn with_replicas<T>(
@@ -405,6 +470,15 @@ impl FilerSource {
             .bytes()
             .await
             .map_err(|e| chunk_err(fid, format!("GET {url}: body: {e}"), true))?;
+        // A body that arrived in one read is a slice of the connection's read buffer,
+        // which grows to 400 KiB: a 30 KiB chunk kept the whole buffer alive until it was
+        // written (about 200 KiB per event in flight, measured). Larger bodies are
+        // assembled into a buffer of their own.
+        let body = if body.len() <= SMALL_BODY {
+            Bytes::copy_from_slice(&body)
+        } else {
+            body
+        };
         Ok((body, gzipped))
     }
 
@@ -516,6 +590,53 @@ fn proxy_unlocated(status: u16, fid: &str) -> Option<ReadError> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    fn budgeted(mb: u64) -> FilerSource {
+        FilerSource::new(
+            SourceOptions {
+                memory_budget_bytes: mb * 1024 * 1024,
+                ..SourceOptions::plain("127.0.0.1:9")
+            },
+            crate::http::plain(),
+        )
+        .unwrap()
+    }
+
+    fn room(source: &FilerSource) -> usize {
+        source.budget.as_ref().unwrap().0.available_permits()
+    }
+
+    #[tokio::test]
+    async fn chunk_data_holds_its_share_of_the_budget_until_its_last_slice_drops() {
+        let source = budgeted(1);
+        assert_eq!(room(&source), 1024);
+        let share = source.reserve(300 * 1024).await;
+        let data = FilerSource::hold(Bytes::from(vec![7u8; 300 * 1024]), share);
+        assert_eq!(room(&source), 1024 - 300);
+        let piece = data.slice(10..20);
+        drop(data);
+        assert_eq!(room(&source), 1024 - 300, "a slice still holds it");
+        assert_eq!(&piece[..], &[7u8; 10]);
+        drop(piece);
+        assert_eq!(room(&source), 1024);
+        // A chunk larger than the budget takes all of it, and waits for all of it.
+        let all = source.reserve(5 * 1024 * 1024).await;
+        assert_eq!(room(&source), 0);
+        let waiting = source.reserve(1);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
+            "a read waits while the budget is taken"
+        );
+        drop(all);
+        assert!(waiting.await.is_some());
+        // No budget: nothing to wait for, nothing held.
+        let unlimited =
+            FilerSource::new(SourceOptions::plain("127.0.0.1:9"), crate::http::plain()).unwrap();
+        assert!(unlimited.reserve(u64::MAX).await.is_none());
+    }
 
     #[test]
     fn a_proxy_that_cannot_place_a_volume_is_unlocated() {

@@ -771,6 +771,24 @@ enabled = true
     }
 
     #[test]
+    fn the_memory_budget_is_one_key_with_a_small_default() {
+        let s = resolve_text(GOOD).unwrap();
+        assert_eq!(s.replicate.memory_budget_bytes, 16 * 1024 * 1024);
+        assert_eq!(s.replicate.concurrency, 32);
+        let s = resolve_text(&format!("{GOOD}\n[replicate]\nmemory_budget_mb = 256\n")).unwrap();
+        assert_eq!(s.replicate.memory_budget_bytes, 256 * 1024 * 1024);
+        for bad in ["0", "2000000", "-1", "\"lots\""] {
+            let errs = resolve_text(&format!("{GOOD}\n[replicate]\nmemory_budget_mb = {bad}\n"))
+                .unwrap_err()
+                .0;
+            assert!(
+                errs.iter().any(|p| p.key == "replicate.memory_budget_mb"),
+                "{bad}: {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
     fn named_sink_sections_are_fed_together_and_unnamed_ones_first_wins() {
         // Several unnamed: the first in upstream's order, and a warning.
         let text = GOOD.replace(

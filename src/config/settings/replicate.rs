@@ -57,6 +57,8 @@ pub(crate) struct ReplicateSettings {
     pub shared_read_bytes: u64,
     /// With several sinks: events each sink's backlog may hold, waiting for it.
     pub backlog_events: u64,
+    /// Chunk data read from the source and not yet written, in the whole process.
+    pub memory_budget_bytes: u64,
 }
 
 pub(super) fn resolve_replicate(r: &mut Reader, cwd: &Path) -> ReplicateSettings {
@@ -106,7 +108,7 @@ pub(super) fn resolve_replicate(r: &mut Reader, cwd: &Path) -> ReplicateSettings
             GapPolicy::Reconcile
         }
     };
-    let concurrency = r.count("replicate.concurrency", 64);
+    let concurrency = r.count("replicate.concurrency", 32);
     if concurrency == 0 || concurrency > 4096 {
         r.problem(
             "replicate.concurrency",
@@ -137,6 +139,13 @@ pub(super) fn resolve_replicate(r: &mut Reader, cwd: &Path) -> ReplicateSettings
             format!("{shared_mb} MiB is more than 1 TiB"),
         );
     }
+    let budget_mb = r.count("replicate.memory_budget_mb", 16);
+    if budget_mb == 0 || budget_mb > 1024 * 1024 {
+        r.problem(
+            "replicate.memory_budget_mb",
+            format!("must be between 1 and 1048576 (1 TiB), got {budget_mb}"),
+        );
+    }
     let backlog_events = r.count("replicate.backlog_max_events", 10_000_000);
     if backlog_events == 0 {
         r.problem("replicate.backlog_max_events", "must be at least 1");
@@ -144,6 +153,7 @@ pub(super) fn resolve_replicate(r: &mut Reader, cwd: &Path) -> ReplicateSettings
     ReplicateSettings {
         shared_read_bytes: shared_mb.min(1024 * 1024) * 1024 * 1024,
         backlog_events: backlog_events.max(1),
+        memory_budget_bytes: budget_mb.clamp(1, 1024 * 1024) * 1024 * 1024,
         on_gap,
         read_timeout: Duration::from_secs(read_timeout.max(1)),
         concurrency: concurrency.clamp(1, 4096) as usize,

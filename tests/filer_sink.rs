@@ -472,7 +472,11 @@ fn noted_in(dir: &std::path::Path) -> Vec<usize> {
         .unwrap_or_default();
     // `<pid>-<start>-<n>.log`: by process, then by segment number.
     files.sort_by_key(|p| {
-        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let stem = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
         let (owner, n) = stem.rsplit_once('-').unwrap_or((&stem, "0"));
         (owner.to_string(), n.parse::<u64>().unwrap_or(0))
     });

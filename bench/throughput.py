@@ -44,8 +44,10 @@ SINKS = os.environ.get("SINKS", "filer local").split()
 # Which tools run; the peers of the metadata log run with the sink they stand for.
 TOOLS = os.environ.get("TOOLS", "filer.sync filer.backup replicate filer.replicate replicate-kafka").split()
 IDLE_SECONDS = int(os.environ.get("IDLE_SECONDS", "20"))
-# filer.sync's best -concurrency on this machine (32 is its default; see the README).
+# filer.sync's -concurrency (32, its default, when empty).
 SYNC_CONCURRENCY = os.environ.get("SYNC_CONCURRENCY", "")
+# Appended to replicate's replication.toml, e.g. '[replicate]\nconcurrency = 128'.
+REPLICATE_TOML = os.environ.get("REPLICATE_TOML", "")
 PERF = os.environ.get("PERF", "") not in ("", "0")
 PERF_DIR = os.environ.get("PERF_DIR")  # keep the perf.data files there
 CEILING = os.environ.get("CEILING", "1") not in ("", "0")
@@ -312,6 +314,8 @@ class Bench:
             source += f'subscribe = true\nstart_from = "{since_ms}"\n'
         with open(os.path.join(work, "replication.toml"), "w") as f:
             f.write(section + source)
+            if tool in ("replicate", "replicate-kafka") and REPLICATE_TOML:
+                f.write(REPLICATE_TOML.replace("\\n", "\n") + "\n")
         if tool in KAFKA_TOOLS:
             with open(os.path.join(work, "notification.toml"), "w") as f:
                 f.write(f'[notification.kafka]\nenabled = true\nhosts = ["{self.a["KAFKA_ADDR"]}"]\n'

@@ -37,7 +37,9 @@ struct Inner {
     /// The segment being written: its number, file and size.
     current: Option<(u64, std::fs::File, u64)>,
     next_segment: u64,
-    /// Attempts begun and not ended, by the segment their `b` line is in.
+    /// Attempts not ended that wrote a line into each segment (its `b` line or any of
+    /// its `f` lines): a segment goes only when none is left, so no open attempt's note
+    /// goes with it.
     open: HashMap<u64, usize>,
     /// A write failed (logged once until one succeeds again).
     failing: bool,
@@ -47,8 +49,10 @@ struct Inner {
 pub(crate) struct Note {
     serial: u64,
     key: String,
-    /// The segment holding the `b` line, once written.
-    segment: Option<u64>,
+    /// Its `b` line is written.
+    begun: bool,
+    /// The segments it wrote lines into.
+    segments: Vec<u64>,
 }
 
 /// What a segment (or legacy file) says of the attempts that had not ended.
@@ -77,7 +81,8 @@ impl Journal {
         Note {
             serial: self.serial.fetch_add(1, Ordering::Relaxed),
             key: key.to_string(),
-            segment: None,
+            begun: false,
+            segments: Vec::new(),
         }
     }
 
@@ -87,15 +92,16 @@ impl Journal {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut text = String::new();
         let fid = serde_json::to_string(fid).expect("a string serializes");
-        if note.segment.is_none() {
+        if !note.begun {
             let key = serde_json::to_string(&note.key).expect("a string serializes");
             text.push_str(&format!("b {} {key}\n", note.serial));
         }
         text.push_str(&format!("f {} {fid}\n", note.serial));
-        match self.append(&mut inner, &text, note.segment.is_none()) {
+        match self.append(&mut inner, &text, !note.begun) {
             Some(segment) => {
-                if note.segment.is_none() {
-                    note.segment = Some(segment);
+                note.begun = true;
+                if !note.segments.contains(&segment) {
+                    note.segments.push(segment);
                     *inner.open.entry(segment).or_default() += 1;
                 }
                 true
@@ -106,19 +112,21 @@ impl Journal {
 
     /// The attempt settled: its chunks are referenced or deleted, so its notes go.
     pub(crate) fn end(&self, note: Note) {
-        let Some(segment) = note.segment else {
+        if !note.begun {
             return;
-        };
+        }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self.append(&mut inner, &format!("e {}\n", note.serial), false);
-        let left = inner.open.get_mut(&segment).map(|n| {
-            *n -= 1;
-            *n
-        });
-        if left == Some(0) {
-            inner.open.remove(&segment);
-            if inner.current.as_ref().is_none_or(|(n, _, _)| *n != segment) {
-                let _ = std::fs::remove_file(self.segment_path(segment));
+        for segment in note.segments {
+            let left = inner.open.get_mut(&segment).map(|n| {
+                *n -= 1;
+                *n
+            });
+            if left == Some(0) {
+                inner.open.remove(&segment);
+                if inner.current.as_ref().is_none_or(|(n, _, _)| *n != segment) {
+                    let _ = std::fs::remove_file(self.segment_path(segment));
+                }
             }
         }
     }
@@ -396,6 +404,37 @@ mod tests {
             )]
         );
         assert_eq!(open.unreadable, 0);
+    }
+
+    #[test]
+    fn an_open_attempt_keeps_every_segment_it_wrote_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let j = Journal::new(path.clone());
+        // Begun in segment 0, still open while others fill segments 1 and 2, noting a
+        // chunk in each.
+        let mut long_lived = j.begin("/t/big");
+        assert!(j.chunk(&mut long_lived, "1,01"));
+        let filler = "x".repeat(4000);
+        for i in 0..2200 {
+            let mut n = j.begin(&format!("/t/{filler}/{i}"));
+            assert!(j.chunk(&mut n, &format!("2,{i:x}")));
+            j.end(n);
+            if i % 700 == 0 {
+                assert!(j.chunk(&mut long_lived, &format!("1,{:x}", 0x100 + i)));
+            }
+        }
+        let open = read_own(&path);
+        assert_eq!(open.attempts.len(), 1, "{:?}", segments(&path));
+        assert_eq!(
+            open.attempts[0].1,
+            vec!["1,01", "1,100", "1,3bc", "1,678", "1,934"],
+            "a chunk noted in a later segment went with it: {:?}",
+            segments(&path)
+        );
+        j.end(long_lived);
+        assert!(read_own(&path).attempts.is_empty());
+        assert_eq!(segments(&path).len(), 1, "only the current segment stays");
     }
 
     #[test]

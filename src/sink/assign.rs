@@ -258,10 +258,15 @@ impl Assigner {
         let fid = grant
             .take()
             .ok_or_else(|| AssignError::Refused("the grant is empty".into()))?;
-        self.grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(class, grant);
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        // Spent and expired grants go, so that classes of one path each (rules that
+        // cannot be read) do not pile up.
+        if grants.len() >= 256 {
+            grants.retain(|_, g| g.next < g.count && g.at.elapsed() <= GRANT_TTL);
+        }
+        if grants.len() < 1024 {
+            grants.insert(class, grant);
+        }
         Ok(fid)
     }
 

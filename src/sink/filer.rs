@@ -846,7 +846,9 @@ impl FilerSink {
         let Some(dir) = &self.opts.journal_dir else {
             return Ok(0);
         };
-        let groups = journal::unsettled(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let own = self.journal.as_ref().map(|j| j.prefix().to_string());
+        let groups = journal::unsettled(dir, own.as_deref())
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut deleted = 0;
         for (files, found) in groups {
             if found.unreadable > 0 {

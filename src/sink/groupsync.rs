@@ -25,9 +25,11 @@ struct Device {
     dir: Arc<OwnedFd>,
     /// One flush at a time; waiters queue in order (tokio's mutex is fair).
     turn: tokio::sync::Mutex<()>,
-    /// Flushes started, and the number of the last one that completed.
+    /// Flushes started, the number of the last one that completed, and of the last one
+    /// that failed.
     started: AtomicU64,
     completed: AtomicU64,
+    failed: AtomicU64,
 }
 
 #[derive(Default)]
@@ -46,6 +48,14 @@ impl GroupSync {
         // A flush that starts after this point covers this file.
         let ticket = device.started.load(Ordering::Acquire);
         let _turn = device.turn.lock().await;
+        // A flush that covered this file failed: its data may not be on disk, and a later
+        // flush does not say so again (the kernel reports a writeback error once per
+        // descriptor). The caller writes the file again.
+        if device.failed.load(Ordering::Acquire) > ticket {
+            return Err(std::io::Error::other(
+                "a flush of the filesystem failed while this file was being written",
+            ));
+        }
         if device.completed.load(Ordering::Acquire) > ticket {
             return Ok(());
         }
@@ -62,7 +72,10 @@ impl GroupSync {
         })
         .await
         .map_err(std::io::Error::other)?;
-        flushed?;
+        if let Err(e) = flushed {
+            device.failed.fetch_max(number, Ordering::AcqRel);
+            return Err(e);
+        }
         device.completed.fetch_max(number, Ordering::AcqRel);
         Ok(())
     }
@@ -82,6 +95,7 @@ impl GroupSync {
             turn: Default::default(),
             started: AtomicU64::new(0),
             completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         });
         devices.insert(dev, device.clone());
         Ok(device)
@@ -144,5 +158,34 @@ mod tests {
         group.sync(&g, dir.path()).await.unwrap();
         assert_eq!(group.flushes(), 2, "the second file ran a flush of its own");
         assert_eq!(device.completed.load(Ordering::Acquire), 3);
+        // A flush that covered a file failed: that file fails too, even though a later
+        // flush succeeded; a file written after the failure does not.
+        let group = Arc::new(group);
+        let turn = device.turn.lock().await;
+        let waiting = {
+            let group = group.clone();
+            let path = dir.path().to_path_buf();
+            tokio::spawn(async move {
+                let h = std::fs::File::create(path.join("c")).unwrap();
+                group.sync(&h, &path).await
+            })
+        };
+        // One runtime thread: yielding lets the waiter take its ticket (3) and queue for
+        // the turn.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished());
+        assert_eq!(device.started.load(Ordering::Acquire), 3);
+        device.started.store(5, Ordering::Release);
+        device.failed.store(4, Ordering::Release);
+        device.completed.store(5, Ordering::Release);
+        drop(turn);
+        assert!(
+            waiting.await.unwrap().is_err(),
+            "covered by the failed flush"
+        );
+        let later = std::fs::File::create(dir.path().join("d")).unwrap();
+        group.sync(&later, dir.path()).await.unwrap();
     }
 }

@@ -5,7 +5,8 @@
 //! The notes of one process are appended to segment files `<pid>-<start>-<n>.log`, one
 //! line each: `b <serial> <key as JSON>` when an attempt uploads its first chunk, `f
 //! <serial> <fid as JSON>` before each upload, `e <serial>` when the attempt has settled.
-//! A segment goes once it is full and every attempt begun in it has ended. (One file per
+//! When a segment is full, the next one starts with the notes of every attempt still open
+//! (or kept for the next start), and the full one goes. (One file per
 //! attempt, as before, cost a create and an unlink per replicated file, and on ext4 each
 //! unlinked inode makes the next allocations scan past it: 18% of the process's CPU on
 //! 20,000 small files, growing with the backlog.) Notes are not synced: they are for a
@@ -37,10 +38,10 @@ struct Inner {
     /// The segment being written: its number, file and size.
     current: Option<(u64, std::fs::File, u64)>,
     next_segment: u64,
-    /// Attempts not ended that wrote a line into each segment (its `b` line or any of
-    /// its `f` lines): a segment goes only when none is left, so no open attempt's note
-    /// goes with it.
-    open: HashMap<u64, usize>,
+    /// Attempts begun and not ended (or kept for the next start), by serial: their key
+    /// and chunks, written again at the head of each new segment so that the old ones
+    /// can go whole.
+    open: HashMap<u64, (String, Vec<String>)>,
     /// A write failed (logged once until one succeeds again).
     failing: bool,
 }
@@ -51,8 +52,6 @@ pub(crate) struct Note {
     key: String,
     /// Its `b` line is written.
     begun: bool,
-    /// The segments it wrote lines into.
-    segments: Vec<u64>,
 }
 
 /// What a segment (or legacy file) says of the attempts that had not ended.
@@ -62,6 +61,16 @@ pub(crate) struct Unsettled {
     pub attempts: Vec<(String, Vec<String>)>,
     /// Lines that could not be read (a line cut by a kill, or damage).
     pub unreadable: usize,
+}
+
+fn begin_line(serial: u64, key: &str) -> String {
+    let key = serde_json::to_string(key).expect("a string serializes");
+    format!("b {serial} {key}\n")
+}
+
+fn chunk_line(serial: u64, fid: &str) -> String {
+    let fid = serde_json::to_string(fid).expect("a string serializes");
+    format!("f {serial} {fid}\n")
 }
 
 impl Journal {
@@ -82,7 +91,6 @@ impl Journal {
             serial: self.serial.fetch_add(1, Ordering::Relaxed),
             key: key.to_string(),
             begun: false,
-            segments: Vec::new(),
         }
     }
 
@@ -91,23 +99,21 @@ impl Journal {
     pub(crate) fn chunk(&self, note: &mut Note, fid: &str) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut text = String::new();
-        let fid = serde_json::to_string(fid).expect("a string serializes");
         if !note.begun {
-            let key = serde_json::to_string(&note.key).expect("a string serializes");
-            text.push_str(&format!("b {} {key}\n", note.serial));
+            text.push_str(&begin_line(note.serial, &note.key));
         }
-        text.push_str(&format!("f {} {fid}\n", note.serial));
-        match self.append(&mut inner, &text, !note.begun) {
-            Some(segment) => {
-                note.begun = true;
-                if !note.segments.contains(&segment) {
-                    note.segments.push(segment);
-                    *inner.open.entry(segment).or_default() += 1;
-                }
-                true
-            }
-            None => false,
+        text.push_str(&chunk_line(note.serial, fid));
+        if !self.append(&mut inner, &text) {
+            return false;
         }
+        note.begun = true;
+        inner
+            .open
+            .entry(note.serial)
+            .or_insert_with(|| (note.key.clone(), vec![]))
+            .1
+            .push(fid.to_string());
+        true
     }
 
     /// The attempt settled: its chunks are referenced or deleted, so its notes go.
@@ -116,58 +122,65 @@ impl Journal {
             return;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self.append(&mut inner, &format!("e {}\n", note.serial), false);
-        for segment in note.segments {
-            let left = inner.open.get_mut(&segment).map(|n| {
-                *n -= 1;
-                *n
-            });
-            if left == Some(0) {
-                inner.open.remove(&segment);
-                if inner.current.as_ref().is_none_or(|(n, _, _)| *n != segment) {
-                    let _ = std::fs::remove_file(self.segment_path(segment));
-                }
-            }
-        }
+        inner.open.remove(&note.serial);
+        let _ = self.append(&mut inner, &format!("e {}\n", note.serial));
     }
 
-    /// The attempt could not settle: its notes stay for the next start (and with them
-    /// the segment they are in).
+    /// The attempt could not settle: its notes stay for the next start (carried into
+    /// every new segment until then).
     pub(crate) fn keep(&self, note: Note) {
         drop(note);
+    }
+
+    /// The name prefix of this process's segments.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn segment_path(&self, n: u64) -> PathBuf {
         self.dir.join(format!("{}-{n}.{EXTENSION}", self.prefix))
     }
 
-    /// Append `text` to the current segment (a new one first if it is full and `may_rotate`);
-    /// the segment it went to.
-    fn append(&self, inner: &mut Inner, text: &str, may_rotate: bool) -> Option<u64> {
+    /// Append `text` to the current segment, starting a new one first if it is full: the
+    /// new one opens with the notes of every open attempt, then the full one goes.
+    fn append(&self, inner: &mut Inner, text: &str) -> bool {
         let full = inner
             .current
             .as_ref()
             .is_some_and(|(_, _, size)| *size >= SEGMENT_BYTES);
-        if inner.current.is_none() || (full && may_rotate) {
-            if let Some((old, _, _)) = inner.current.take()
-                && !inner.open.contains_key(&old)
-            {
-                let _ = std::fs::remove_file(self.segment_path(old));
-            }
+        if inner.current.is_none() || full {
             let n = inner.next_segment;
             inner.next_segment += 1;
             let path = self.segment_path(n);
+            let mut head = String::new();
+            for (serial, (key, fids)) in &inner.open {
+                head.push_str(&begin_line(*serial, key));
+                for fid in fids {
+                    head.push_str(&chunk_line(*serial, fid));
+                }
+            }
             let opened = std::fs::create_dir_all(&self.dir).and_then(|()| {
-                std::fs::OpenOptions::new()
+                let mut f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(&path)
+                    .open(&path)?;
+                f.write_all(head.as_bytes())?;
+                Ok(f)
             });
             match opened {
-                Ok(f) => inner.current = Some((n, f, 0)),
+                Ok(f) => {
+                    if let Some((old, _, _)) = inner.current.take() {
+                        let _ = std::fs::remove_file(self.segment_path(old));
+                    }
+                    inner.current = Some((n, f, head.len() as u64));
+                }
                 Err(e) => {
+                    // The full segment stays in use: it holds every open note.
                     self.failed(inner, &path, &e);
-                    return None;
+                    let _ = std::fs::remove_file(&path);
+                    if inner.current.is_none() {
+                        return false;
+                    }
                 }
             }
         }
@@ -180,12 +193,12 @@ impl Journal {
                     inner.failing = false;
                     tracing::info!(dir = %self.dir.display(), "noting uploads works again");
                 }
-                Some(n)
+                true
             }
             Err(e) => {
                 let path = self.segment_path(n);
                 self.failed(inner, &path, &e);
-                None
+                false
             }
         }
     }
@@ -200,7 +213,10 @@ impl Journal {
 
 /// The notes in `dir` that no running process owns, grouped by the process that wrote
 /// them: (files, what they leave unsettled). This process's own are never included.
-pub(crate) fn unsettled(dir: &Path) -> std::io::Result<Vec<(Vec<PathBuf>, Unsettled)>> {
+pub(crate) fn unsettled(
+    dir: &Path,
+    own_prefix: Option<&str>,
+) -> std::io::Result<Vec<(Vec<PathBuf>, Unsettled)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(rd) => rd.flatten().map(|e| e.path()).collect::<Vec<_>>(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
@@ -215,12 +231,16 @@ pub(crate) fn unsettled(dir: &Path) -> std::io::Result<Vec<(Vec<PathBuf>, Unsett
             Some((s, e)) if e == EXTENSION || e == LEGACY_EXTENSION => (s.to_string(), e),
             _ => continue,
         };
-        // Another process in this directory (a `backfill`, `verify -repair`) may be
-        // writing right now: its notes are its own.
+        // This process's own notes, and those of another process in this directory (a
+        // `backfill`, `verify -repair`) that may be writing right now, are theirs. An
+        // earlier run with this process's pid (pid 1 in a container) is not this one.
         let pid = stem.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|pid| {
-            pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
-        }) {
+        let own = own_prefix.is_some_and(|p| stem.starts_with(&format!("{p}-")));
+        if own
+            || pid.is_some_and(|pid| {
+                pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+            })
+        {
             tracing::debug!(file = %path.display(), "notes of a running process; left alone");
             continue;
         }
@@ -280,8 +300,12 @@ fn parse<'a>(texts: impl Iterator<Item = &'a str>) -> Unsettled {
                 index.insert(serial, open.len());
                 open.push((serial, key, vec![]));
             }
+            // A new segment repeats the notes of open attempts (a kill between it and
+            // the removal of the full one leaves both).
+            (Some("b"), Some(_)) => {}
             (Some("f"), Some(fid)) => match index.get(&serial) {
-                Some(&i) => open[i].2.push(fid),
+                Some(&i) if !open[i].2.contains(&fid) => open[i].2.push(fid),
+                Some(_) => {}
                 None => unreadable += 1,
             },
             (Some("e"), None) if rest.is_none() => {
@@ -391,10 +415,9 @@ mod tests {
             j.end(n);
         }
         let names = segments(&path);
-        // The first segment stays for the kept attempt, the current one is open, and every
-        // one in between went.
-        assert_eq!(names.len(), 2, "{names:?}");
-        assert!(names.iter().any(|n| n.ends_with("-0.log")), "{names:?}");
+        // Only the current segment stays: it opened with the kept attempt's notes.
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(!names[0].ends_with("-0.log"), "{names:?}");
         let open = read_own(&path);
         assert_eq!(
             open.attempts,
@@ -407,7 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn an_open_attempt_keeps_every_segment_it_wrote_into() {
+    fn an_open_attempt_keeps_every_chunk_it_noted_across_segments() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         let j = Journal::new(path.clone());
@@ -475,7 +498,13 @@ mod tests {
             "b 0 \"/t/x\"\nf 0 \"1,1\"\n",
         )
         .unwrap();
-        let groups = unsettled(dir.path()).unwrap();
+        // This process's own (its prefix, as if it were "0-9") are not read.
+        std::fs::write(
+            dir.path().join("0-9-0.log"),
+            "b 0 \"/t/mine\"\nf 0 \"6,01\"\n",
+        )
+        .unwrap();
+        let groups = unsettled(dir.path(), Some("0-9")).unwrap();
         let mut all: Vec<(String, Vec<String>)> = groups
             .iter()
             .flat_map(|(_, u)| u.attempts.clone())

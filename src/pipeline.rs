@@ -126,6 +126,8 @@ pub(crate) struct Pipeline {
     outlet: Option<Box<dyn Outlet>>,
     /// The paths of the events being applied now.
     busy: Busy,
+    /// The source filer's signature, once asked (see [`Pipeline::made_by_source_filer`]).
+    source_signature: tokio::sync::OnceCell<i32>,
 }
 
 /// Where a pipeline that applies nothing itself hands its events on.
@@ -364,6 +366,7 @@ impl Pipeline {
             sink_label: None,
             outlet: None,
             busy: Busy::default(),
+            source_signature: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -606,6 +609,7 @@ impl Pipeline {
         let ev = raw
             .notification()
             .map_err(|e| Failure::BadMessage(e.to_string()))?;
+        let in_order = in_order && self.made_by_source_filer(&ev.signatures).await;
         *kind = event::change(&raw.key, ev);
         tracing::debug!(key = %raw.key, "{}: {}", event::kind(ev), raw.key);
         let plan = self
@@ -769,6 +773,27 @@ impl Pipeline {
                 .await
                 .map(|()| Applied::Written),
         }
+    }
+
+    /// The event was made by the source filer itself (a filer appends its signature last).
+    /// Its log also carries its peers' events (filers sharing a store), merged as they
+    /// arrive: a peer's change may come after a later change of the same path on this
+    /// filer, so only this filer's own events are in order with each other.
+    async fn made_by_source_filer(&self, signatures: &[i32]) -> bool {
+        let Some(source) = &self.source else {
+            return false;
+        };
+        let asked = self
+            .source_signature
+            .get_or_try_init(|| async {
+                source
+                    .client()
+                    .get_filer_configuration(crate::pb::GetFilerConfigurationRequest {})
+                    .await
+                    .map(|r| r.into_inner().signature)
+            })
+            .await;
+        matches!(asked, Ok(sig) if signatures.last() == Some(sig))
     }
 
     /// The source no longer has this event's version of the entry: it was deleted or

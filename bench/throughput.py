@@ -299,9 +299,6 @@ class Bench:
         self.results = {}  # (corpus, sink, tool) -> [run dicts]
         self.notes = []
 
-    def grpc(self, env):
-        return env["FILER_GRPC"]
-
     def command(self, tool, sink, corpus, src, since_ms, work, target):
         """The command line and the files a tool needs in its working directory."""
         a_grpc, b_grpc = self.a["FILER_GRPC"], self.b["FILER_GRPC"]

@@ -613,9 +613,10 @@ fn describe(ev: &EventNotification) -> String {
     }
 }
 
-#[tokio::test]
-async fn replays_in_any_interleaving_converge_to_the_source() {
-    let seeds: Vec<u64> = match std::env::var("CONVERGE_SEED") {
+/// `CONVERGE_SEED`, or the regressions and seeds 1..=`CONVERGE_SEEDS` (default
+/// [`DEFAULT_SEEDS`]).
+fn seeds() -> Vec<u64> {
+    match std::env::var("CONVERGE_SEED") {
         Ok(s) => vec![s.parse().expect("CONVERGE_SEED is a number")],
         Err(_) => {
             let n = std::env::var("CONVERGE_SEEDS")
@@ -624,9 +625,13 @@ async fn replays_in_any_interleaving_converge_to_the_source() {
                 .unwrap_or(DEFAULT_SEEDS);
             REGRESSIONS.iter().copied().chain(1..=n).collect()
         }
-    };
+    }
+}
+
+#[tokio::test]
+async fn replays_in_any_interleaving_converge_to_the_source() {
     let mut failures = Vec::new();
-    for seed in seeds {
+    for seed in seeds() {
         if let Err(e) = run_seed(seed).await {
             failures.push(e);
         }
@@ -645,18 +650,8 @@ async fn replays_in_any_interleaving_converge_to_the_source() {
 /// without a trash.
 #[tokio::test]
 async fn one_ordered_stream_applied_without_lookups_converges() {
-    let seeds: Vec<u64> = match std::env::var("CONVERGE_SEED") {
-        Ok(s) => vec![s.parse().expect("CONVERGE_SEED is a number")],
-        Err(_) => {
-            let n = std::env::var("CONVERGE_SEEDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(DEFAULT_SEEDS);
-            REGRESSIONS.iter().copied().chain(1..=n).collect()
-        }
-    };
     let mut failures = Vec::new();
-    for seed in seeds {
+    for seed in seeds() {
         for trash in [None, Some(".trash")] {
             if let Err(e) = run_seed_with(seed, trash, true).await {
                 failures.push(format!("trash {trash:?}: {e}"));

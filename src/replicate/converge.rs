@@ -181,18 +181,8 @@ pub async fn apply(
 ) -> Result<Applied, SinkError> {
     match plan {
         Plan::Skip(_) => Ok(Applied::Written),
-        Plan::Create { key, entry } if in_order => {
-            sink.create_entry(key, entry, signatures).await?;
-            Ok(Applied::Written)
-        }
-        Plan::Update {
-            key,
-            old,
-            new_parent,
-            new,
-            delete_chunks,
-        } if in_order => {
-            super::update(sink, key, old, new_parent, new, *delete_chunks, signatures).await?;
+        Plan::Create { .. } | Plan::Update { .. } if in_order => {
+            super::apply(plan, rules, sink, signatures).await?;
             Ok(Applied::Written)
         }
         Plan::Create { key, entry } => {

@@ -179,20 +179,14 @@ impl Drop for Attempt {
             self.end_notes();
             return;
         }
-        let notes = self.notes.take();
-        let keep = |notes: Option<(Arc<Journal>, std::sync::Mutex<Note>)>| {
-            if let Some((journal, note)) = notes {
-                journal.keep(note.into_inner().unwrap_or_else(|p| p.into_inner()));
-            }
-        };
+        // Notes dropped without being ended stay for the next start.
         if self.sent {
-            keep(notes);
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            keep(notes);
             return;
         };
+        let notes = self.notes.take();
         let target = self.target.clone();
         let full = self.full.clone();
         runtime.spawn(async move {
@@ -216,7 +210,6 @@ impl Drop for Attempt {
                 }
             }
             tracing::warn!(key = %full, chunks = fids.len(), "gave up deleting the chunks of an interrupted copy; the next start deletes them");
-            keep(notes);
         });
     }
 }

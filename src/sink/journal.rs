@@ -46,7 +46,9 @@ struct Inner {
     failing: bool,
 }
 
-/// One attempt's notes: nothing is written until its first chunk.
+/// One attempt's notes: nothing is written until its first chunk. A note dropped without
+/// [`Journal::end`] (an attempt that could not settle) stays for the next start, carried
+/// into every new segment until then.
 pub(crate) struct Note {
     serial: u64,
     key: String,
@@ -124,12 +126,6 @@ impl Journal {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.open.remove(&note.serial);
         let _ = self.append(&mut inner, &format!("e {}\n", note.serial));
-    }
-
-    /// The attempt could not settle: its notes stay for the next start (carried into
-    /// every new segment until then).
-    pub(crate) fn keep(&self, note: Note) {
-        drop(note);
     }
 
     /// The name prefix of this process's segments.
@@ -406,7 +402,7 @@ mod tests {
         let j = Journal::new(path.clone());
         let mut kept = j.begin("/t/kept\nwith a newline");
         assert!(j.chunk(&mut kept, "1,0a"));
-        j.keep(kept);
+        drop(kept);
         // Enough attempts to fill several segments, each ended.
         let long = "x".repeat(4000);
         for i in 0..3000 {

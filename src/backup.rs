@@ -67,7 +67,7 @@ impl Backup {
             Err(why) => {
                 problems.push(flag_problem(
                     "filer",
-                    format!("{:?}: {why}", crate::config::cut(&flags.filer)),
+                    format!("{:?}: {why}", crate::text::cut(&flags.filer)),
                 ));
                 Default::default()
             }
@@ -246,7 +246,7 @@ pub fn checkpoint_key(source_path: &str, sink_name: &str, sink_directory: &str) 
 
 /// The key of `weed filer.backup` before 4.48, from the sink alone (two backups of one
 /// sink shared it); 4.48 reads it when its own key has nothing yet.
-pub fn legacy_checkpoint_key(sink_name: &str, sink_directory: &str) -> Vec<u8> {
+pub(crate) fn legacy_checkpoint_key(sink_name: &str, sink_directory: &str) -> Vec<u8> {
     key_of(&format!("{sink_name}{sink_directory}"))
 }
 
@@ -260,7 +260,7 @@ fn key_of(text: &str) -> Vec<u8> {
 
 /// A weed server address (`pb.ServerAddress`): `host:port`, whose gRPC port is port +
 /// 10000, or `host:port.grpcPort`. Returns the HTTP and the gRPC address.
-pub(crate) fn server_address(address: &str) -> Result<(String, String), String> {
+fn server_address(address: &str) -> Result<(String, String), String> {
     let Some((host, ports)) = address.rsplit_once(':') else {
         return Err("no port; give host:port (the filer's HTTP port)".into());
     };

@@ -104,6 +104,15 @@ pub struct Cli {
 impl Cli {
     /// The weed flags given (on the command line, in the environment or an options file)
     /// that have no effect here, for one line at start.
+    /// Where the configuration is, and how strictly it is read.
+    pub(crate) fn place(&self) -> crate::config::Place {
+        crate::config::Place {
+            config_dir: self.config_dir.clone(),
+            config: self.config.clone(),
+            strict: self.strict,
+        }
+    }
+
     pub fn ignored_flags(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
         if self.vmodule.is_some() {
@@ -186,7 +195,7 @@ impl Cli {
                 }
                 _ => {
                     return Err(FlagError::TimeAgo {
-                        value: crate::config::cut(v).to_string(),
+                        value: crate::text::cut(v).to_string(),
                     });
                 }
             },
@@ -207,7 +216,7 @@ impl Cli {
                 }
                 _ => {
                     return Err(FlagError::FromTsMs {
-                        value: crate::config::cut(v).to_string(),
+                        value: crate::text::cut(v).to_string(),
                     });
                 }
             },
@@ -225,7 +234,7 @@ pub(crate) fn flag_bool(name: &str, value: Option<&str>, default: bool) -> Resul
         None => Ok(default),
         Some(v) => crate::go::parse_bool(v).ok_or_else(|| FlagError::NotBoolean {
             name: name.to_string(),
-            value: crate::config::cut(v).to_string(),
+            value: crate::text::cut(v).to_string(),
         }),
     }
 }
@@ -264,7 +273,7 @@ fn check_number(name: &str, value: &str, from: &str) -> Result<(), FlagError> {
         Err(FlagError::NotNumber {
             from: from.to_string(),
             name: name.to_string(),
-            value: crate::config::cut(value).to_string(),
+            value: crate::text::cut(value).to_string(),
         })
     }
 }

@@ -1,6 +1,6 @@
 //! Decoding of the `EventNotification` a filer publishes for each metadata change.
 
-use crate::pb::{EventNotification, FileChunk};
+use crate::pb::EventNotification;
 use prost::Message;
 
 /// An event as read from a queue: the queue key (a full filer path) and the payload,
@@ -149,14 +149,6 @@ pub(crate) fn change(key: &str, ev: &EventNotification) -> &'static str {
     }
 }
 
-/// The string id of a chunk ("vid,keycookie"), derived from `fid` when `file_id` is empty.
-pub(crate) fn chunk_file_id(chunk: &FileChunk) -> Option<String> {
-    if !chunk.file_id.is_empty() {
-        return Some(chunk.file_id.clone());
-    }
-    chunk.fid.as_ref().map(crate::filer::fileid::format)
-}
-
 /// Go's `os.FileMode` bits as the filer stores them.
 pub mod mode {
     pub const DIR: u32 = 1 << 31;
@@ -184,7 +176,7 @@ pub mod mode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::{Entry, FileId};
+    use crate::pb::Entry;
 
     #[test]
     fn decodes_what_it_encodes_and_rejects_garbage() {
@@ -201,24 +193,6 @@ mod tests {
         assert_eq!(back, ev);
         assert_eq!(kind(&back), "add");
         assert!(decode(&[0xff, 0xff, 0xff]).is_err());
-    }
-
-    #[test]
-    fn chunk_id_falls_back_to_fid() {
-        let c = FileChunk {
-            fid: Some(FileId {
-                volume_id: 3,
-                file_key: 4,
-                cookie: 0x6dbbed8d,
-            }),
-            ..Default::default()
-        };
-        assert_eq!(chunk_file_id(&c).as_deref(), Some("3,046dbbed8d"));
-        let c = FileChunk {
-            file_id: "5,01abcdef12".into(),
-            ..c
-        };
-        assert_eq!(chunk_file_id(&c).as_deref(), Some("5,01abcdef12"));
     }
 
     #[test]

@@ -71,6 +71,15 @@ pub(crate) struct BacklogError {
     detail: String,
 }
 
+impl BacklogError {
+    fn at(path: &Path, detail: impl std::fmt::Display) -> Self {
+        BacklogError {
+            path: path.display().to_string(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
 type Append = (Arc<Vec<u8>>, oneshot::Sender<Result<(), String>>);
 
 /// One sink's backlog.
@@ -112,7 +121,7 @@ pub(crate) struct Runs {
 impl Runs {
     /// Count this start as a run in `sinks` (the directory of the sinks' state): read the
     /// last run and write the next. A file that does not say a number counts as none.
-    pub(crate) fn next(sinks: &Path) -> Result<Runs, String> {
+    pub(crate) fn next(sinks: &Path) -> Result<Runs, BacklogError> {
         let file = sinks.join("run");
         let previous = match std::fs::read_to_string(&file) {
             Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
@@ -120,19 +129,19 @@ impl Runs {
                 u64::MAX >> 1
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(format!("{}: {e}", file.display())),
+            Err(e) => return Err(BacklogError::at(&file, e)),
         };
         let runs = Runs {
             previous,
             current: previous.saturating_add(1),
         };
-        std::fs::create_dir_all(sinks).map_err(|e| format!("{}: {e}", sinks.display()))?;
+        std::fs::create_dir_all(sinks).map_err(|e| BacklogError::at(sinks, e))?;
         let temp = sinks.join("run.new");
         std::fs::write(&temp, format!("{}\n", runs.current))
             .and_then(|()| std::fs::File::open(&temp)?.sync_all())
             .and_then(|()| std::fs::rename(&temp, &file))
             .and_then(|()| std::fs::File::open(sinks)?.sync_all())
-            .map_err(|e| format!("{}: {e}", file.display()))?;
+            .map_err(|e| BacklogError::at(&file, e))?;
         Ok(runs)
     }
 }
@@ -402,19 +411,25 @@ impl Backlog {
     }
 
     /// A reconciliation is owed (a gap in the input): recorded before this returns.
-    pub(crate) fn owe(&self) -> Result<(), String> {
+    pub(crate) fn owe(&self) -> Result<(), BacklogError> {
         let _debt = self.debt_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let txn = self.db.begin_write().map_err(err)?;
-        owe_one(&mut txn.open_table(META).map_err(err)?)?;
-        txn.commit().map_err(err)?;
+        let owed = || -> Result<(), String> {
+            let txn = self.db.begin_write().map_err(err)?;
+            owe_one(&mut txn.open_table(META).map_err(err)?)?;
+            txn.commit().map_err(err)
+        };
+        owed().map_err(|e| BacklogError::at(&self.path, e))?;
         self.owed.send_replace(true);
         Ok(())
     }
 
     /// The reconciliations owed now (0: none).
-    pub(crate) fn debt(&self) -> Result<u64, String> {
-        let txn = self.db.begin_read().map_err(err)?;
-        counter(&txn.open_table(META).map_err(err)?, OWED)
+    pub(crate) fn debt(&self) -> Result<u64, BacklogError> {
+        let debt = || -> Result<u64, String> {
+            let txn = self.db.begin_read().map_err(err)?;
+            counter(&txn.open_table(META).map_err(err)?, OWED)
+        };
+        debt().map_err(|e| BacklogError::at(&self.path, e))
     }
 
     /// A reconciliation that began when `debt` were owed finished: nothing is owed any
@@ -721,7 +736,7 @@ async fn feed(
     let mut next = 0u64;
     let mut appended = backlog.appended.subscribe();
     let mut retry = crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut failing = false;
+    let mut health = crate::retry::Health::default();
     loop {
         // Every event numbered below this was appended before the read that follows.
         let appended_before = *appended.borrow_and_update();
@@ -731,17 +746,15 @@ async fn feed(
             .unwrap_or_else(|e| Err(e.to_string()));
         let batch = match read {
             Ok(batch) => {
-                if failing {
+                if health.worked().is_some() {
                     tracing::info!(sink = backlog.id, "the sink's backlog reads again");
-                    failing = false;
                     retry.reset();
                 }
                 batch
             }
             Err(e) => {
-                if !failing {
+                if health.failed() {
                     tracing::error!(sink = backlog.id, error = %e, "reading the sink's backlog failed; retrying");
-                    failing = true;
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -815,7 +828,7 @@ fn into_lane(tx: mpsc::Sender<LaneItem>, fed: Arc<AtomicU64>) -> crate::ops::rec
 }
 
 async fn trim_loop(backlog: Arc<Backlog>, stop: CancellationToken) {
-    let mut failing = false;
+    let mut health = crate::retry::Health::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -823,19 +836,20 @@ async fn trim_loop(backlog: Arc<Backlog>, stop: CancellationToken) {
         }
         let b = backlog.clone();
         match tokio::task::spawn_blocking(move || b.trim()).await {
-            Ok(Ok(_)) if failing => {
-                failing = false;
-                tracing::info!(
-                    sink = backlog.id,
-                    "finished events are removed from the sink's backlog again"
-                );
+            Ok(Ok(_)) => {
+                if health.worked().is_some() {
+                    tracing::info!(
+                        sink = backlog.id,
+                        "finished events are removed from the sink's backlog again"
+                    );
+                }
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if !failing => {
-                failing = true;
-                tracing::warn!(sink = backlog.id, error = %e, "removing finished events from the sink's backlog failed; tried again (they run again after a restart)");
+            Ok(Err(e)) => {
+                if health.failed() {
+                    tracing::warn!(sink = backlog.id, error = %e, "removing finished events from the sink's backlog failed; tried again (they run again after a restart)");
+                }
             }
-            Ok(Err(_)) | Err(_) => {}
+            Err(_) => {}
         }
     }
 }
@@ -873,7 +887,10 @@ async fn reconcile_loop(
         let debt = match tokio::task::spawn_blocking(move || b.debt()).await {
             Ok(Ok(d)) => d,
             failed => {
-                let e = failed.map_or_else(|e| e.to_string(), |r| r.err().unwrap_or_default());
+                let e = failed.map_or_else(
+                    |e| e.to_string(),
+                    |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+                );
                 tracing::warn!(sink = backlog.id, error = %e, "cannot read what the sink owes; trying again");
                 if !pause(store.next_wait()).await {
                     return;
@@ -928,7 +945,7 @@ async fn reconcile_loop(
                 "{} of {} entries did not reach the sink",
                 s.failed, s.entries
             ),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         if stop.is_cancelled() {
             return;

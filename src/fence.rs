@@ -111,12 +111,18 @@ pub(crate) fn is_open() -> bool {
     FENCE.get().is_none_or(Fence::open)
 }
 
+/// The fence is closed: a write to `key` was refused.
+#[derive(Debug)]
+pub(crate) struct Fenced {
+    pub key: String,
+}
+
 /// For a sink, right before the write that commits a change to `key`.
-pub(crate) fn check(key: &str) -> Result<(), crate::sink::SinkError> {
+pub(crate) fn check(key: &str) -> Result<(), Fenced> {
     if is_open() {
         return Ok(());
     }
-    Err(crate::sink::SinkError::Fenced {
+    Err(Fenced {
         key: key.to_string(),
     })
 }

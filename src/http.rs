@@ -53,32 +53,38 @@ pub(crate) fn seaweed(
 ) -> Result<reqwest::Client, HttpError> {
     let mut http = builder(read_timeout);
     if let Some(https) = https {
-        let problem = |key: &'static str, path: &str, detail: String| HttpError::File {
+        let problem = |key: &'static str, path: &std::path::Path, detail: String| HttpError::File {
             key,
-            path: path.to_string(),
+            path: path.display().to_string(),
             detail,
         };
-        let read = |key: &'static str, path: &str| {
+        let read = |key: &'static str, path: &std::path::Path| {
             std::fs::read(path).map_err(|e| problem(key, path, e.to_string()))
         };
         http = http.danger_accept_invalid_certs(https.insecure_skip_verify);
-        if !https.ca.is_empty() {
+        if let Some(ca) = &https.ca {
             let key = "https.client.ca";
-            let certs = reqwest::Certificate::from_pem_bundle(&read(key, &https.ca)?)
-                .map_err(|e| problem(key, &https.ca, e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&read(key, ca)?)
+                .map_err(|e| problem(key, ca, e.to_string()))?;
             if certs.is_empty() {
-                return Err(problem(key, &https.ca, "no certificate in the file".into()));
+                return Err(problem(key, ca, "no certificate in the file".into()));
             }
             for cert in certs {
                 http = http.add_root_certificate(cert);
             }
         }
-        if !https.cert.is_empty() {
-            let mut pem = read("https.client.cert", &https.cert)?;
+        if let Some(cert) = &https.cert {
+            let mut pem = read("https.client.cert", cert)?;
             pem.push(b'\n');
-            pem.extend(read("https.client.key", &https.key)?);
+            match &https.key {
+                Some(key) => pem.extend(read("https.client.key", key)?),
+                None => {
+                    let detail = "https.client.key is not set".to_string();
+                    return Err(problem("https.client.key", cert, detail));
+                }
+            }
             let id = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| problem("https.client.cert", &https.cert, e.to_string()))?;
+                .map_err(|e| problem("https.client.cert", cert, e.to_string()))?;
             http = http.identity(id);
         }
     }

@@ -20,15 +20,19 @@ pub(crate) mod go;
 pub mod http;
 pub mod lane;
 pub(crate) mod logfile;
+pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod ops;
+pub mod path;
 pub mod pipeline;
 pub mod replicate;
 pub mod retry;
+pub(crate) mod runner;
 pub(crate) mod setup;
 pub mod sink;
 pub mod source;
+pub(crate) mod text;
 
 /// Generated protobuf types and the filer gRPC client (see `proto/filer.proto`).
 #[allow(clippy::all, clippy::pedantic)]

@@ -55,8 +55,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    seaweed_replicate::config::STRICT.store(cli.strict, std::sync::atomic::Ordering::Relaxed);
-    if let Err(e) = app::init_logging(&cli) {
+    if let Err(e) = seaweed_replicate::logging::init(&cli) {
         eprintln!("replicate: {e}");
         return ExitCode::from(2);
     }

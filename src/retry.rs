@@ -47,12 +47,39 @@ impl Backoff {
     }
 }
 
+/// Whether something tried again and again is failing, so that its loop logs one line
+/// when it starts failing and one when it works again, whatever its cadence. [`Retry`]
+/// adds backoff and the logging to it.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    down_since: Option<Instant>,
+}
+
+impl Health {
+    /// An attempt failed: true if that is news (the first failure since it worked).
+    pub(crate) fn failed(&mut self) -> bool {
+        let news = self.down_since.is_none();
+        self.down_since.get_or_insert_with(Instant::now);
+        news
+    }
+
+    /// An attempt worked: how long it had been failing, if it was (then that is news).
+    pub(crate) fn worked(&mut self) -> Option<Duration> {
+        self.down_since.take().map(|since| since.elapsed())
+    }
+
+    pub(crate) fn is_failing(&self) -> bool {
+        self.down_since.is_some()
+    }
+}
+
 /// The state of one retried dependency.
 #[derive(Debug)]
 pub(crate) struct Retry {
     backoff: Backoff,
-    /// Since when, and as what, it has been failing.
-    down: Option<(Instant, String)>,
+    health: Health,
+    /// What has been failing, as first logged.
+    what: String,
     /// The component whose reachability this retry reports (the `replicate_up` metric
     /// and `/readyz`).
     reports: Option<crate::metrics::Component>,
@@ -65,7 +92,8 @@ impl Default for Retry {
     fn default() -> Self {
         Retry {
             backoff: Backoff::new(FIRST, CAP),
-            down: None,
+            health: Health::default(),
+            what: String::new(),
             reports: None,
             reason: None,
         }
@@ -107,7 +135,7 @@ impl Retry {
                 *last = why;
                 new
             }
-            None => self.down.is_none(),
+            None => !self.health.is_failing(),
         };
         if !news {
             tracing::debug!(error = %error, retry_in = ?wait, "{what}; still retrying");
@@ -118,8 +146,9 @@ impl Retry {
         } else {
             tracing::warn!(error = %error, "{what}; retrying with backoff until it works");
         }
-        self.down
-            .get_or_insert_with(|| (Instant::now(), what.to_string()));
+        if self.health.failed() {
+            self.what = what.to_string();
+        }
         wait
     }
 
@@ -150,14 +179,14 @@ impl Retry {
         if let Some(c) = self.reports {
             crate::metrics::get().set_up(c, true);
         }
-        if let Some((since, what)) = self.down.take() {
-            tracing::info!(down_for = ?since.elapsed(), "working again after: {what}");
+        if let Some(down_for) = self.health.worked() {
+            tracing::info!(?down_for, "working again after: {}", self.what);
         }
     }
 
     #[cfg(test)]
     pub(crate) fn is_failing(&self) -> bool {
-        self.down.is_some()
+        self.health.is_failing()
     }
 }
 
@@ -171,14 +200,15 @@ pub(crate) fn attempt_limit(stall: std::time::Duration) -> std::time::Duration {
 
 /// Run `check` until it succeeds, logging why it fails (with `what` it checks) as a
 /// [`Retry::for_start_up`] does; its value, or `None` if `stop` fires first.
-pub(crate) async fn wait_until_healthy<T, F, Fut>(
+pub(crate) async fn wait_until_healthy<T, E, F, Fut>(
     what: &str,
     stop: &tokio_util::sync::CancellationToken,
     mut check: F,
 ) -> Option<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Display,
 {
     let mut retry = Retry::for_start_up();
     let what = format!("{what} cannot be reached with this configuration");

@@ -125,20 +125,16 @@ impl Setup {
 
     /// Load and resolve the configuration and build the clients; every configuration
     /// problem is an `AppError::Config`.
-    pub(crate) fn load(
-        config_dir: Option<std::path::PathBuf>,
-        config: Option<std::path::PathBuf>,
-    ) -> Result<Setup, AppError> {
-        Self::load_with(config_dir, config, None)
+    pub(crate) fn load(place: &crate::config::Place) -> Result<Setup, AppError> {
+        Self::load_with(place, None)
     }
 
     /// [`Setup::load`], for `filer.backup` with its flags standing for the source's keys.
     pub(crate) fn load_with(
-        config_dir: Option<std::path::PathBuf>,
-        config: Option<std::path::PathBuf>,
+        place: &crate::config::Place,
         backup: Option<&crate::backup::Backup>,
     ) -> Result<Setup, AppError> {
-        let mut opts = LoadOptions::from_process(config_dir, config);
+        let mut opts = LoadOptions::from_process(place);
         opts.without_notification = backup.is_some();
         let mut raw = RawConfig::load(&opts)?;
         for (name, path) in &raw.files {
@@ -199,7 +195,9 @@ impl Setup {
                 SourceOptions {
                     grpc_address: settings.source.grpc_address.clone(),
                     data_center: settings.source.data_center.clone(),
-                    read_jwt: settings.security.read_jwt.clone(),
+                    read_jwt: settings.security.read_jwt.as_ref().map(|j| {
+                        crate::filer::jwt::ReadSigner::new(&j.key, j.expires_after_seconds)
+                    }),
                     https: settings.security.https_client.is_some(),
                     prefetch: settings.replicate.prefetch_chunks,
                     grpc_tls: grpc_tls.clone(),

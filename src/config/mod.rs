@@ -12,6 +12,7 @@ pub(crate) mod scaffold;
 pub(crate) mod settings;
 pub(crate) mod typos;
 
+use crate::text::cut;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -42,14 +43,13 @@ pub(crate) struct LoadOptions {
     /// Leave notification.toml unread (`filer.backup`, which reads the metadata log, as
     /// upstream's reads only replication.toml and security.toml).
     pub without_notification: bool,
+    /// See [`Place::strict`].
+    pub strict: bool,
 }
 
 impl LoadOptions {
     /// Options for the real process: its cwd, `$HOME`, the system dirs and environment.
-    pub(crate) fn from_process(
-        config_dir: Option<PathBuf>,
-        replication_file: Option<PathBuf>,
-    ) -> Self {
+    pub(crate) fn from_process(place: &Place) -> Self {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let expand = |p: PathBuf| match (p.strip_prefix("~"), &home) {
             (Ok(rest), Some(h)) => h.join(rest),
@@ -57,14 +57,15 @@ impl LoadOptions {
         };
         let (env, bad_env) = utf8_env(std::env::vars_os());
         LoadOptions {
-            config_dir: config_dir.map(expand),
-            replication_file: replication_file.map(expand),
+            config_dir: place.config_dir.clone().map(expand),
+            replication_file: place.config.clone().map(expand),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             home: home.clone(),
             system_dirs: vec!["/usr/local/etc/seaweedfs".into(), "/etc/seaweedfs".into()],
             env,
             bad_env,
             without_notification: false,
+            strict: place.strict,
         }
     }
 
@@ -85,17 +86,16 @@ impl LoadOptions {
     }
 }
 
-/// `-strict`: keys that mean nothing (see `typos`) are configuration errors, not warnings.
-pub static STRICT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// A value echoed in a message, cut to a readable length (a pasted key or a whole file
-/// in the wrong place should not fill the screen).
-pub(crate) fn cut(s: &str) -> String {
-    const MAX: usize = 80;
-    match s.char_indices().nth(MAX) {
-        None => s.to_string(),
-        Some((at, _)) => format!("{}… ({} bytes in all)", &s[..at], s.len()),
-    }
+/// Where the configuration is, as the command line says, and how strictly it is read.
+#[derive(Debug, Clone, Default)]
+pub struct Place {
+    /// `-config_dir`.
+    pub config_dir: Option<PathBuf>,
+    /// `-config FILE`.
+    pub config: Option<PathBuf>,
+    /// `-strict`: keys that mean nothing (see `typos`) are configuration errors, not
+    /// warnings.
+    pub strict: bool,
 }
 
 /// The environment as text. A variable that is not UTF-8 (any byte string is allowed)
@@ -220,6 +220,8 @@ pub(crate) struct RawConfig {
     flags: HashMap<String, (toml::Value, String)>,
     /// Whether a named file exists (see [`FileCheck`]).
     pub file_check: FileCheck,
+    /// See [`Place::strict`].
+    pub strict: bool,
 }
 
 impl RawConfig {
@@ -227,6 +229,7 @@ impl RawConfig {
     pub(crate) fn load(opts: &LoadOptions) -> Result<RawConfig, ConfigErrors> {
         let mut raw = RawConfig {
             env: opts.env.clone(),
+            strict: opts.strict,
             ..Default::default()
         };
         let mut problems: Vec<Problem> = opts

@@ -1,6 +1,14 @@
 //! SeaweedFS file ids: `"<volume id>,<needle key hex><cookie hex>"`.
 
-use crate::pb::FileId;
+use crate::pb::{FileChunk, FileId};
+
+/// The string id of a chunk ("vid,keycookie"), derived from `fid` when `file_id` is empty.
+pub(crate) fn chunk_file_id(chunk: &FileChunk) -> Option<String> {
+    if !chunk.file_id.is_empty() {
+        return Some(chunk.file_id.clone());
+    }
+    chunk.fid.as_ref().map(format)
+}
 
 /// Format a `FileId` the way upstream does: the 8-byte big-endian key with its
 /// leading zero bytes removed, then the 4-byte cookie, all lower-case hex.
@@ -43,6 +51,24 @@ pub(crate) fn volume_id(file_id: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_id_falls_back_to_fid() {
+        let c = FileChunk {
+            fid: Some(FileId {
+                volume_id: 3,
+                file_key: 4,
+                cookie: 0x6dbbed8d,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(chunk_file_id(&c).as_deref(), Some("3,046dbbed8d"));
+        let c = FileChunk {
+            file_id: "5,01abcdef12".into(),
+            ..c
+        };
+        assert_eq!(chunk_file_id(&c).as_deref(), Some("5,01abcdef12"));
+    }
 
     #[test]
     fn formats_like_upstream() {

@@ -22,12 +22,12 @@ use error::chunk_err;
 pub(crate) use grpc::{connect_lazy, is_not_found, is_not_found_text, signature, status_is_outage};
 pub use manifest::{MAX_MANIFEST_DEPTH, MAX_MANIFESTS, resolve_manifests_with};
 
-use crate::event::chunk_file_id;
 use crate::pb::seaweed_filer_client::SeaweedFilerClient;
 use crate::pb::{Entry, FileChunk, FileChunkManifest, Location, LookupVolumeRequest};
 use aes_gcm::aead::Aead;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use bytes::Bytes;
+use fileid::chunk_file_id;
 use futures::StreamExt;
 use prost::Message;
 use std::collections::HashMap;

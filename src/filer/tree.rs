@@ -76,7 +76,7 @@ impl<'a> SourceTree<'a> {
         let base = dir.trim_end_matches('/');
         for e in entries.iter().filter(|e| e.is_directory) {
             let path = format!("{base}/{}", e.name);
-            let parts = crate::replicate::path::components(&path).unwrap_or_default();
+            let parts = crate::path::components(&path).unwrap_or_default();
             if !(self.excluded)(&parts) {
                 self.queue.push_back(path);
             }

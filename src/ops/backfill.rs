@@ -91,8 +91,7 @@ async fn count_files(
 }
 
 pub(crate) async fn run(
-    config_dir: Option<std::path::PathBuf>,
-    config: Option<std::path::PathBuf>,
+    place: crate::config::Place,
     state_file: &Path,
     restart: bool,
 ) -> Result<(), AppError> {
@@ -100,7 +99,7 @@ pub(crate) async fn run(
     let (stop, abandon) = (CancellationToken::new(), CancellationToken::new());
     spawn_interrupt(stop.clone(), abandon.clone());
     tokio::select! {
-        r = backfill(config_dir, config, state_file, restart, stop) => r,
+        r = backfill(place, state_file, restart, stop) => r,
         _ = abandon.cancelled() => Err(AppError::Interrupted(
             "stopped; the directories recorded as done are kept".into(),
         )),
@@ -108,13 +107,12 @@ pub(crate) async fn run(
 }
 
 async fn backfill(
-    config_dir: Option<std::path::PathBuf>,
-    config: Option<std::path::PathBuf>,
+    place: crate::config::Place,
     state_file: &Path,
     restart: bool,
     stop: CancellationToken,
 ) -> Result<(), AppError> {
-    let setup = Setup::load(config_dir, config)?;
+    let setup = Setup::load(&place)?;
     setup.warn_typos();
     if !setup.settings.several_sinks() {
         return backfill_one(&setup, state_file, restart, stop).await;

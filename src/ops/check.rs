@@ -28,12 +28,9 @@ async fn probe<F: Future<Output = Result<String, String>>>(what: &str, f: F) -> 
     }
 }
 
-pub(crate) async fn run(
-    config_dir: Option<std::path::PathBuf>,
-    config: Option<std::path::PathBuf>,
-) -> Result<(), AppError> {
+pub(crate) async fn run(place: crate::config::Place) -> Result<(), AppError> {
     println!("configuration");
-    let setup = match Setup::load(config_dir, config) {
+    let setup = match Setup::load(&place) {
         Ok(s) => s,
         Err(AppError::Config(problems)) => {
             for p in &problems.0 {

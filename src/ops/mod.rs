@@ -15,8 +15,8 @@ pub(crate) use crate::event::full_path;
 /// `path` as components, if it is a plain path: one that maps back onto itself (`a//b`
 /// on an object store would be read as `a/b`, a different, legitimate file).
 pub(crate) fn plain_path(path: &str) -> Option<Vec<String>> {
-    let parts = crate::replicate::path::components(path).ok()?;
-    (crate::replicate::path::join(&parts) == path).then_some(parts)
+    let parts = crate::path::components(path).ok()?;
+    (crate::path::join(&parts) == path).then_some(parts)
 }
 
 /// `bytes` for people: `512 B`, `3.4 MiB`.

@@ -28,6 +28,20 @@ pub(crate) struct Summary {
     pub failed: u64,
 }
 
+/// Why a reconciliation could not finish.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReconcileError {
+    #[error("opening the sink: {0}")]
+    Sink(#[from] crate::setup::AppError),
+    #[error("listing the source: {}", .0.message())]
+    ListSource(tonic::Status),
+    #[error("listing {sink}: {source}")]
+    ListSink {
+        sink: String,
+        source: crate::sink::SinkError,
+    },
+}
+
 fn origin(path: &str) -> Origin {
     Origin::Message {
         input: "reconcile",
@@ -54,11 +68,11 @@ pub(crate) async fn run(
     setup: &Setup,
     submit: Submit,
     stop: &CancellationToken,
-) -> Result<Summary, String> {
+) -> Result<Summary, ReconcileError> {
     let s = &setup.settings;
     let rules = setup.rules(Vec::new());
     let root = s.source.directory.trim_end_matches('/').to_string();
-    let open = setup.sink().await.map_err(|e| e.to_string())?;
+    let open = setup.sink().await?;
     let sink = open.sink.as_ref();
     let concurrency = s.replicate.concurrency;
     let mut summary = Summary::default();
@@ -66,11 +80,7 @@ pub(crate) async fn run(
     let mut seen: HashSet<String> = HashSet::new();
     let excluded = |p: &[String]| rules.excluded(p);
     let mut tree = SourceTree::new(&setup.source, &s.source.directory, &excluded, true);
-    while let Some(page) = tree
-        .next(stop)
-        .await
-        .map_err(|e| format!("listing the source: {}", e.message()))?
-    {
+    while let Some(page) = tree.next(stop).await.map_err(ReconcileError::ListSource)? {
         let dir = page.dir;
         let mut replays = Vec::new();
         for entry in page.entries {
@@ -103,7 +113,10 @@ pub(crate) async fn run(
     let Some(inventory) = sink
         .inventory()
         .await
-        .map_err(|e| format!("listing {}: {e}", sink.describe()))?
+        .map_err(|source| ReconcileError::ListSink {
+            sink: sink.describe(),
+            source,
+        })?
     else {
         tracing::warn!(sink = %sink.describe(), "this sink cannot list what it holds, so files the source no longer has stay on it");
         return Ok(summary);

@@ -67,7 +67,7 @@ impl Dated {
 }
 
 /// Remove the dated directories older than their days; how many went.
-pub(crate) async fn sweep(setup: &Setup, dated: &Dated) -> Result<usize, String> {
+async fn sweep(setup: &Setup, dated: &Dated) -> Result<usize, String> {
     let open = setup.sink().await.map_err(|e| e.to_string())?;
     let sink = open.sink.as_ref();
     let Some(inventory) = sink
@@ -100,19 +100,19 @@ pub(crate) async fn sweep(setup: &Setup, dated: &Dated) -> Result<usize, String>
 /// Sweep at start and then daily until `stop`; a failure is logged when it begins and
 /// when it ends, and tried again at the next sweep.
 pub(crate) async fn serve(setup: Arc<Setup>, dated: Dated, stop: CancellationToken) {
-    let mut failing = false;
+    let mut health = crate::retry::Health::default();
     loop {
         match sweep(&setup, &dated).await {
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!("retention: sweeping works again");
+            Ok(_) => {
+                if health.worked().is_some() {
+                    tracing::info!("retention: sweeping works again");
+                }
             }
-            Ok(_) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "retention: sweeping failed; trying again tomorrow");
+            Err(e) => {
+                if health.failed() {
+                    tracing::warn!(error = %e, "retention: sweeping failed; trying again tomorrow");
+                }
             }
-            Err(_) => {}
         }
         tokio::select! {
             _ = stop.cancelled() => return,

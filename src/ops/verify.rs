@@ -87,12 +87,8 @@ pub(crate) struct Mode {
     pub size_only: bool,
 }
 
-pub(crate) async fn run(
-    config_dir: Option<std::path::PathBuf>,
-    config: Option<std::path::PathBuf>,
-    mode: Mode,
-) -> Result<(), AppError> {
-    let setup = Setup::load(config_dir, config)?;
+pub(crate) async fn run(place: crate::config::Place, mode: Mode) -> Result<(), AppError> {
+    let setup = Setup::load(&place)?;
     setup.warn_typos();
     if !setup.settings.several_sinks() {
         return verify(&setup, mode).await;
@@ -163,8 +159,7 @@ async fn verify(setup: &Setup, mode: Mode) -> Result<(), AppError> {
     let mut sink_files: BTreeMap<String, u64> = inventory
         .into_iter()
         .filter(|(rel, _)| {
-            let parts =
-                crate::replicate::path::components(&format!("{root}/{rel}")).unwrap_or_default();
+            let parts = crate::path::components(&format!("{root}/{rel}")).unwrap_or_default();
             !rules.excluded_entry(&parts, false)
         })
         .collect();
@@ -191,8 +186,7 @@ async fn verify(setup: &Setup, mode: Mode) -> Result<(), AppError> {
         for entry in entries.into_iter().filter(|e| !e.is_directory) {
             let path = full_path(&dir, &entry);
             // Files the filters leave out are not the mirror's business either.
-            if crate::replicate::path::components(&path)
-                .is_ok_and(|parts| rules.excluded_entry(&parts, false))
+            if crate::path::components(&path).is_ok_and(|parts| rules.excluded_entry(&parts, false))
             {
                 continue;
             }

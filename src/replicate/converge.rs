@@ -33,7 +33,7 @@
 //! drive this with an in-memory source.
 
 use super::{Plan, Rules, SinkKey};
-use crate::event::chunk_file_id;
+use crate::filer::fileid::chunk_file_id;
 use crate::filer::{FilerSource, ReadError, mtime_ns};
 use crate::pb::{Entry, EventNotification};
 use crate::sink::{Sink, SinkError};

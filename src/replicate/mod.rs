@@ -9,12 +9,11 @@
 
 pub mod converge;
 pub mod filter;
-pub mod path;
 
+use crate::path::{BadPath, check_name, components, is_equal_or_under, join};
 use crate::pb::{Entry, EventNotification};
 use crate::sink::{Sink, SinkError};
 use chrono::TimeZone;
-use path::{BadPath, check_name, components, is_equal_or_under, join};
 
 /// Replication rules from `[source.filer]` and the sink's `directory`/`is_incremental`.
 #[derive(Debug, Clone)]

@@ -242,7 +242,7 @@ impl Assigner {
         let Some(id) = fileid::parse(&answer.file_id) else {
             return Err(AssignError::Refused(format!(
                 "not a file id: {:?}",
-                crate::config::cut(&answer.file_id)
+                crate::text::cut(&answer.file_id)
             )));
         };
         let mut grant = Grant {

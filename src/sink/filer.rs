@@ -17,7 +17,7 @@ use super::SinkKey;
 use super::assign::{AssignError, Assigner, Placement};
 use super::journal::{self, Journal, Note};
 use super::{Sink, SinkError};
-use crate::event::chunk_file_id;
+use crate::filer::fileid::chunk_file_id;
 use crate::filer::{FilerSource, ReadError, fileid, is_not_found, is_not_found_text, mtime_ns};
 use crate::pb::seaweed_filer_client::SeaweedFilerClient;
 use crate::pb::{self, Entry, FileChunk, FileChunkManifest};
@@ -287,7 +287,7 @@ where
 {
     if let Err(fenced) = crate::fence::check(&key.full) {
         attempt.settle(Outcome::NotWritten).await;
-        return Err(fenced);
+        return Err(fenced.into());
     }
     let mut attempt = attempt;
     attempt.sent = true;

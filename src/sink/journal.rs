@@ -42,8 +42,8 @@ struct Inner {
     /// and chunks, written again at the head of each new segment so that the old ones
     /// can go whole.
     open: HashMap<u64, (String, Vec<String>)>,
-    /// A write failed (logged once until one succeeds again).
-    failing: bool,
+    /// Whether writes fail (logged once until one succeeds again).
+    health: crate::retry::Health,
 }
 
 /// One attempt's notes: nothing is written until its first chunk. A note dropped without
@@ -185,8 +185,7 @@ impl Journal {
         match file.write_all(text.as_bytes()) {
             Ok(()) => {
                 *size += text.len() as u64;
-                if inner.failing {
-                    inner.failing = false;
+                if inner.health.worked().is_some() {
                     tracing::info!(dir = %self.dir.display(), "noting uploads works again");
                 }
                 true
@@ -200,8 +199,7 @@ impl Journal {
     }
 
     fn failed(&self, inner: &mut Inner, path: &Path, e: &std::io::Error) {
-        if !inner.failing {
-            inner.failing = true;
+        if inner.health.failed() {
             tracing::warn!(file = %path.display(), error = %e, "cannot note uploads; chunks of a copy interrupted now may stay on the target");
         }
     }

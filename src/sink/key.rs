@@ -20,7 +20,7 @@ impl SinkKey {
                 base.to_string()
             }
         } else {
-            format!("{base}{}", crate::replicate::path::join(&rel))
+            format!("{base}{}", crate::path::join(&rel))
         };
         SinkKey { rel, full }
     }

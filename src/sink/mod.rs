@@ -187,6 +187,12 @@ impl SinkError {
     }
 }
 
+impl From<crate::fence::Fenced> for SinkError {
+    fn from(fenced: crate::fence::Fenced) -> Self {
+        SinkError::Fenced { key: fenced.key }
+    }
+}
+
 impl SinkError {
     /// A failed call to a remote store.
     pub(crate) fn remote(

@@ -94,8 +94,8 @@ pub fn nats_event(
             _ if natsv2 => {
                 event.defect = Some(format!(
                     "the NATS header {:?} = {:?} is not query-escaped as gocloud escapes metadata",
-                    crate::config::cut(name),
-                    crate::config::cut(value)
+                    crate::text::cut(name),
+                    crate::text::cut(value)
                 ));
             }
             // Without natsv2 headers are a courtesy: one that does not unescape is taken

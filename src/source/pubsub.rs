@@ -78,9 +78,7 @@ fn api_error(status: u16, body: &Value) -> String {
 /// The API client (the emulator's when `PUBSUB_EMULATOR_HOST` is set) and the
 /// subscription's resource name.
 fn connect(cfg: &PubSubSettings, http: reqwest::Client) -> Result<(Client, String), String> {
-    let emulator = std::env::var("PUBSUB_EMULATOR_HOST")
-        .ok()
-        .filter(|h| !h.is_empty());
+    let emulator = cfg.emulator_host.clone();
     let base = match &emulator {
         Some(h) if h.starts_with("http") => h.trim_end_matches('/').to_string(),
         Some(h) => format!("http://{h}"),

@@ -71,6 +71,8 @@ pub(crate) struct PubSubSettings {
     pub topic: String,
     /// Ours; upstream hard-codes `seaweedfs_sub`, so replicators split the stream.
     pub subscription: String,
+    /// `PUBSUB_EMULATOR_HOST`, as Google's clients read it.
+    pub emulator_host: Option<String>,
 }
 
 /// A RabbitMQ queue (gocdk's `rabbit://`).
@@ -305,7 +307,7 @@ pub(super) fn resolve_inputs(r: &mut Reader, cwd: &Path) -> (Option<InputSetting
                 format!(
                     "must be a time (RFC 3339, e.g. 2026-12-01T00:00:00Z), Unix milliseconds \
                      (as -a.fromTsMs) or a duration ago (as -timeAgo, e.g. 36h), got {:?}",
-                    crate::config::cut(&start_text)
+                    crate::text::cut(&start_text)
                 ),
             );
         }
@@ -449,6 +451,7 @@ fn resolve_input(r: &mut Reader, name: &str, cwd: &Path) -> Option<InputSettings
                 credentials,
                 project_id,
                 topic,
+                emulator_host: r.env("PUBSUB_EMULATOR_HOST"),
                 subscription: if subscription.is_empty() {
                     "seaweedfs_sub".into()
                 } else {
@@ -529,7 +532,7 @@ fn resolve_gocdk(r: &mut Reader) -> Option<InputSettings> {
                         key,
                         format!(
                             "natsv2={:?} is not a boolean (true, false, 1, 0) nor empty",
-                            crate::config::cut(v)
+                            crate::text::cut(v)
                         ),
                     );
                     false
@@ -560,7 +563,7 @@ fn resolve_gocdk(r: &mut Reader) -> Option<InputSettings> {
                         key,
                         format!(
                             "raw={:?} is not a boolean (true, false, 1, 0)",
-                            crate::config::cut(&v)
+                            crate::text::cut(&v)
                         ),
                     );
                     false
@@ -588,6 +591,7 @@ fn resolve_gocdk(r: &mut Reader) -> Option<InputSettings> {
                         project_id: project.to_string(),
                         topic: String::new(),
                         subscription: sub.to_string(),
+                        emulator_host: env("PUBSUB_EMULATOR_HOST"),
                     }))
                 }
                 _ => {

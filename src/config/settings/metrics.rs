@@ -13,17 +13,26 @@ pub(crate) struct MetricsSettings {
     pub ready_max_event_age: Option<Duration>,
 }
 
+/// A listen address that is not `host:port` or `:port`.
+#[derive(Debug, thiserror::Error)]
+#[error("{address:?} {why}")]
+pub(crate) struct BadListenAddress {
+    pub address: String,
+    pub why: &'static str,
+}
+
 /// Check a listen address: `host:port` or Go-style `:port`.
-pub(crate) fn check_listen_address(address: &str) -> Result<(), String> {
-    let port = address
+pub(crate) fn check_listen_address(address: &str) -> Result<(), BadListenAddress> {
+    let bad = |why| BadListenAddress {
+        address: address.to_string(),
+        why,
+    };
+    let (_, port) = address
         .rsplit_once(':')
-        .map(|(_, p)| p)
-        .ok_or_else(|| format!("{address:?} is not host:port or :port"))?;
+        .ok_or_else(|| bad("is not host:port or :port"))?;
     match port.parse::<u16>() {
         Ok(_) => Ok(()),
-        Err(_) => Err(format!(
-            "{address:?} has no valid port (host:port or :port)"
-        )),
+        Err(_) => Err(bad("has no valid port (host:port or :port)")),
     }
 }
 
@@ -32,7 +41,7 @@ pub(super) fn resolve_metrics(r: &mut Reader) -> MetricsSettings {
     if !address.is_empty()
         && let Err(e) = check_listen_address(&address)
     {
-        r.problem("metrics.address", e);
+        r.problem("metrics.address", e.to_string());
     }
     let progress = r.count("metrics.progress_interval_seconds", 60);
     let max_age = r.count("metrics.ready_max_event_age_seconds", 900);

@@ -21,8 +21,7 @@ pub(crate) use source::*;
 #[cfg(test)]
 use super::FileCheck;
 use super::{ConfigErrors, Problem, RawConfig, Reader};
-use crate::filer::jwt::ReadSigner;
-use crate::replicate::path::{components, normalize_dir};
+use crate::path::{components, normalize_dir};
 pub(crate) use crate::sink::filer::FilerSinkOptions;
 pub(crate) use crate::sink::object::azure::AzureSinkOptions;
 pub(crate) use crate::sink::object::b2::B2SinkOptions;
@@ -132,7 +131,7 @@ pub(crate) fn resolve(raw: &RawConfig, cwd: &Path) -> Result<Settings, ConfigErr
     #[cfg(test)]
     super::typos::assert_templates_know(&r.read.borrow());
     let typos = super::typos::find(raw, &r.read.borrow());
-    let typos = if super::STRICT.load(std::sync::atomic::Ordering::Relaxed) {
+    let typos = if raw.strict {
         r.problems.extend(typos);
         Vec::new()
     } else {

@@ -5,7 +5,7 @@ use super::*;
 /// What `security.toml` says about talking to the source cluster.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SecuritySettings {
-    pub read_jwt: Option<ReadSigner>,
+    pub read_jwt: Option<ReadJwt>,
     pub https_client: Option<HttpsClient>,
     /// gRPC mutual TLS to filers: `grpc.ca` plus a client certificate and key.
     pub grpc_tls: Option<GrpcTls>,
@@ -19,11 +19,29 @@ pub(crate) struct GrpcTls {
     pub key: PathBuf,
 }
 
+/// `jwt.signing.read`: the key that signs each read of a file id.
+#[derive(Clone)]
+pub(crate) struct ReadJwt {
+    pub key: String,
+    /// 0: upstream's default.
+    pub expires_after_seconds: u64,
+}
+
+impl std::fmt::Debug for ReadJwt {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadJwt")
+            .field("expires_after_seconds", &self.expires_after_seconds)
+            .finish()
+    }
+}
+
+/// `[https.client]`: PEM files for HTTPS to SeaweedFS's servers (made absolute).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HttpsClient {
-    pub ca: String,
-    pub cert: String,
-    pub key: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     pub insecure_skip_verify: bool,
 }
 
@@ -32,13 +50,21 @@ pub(super) fn resolve_security(r: &mut Reader, cwd: &Path) -> SecuritySettings {
     let read_key = r.string("jwt.signing.read.key", "");
     let expires = r.count("jwt.signing.read.expires_after_seconds", 0);
     if !read_key.is_empty() {
-        security.read_jwt = Some(ReadSigner::new(&read_key, expires));
+        security.read_jwt = Some(ReadJwt {
+            key: read_key,
+            expires_after_seconds: expires,
+        });
     }
     if r.bool("https.client.enabled", false) {
+        let mut file = |key: &str| {
+            Some(r.string(key, ""))
+                .filter(|p| !p.is_empty())
+                .map(|p| cwd.join(p))
+        };
         security.https_client = Some(HttpsClient {
-            ca: r.string("https.client.ca", ""),
-            cert: r.string("https.client.cert", ""),
-            key: r.string("https.client.key", ""),
+            ca: file("https.client.ca"),
+            cert: file("https.client.cert"),
+            key: file("https.client.key"),
             insecure_skip_verify: r.bool("https.client.insecure_skip_verify", false),
         });
     }

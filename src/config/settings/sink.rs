@@ -104,7 +104,7 @@ pub(super) fn resolve_deletes(r: &mut Reader, p: &str) -> DeletePolicy {
                     "{:?} is not a delete policy; use \"mirror\" (deletes and renames are \
                      replicated), \"keep\" (the sink keeps what the source deletes) or \
                      \"trash\" (what the source deletes moves under trash_directory)",
-                    crate::config::cut(other)
+                    crate::text::cut(other)
                 ),
             );
             DeletePolicy::Mirror
@@ -147,12 +147,12 @@ pub(super) fn resolve_trash(
         return None;
     }
     let directory = r.string(&dir_key, TRASH_DIRECTORY);
-    if let Err(why) = crate::replicate::path::check_name(&directory) {
+    if let Err(why) = crate::path::check_name(&directory) {
         r.problem(
             &dir_key,
             format!(
                 "{:?} must be one name directly under the sink's directory: {why}",
-                crate::config::cut(&directory)
+                crate::text::cut(&directory)
             ),
         );
     }
@@ -292,7 +292,7 @@ pub(super) fn resolve_sinks(
                     &format!("{p}.on_failure"),
                     format!(
                         "must be empty ([replicate] on_failure applies), \"park\" or \"hold\", got {:?}",
-                        crate::config::cut(other)
+                        crate::text::cut(other)
                     ),
                 );
                 None
@@ -380,7 +380,7 @@ fn resolve_sink(
                     return None;
                 }
             };
-            let under = |a: &str, b: &str| matches!((components(a), components(b)), (Ok(a), Ok(b)) if crate::replicate::path::is_equal_or_under(&a, &b));
+            let under = |a: &str, b: &str| matches!((components(a), components(b)), (Ok(a), Ok(b)) if crate::path::is_equal_or_under(&a, &b));
             if grpc_address.eq_ignore_ascii_case(&source.grpc_address)
                 && under(&directory, &source.directory)
                 && !source
@@ -496,6 +496,7 @@ fn resolve_sink(
                 directory,
                 incremental,
                 endpoint: r.string(&format!("{p}.endpoint"), ""),
+                emulator_host: r.env("STORAGE_EMULATOR_HOST"),
                 slashless,
             }))
         }
@@ -530,10 +531,21 @@ fn resolve_sink(
                 );
             }
             let (directory, _) = object_store_dir(r, p);
+            let client_id = r.string(&format!("{p}.client_id"), "");
+            let entra = account_key
+                .is_empty()
+                .then(|| crate::sink::object::entra::TokenSource::choose(&client_id, |k| r.env(k)));
+            if let Some(problem) = entra.as_ref().and_then(|e| e.problem()) {
+                r.problem(
+                    &format!("{p}.account_key"),
+                    format!("is empty, so Entra ID is used, and {problem}"),
+                );
+            }
             Some(SinkSettings::Azure(AzureSinkOptions {
                 account_name,
                 account_key,
-                client_id: r.string(&format!("{p}.client_id"), ""),
+                client_id,
+                entra,
                 endpoint: r.string(&format!("{p}.endpoint"), ""),
                 container,
                 directory,
@@ -591,7 +603,7 @@ fn object_store_dir(r: &mut Reader, section: &str) -> (String, String) {
             &key,
             format!(
                 "{:?} must be a path without . or ..: {}",
-                crate::config::cut(&dir),
+                crate::text::cut(&dir),
                 e.why
             ),
         );

@@ -33,7 +33,7 @@ fn wildcards(r: &mut Reader, key: &str) -> Vec<crate::replicate::filter::Wildcar
                 format!(
                     "{:?} contains '/': patterns match one name at a time \
                      (use excludeDirectories for a path)",
-                    crate::config::cut(item)
+                    crate::text::cut(item)
                 ),
             );
             continue;
@@ -123,7 +123,7 @@ fn name_regexp(r: &mut Reader, key: &str) -> Option<crate::replicate::filter::Na
                 key,
                 format!(
                     "{:?} is not a regular expression: {why}",
-                    crate::config::cut(&text)
+                    crate::text::cut(&text)
                 ),
             );
             None

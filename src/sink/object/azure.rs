@@ -35,6 +35,9 @@ pub(crate) struct AzureSinkOptions {
     pub account_key: String,
     /// A user-assigned managed identity or workload identity's client id.
     pub client_id: String,
+    /// With no `account_key`: the Entra ID token source the environment chose
+    /// (`AZURE_*`, as upstream's SDK reads them).
+    pub entra: Option<super::entra::TokenSource>,
     /// `https://<account>.blob.core.windows.net` unless set (an emulator, a sovereign cloud).
     pub endpoint: String,
     pub container: String,
@@ -208,7 +211,10 @@ impl AzureStore {
         http: reqwest::Client,
     ) -> Result<Self, AzureSetupError> {
         let auth = if opts.account_key.is_empty() {
-            let source = TokenSource::choose(&opts.client_id, |k| std::env::var(k).ok());
+            let source = opts
+                .entra
+                .clone()
+                .unwrap_or_else(|| TokenSource::choose(&opts.client_id, |_| None));
             if let Some(problem) = source.problem() {
                 return Err(problem.into());
             }

@@ -34,8 +34,10 @@ pub(crate) struct GcsSinkOptions {
     /// Normalised absolute directory.
     pub directory: String,
     pub incremental: bool,
-    /// API endpoint; empty means Google's (or `STORAGE_EMULATOR_HOST`).
+    /// API endpoint; empty means Google's (or the emulator's).
     pub endpoint: String,
+    /// `STORAGE_EMULATOR_HOST`, as Google's clients read it.
+    pub emulator_host: Option<String>,
     /// Object names without the leading `/`: upstream names objects
     /// `util.Join(directory, date, key under the source directory)`, which starts with `/`
     /// only when the directory is absolute, or empty with the key's rest starting with `/`.
@@ -71,9 +73,7 @@ impl GcsStore {
         opts: GcsSinkOptions,
         http: reqwest::Client,
     ) -> Result<Self, CredentialsError> {
-        let emulator = std::env::var("STORAGE_EMULATOR_HOST")
-            .ok()
-            .filter(|h| !h.is_empty());
+        let emulator = opts.emulator_host.clone();
         let endpoint = if !opts.endpoint.is_empty() {
             opts.endpoint.trim_end_matches('/').to_string()
         } else if let Some(host) = &emulator {

@@ -306,7 +306,7 @@ impl<S: ObjectStore> ObjectSink<S> {
                     .complete_upload(name, entry, &upload, tags)
                     .await
                     .map_err(SinkError::from),
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             },
             Err(e) => Err(e),
         };

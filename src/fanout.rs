@@ -666,6 +666,9 @@ pub(crate) async fn drain(
     let lane = crate::lane::run(
         &mut rx,
         concurrency,
+        // The backlog keeps a held event itself (`Backlog::hold`), until an overflow
+        // drops it and a reconciliation stands for it.
+        crate::lane::Holds::Report,
         |token: Token, event| {
             let (pipeline, backlog) = (pipeline.clone(), backlog.clone());
             let (stop, hard_stop) = (stop.clone(), hard_stop.clone());

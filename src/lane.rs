@@ -10,7 +10,9 @@
 //!
 //! Progress is reported as a prefix: `prefix(token)` is called when every event up to and
 //! including that one has finished, in stream order, which is what an offset or a
-//! checkpoint may record.
+//! checkpoint may record. An event that did not reach the sink ends the prefix: one
+//! abandoned or stopped, and, under [`Holds::Freeze`], one held by the failure policy,
+//! after which the lane goes on but reports no more progress.
 
 use crate::event::RawEvent;
 use crate::pipeline::Disposition;
@@ -32,6 +34,18 @@ pub(crate) enum LaneEnd {
 use crate::event::conflict;
 pub use crate::event::paths_of;
 
+/// What a [`Disposition::Held`] event does to the prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holds {
+    /// The prefix stops before it for the rest of the lane, so that an offset or a
+    /// checkpoint never passes it and it comes again at the next start (Kafka, the
+    /// metadata log). Later events still run.
+    Freeze,
+    /// It counts as progress: the input keeps it by other means (a queue leaves the
+    /// message unacknowledged; a sink's backlog keeps the event itself).
+    Report,
+}
+
 struct Slot<T> {
     token: T,
     paths: Vec<String>,
@@ -41,6 +55,8 @@ struct Slot<T> {
     /// Finished without reaching the sink (abandoned, or a bad message that stops the
     /// lane): not progress, and nothing after it is either.
     unfinished_work: bool,
+    /// Held by the failure policy (see [`Holds`]).
+    held: bool,
 }
 
 /// Run the events from `rx` through `start` (at most `concurrency` at once, in order where
@@ -50,6 +66,7 @@ struct Slot<T> {
 pub(crate) async fn run<T, F, Fut>(
     rx: &mut mpsc::Receiver<(T, RawEvent)>,
     concurrency: usize,
+    holds: Holds,
     mut start: F,
     mut prefix: impl FnMut(&T),
 ) -> (LaneEnd, Vec<T>)
@@ -65,6 +82,8 @@ where
     let mut running = futures::stream::FuturesUnordered::new();
     let mut open = true;
     let mut end = LaneEnd::Closed;
+    // A held event was passed under `Holds::Freeze`: no more progress.
+    let mut frozen = false;
     loop {
         // Start whatever may start, in order.
         if end == LaneEnd::Closed {
@@ -110,6 +129,7 @@ where
                 }
                 window[i].unfinished_work =
                     !matches!(disposition, Some(Disposition::Done | Disposition::Held));
+                window[i].held = disposition == Some(Disposition::Held);
                 // Events that finished while others were abandoned (at a shutdown, or when
                 // a partition moves to another consumer) still count, up to the first one
                 // that did not reach the sink.
@@ -118,8 +138,12 @@ where
                     .front()
                     .is_some_and(|s| s.finished && !s.unfinished_work)
                 {
-                    last = window.pop_front();
+                    let slot = window.pop_front();
                     base += 1;
+                    frozen |= holds == Holds::Freeze && slot.as_ref().is_some_and(|s| s.held);
+                    if !frozen {
+                        last = slot;
+                    }
                 }
                 if let Some(slot) = last {
                     prefix(&slot.token);
@@ -132,6 +156,7 @@ where
                     event: Some(event),
                     finished: false,
                     unfinished_work: false,
+                    held: false,
                 }),
                 None => open = false,
             },
@@ -225,6 +250,7 @@ mod tests {
         let (end, unstarted) = run(
             &mut rx,
             8,
+            Holds::Freeze,
             |i: usize, _e| {
                 let (log, in_flight, max) = (log.clone(), in_flight.clone(), max_in_flight.clone());
                 async move {
@@ -272,6 +298,7 @@ mod tests {
         let (end, _) = run(
             &mut rx,
             4,
+            Holds::Freeze,
             |i: usize, _| async move {
                 if i == 2 {
                     // Abandoned at once (a revoke or shutdown), while 0, 1 and 3 still run.
@@ -306,6 +333,7 @@ mod tests {
         let (end, unstarted) = run(
             &mut rx,
             1,
+            Holds::Freeze,
             |i: usize, _| async move {
                 Some(if i == 1 {
                     Disposition::Stop
@@ -323,5 +351,51 @@ mod tests {
             "nothing at or after the stop is progress"
         );
         assert_eq!(unstarted, vec![2, 3, 4]);
+    }
+
+    /// A held event ends the prefix for good under `Freeze` (later events still run and
+    /// finish), and is progress like any other under `Report`.
+    #[tokio::test]
+    async fn a_held_event_freezes_the_prefix_or_is_reported() {
+        for (holds, want) in [
+            (Holds::Freeze, vec![0, 1]),
+            (Holds::Report, vec![0, 1, 2, 3, 4, 5]),
+        ] {
+            let (tx, rx) = mpsc::channel(16);
+            for i in 0..6usize {
+                tx.send((i, create(&format!("/d{i}/f")))).await.unwrap();
+            }
+            drop(tx);
+            let mut prefixes = Vec::new();
+            let ran = Arc::new(Mutex::new(Vec::new()));
+            let mut rx = rx;
+            let (end, unstarted) = run(
+                &mut rx,
+                1,
+                holds,
+                |i: usize, _| {
+                    let ran = ran.clone();
+                    async move {
+                        ran.lock().unwrap().push(i);
+                        Some(if i == 2 || i == 4 {
+                            Disposition::Held
+                        } else {
+                            Disposition::Done
+                        })
+                    }
+                },
+                |i| prefixes.push(*i),
+            )
+            .await;
+            assert_eq!(end, LaneEnd::Closed);
+            assert!(unstarted.is_empty());
+            assert_eq!(
+                *ran.lock().unwrap(),
+                (0..6).collect::<Vec<_>>(),
+                "{holds:?}"
+            );
+            // One event at a time: each finish is reported on its own.
+            assert_eq!(prefixes, want, "{holds:?}");
+        }
     }
 }

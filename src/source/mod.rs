@@ -25,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 ///   ([`crate::lane`]: related events in order, unrelated ones at once); an event's
 ///   progress (an offset, a checkpoint, an acknowledgement) is recorded only after the
 ///   pipeline returned its [`Disposition`] for it, and only for a prefix of finished
-///   events, so a crash redelivers and never skips. A `Held` event is not acknowledged:
-///   it comes again. Work still in flight at `hard_stop` is abandoned, not acknowledged.
+///   events, so a crash redelivers and never skips. The lane keeps that prefix and says
+///   what a `Held` event does to it ([`crate::lane::Holds`]): a held event is never
+///   acknowledged and comes again. Work still in flight at `hard_stop` is abandoned,
+///   not acknowledged.
 /// - Faults (an unreachable broker, a refused credential) are waited out inside `run`,
 ///   with backoff and one log line per change; `run` returns `Err` only when the input
 ///   cannot start with its configuration.
@@ -134,6 +136,8 @@ pub(crate) async fn run_queue<T, A, F>(
     let lane = crate::lane::run(
         &mut rx,
         concurrency,
+        // A held message stays unacknowledged; the queue delivers it again.
+        crate::lane::Holds::Report,
         |message: T, event| async move {
             let disposition = if stop.is_cancelled() {
                 None

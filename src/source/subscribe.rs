@@ -430,37 +430,26 @@ async fn follow(
     let concurrency = pipeline.concurrency();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(i64, RawEvent)>(concurrency * 2);
     // Under `on_failure = "hold"` a failed event freezes the checkpoint before it.
-    let frozen = std::sync::atomic::AtomicBool::new(false);
     let lane = crate::lane::run(
         &mut rx,
         concurrency,
-        |ts, event| {
-            let frozen = &frozen;
-            async move {
-                if stop.is_cancelled() {
-                    return None;
-                }
-                if resumed_at == Some(ts) {
-                    tokio::select! {
-                        same = pipeline.already_applied(&event) => if same {
-                            return Some(Disposition::Done);
-                        },
-                        _ = hard_stop.cancelled() => return None,
-                    }
-                }
-                let origin = Origin::Log { ts_ns: ts };
-                let d = process(pipeline, &event, &origin, hard_stop).await;
-                if matches!(d, Some(Disposition::Held | Disposition::Stop)) {
-                    frozen.store(true, Ordering::Relaxed);
-                }
-                d
+        crate::lane::Holds::Freeze,
+        |ts, event| async move {
+            if stop.is_cancelled() {
+                return None;
             }
-        },
-        |ts| {
-            if !frozen.load(Ordering::Relaxed) {
-                progress.done_ts.store(*ts, Ordering::Relaxed);
+            if resumed_at == Some(ts) {
+                tokio::select! {
+                    same = pipeline.already_applied(&event) => if same {
+                        return Some(Disposition::Done);
+                    },
+                    _ = hard_stop.cancelled() => return None,
+                }
             }
+            let origin = Origin::Log { ts_ns: ts };
+            process(pipeline, &event, &origin, hard_stop).await
         },
+        |ts| progress.done_ts.store(*ts, Ordering::Relaxed),
     );
     tokio::pin!(lane);
     let feed = feed(

@@ -6,7 +6,7 @@
 //! shutdown too.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -21,8 +21,6 @@ struct OffsetFile {
 #[derive(Debug, Default)]
 struct State {
     last: BTreeMap<i32, i64>,
-    /// Oldest failed offset per partition under the hold policy.
-    held: HashMap<i32, i64>,
     dirty: bool,
 }
 
@@ -104,14 +102,13 @@ impl OffsetBook {
         }
     }
 
-    /// Forget a partition's progress and holds (it moved to another consumer, or its
+    /// Forget a partition's progress (it moved to another consumer, or its
     /// offset was out of the topic's range).
     pub(crate) fn forget(&self, partition: i32) {
         let mut s = self.lock();
         if s.last.remove(&partition).is_some() {
             s.dirty = true;
         }
-        s.held.remove(&partition);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -126,22 +123,10 @@ impl OffsetBook {
     /// The event at `offset` and every earlier one of its partition are finished.
     pub(crate) fn done(&self, partition: i32, offset: i64) {
         let mut s = self.lock();
-        // Past a held event, everything before it is still finished.
-        let offset = match s.held.get(&partition) {
-            Some(h) if offset >= *h => h - 1,
-            _ => offset,
-        };
         if s.last.get(&partition).is_none_or(|o| *o < offset) {
             s.last.insert(partition, offset);
             s.dirty = true;
         }
-    }
-
-    /// The event at `offset` failed and is kept: never commit at or past it.
-    pub(crate) fn hold(&self, partition: i32, offset: i64) {
-        let mut s = self.lock();
-        let h = s.held.entry(partition).or_insert(offset);
-        *h = (*h).min(offset);
     }
 
     /// The committed offsets.
@@ -212,21 +197,6 @@ mod tests {
         assert!(!book.save_if_dirty().unwrap(), "nothing new to save");
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, r#"{"topic":"t","partitionOffsets":{"0":42,"3":7}}"#);
-    }
-
-    #[test]
-    fn hold_pins_the_partition_but_not_others() {
-        let d = tempfile::tempdir().unwrap();
-        let (book, _) = OffsetBook::load(&d.path().join("o"), "t");
-        book.done(0, 1);
-        book.hold(0, 2);
-        book.done(0, 3);
-        book.done(1, 9);
-        assert_eq!(book.snapshot(), BTreeMap::from([(0, 1), (1, 9)]));
-        // A prefix reported past the held event at once still counts up to it.
-        book.hold(1, 12);
-        book.done(1, 15);
-        assert_eq!(book.snapshot(), BTreeMap::from([(0, 1), (1, 11)]));
     }
 
     /// A damaged offset file never panics (it did: exit 101 at the partition list) and

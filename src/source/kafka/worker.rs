@@ -4,7 +4,7 @@
 
 use super::offsets::OffsetBook;
 use crate::event::RawEvent;
-use crate::pipeline::{Disposition, Origin, Pipeline};
+use crate::pipeline::{Origin, Pipeline};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -74,8 +74,9 @@ pub(super) async fn worker(
     let (end, _) = crate::lane::run(
         &mut rx,
         concurrency,
+        crate::lane::Holds::Freeze,
         |offset, event| {
-            let (pipeline, book) = (pipeline.clone(), book.clone());
+            let pipeline = pipeline.clone();
             let (stop, hard_stop) = (stop.clone(), hard_stop.clone());
             async move {
                 // Nothing new starts once shutdown began.
@@ -83,11 +84,7 @@ pub(super) async fn worker(
                     return None;
                 }
                 let origin = Origin::Kafka { partition, offset };
-                let d = crate::source::process(&pipeline, &event, &origin, &hard_stop).await;
-                if matches!(d, Some(Disposition::Held | Disposition::Stop)) {
-                    book.hold(partition, offset);
-                }
-                d
+                crate::source::process(&pipeline, &event, &origin, &hard_stop).await
             }
         },
         |offset| book.done(partition, *offset),

@@ -18,5 +18,8 @@ bench_cleanup() {
 trap bench_cleanup EXIT
 for cluster in ${BENCH_CLUSTERS:-a b}; do
     mkdir -p "${run}/${cluster}"
-    bash scripts/testbed.sh start "${run}/${cluster}" >/dev/null
+    extra="${WEED_EXTRA_ARGS:-}"
+    # WEED_EXTRA_ARGS_B: extra `weed server` flags for B alone (e.g. its profiler).
+    if [[ "${cluster}" == b ]]; then extra="${extra} ${WEED_EXTRA_ARGS_B:-}"; fi
+    WEED_EXTRA_ARGS="${extra}" bash scripts/testbed.sh start "${run}/${cluster}" >/dev/null
 done

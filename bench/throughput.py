@@ -49,6 +49,10 @@ SYNC_CONCURRENCY = os.environ.get("SYNC_CONCURRENCY", "")
 # Appended to replicate's replication.toml, e.g. '[replicate]\nconcurrency = 128'.
 REPLICATE_TOML = os.environ.get("REPLICATE_TOML", "")
 PERF = os.environ.get("PERF", "") not in ("", "0")
+# B's Go profiler port (start B with WEED_EXTRA_ARGS_B="-debug -debug.port=N"): a CPU profile
+# of B over the first PPROF_SECONDS of each first-round drain, summarized by `go tool pprof`.
+PPROF_B = os.environ.get("PPROF_B", "")
+PPROF_SECONDS = int(os.environ.get("PPROF_SECONDS", "8"))
 PERF_DIR = os.environ.get("PERF_DIR")  # keep the perf.data files there
 CEILING = os.environ.get("CEILING", "1") not in ("", "0")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -187,6 +191,14 @@ def proc_stats(pid):
     return peak, (int(fields[11]) + int(fields[12])) / TICK
 
 
+def machine_ticks():
+    """(busy, all) clock ticks of every CPU since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 class InOrder:
     """The end of a drain: every directory complete, checked in the order written, so that
     each poll looks at the first incomplete directory only."""
@@ -287,6 +299,27 @@ def perf_stop(proc, out, pid, roles):
         f"perf: the tool's symbols over 0.7% of all samples\n{keep(top)}\n")
 
 
+def pprof_start(port, out):
+    """Fetch a CPU profile of B in the background (Go's net/http/pprof)."""
+    def fetch():
+        c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=PPROF_SECONDS + 60)
+        c.request("GET", f"/debug/pprof/profile?seconds={PPROF_SECONDS}")
+        with open(out, "wb") as f:
+            f.write(c.getresponse().read())
+    t = threading.Thread(target=fetch, daemon=True)
+    t.start()
+    return t
+
+
+def pprof_report(thread, out):
+    thread.join(PPROF_SECONDS + 90)
+    top = subprocess.run(["go", "tool", "pprof", "-top", "-nodecount=25", out],
+                         capture_output=True, text=True)
+    cum = subprocess.run(["go", "tool", "pprof", "-top", "-cum", "-nodecount=40", out],
+                         capture_output=True, text=True)
+    log(f"pprof of B ({out}), flat:\n{top.stdout}{top.stderr}\ncumulative:\n{cum.stdout}")
+
+
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2]
@@ -352,8 +385,13 @@ class Bench:
         if PERF and round_no == 0:
             data = os.path.join(PERF_DIR or work, f"{name}.perf.data")
             perf = (perf_start(data), data)
+        pprof = None
+        if PPROF_B and round_no == 0:
+            out = os.path.join(PERF_DIR or work, f"{name}.b.pprof")
+            pprof = (pprof_start(PPROF_B, out), out)
         a_pid, b_pid = self.a["WEED_PID"], self.b["WEED_PID"]
         a_cpu0, b_cpu0 = proc_stats(a_pid)[1], proc_stats(b_pid)[1]
+        busy0, all0 = machine_ticks()
         start = time.time()
         proc = subprocess.Popen(cmd, cwd=work, stdout=open(os.path.join(work, "log"), "w"),
                                 stderr=subprocess.STDOUT, env=env)
@@ -374,10 +412,15 @@ class Bench:
         elapsed = time.time() - start
         peak, cpu = proc_stats(proc.pid)
         a_cpu, b_cpu = proc_stats(a_pid)[1] - a_cpu0, proc_stats(b_pid)[1] - b_cpu0
+        busy1, all1 = machine_ticks()
+        # How many of the machine's cores were busy during the drain, on average.
+        machine = (busy1 - busy0) / max(1, all1 - all0) * os.cpu_count()
         if perf:
             roles = {a_pid: "source SeaweedFS (A)", b_pid: "target SeaweedFS (B)",
                      self.a["BROKER_PID"]: "Kafka broker (A)", self.b["BROKER_PID"]: "Kafka broker (B)"}
             perf_stop(*perf, proc.pid, roles)
+        if pprof:
+            pprof_report(*pprof)
         idle = 0.0
         if round_no == 0 and IDLE_SECONDS:
             time.sleep(IDLE_SECONDS)
@@ -398,9 +441,11 @@ class Bench:
             request(self.b["FILER_HTTP"], "DELETE", f"{target}?recursive=true&ignoreRecursiveError=true")
             self.vacuum_b()
         log(f"{name}: {elapsed:.1f} s, {len(corpus.files) / elapsed:.0f} files/s, peak {peak / 2**20:.0f} MiB, "
-            f"CPU {cpu:.1f} s (A {a_cpu:.1f} s, B {b_cpu:.1f} s), {bad} files differ")
+            f"CPU {cpu:.1f} s (A {a_cpu:.1f} s, B {b_cpu:.1f} s), machine {machine:.2f} of "
+            f"{os.cpu_count()} cores busy, {bad} files differ")
         self.results.setdefault((corpus.name, sink, tool), []).append(
-            dict(elapsed=elapsed, peak=peak, cpu=cpu, idle=idle, bad=bad, a_cpu=a_cpu, b_cpu=b_cpu))
+            dict(elapsed=elapsed, peak=peak, cpu=cpu, idle=idle, bad=bad, a_cpu=a_cpu, b_cpu=b_cpu,
+                 machine=machine))
 
     def vacuum_b(self):
         """Give the deleted replica's space back, so that the next one has volumes to fill."""
@@ -434,20 +479,21 @@ class Bench:
 
     def report(self, corpora):
         print("Median of the rounds, their range in brackets. CPU: the tool's user+system "
-              "seconds during the drain; A and B: each cluster's `weed server` in that time.\n")
-        print("| corpus (rounds) | sink | input | tool | drain time | files/s | peak RSS | CPU s | A CPU s | B CPU s | idle CPU | wrong files |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "seconds during the drain; A and B: each cluster's `weed server` in that time; "
+              "busy cores: the whole machine's, brokers included.\n")
+        print("| corpus (rounds) | sink | input | tool | drain time | files/s | peak RSS | CPU s | A CPU s | B CPU s | busy cores | idle CPU | wrong files |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         med = {}
         for (cname, sink, tool), runs in self.results.items():
             c = corpora[cname]
-            m = {k: median([r[k] for r in runs]) for k in ("elapsed", "peak", "cpu", "a_cpu", "b_cpu")}
+            m = {k: median([r[k] for r in runs]) for k in ("elapsed", "peak", "cpu", "a_cpu", "b_cpu", "machine")}
             med[(cname, sink, tool)] = m
             spread = f" [{min(r['elapsed'] for r in runs):.1f}–{max(r['elapsed'] for r in runs):.1f}]" if len(runs) > 1 else ""
             source = "Kafka" if tool in KAFKA_TOOLS else "metadata log"
             shown = "replicate" if tool == "replicate-kafka" else tool
             print(f"| {cname} ({len(runs)}) | {sink} | {source} | {shown} | {m['elapsed']:.1f} s{spread} | "
                   f"{len(c.files) / m['elapsed']:.0f} | {m['peak'] / 2**20:.0f} MiB | {m['cpu']:.1f} | "
-                  f"{m['a_cpu']:.1f} | {m['b_cpu']:.1f} | {runs[0]['idle'] * 100:.1f}% | "
+                  f"{m['a_cpu']:.1f} | {m['b_cpu']:.1f} | {m['machine']:.2f} | {runs[0]['idle'] * 100:.1f}% | "
                   f"{sum(r['bad'] for r in runs)} |")
         print("\n| corpus | sink | peer | speed vs peer | peak RSS vs peer | CPU vs peer |")
         print("|---|---|---|---|---|---|")

@@ -8,6 +8,8 @@
 #   bench/throughput.sh                      (CORPORA="mixed small large" ROUNDS=3 by default)
 #   CORPORA=small ROUNDS=1 SINKS=local bench/throughput.sh
 #   TOOLS="filer.sync replicate" PERF=1 bench/throughput.sh
+#   WEED_EXTRA_ARGS_B="-debug -debug.port=6061" PPROF_B=6061 CORPORA=small SINKS=filer \
+#     bench/throughput.sh                    (a Go CPU profile of the target cluster; needs go)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH_NAME=throughput

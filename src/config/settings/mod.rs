@@ -623,6 +623,81 @@ offsetSaveIntervalSeconds = 10
         assert!(matches!(&s.input, InputSettings::Rabbit(r) if r.server_url == "amqp://h/"));
     }
 
+    /// What the environment decides is resolved from the configuration's map: an Entra ID
+    /// source that cannot work is a configuration problem naming `account_key`, the
+    /// emulators' hosts are read there, and `-strict` travels with the configuration.
+    #[test]
+    fn the_environment_and_strictness_come_with_the_configuration() {
+        let azure = GOOD.replace(
+            "[sink.local]\nenabled = true\ndirectory = \"/data\"",
+            "[sink.azure]\nenabled = true\naccount_name = \"acct\"\naccount_key = \"\"\n\
+             container = \"c\"",
+        );
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        // A client secret without a tenant, then a login host that is not https.
+        for vars in [
+            vec![("AZURE_CLIENT_ID", "id"), ("AZURE_CLIENT_SECRET", "s")],
+            vec![
+                ("AZURE_CLIENT_ID", "id"),
+                ("AZURE_CLIENT_SECRET", "s"),
+                ("AZURE_TENANT_ID", "t"),
+                ("AZURE_AUTHORITY_HOST", "http://login.example"),
+            ],
+        ] {
+            let e = resolve(&RawConfig::from_toml(&azure, env(&vars)), Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("sink.azure.account_key") && e.contains("Entra ID"),
+                "{vars:?}: {e}"
+            );
+        }
+        let vars = [
+            ("AZURE_CLIENT_ID", "id"),
+            ("AZURE_CLIENT_SECRET", "s"),
+            ("AZURE_TENANT_ID", "t"),
+        ];
+        let s = resolve(&RawConfig::from_toml(&azure, env(&vars)), Path::new("/")).unwrap();
+        assert!(
+            matches!(&s.sink, SinkSettings::Azure(a) if a.entra.is_some()),
+            "{:?}",
+            s.sink
+        );
+        let gcs = GOOD.replace(
+            "[sink.local]\nenabled = true\ndirectory = \"/data\"",
+            "[sink.google_cloud_storage]\nenabled = true\nbucket = \"b\"",
+        );
+        let vars = [("STORAGE_EMULATOR_HOST", "127.0.0.1:4443")];
+        let s = resolve(&RawConfig::from_toml(&gcs, env(&vars)), Path::new("/")).unwrap();
+        assert!(
+            matches!(&s.sink, SinkSettings::Gcs(g) if g.emulator_host.as_deref() == Some("127.0.0.1:4443"))
+        );
+        let s = resolve_text(&gcs).unwrap();
+        assert!(matches!(&s.sink, SinkSettings::Gcs(g) if g.emulator_host.is_none()));
+        // A key that means nothing is a warning, or a problem when the configuration is
+        // read strictly.
+        let typo = GOOD.replace(
+            "directory = \"/data\"",
+            "directory = \"/data\"\ndirectroy = \"/x\"",
+        );
+        let mut raw = RawConfig::from_toml(&typo, HashMap::new());
+        raw.files = vec![("replication".into(), "replication.toml".into())];
+        let s = resolve(&raw, Path::new("/work")).unwrap();
+        assert!(
+            s.typos.iter().any(|p| p.key == "sink.local.directroy"),
+            "{:?}",
+            s.typos
+        );
+        raw.strict = true;
+        let e = resolve(&raw, Path::new("/work")).unwrap_err().to_string();
+        assert!(e.contains("directroy"), "{e}");
+    }
+
     #[test]
     fn queue_inputs_and_the_metadata_log() {
         let s = resolve_text(&with_input(

@@ -23,7 +23,7 @@ use super::FileCheck;
 use super::{ConfigErrors, Problem, RawConfig, Reader};
 use crate::path::{components, normalize_dir};
 pub(crate) use crate::sink::filer::FilerSinkOptions;
-pub(crate) use crate::sink::object::azure::AzureSinkOptions;
+pub(crate) use crate::sink::object::azure::{AzureCredential, AzureSinkOptions};
 pub(crate) use crate::sink::object::b2::B2SinkOptions;
 pub(crate) use crate::sink::object::gcs::GcsSinkOptions;
 pub(crate) use crate::sink::object::s3::S3SinkOptions;
@@ -664,7 +664,7 @@ offsetSaveIntervalSeconds = 10
         ];
         let s = resolve(&RawConfig::from_toml(&azure, env(&vars)), Path::new("/")).unwrap();
         assert!(
-            matches!(&s.sink, SinkSettings::Azure(a) if a.entra.is_some()),
+            matches!(&s.sink, SinkSettings::Azure(a) if matches!(a.credential, AzureCredential::Entra(_))),
             "{:?}",
             s.sink
         );

@@ -510,7 +510,7 @@ fn resolve_sink(
                 r.problem(&format!("{p}.account_name"), format!("{account_name:?} is not a storage account name (3-24 lowercase letters and digits)"));
             }
             let account_key = r.string(&format!("{p}.account_key"), "");
-            // Empty: Entra ID credentials, chosen when the sink starts.
+            // Empty: Entra ID credentials, chosen from the environment below.
             if !account_key.is_empty()
                 && base64::Engine::decode(
                     &base64::engine::general_purpose::STANDARD,
@@ -532,20 +532,22 @@ fn resolve_sink(
             }
             let (directory, _) = object_store_dir(r, p);
             let client_id = r.string(&format!("{p}.client_id"), "");
-            let entra = account_key
-                .is_empty()
-                .then(|| crate::sink::object::entra::TokenSource::choose(&client_id, |k| r.env(k)));
-            if let Some(problem) = entra.as_ref().and_then(|e| e.problem()) {
-                r.problem(
-                    &format!("{p}.account_key"),
-                    format!("is empty, so Entra ID is used, and {problem}"),
-                );
-            }
+            let credential = if account_key.is_empty() {
+                let source =
+                    crate::sink::object::entra::TokenSource::choose(&client_id, |k| r.env(k));
+                if let Some(problem) = source.problem() {
+                    r.problem(
+                        &format!("{p}.account_key"),
+                        format!("is empty, so Entra ID is used, and {problem}"),
+                    );
+                }
+                AzureCredential::Entra(source)
+            } else {
+                AzureCredential::SharedKey(account_key)
+            };
             Some(SinkSettings::Azure(AzureSinkOptions {
                 account_name,
-                account_key,
-                client_id,
-                entra,
+                credential,
                 endpoint: r.string(&format!("{p}.endpoint"), ""),
                 container,
                 directory,

@@ -31,13 +31,7 @@ const BLOCKS_IN_FLIGHT: usize = 4;
 #[derive(Clone, Default)]
 pub(crate) struct AzureSinkOptions {
     pub account_name: String,
-    /// Base64 shared key; empty: Entra ID (see [`super::entra`]).
-    pub account_key: String,
-    /// A user-assigned managed identity or workload identity's client id.
-    pub client_id: String,
-    /// With no `account_key`: the Entra ID token source the environment chose
-    /// (`AZURE_*`, as upstream's SDK reads them).
-    pub entra: Option<super::entra::TokenSource>,
+    pub credential: AzureCredential,
     /// `https://<account>.blob.core.windows.net` unless set (an emulator, a sovereign cloud).
     pub endpoint: String,
     pub container: String,
@@ -46,12 +40,37 @@ pub(crate) struct AzureSinkOptions {
     pub incremental: bool,
 }
 
+/// How the Azure sink signs in.
+#[derive(Clone)]
+pub(crate) enum AzureCredential {
+    /// `account_key`: the account's base64 shared key.
+    SharedKey(String),
+    /// No `account_key`: Entra ID, from the source that `client_id` and the environment
+    /// (`AZURE_*`, as upstream's SDK reads them) chose (see [`super::entra`]).
+    Entra(TokenSource),
+}
+
+impl Default for AzureCredential {
+    fn default() -> Self {
+        AzureCredential::Entra(TokenSource::choose("", |_| None))
+    }
+}
+
+impl std::fmt::Debug for AzureCredential {
+    /// Never prints the key (a token source hides its secret itself).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AzureCredential::SharedKey(_) => f.write_str("SharedKey"),
+            AzureCredential::Entra(source) => write!(f, "Entra({source:?})"),
+        }
+    }
+}
+
 impl std::fmt::Debug for AzureSinkOptions {
-    /// Never prints the key.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AzureSinkOptions")
             .field("account_name", &self.account_name)
-            .field("client_id", &self.client_id)
+            .field("credential", &self.credential)
             .field("endpoint", &self.endpoint)
             .field("container", &self.container)
             .field("directory", &self.directory)
@@ -210,17 +229,16 @@ impl AzureStore {
         opts: AzureSinkOptions,
         http: reqwest::Client,
     ) -> Result<Self, AzureSetupError> {
-        let auth = if opts.account_key.is_empty() {
-            let source = opts
-                .entra
-                .clone()
-                .unwrap_or_else(|| TokenSource::choose(&opts.client_id, |_| None));
-            if let Some(problem) = source.problem() {
-                return Err(problem.into());
+        let auth = match &opts.credential {
+            AzureCredential::SharedKey(key) => {
+                Auth::SharedKey(SharedKey::new(&opts.account_name, key)?)
             }
-            Auth::Entra(EntraCredential::new(source, http.clone()))
-        } else {
-            Auth::SharedKey(SharedKey::new(&opts.account_name, &opts.account_key)?)
+            AzureCredential::Entra(source) => {
+                if let Some(problem) = source.problem() {
+                    return Err(problem.into());
+                }
+                Auth::Entra(EntraCredential::new(source.clone(), http.clone()))
+            }
         };
         let base = if opts.endpoint.is_empty() {
             format!("https://{}.blob.core.windows.net", opts.account_name)
@@ -578,7 +596,7 @@ mod tests {
         let store = AzureStore::new(
             AzureSinkOptions {
                 account_name: "devstoreaccount1".into(),
-                account_key: "a2V5".into(),
+                credential: AzureCredential::SharedKey("a2V5".into()),
                 ..Default::default()
             },
             crate::http::plain(),
